@@ -1,0 +1,253 @@
+"""The Ongoing WMS backend: canonical updates rendered into SOAP 1.1 UpdateOrder, replies normalized.
+
+Wire facts (reference/ongoing): namespace http://ongoingsystems.se/WSI, SOAPAction
+"http://ongoingsystems.se/WSI/UpdateOrder" with the quotes, children GoodsOwnerCode, UserName, Password,
+updateOrder; a SystemId travels in <OrderId>. Ongoing answers refusals as Success=false with a free-text
+Message; which messages mean "not found" or "state conflict" is configured per connection, since the vendor
+does not document them.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lxml import etree
+from marshmallow import ValidationError, fields, validate, validates
+
+from gateway import ns
+from gateway.backends.base import Backend
+from gateway.canonical import OrderUpdate, UpdateOutcome, WayOfDelivery
+from gateway.config import ConnectionSchema, ConnectionSettings
+from gateway.errors import (
+    BackendFailure,
+    BackendRejected,
+    OrderNotFound,
+    OrderStateConflict,
+    TranslationError,
+)
+from gateway.safexml import load_xsd, parse_trusted_template
+from gateway.soap import unwrap_soap_reply
+from gateway.transport import BackendReply, OutboundRequest
+
+TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "update_order.xml"
+XSD_PATH = "ongoing/update_order.xsd"
+INT32_MAX = 2**31 - 1
+
+#: canonical id_type -> Ongoing's OrderIdentificationType and the element that carries the value
+ID_TYPES = {
+    "order_number": ("GoodsOwnerOrderNumber", "GoodsOwnerOrderNumber"),
+    "order_id": ("GoodsOwnerOrderId", "GoodsOwnerOrderId"),
+    "system_id": ("SystemId", "OrderId"),
+}
+
+#: canonical field -> (update block, value element), in wire order
+UPDATE_BLOCKS = {
+    "status": ("UpdateOrderStatus", "OrderStatus"),
+    "delivery_date": ("UpdateOrderDeliveryDate", "DeliveryDate"),
+    "new_order_number": ("UpdateOrderGoodsOwnerOrderNumber", "GoodsOwnerOrderNumber"),
+    "waybill": ("UpdateOrderWaybill", "Waybill"),
+    "transporter_order_number": ("UpdateOrderTransporterOrderNumber", "UpdateOrderTransporterOrderNumber"),
+    "printed_at": ("UpdateOrderPrintedTime", "PrintedTime"),
+    "shipped_at": ("UpdateOrderShippedTime", "ShippedTime"),
+    "picking_priority": ("UpdatePickingPriority", "PickingPriority"),
+    "warehouse_instruction": ("UpdateOrderWarehouseInstruction", "WarehouseInstruction"),
+    "return_waybill": ("UpdateOrderReturnWaybill", "ReturnWaybill"),
+    "service_point_code": ("UpdateOrderServicePointCode", "ServicePointCode"),
+    "way_of_delivery": ("UpdateOrderWayOfDeliveryType", None),
+}
+
+DEFAULT_NOT_FOUND_PATTERNS = [r"^No order found with\b"]
+DEFAULT_CONFLICT_PATTERNS = [
+    r"not allowed if the order has allocated but not picked goods",
+    r"is already in use",
+]
+
+
+def _q(localname: str) -> str:
+    return f"{{{ns.ONGOING_WSI}}}{localname}"
+
+
+class RegexList(fields.List):
+    """A list of regular expressions, compiled on load."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(validate=validate.Length(min=1)), **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> list[re.Pattern]:
+        compiled = []
+        for pattern in super()._deserialize(value, attr, data, **kwargs):
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as error:
+                raise ValidationError(f"Not a valid regular expression {pattern!r}: {error}.") from None
+        return compiled
+
+
+class OngoingSettingsSchema(ConnectionSchema):
+    """Settings of a connection of kind `ongoing`."""
+
+    goods_owner_code = fields.String(required=True, validate=validate.Length(min=1, max=400))
+    soap_action = fields.String(load_default=f'"{ns.ONGOING_WSI}/UpdateOrder"')
+    order_not_found_patterns = RegexList(load_default=lambda: [re.compile(p) for p in DEFAULT_NOT_FOUND_PATTERNS])
+    order_conflict_patterns = RegexList(load_default=lambda: [re.compile(p) for p in DEFAULT_CONFLICT_PATTERNS])
+
+    @validates("username")
+    def check_username(self, value: str, **_: Any) -> None:
+        """Ongoing's UserName is a required str(50)."""
+        if not 1 <= len(value) <= 50:
+            raise ValidationError("Ongoing needs a username of 1 to 50 characters.")
+
+    @validates("status_map")
+    def check_status_codes(self, value: dict, **_: Any) -> None:
+        """Ongoing status codes are integers."""
+        for name, code in value.items():
+            if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= INT32_MAX:
+                raise ValidationError(f"status {name!r}: Ongoing status codes are integers, got {code!r}.")
+
+
+@functools.cache
+def _update_order_template() -> etree._Element:
+    return parse_trusted_template(TEMPLATE_PATH)
+
+
+def _as_wire_text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class OngoingBackend(Backend):
+    """Ongoing WMS over SOAP: UpdateOrder."""
+
+    kind: ClassVar[str] = "ongoing"
+    settings_schema = OngoingSettingsSchema
+    id_types: ClassVar = {
+        "order_number": "GoodsOwnerOrderNumber (default)",
+        "order_id": "GoodsOwnerOrderId",
+        "system_id": "SystemId, Ongoing's internal integer id",
+    }
+    supported_fields: ClassVar = frozenset({"status", "status_code", *UPDATE_BLOCKS})
+    default_status_map: ClassVar = {
+        "open": 200, "released": 300, "allocated": 320, "picked": 400,
+        "sent": 450, "collected": 500, "returned": 800, "canceled": 1000,
+    }
+    refused_statuses: ClassVar = {
+        "canceled": "Ongoing's UpdateOrder must not cancel an order; cancel it with ProcessOrder "
+                    "(OrderOperation Remove) instead.",
+    }
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        super().__init__(settings)
+        # Compiled once per process, at start-up rather than on the first request.
+        self.template = _update_order_template()
+        self.schema = load_xsd(XSD_PATH)
+        self.not_found_patterns = settings.options["order_not_found_patterns"]
+        self.conflict_patterns = settings.options["order_conflict_patterns"]
+
+    @classmethod
+    def check_settings(cls, settings: ConnectionSettings) -> tuple[str, str] | None:
+        """Ongoing needs a password of at most 50 characters."""
+        if settings.password is None or not 1 <= len(settings.password.reveal()) <= 50:
+            return "password", "Ongoing needs a password of 1 to 50 characters."
+        return None
+
+    def check_backend_rules(self, update: OrderUpdate) -> dict[str, list[str]]:
+        """The order id must fit its identification type; the canceled code is refused like the name."""
+        errors: dict[str, list[str]] = {}
+        id_type = self.effective_id_type(update)
+        if id_type == "system_id":
+            if not (update.order_id.isascii() and update.order_id.isdigit()) or int(update.order_id) > INT32_MAX:
+                errors["id"] = ["With id_type system_id the order id must be Ongoing's integer SystemId."]
+        elif len(update.order_id) > 50:
+            errors["id"] = [f"Ongoing's {ID_TYPES[id_type][0]} is at most 50 characters."]
+        if "status_code" in update.changes and update.changes["status_code"] == self.status_map.get("canceled"):
+            errors["status_code"] = [self.refused_statuses["canceled"]]
+        return errors
+
+    def render_update_request(self, update: OrderUpdate, *, password: str) -> OutboundRequest:
+        """Fill the UpdateOrder template, validate it against xsd/ongoing, and wrap it in an HTTP request."""
+        envelope = copy.deepcopy(self.template)
+        operation = envelope.find(f"{{{ns.SOAP11_ENVELOPE}}}Body/{_q('UpdateOrder')}")
+        operation.find(_q("GoodsOwnerCode")).text = self.settings.options["goods_owner_code"]
+        operation.find(_q("UserName")).text = self.settings.username
+        operation.find(_q("Password")).text = password
+
+        body = operation.find(_q("updateOrder"))
+        identification = body.find(_q("OrderUpdateIdentification"))
+        id_kind, id_element = ID_TYPES[self.effective_id_type(update)]
+        identification.find(_q("OrderIdentificationType")).text = id_kind
+        for element in list(identification)[1:]:
+            if element.tag == _q(id_element):
+                if id_element == "OrderId":
+                    del element.attrib[f"{{{ns.XSI}}}nil"]
+                element.text = update.order_id
+            elif element.tag != _q("OrderId"):
+                identification.remove(element)
+
+        values = dict(update.changes)
+        if "status" in values or "status_code" in values:
+            values["status"] = self.backend_status_code(update)
+            values.pop("status_code", None)
+        wanted = {UPDATE_BLOCKS[name][0]: (name, value) for name, value in values.items()}
+        for block in list(body)[1:]:
+            entry = wanted.get(etree.QName(block).localname)
+            if entry is None:
+                body.remove(block)
+            elif isinstance(entry[1], WayOfDelivery):
+                self._fill_way_of_delivery(block, entry[1])
+            else:
+                block[0].text = _as_wire_text(entry[1])
+
+        if not self.schema.validate(envelope):
+            error = self.schema.error_log.last_error
+            raise TranslationError(f"The rendered UpdateOrder failed xsd/{XSD_PATH} (line {error.line}): "
+                                   f"{error.message}")
+        return OutboundRequest(
+            method="POST",
+            url=self.settings.url,
+            headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": self.settings.options["soap_action"]},
+            body=etree.tostring(envelope, xml_declaration=True, encoding="utf-8"),
+        )
+
+    @staticmethod
+    def _fill_way_of_delivery(block: etree._Element, way: WayOfDelivery) -> None:
+        block.find(_q("Operation")).text = "FindOrCreate" if way.create_if_missing else "Find"
+        block.find(_q("WayOfDeliveryTypeCode")).text = way.code
+        name = block.find(_q("WayOfDeliveryTypeName"))
+        if way.name is None:
+            block.remove(name)
+        else:
+            name.text = way.name
+
+    def parse_update_reply(self, reply: BackendReply) -> UpdateOutcome:
+        """Read UpdateOrderResult (Success, Message, OrderId); map refusals by their configured patterns."""
+        payload = unwrap_soap_reply(reply, self.name)
+        result = payload.find(_q("UpdateOrderResult")) if payload.tag == _q("UpdateOrderResponse") else None
+        success = result.findtext(_q("Success")) if result is not None else None
+        if success is None or success.strip() not in ("true", "false", "1", "0"):
+            raise BackendFailure("The backend's reply is not an UpdateOrderResponse with a Success flag.",
+                                 connection=self.name)
+        message = (result.findtext(_q("Message")) or "").strip()
+        order_id_element = result.find(_q("OrderId"))
+        backend_order_id = None
+        if order_id_element is not None and order_id_element.get(f"{{{ns.XSI}}}nil") not in ("true", "1"):
+            backend_order_id = (order_id_element.text or "").strip() or None
+
+        if success.strip() in ("true", "1"):
+            return UpdateOutcome(backend_order_id=backend_order_id, message=message or "Order updated.")
+
+        refusal = {"connection": self.name, "code": "Success=false", "message": message or None}
+        text = message or "no message given"
+        if any(pattern.search(message) for pattern in self.not_found_patterns):
+            raise OrderNotFound(f"Ongoing WMS does not know the order: {text}", **refusal)
+        if any(pattern.search(message) for pattern in self.conflict_patterns):
+            raise OrderStateConflict(f"Ongoing WMS refused the update because of the order's state: {text}",
+                                     **refusal)
+        raise BackendRejected(f"Ongoing WMS refused the update: {text}", **refusal)

@@ -1,0 +1,39 @@
+"""Plain data objects for a canonical order update and its outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class WayOfDelivery:
+    """A way of delivery (carrier product) identified by its code."""
+
+    code: str
+    name: str | None = None
+    create_if_missing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """One order, how it is identified, and the canonical fields to change on it.
+
+    `changes` maps canonical field names (`status`, `waybill`, ...) to loaded Python values; `fields` keeps
+    the same fields as the client sent them (JSON-ready), for the reply's `updated` member.
+    """
+
+    order_id: str
+    connection: str | None = None
+    id_type: str | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOutcome:
+    """What a backend reported after applying an update."""
+
+    backend_order_id: str | None
+    message: str

@@ -1,0 +1,197 @@
+"""Loading the gateway's TOML configuration: connections, their backends, and secrets from the environment.
+
+A configuration names **connections**; each is a backend kind plus an endpoint, credentials and the
+backend's own settings. Strings may reference environment variables as `${NAME}` or `${NAME:-default}`, so
+secrets stay out of the file. Anything wrong stops start-up with a ConfigError naming file, key and problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from gateway.canonical import flatten_errors
+from gateway.errors import ConfigError
+
+MASK = "********"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "sandbox.toml"
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class Secret:
+    """A credential that never shows itself in a repr, a log line or a reply; `reveal()` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class SecretField(fields.String):
+    """A string setting loaded as a Secret."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Secret:
+        return Secret(super()._deserialize(value, attr, data, **kwargs))
+
+
+class ConnectionSchema(Schema):
+    """Settings every connection has; each backend extends it with its own (see Backend.settings_schema)."""
+
+    class Meta:
+        unknown = RAISE
+
+    backend = fields.String(required=True)
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    username = fields.String(load_default="")
+    password = SecretField(load_default=None)
+    connect_timeout = fields.Float(load_default=3.05, validate=validate.Range(min=0.001, max=300))
+    read_timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.001, max=3600))
+    max_reply_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024))
+    pool_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=1000))
+    verify_tls = fields.Boolean(load_default=True)
+    status_map = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=50)), load_default=dict)
+
+
+class GatewaySectionSchema(Schema):
+    """The `[gateway]` table."""
+
+    class Meta:
+        unknown = RAISE
+
+    default_connection = fields.String(load_default=None)
+    max_body_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024))
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """One configured connection: generic settings plus the backend's own, already validated."""
+
+    name: str
+    backend: str
+    url: str
+    username: str
+    password: Secret | None
+    connect_timeout: float
+    read_timeout: float
+    max_reply_bytes: int
+    pool_size: int
+    verify_tls: bool
+    status_map: Mapping[str, Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The whole loaded configuration."""
+
+    source: str
+    default_connection: str | None
+    max_body_bytes: int
+    connections: Mapping[str, ConnectionSettings]
+
+
+def _interpolate(value: Any, source: str, key: str) -> Any:
+    """Replace ${NAME} / ${NAME:-default} in every string of a parsed TOML value."""
+    if isinstance(value, str):
+        def substitute(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(source, key, f"environment variable {name} is not set")
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    if isinstance(value, Mapping):
+        return {k: _interpolate(v, source, f"{key}.{k}" if key else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, source, f"{key}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+def _load_section(schema: Schema, data: Any, source: str, key: str) -> dict:
+    """Load one table with a marshmallow schema, turning its first error into a ConfigError."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, key, "must be a table")
+    try:
+        return schema.load(data)
+    except ValidationError as error:
+        path, messages = sorted(flatten_errors(error.messages).items())[0]
+        raise ConfigError(source, f"{key}.{path}", " ".join(messages)) from None
+
+
+def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, type]) -> GatewaySettings:
+    """Validate a parsed configuration mapping against the generic and the per-backend schemas."""
+    raw = _interpolate(raw, source, "")
+    unknown = sorted(set(raw) - {"gateway", "connections"})
+    if unknown:
+        raise ConfigError(source, unknown[0], "unknown section (expected [gateway] and [connections.<name>])")
+    gateway = _load_section(GatewaySectionSchema(), raw.get("gateway", {}), source, "gateway")
+    tables = raw.get("connections", {})
+    if not isinstance(tables, Mapping) or not tables:
+        raise ConfigError(source, "connections", "at least one [connections.<name>] table is required")
+
+    connections: dict[str, ConnectionSettings] = {}
+    for name, table in tables.items():
+        key = f"connections.{name}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(source, key, "must be a table")
+        kind = table.get("backend")
+        if kind not in backends:
+            known = ", ".join(sorted(backends))
+            problem = "missing backend kind" if kind is None else f"unknown backend kind {kind!r}"
+            raise ConfigError(source, f"{key}.backend", f"{problem} (known: {known})")
+        backend_class = backends[kind]
+        loaded = _load_section(backend_class.settings_schema(), table, source, key)
+        generic = {name: loaded.pop(name) for name in ConnectionSchema._declared_fields}
+        connections[name] = ConnectionSettings(name=name, options=loaded, **generic)
+        problem = backend_class.check_settings(connections[name])
+        if problem:
+            raise ConfigError(source, f"{key}.{problem[0]}", problem[1])
+
+    default = gateway["default_connection"]
+    if default is not None and default not in connections:
+        raise ConfigError(source, "gateway.default_connection", f"names no configured connection: {default!r}")
+    return GatewaySettings(
+        source=source,
+        default_connection=default,
+        max_body_bytes=gateway["max_body_bytes"],
+        connections=connections,
+    )
+
+
+def read_config_file(path: str | os.PathLike, backends: Mapping[str, type]) -> GatewaySettings:
+    """Read and validate the TOML file at `path`."""
+    source = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found (set GATEWAY_CONFIG to a configuration file)") from None
+    except OSError as error:
+        raise ConfigError(source, "", f"cannot be read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, "", f"is not valid TOML: {error}") from None
+    return load_settings(raw, source, backends)

@@ -1,0 +1,172 @@
+"""The gateway's one exception tree; every failure a client can see is one of these.
+
+    GatewayError                      500  base class; anything unexpected ends here
+    ├── ConfigError                   ---  the configuration file is broken (stops start-up)
+    ├── RequestProblem                4xx  the client's request cannot be served as sent
+    │   ├── MalformedRequest          400  the body is not valid JSON, or not a JSON object
+    │   ├── UnsupportedMediaType      415  the body is not application/json
+    │   ├── PayloadTooLarge           413  the body is larger than the configured limit
+    │   └── ValidationFailed          422  invalid for the canonical schema or for the backend
+    ├── TranslationError              500  the gateway rendered a document its own XSD refuses (a gateway bug)
+    └── BackendError                  5xx  the backend did not do what was asked
+        ├── OrderNotFound             404  the backend does not know the order
+        ├── OrderStateConflict        409  the backend refused because of the order's state
+        ├── BackendRejected           422  the backend refused the update for another stated reason
+        ├── BackendFailure            502  SOAP fault, 5xx, unparseable or hostile reply, refused credentials
+        ├── BackendUnavailable        503  the backend could not be reached
+        └── BackendTimeout            504  the backend did not answer in time
+
+Every class carries its HTTP status, a problem `type` slug and a `title`, so the REST layer turns any of them
+into one application/problem+json shape without knowing which backend raised it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    status = 500
+    slug = "internal-error"
+    title = "Internal gateway error"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+
+
+class ConfigError(GatewayError):
+    """The configuration file is missing, unreadable or invalid; names the file, the key and the problem."""
+
+    slug = "configuration-error"
+    title = "Invalid configuration"
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = path, key, problem
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"{where}: {problem}")
+
+
+class RequestProblem(GatewayError):
+    """The client's request cannot be served as it was sent."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class MalformedRequest(RequestProblem):
+    """The body is not parseable JSON, or not a JSON object."""
+
+    status = 400
+    slug = "malformed-request"
+    title = "Malformed request body"
+
+
+class UnsupportedMediaType(RequestProblem):
+    """The body was not sent as application/json."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class PayloadTooLarge(RequestProblem):
+    """The body is larger than the configured limit."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class ValidationFailed(RequestProblem):
+    """The document is invalid for the canonical schema or for the connection's backend."""
+
+    status = 422
+    slug = "validation-failed"
+    title = "Validation failed"
+
+    def __init__(self, errors: Mapping[str, Sequence[str]], detail: str = "") -> None:
+        self.errors = {path: list(messages) for path, messages in errors.items()}
+        first = next(iter(self.errors.items()), None)
+        summary = f"{first[0]}: {first[1][0]}" if first and first[1] else ""
+        if not detail:
+            detail = f"The request is invalid: {summary}" if summary else "The request is invalid."
+        super().__init__(detail)
+
+
+class TranslationError(GatewayError):
+    """The rendered backend document failed the gateway's own XSD: a gateway bug, never sent."""
+
+    status = 500
+    slug = "translation-error"
+    title = "The gateway could not translate the request"
+
+
+class BackendError(GatewayError):
+    """The backend did not do what was asked; carries the connection and the backend's own code and text."""
+
+    status = 502
+    slug = "backend-error"
+    title = "Backend error"
+
+    def __init__(self, detail: str, *, connection: str = "", code: str | None = None,
+                 message: str | None = None) -> None:
+        super().__init__(detail)
+        self.connection = connection
+        self.code = code
+        self.message = message
+
+    def backend_details(self) -> dict:
+        """The `backend` member of the problem document."""
+        return {"connection": self.connection, "code": self.code, "message": self.message}
+
+
+class OrderNotFound(BackendError):
+    """The backend does not know the order."""
+
+    status = 404
+    slug = "order-not-found"
+    title = "Order not found"
+
+
+class OrderStateConflict(BackendError):
+    """The backend refused the update because of the order's current state."""
+
+    status = 409
+    slug = "order-state-conflict"
+    title = "Order state conflict"
+
+
+class BackendRejected(BackendError):
+    """The backend refused the update for a reason it stated."""
+
+    status = 422
+    slug = "backend-rejected"
+    title = "Backend rejected the update"
+
+
+class BackendFailure(BackendError):
+    """The backend failed: a fault, a 5xx, an unparseable or hostile reply, or refused credentials."""
+
+    status = 502
+    slug = "backend-failure"
+    title = "Backend failure"
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached."""
+
+    status = 503
+    slug = "backend-unavailable"
+    title = "Backend unavailable"
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer within the configured timeout."""
+
+    status = 504
+    slug = "backend-timeout"
+    title = "Backend timeout"

@@ -1,0 +1,66 @@
+"""One error shape for every reply: application/problem+json (RFC 9457), built from the exception tree."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+from gateway.errors import BackendError, GatewayError, ValidationFailed
+from gateway.rest.request_ids import current_request_id
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:order-gateway:problem:"
+
+log = logging.getLogger("gateway.problems")
+
+
+def problem_response(status: int, slug: str, title: str, detail: str, **members: object) -> Response:
+    """A problem+json reply; extra members (errors, backend) are added when given."""
+    document = {
+        "type": TYPE_PREFIX + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "request_id": current_request_id(),
+        **{name: value for name, value in members.items() if value is not None},
+    }
+    return Response(json.dumps(document), status=status, mimetype=PROBLEM_MEDIA_TYPE)
+
+
+def gateway_error_response(error: GatewayError) -> Response:
+    """The problem reply for any error of the gateway's exception tree."""
+    members: dict[str, object] = {}
+    if isinstance(error, ValidationFailed):
+        members["errors"] = error.errors
+    if isinstance(error, BackendError):
+        members["backend"] = error.backend_details()
+    if error.status >= 500:
+        log.warning("request %s failed: %s %s", current_request_id(), type(error).__name__, error.detail)
+    return problem_response(error.status, error.slug, error.title, error.detail, **members)
+
+
+def http_error_response(error: HTTPException) -> Response:
+    """Werkzeug's own HTTP errors (404 route, 405 method, 413 size) in the same shape."""
+    slug = (error.name or "error").lower().replace(" ", "-")
+    response = problem_response(error.code or 500, slug, error.name, error.description or error.name)
+    if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+def unexpected_error_response(error: Exception) -> Response:
+    """Anything unforeseen: logged with its traceback on the server, never shown to the client."""
+    if isinstance(error, HTTPException):
+        return http_error_response(error)
+    log.exception("request %s failed unexpectedly", current_request_id())
+    return problem_response(500, "internal-error", "Internal gateway error",
+                            "The gateway failed unexpectedly; the request id identifies it in the logs.")
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers that turn every error into problem+json."""
+    app.register_error_handler(GatewayError, gateway_error_response)
+    app.register_error_handler(HTTPException, http_error_response)
+    app.register_error_handler(Exception, unexpected_error_response)

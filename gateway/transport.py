@@ -1,0 +1,128 @@
+"""HTTP transport to backends: one pooled requests.Session per connection, every call with a timeout.
+
+`map_transport_errors` is the one place where requests and urllib3 exceptions become gateway errors;
+tests/test_transport.py proves each of them is mapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from gateway.errors import BackendFailure, BackendTimeout, BackendUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    """A fully rendered request to a backend."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BackendReply:
+    """What the backend answered, with the body read in full (within the size limit)."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @property
+    def content_type(self) -> str:
+        """The reply's media type, lower-cased, without parameters."""
+        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+# (exception class, gateway error class, what to say) — most specific first.
+TRANSPORT_ERROR_MAP: tuple[tuple[type[BaseException], type, str], ...] = (
+    (requests.exceptions.ConnectTimeout, BackendTimeout, "did not accept the connection in time"),
+    (requests.exceptions.ReadTimeout, BackendTimeout, "did not answer in time"),
+    (urllib3.exceptions.ReadTimeoutError, BackendTimeout, "did not answer in time"),
+    (requests.exceptions.SSLError, BackendFailure, "TLS handshake failed"),
+    (requests.exceptions.ProxyError, BackendUnavailable, "could not be reached through the proxy"),
+    (requests.exceptions.ChunkedEncodingError, BackendFailure, "sent a broken reply"),
+    (requests.exceptions.ContentDecodingError, BackendFailure, "sent a reply that could not be decoded"),
+    (urllib3.exceptions.ProtocolError, BackendFailure, "broke the connection while replying"),
+    (urllib3.exceptions.DecodeError, BackendFailure, "sent a reply that could not be decoded"),
+    (requests.exceptions.ConnectionError, BackendUnavailable, "could not be reached"),
+    (requests.exceptions.InvalidURL, BackendFailure, "has an invalid endpoint URL"),
+    (requests.exceptions.RequestException, BackendFailure, "could not be called"),
+    (urllib3.exceptions.HTTPError, BackendFailure, "could not be called"),
+)
+
+
+@contextlib.contextmanager
+def map_transport_errors(connection: str, timeout: float) -> Iterator[None]:
+    """Translate requests/urllib3 exceptions raised inside the block into gateway BackendErrors."""
+    try:
+        yield
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as error:
+        # A read timeout while streaming the body arrives wrapped in requests' ConnectionError.
+        cause = error.args[0] if error.args else None
+        if isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+            error = cause
+        for exception_class, gateway_error, what in TRANSPORT_ERROR_MAP:
+            if isinstance(error, exception_class):
+                detail = f"The backend of connection {connection!r} {what}"
+                if gateway_error is BackendTimeout:
+                    detail += f" (timeout {timeout:g} s)"
+                raise gateway_error(detail + ".", connection=connection) from None
+        raise  # pragma: no cover - TRANSPORT_ERROR_MAP ends with the base classes
+
+
+class HttpTransport:
+    """Sends OutboundRequests over one pooled session with connect and read timeouts."""
+
+    def __init__(self, *, connection: str, connect_timeout: float, read_timeout: float,
+                 max_reply_bytes: int, pool_size: int = 10, verify_tls: bool = True,
+                 auth: requests.auth.AuthBase | None = None) -> None:
+        self.connection = connection
+        self.timeout = (connect_timeout, read_timeout)
+        self.max_reply_bytes = max_reply_bytes
+        self.session = requests.Session()
+        # Proxies and .netrc come from the configuration, not from whatever the environment holds.
+        self.session.trust_env = False
+        self.session.verify = verify_tls
+        self.session.auth = auth
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def send(self, request: OutboundRequest) -> BackendReply:
+        """Send one request and read the whole reply, refusing replies above max_reply_bytes."""
+        with map_transport_errors(self.connection, max(self.timeout)):
+            response = self.session.request(
+                request.method, request.url, headers=dict(request.headers), data=request.body,
+                timeout=self.timeout, stream=True, allow_redirects=False,
+            )
+            try:
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > self.max_reply_bytes:
+                    raise self._too_large()
+                body = response.raw.read(self.max_reply_bytes + 1, decode_content=True)
+                if len(body) > self.max_reply_bytes:
+                    raise self._too_large()
+            except BaseException:
+                response.close()  # an unfinished reply: drop the connection rather than reuse it
+                raise
+            response.raw.release_conn()  # read to the end: the connection goes back to the pool
+        return BackendReply(status=response.status_code, headers=response.headers, body=body)
+
+    def _too_large(self) -> BackendFailure:
+        return BackendFailure(
+            f"The backend of connection {self.connection!r} sent a reply larger than "
+            f"{self.max_reply_bytes} bytes.",
+            connection=self.connection,
+        )
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
