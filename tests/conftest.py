@@ -1,0 +1,84 @@
+"""Shared fixtures: a fresh Ongoing sandbox over real HTTP, and the gateway app configured to use it."""
+
+from __future__ import annotations
+
+import pytest
+
+import sandbox
+from gateway import create_app
+from tests.servers import serve_wsgi
+
+ONGOING_SERVICE_PATH = "/ongoing/Service.asmx"
+
+
+def ongoing_connection(url: str, **overrides) -> dict:
+    """A connection table for an Ongoing backend at `url` with the sandbox's demo credentials."""
+    return {
+        "backend": "ongoing",
+        "url": url,
+        "goods_owner_code": "DEMO",
+        "username": "demo",
+        "password": "demo-password",
+        "connect_timeout": 1.0,
+        "read_timeout": 2.0,
+        **overrides,
+    }
+
+
+def gateway_config(**connections: dict) -> dict:
+    """A parsed configuration with these connections; the first is the default."""
+    return {"gateway": {"default_connection": next(iter(connections))}, "connections": connections}
+
+
+@pytest.fixture
+def sandbox_app():
+    """A fresh Ongoing sandbox app with the shipped demo data."""
+    return sandbox.create_app()
+
+
+@pytest.fixture
+def sandbox_url(sandbox_app):
+    """Base URL of a fresh sandbox served on 127.0.0.1."""
+    with serve_wsgi(sandbox_app) as url:
+        yield url
+
+
+@pytest.fixture
+def sandbox_view(sandbox_url):
+    """Read an order from the sandbox's JSON view by SystemId."""
+    import requests
+
+    def view(system_id: int) -> dict:
+        reply = requests.get(f"{sandbox_url}/ongoing/orders/{system_id}", timeout=5)
+        assert reply.status_code == 200
+        return reply.json()
+
+    return view
+
+
+@pytest.fixture
+def make_gateway():
+    """Build gateway apps from configurations, closing their connection pools afterwards."""
+    apps = []
+
+    def make(config: dict):
+        app = create_app(config)
+        app.testing = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["order_gateway"].close()
+
+
+@pytest.fixture
+def app(make_gateway, sandbox_url):
+    """The gateway configured with one Ongoing connection, `ongoing-demo`, pointing at the sandbox."""
+    return make_gateway(gateway_config(**{"ongoing-demo": ongoing_connection(sandbox_url + ONGOING_SERVICE_PATH)}))
+
+
+@pytest.fixture
+def client(app):
+    """A test client of the gateway app."""
+    return app.test_client()

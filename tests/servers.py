@@ -1,0 +1,50 @@
+"""Real HTTP servers on 127.0.0.1 for the tests: any WSGI app in a thread, and scripted fake backends."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+
+@contextlib.contextmanager
+def serve_wsgi(app) -> Iterator[str]:
+    """Serve `app` on an ephemeral 127.0.0.1 port for the duration of the block; yields the base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+class ScriptedBackend:
+    """A fake backend that answers every request the same way, and records what it received."""
+
+    def __init__(self, body: bytes = b"", status: int = 200, content_type: str = "text/xml; charset=utf-8",
+                 delay: float = 0.0) -> None:
+        self.body, self.status, self.content_type, self.delay = body, status, content_type, delay
+        self.requests: list[tuple[dict, bytes]] = []
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        self.requests.append((dict(request.headers), request.get_data()))
+        if self.delay:
+            time.sleep(self.delay)
+        return Response(self.body, status=self.status, content_type=self.content_type)(environ, start_response)
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (connections to it are refused)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
