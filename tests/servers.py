@@ -32,10 +32,12 @@ class ScriptedBackend:
                  delay: float = 0.0) -> None:
         self.body, self.status, self.content_type, self.delay = body, status, content_type, delay
         self.requests: list[tuple[dict, bytes]] = []
+        self.client_ports: list[int] = []
 
     def __call__(self, environ, start_response):
         request = Request(environ)
         self.requests.append((dict(request.headers), request.get_data()))
+        self.client_ports.append(int(environ["REMOTE_PORT"]))
         if self.delay:
             time.sleep(self.delay)
         return Response(self.body, status=self.status, content_type=self.content_type)(environ, start_response)
@@ -48,3 +50,37 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_keep_alive(body: bytes) -> Iterator[tuple[str, list[int]]]:
+    """An HTTP/1.1 keep-alive server (werkzeug's always closes); yields its URL and the client ports seen."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    ports: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            ports.append(self.client_address[1])
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/", ports
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

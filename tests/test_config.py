@@ -1,0 +1,123 @@
+"""The configuration file: secrets from the environment, and broken files stopping start-up clearly."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from gateway import create_app
+from gateway.backends import BACKENDS
+from gateway.config import DEFAULT_CONFIG_PATH, Secret, read_config_file
+from gateway.errors import ConfigError
+
+GOOD = """
+[gateway]
+default_connection = "wh"
+
+[connections.wh]
+backend = "ongoing"
+url = "https://api.ongoingsystems.se/demo/Service.asmx"
+goods_owner_code = "ACME"
+username = "${TEST_ONGOING_USER:-integration}"
+password = "${TEST_ONGOING_PASSWORD}"
+read_timeout = 12.5
+
+[connections.wh.status_map]
+packed = 425
+released = 310
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "gateway.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_a_good_file_loads_with_secrets_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_ONGOING_PASSWORD", "s3cret")
+    settings = read_config_file(write(tmp_path, GOOD), BACKENDS)
+    connection = settings.connections["wh"]
+    assert settings.default_connection == "wh"
+    assert connection.username == "integration"
+    assert connection.password == Secret("s3cret")
+    assert "s3cret" not in repr(connection) and "s3cret" not in str(connection.password)
+    assert connection.read_timeout == 12.5 and connection.connect_timeout == 3.05
+    assert connection.options["goods_owner_code"] == "ACME"
+    backend = BACKENDS["ongoing"](connection)
+    try:
+        assert backend.status_map["packed"] == 425
+        assert backend.status_map["released"] == 310  # a warehouse's own numbering overrides the default
+        assert backend.status_map["picked"] == 400
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        (GOOD.replace('password = "${TEST_ONGOING_PASSWORD}"', 'password = "${TEST_UNSET_VARIABLE}"'),
+         "connections.wh.password", "environment variable TEST_UNSET_VARIABLE is not set"),
+        (GOOD.replace('backend = "ongoing"', 'backend = "sap"'), "connections.wh.backend", "unknown backend kind 'sap'"),
+        (GOOD.replace('backend = "ongoing"\n', ""), "connections.wh.backend", "missing backend kind"),
+        (GOOD.replace('goods_owner_code = "ACME"\n', ""), "connections.wh.goods_owner_code",
+         "Missing data for required field"),
+        (GOOD.replace("read_timeout = 12.5", 'read_timeout = "soon"'), "connections.wh.read_timeout",
+         "Not a valid number"),
+        (GOOD.replace("read_timeout = 12.5", "read_timeout = 0"), "connections.wh.read_timeout",
+         "greater than or equal to 0.001"),
+        (GOOD.replace("read_timeout = 12.5", "retries = 3"), "connections.wh.retries", "Unknown field"),
+        (GOOD.replace('url = "https://api.ongoingsystems.se/demo/Service.asmx"', 'url = "ftp://x/y"'),
+         "connections.wh.url", "Not a valid URL"),
+        (GOOD.replace("packed = 425", 'packed = "425"'), "connections.wh.status_map",
+         "Ongoing status codes are integers"),
+        (GOOD.replace('default_connection = "wh"', 'default_connection = "elsewhere"'),
+         "gateway.default_connection", "names no configured connection"),
+        (GOOD + "\n[logging]\nlevel = 1\n", "logging", "unknown section"),
+        ('[gateway]\ndefault_connection = "x"\n', "connections", "at least one"),
+        (GOOD.replace('username = "${TEST_ONGOING_USER:-integration}"', 'username = ""'),
+         "connections.wh.username", "username of 1 to 50"),
+        (GOOD + '\n[connections.wh2]\nbackend = "ongoing"\nurl = "http://h/x"\ngoods_owner_code = "A"\n'
+         'username = "u"\n', "connections.wh2.password", "password of 1 to 50"),
+        (GOOD.replace("read_timeout = 12.5", "order_not_found_patterns = ['(unclosed']"),
+         "connections.wh.order_not_found_patterns", "Not a valid regular expression"),
+    ],
+)
+def test_a_broken_file_names_file_key_and_problem(tmp_path, monkeypatch, text, key, problem):
+    monkeypatch.setenv("TEST_ONGOING_PASSWORD", "s3cret")
+    monkeypatch.delenv("TEST_UNSET_VARIABLE", raising=False)
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        read_config_file(path, BACKENDS)
+    message = str(caught.value)
+    assert message.startswith(str(path))
+    assert key in message and problem in message, message
+    assert "s3cret" not in message
+
+
+def test_unreadable_and_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        read_config_file(tmp_path / "missing.toml", BACKENDS)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        read_config_file(write(tmp_path, "[gateway\n"), BACKENDS)
+
+
+def test_create_app_reads_gateway_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_ONGOING_PASSWORD", "s3cret")
+    monkeypatch.setenv("GATEWAY_CONFIG", str(write(tmp_path, GOOD)))
+    app = create_app()
+    try:
+        assert app.config["GATEWAY_SETTINGS"].source == str(tmp_path / "gateway.toml")
+        assert app.extensions["order_gateway"].resolve(None).name == "wh"
+    finally:
+        app.extensions["order_gateway"].close()
+
+
+def test_the_shipped_sandbox_configuration_loads_without_any_environment(monkeypatch):
+    for name in ("ONGOING_URL", "ONGOING_USERNAME", "ONGOING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    settings = read_config_file(DEFAULT_CONFIG_PATH, BACKENDS)
+    connection = settings.connections[settings.default_connection]
+    assert connection.url == "http://127.0.0.1:8001/ongoing/Service.asmx"
+    assert connection.options["goods_owner_code"] == "DEMO"

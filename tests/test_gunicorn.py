@@ -1,0 +1,98 @@
+"""The deployment shape of `make run`: gunicorn serving the sandbox and a multi-worker gateway, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.servers import closed_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()
+        try:
+            requests.get(url, timeout=0.5)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    finally:
+        process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def deployment():
+    sandbox_port, gateway_port = closed_port(), closed_port()
+    env = {**os.environ, "ONGOING_URL": f"http://127.0.0.1:{sandbox_port}/ongoing/Service.asmx"}
+    env.pop("GATEWAY_CONFIG", None)  # the shipped sandbox configuration, as `make run` uses it
+    sandbox = subprocess.Popen(
+        [GUNICORN, "--workers", "1", "--threads", "4", "--bind", f"127.0.0.1:{sandbox_port}", "sandbox:create_app()"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    gateway = subprocess.Popen(
+        [GUNICORN, "--config", "config/gunicorn.py", "--workers", "3", "--bind", f"127.0.0.1:{gateway_port}",
+         "--access-logfile", "/dev/null", "wsgi:app"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{sandbox_port}/ongoing/orders", sandbox)
+        wait_until_serving(f"http://127.0.0.1:{gateway_port}/", gateway)
+        yield f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{sandbox_port}"
+    finally:
+        stop(gateway)
+        stop(sandbox)
+
+
+def test_the_readme_example_works_through_gunicorn(deployment):
+    gateway_url, sandbox_url = deployment
+    reply = requests.patch(f"{gateway_url}/orders/SO-1002", json={"status": "allocated"}, timeout=10)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["Content-Type"] == "application/json"
+    body = reply.json()
+    assert body["backend_order_id"] == "1002" and body["connection"] == "ongoing-demo"
+    assert body["request_id"] == reply.headers["X-Request-ID"]
+    assert requests.get(f"{sandbox_url}/ongoing/orders/1002", timeout=5).json()["status"] == 320
+
+
+def test_many_workers_serve_concurrent_requests(deployment):
+    gateway_url, sandbox_url = deployment
+    orders = [f"SO-{n}" for n in range(1006, 1011)] * 4
+
+    def patch(order: str) -> int:
+        return requests.patch(f"{gateway_url}/orders/{order}", json={"picking_priority": 9}, timeout=10).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(patch, orders))
+    assert statuses == [200] * len(orders)
+    for system_id in range(1006, 1011):
+        assert requests.get(f"{sandbox_url}/ongoing/orders/{system_id}", timeout=5).json()["picking_priority"] == 9
+
+
+def test_errors_through_gunicorn_are_problem_documents(deployment):
+    gateway_url, _ = deployment
+    reply = requests.patch(f"{gateway_url}/orders/SO-1001", data="{", timeout=10,
+                           headers={"Content-Type": "application/json"})
+    assert reply.status_code == 400
+    assert reply.headers["Content-Type"] == "application/problem+json"

@@ -1,0 +1,90 @@
+"""The transport: every requests/urllib3 exception is mapped to a gateway error, and pooling holds."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import requests
+import urllib3.exceptions
+
+from gateway.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
+from gateway.transport import TRANSPORT_ERROR_MAP, HttpTransport, OutboundRequest, map_transport_errors
+from tests.servers import serve_keep_alive
+
+
+def all_subclasses(base: type) -> set[type]:
+    found = set()
+    for sub in base.__subclasses__():
+        found |= {sub} | all_subclasses(sub)
+    return found
+
+
+def instantiate(exception_class: type) -> BaseException:
+    for args in ((), ("message",), (None, "message"), (None, None, "message")):
+        try:
+            return exception_class(*args)
+        except (TypeError, AttributeError):
+            continue
+    return exception_class.__new__(exception_class)
+
+
+# requests.JSONDecodeError comes from Response.json(), which the gateway never calls.
+REQUESTS_EXCEPTIONS = sorted(
+    (cls for cls in all_subclasses(requests.exceptions.RequestException) | {requests.exceptions.RequestException}
+     if inspect.getmodule(cls).__name__.startswith("requests") and cls is not requests.exceptions.JSONDecodeError),
+    key=lambda cls: cls.__name__,
+)
+URLLIB3_EXCEPTIONS = sorted(
+    (cls for cls in all_subclasses(urllib3.exceptions.HTTPError) | {urllib3.exceptions.HTTPError}
+     if not issubclass(cls, Warning)),
+    key=lambda cls: cls.__name__,
+)
+
+
+@pytest.mark.parametrize("exception_class", REQUESTS_EXCEPTIONS + URLLIB3_EXCEPTIONS,
+                         ids=lambda cls: f"{cls.__module__}.{cls.__name__}")
+def test_every_transport_exception_becomes_a_backend_error(exception_class):
+    with pytest.raises(BackendError) as caught, map_transport_errors("demo", 2.0):
+        raise instantiate(exception_class)
+    assert caught.value.connection == "demo"
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert caught.value.status in (502, 503, 504)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (requests.exceptions.ConnectTimeout(), BackendTimeout),
+        (requests.exceptions.ReadTimeout(), BackendTimeout),
+        (requests.exceptions.ConnectionError(urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out")),
+         BackendTimeout),
+        (requests.exceptions.ConnectionError("refused"), BackendUnavailable),
+        (requests.exceptions.SSLError(), BackendFailure),
+        (requests.exceptions.ChunkedEncodingError(), BackendFailure),
+        (urllib3.exceptions.ProtocolError("reset"), BackendFailure),
+    ],
+)
+def test_transport_exceptions_map_to_the_documented_status(error, expected):
+    with pytest.raises(expected), map_transport_errors("demo", 2.0):
+        raise error
+
+
+def test_the_map_is_ordered_most_specific_first():
+    classes = [entry[0] for entry in TRANSPORT_ERROR_MAP]
+    for position, cls in enumerate(classes):
+        for later in classes[position + 1:]:
+            assert not issubclass(later, cls) or later is cls, f"{later} is shadowed by {cls}"
+
+
+def test_connections_are_reused_from_the_pool():
+    with serve_keep_alive(b"<ok/>") as (url, client_ports):
+        transport = HttpTransport(connection="demo", connect_timeout=1, read_timeout=1, max_reply_bytes=1024)
+        request = OutboundRequest("POST", url, {"Content-Type": "text/xml"}, b"<x/>")
+        try:
+            replies = [transport.send(request) for _ in range(3)]
+        finally:
+            transport.close()
+    assert [reply.body for reply in replies] == [b"<ok/>"] * 3
+    assert len(client_ports) == 3
+    assert len(set(client_ports)) == 1, "every request should travel on the same pooled connection"
