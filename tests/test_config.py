@@ -59,7 +59,8 @@ def test_a_good_file_loads_with_secrets_from_the_environment(tmp_path, monkeypat
     [
         (GOOD.replace('password = "${TEST_ONGOING_PASSWORD}"', 'password = "${TEST_UNSET_VARIABLE}"'),
          "connections.wh.password", "environment variable TEST_UNSET_VARIABLE is not set"),
-        (GOOD.replace('backend = "ongoing"', 'backend = "sap"'), "connections.wh.backend", "unknown backend kind 'sap'"),
+        (GOOD.replace('backend = "ongoing"', 'backend = "sap"'), "connections.wh.backend",
+         "unknown backend kind 'sap'"),
         (GOOD.replace('backend = "ongoing"\n', ""), "connections.wh.backend", "missing backend kind"),
         (GOOD.replace('goods_owner_code = "ACME"\n', ""), "connections.wh.goods_owner_code",
          "Missing data for required field"),

@@ -1,0 +1,122 @@
+"""What the simulated Ongoing WMS keeps (goods owners, orders, ways of delivery) and what UpdateOrder asks of it."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# OrderIdentificationType -> (Order attribute it matches, element of OrderUpdateIdentification carrying the value).
+# There is no SystemId element: the SystemId travels in OrderId.
+ORDER_IDENTIFICATION_TYPES: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "GoodsOwnerOrderNumber": ("order_number", "GoodsOwnerOrderNumber"),
+        "GoodsOwnerOrderId": ("order_id", "GoodsOwnerOrderId"),
+        "SystemId": ("system_id", "OrderId"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class GoodsOwner:
+    """A client of the warehouse, with the API credentials that act for it."""
+
+    code: str
+    user_name: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WayOfDeliveryType:
+    """A way of delivery the warehouse knows, identified by its code."""
+
+    code: str
+    name: str
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    """One article on an order and how far the warehouse has come with it."""
+
+    article: str
+    ordered: int
+    allocated: int
+    picked: int
+
+    @property
+    def has_allocated_unpicked_goods(self) -> bool:
+        """Whether goods are reserved for this line that have not been picked yet."""
+        return self.allocated > self.picked
+
+
+@dataclass(frozen=True)
+class Order:
+    """An outgoing order; its date and time fields hold the ISO 8601 text exactly as it was sent."""
+
+    system_id: int
+    goods_owner_code: str
+    order_number: str
+    order_id: str | None
+    status: int
+    delivery_date: str | None = None
+    waybill: str | None = None
+    transporter_order_number: str | None = None
+    printed_time: str | None = None
+    shipped_time: str | None = None
+    picking_priority: int | None = None
+    warehouse_instruction: str | None = None
+    return_waybill: str | None = None
+    service_point_code: str | None = None
+    way_of_delivery_type_code: str | None = None
+    lines: tuple[OrderLine, ...] = ()
+
+    @property
+    def has_allocated_unpicked_goods(self) -> bool:
+        """Whether any line has goods reserved that have not been picked yet."""
+        return any(line.has_allocated_unpicked_goods for line in self.lines)
+
+
+@dataclass(frozen=True)
+class OrderIdentification:
+    """How an UpdateOrder request points at its order: the identification type and the value sent for it."""
+
+    identification_type: str
+    value: str | int | None
+
+
+@dataclass(frozen=True)
+class WayOfDeliveryTypeChange:
+    """The UpdateOrderWayOfDeliveryType block: find (or find or create) a way of delivery by its code."""
+
+    operation: str
+    code: str | None
+    name: str | None
+
+
+@dataclass(frozen=True)
+class OrderChanges:
+    """The update blocks of one request; a block left out of the request is None (or absent from `fields`)."""
+
+    status: int | None = None
+    order_number: str | None = None
+    way_of_delivery_type: WayOfDeliveryTypeChange | None = None
+    # Order attributes that take the sent value as it is, keyed by Order field name.
+    fields: Mapping[str, str | int | None] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class UpdateOrderRequest:
+    """One UpdateOrder call: who is calling, which order, and what to change."""
+
+    goods_owner_code: str
+    user_name: str
+    password: str = field(repr=False)
+    identification: OrderIdentification
+    changes: OrderChanges
+
+
+@dataclass(frozen=True)
+class UpdateOrderResult:
+    """The UpdateOrderResult to answer with; `order_id` is the order's SystemId, None when no order was found."""
+
+    success: bool
+    message: str | None
+    order_id: int | None

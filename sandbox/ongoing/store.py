@@ -1,0 +1,185 @@
+"""The simulated Ongoing WMS's data: loaded from a JSON file, held in memory, changed by UpdateOrder under a lock."""
+
+import dataclasses
+import hmac
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from sandbox.ongoing.model import (
+    ORDER_IDENTIFICATION_TYPES,
+    GoodsOwner,
+    Order,
+    OrderChanges,
+    OrderIdentification,
+    OrderLine,
+    UpdateOrderResult,
+    WayOfDeliveryType,
+)
+
+ORDER_NOT_FOUND = "No order found with {identification_type} '{value}'."
+IDENTIFICATION_VALUE_MISSING = "{element} is required when OrderIdentificationType is {identification_type}."
+STATUS_WITH_UNPICKED_GOODS = (
+    "Updates to statuses above 399 are not allowed if the order has allocated but not picked goods."
+)
+CANCELLATION_REFUSED = "UpdateOrder must not be used to cancel an order; use ProcessOrder with OrderOperation Remove."
+STATUS_UNKNOWN = "Order status {status} does not exist."
+ORDER_NUMBER_EMPTY = "GoodsOwnerOrderNumber must not be empty."
+ORDER_NUMBER_IN_USE = "Order number '{order_number}' is already in use."
+WAY_OF_DELIVERY_CODE_MISSING = "WayOfDeliveryTypeCode is required."
+WAY_OF_DELIVERY_TYPE_UNKNOWN = "Way of delivery type '{code}' does not exist."
+
+PICKED_STATUS = 400
+CANCELLED_STATUS = 1000
+
+
+class UpdateRefused(Exception):
+    """A business rule refuses the update; the message is what the service answers with."""
+
+
+@dataclass(frozen=True)
+class OngoingSnapshot:
+    """A consistent read-only copy of the store's data at one moment."""
+
+    statuses: Mapping[int, str]
+    way_of_delivery_types: Mapping[str, WayOfDeliveryType]
+    orders: tuple[Order, ...]
+
+
+@dataclass
+class _OngoingData:
+    """Everything the store holds; replaced as a whole on reset."""
+
+    statuses: dict[int, str]
+    goods_owners: dict[str, GoodsOwner]
+    way_of_delivery_types: dict[str, WayOfDeliveryType]
+    orders: dict[int, Order]
+
+
+def _read_data_file(path: Path) -> _OngoingData:
+    """Read the JSON data file (statuses, goods owners, ways of delivery, orders) into store data."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    orders = [
+        Order(**{**order, "lines": tuple(OrderLine(**line) for line in order.get("lines", ()))})
+        for order in raw["orders"]
+    ]
+    return _OngoingData(
+        statuses={int(status["code"]): status["name"] for status in raw["order_statuses"]},
+        goods_owners={owner["code"]: GoodsOwner(**owner) for owner in raw["goods_owners"]},
+        way_of_delivery_types={kind["code"]: WayOfDeliveryType(**kind) for kind in raw["way_of_delivery_types"]},
+        orders={order.system_id: order for order in orders},
+    )
+
+
+class OngoingStore:
+    """The in-memory warehouse; every read and change holds one lock, so concurrent requests see whole updates."""
+
+    def __init__(self, data_path: Path):
+        self._data_path = data_path
+        self._lock = threading.Lock()
+        self._data = _read_data_file(data_path)
+
+    def reset(self) -> None:
+        """Forget every change and reload the data file."""
+        data = _read_data_file(self._data_path)
+        with self._lock:
+            self._data = data
+
+    def authenticate(self, goods_owner_code: str, user_name: str, password: str) -> GoodsOwner | None:
+        """Return the goods owner whose code, user name and password all match, else None."""
+        with self._lock:
+            owner = self._data.goods_owners.get(goods_owner_code)
+        if owner is None or owner.user_name != user_name:
+            return None
+        if not hmac.compare_digest(owner.password.encode(), password.encode()):
+            return None
+        return owner
+
+    def snapshot(self) -> OngoingSnapshot:
+        """Copy the current statuses, ways of delivery and orders (sorted by SystemId)."""
+        with self._lock:
+            return OngoingSnapshot(
+                statuses=MappingProxyType(dict(self._data.statuses)),
+                way_of_delivery_types=MappingProxyType(dict(self._data.way_of_delivery_types)),
+                orders=tuple(self._data.orders[system_id] for system_id in sorted(self._data.orders)),
+            )
+
+    def update_order(
+        self, goods_owner: GoodsOwner, identification: OrderIdentification, changes: OrderChanges
+    ) -> UpdateOrderResult:
+        """Find the goods owner's order and apply every change, or none of them if any rule refuses one."""
+        with self._lock:
+            try:
+                order = self._find_order(goods_owner, identification)
+            except UpdateRefused as refusal:
+                return UpdateOrderResult(success=False, message=str(refusal), order_id=None)
+            try:
+                updated_order, new_way_of_delivery_type = self._plan_update(order, changes)
+            except UpdateRefused as refusal:
+                return UpdateOrderResult(success=False, message=str(refusal), order_id=order.system_id)
+            self._data.orders[order.system_id] = updated_order
+            if new_way_of_delivery_type is not None:
+                self._data.way_of_delivery_types[new_way_of_delivery_type.code] = new_way_of_delivery_type
+            return UpdateOrderResult(success=True, message=None, order_id=order.system_id)
+
+    def _find_order(self, goods_owner: GoodsOwner, identification: OrderIdentification) -> Order:
+        """Return the goods owner's order the identification points at."""
+        attribute, element = ORDER_IDENTIFICATION_TYPES[identification.identification_type]
+        if identification.value is None:
+            raise UpdateRefused(
+                IDENTIFICATION_VALUE_MISSING.format(
+                    element=element, identification_type=identification.identification_type
+                )
+            )
+        for order in self._data.orders.values():
+            if order.goods_owner_code == goods_owner.code and getattr(order, attribute) == identification.value:
+                return order
+        raise UpdateRefused(
+            ORDER_NOT_FOUND.format(identification_type=identification.identification_type, value=identification.value)
+        )
+
+    def _plan_update(self, order: Order, changes: OrderChanges) -> tuple[Order, WayOfDeliveryType | None]:
+        """Check every change against the rules and return the updated order and any way of delivery to create."""
+        replacements: dict[str, object] = {}
+        if changes.status is not None:
+            self._check_status(order, changes.status)
+            replacements["status"] = changes.status
+        if changes.order_number is not None:
+            self._check_order_number(order, changes.order_number)
+            replacements["order_number"] = changes.order_number
+        replacements.update(changes.fields)
+        new_way_of_delivery_type = None
+        if changes.way_of_delivery_type is not None:
+            change = changes.way_of_delivery_type
+            if not change.code:
+                raise UpdateRefused(WAY_OF_DELIVERY_CODE_MISSING)
+            if change.code not in self._data.way_of_delivery_types:
+                if change.operation != "FindOrCreate":
+                    raise UpdateRefused(WAY_OF_DELIVERY_TYPE_UNKNOWN.format(code=change.code))
+                new_way_of_delivery_type = WayOfDeliveryType(code=change.code, name=change.name or change.code)
+            replacements["way_of_delivery_type_code"] = change.code
+        return dataclasses.replace(order, **replacements), new_way_of_delivery_type
+
+    def _check_status(self, order: Order, status: int) -> None:
+        """Refuse cancelling, unknown statuses, and picked-or-above while goods are allocated but not picked."""
+        if status == CANCELLED_STATUS:
+            raise UpdateRefused(CANCELLATION_REFUSED)
+        if status not in self._data.statuses:
+            raise UpdateRefused(STATUS_UNKNOWN.format(status=status))
+        if status >= PICKED_STATUS and order.has_allocated_unpicked_goods:
+            raise UpdateRefused(STATUS_WITH_UNPICKED_GOODS)
+
+    def _check_order_number(self, order: Order, order_number: str) -> None:
+        """Refuse an empty order number or one another order of the same goods owner already has."""
+        if not order_number:
+            raise UpdateRefused(ORDER_NUMBER_EMPTY)
+        for other in self._data.orders.values():
+            if (
+                other.system_id != order.system_id
+                and other.goods_owner_code == order.goods_owner_code
+                and other.order_number == order_number
+            ):
+                raise UpdateRefused(ORDER_NUMBER_IN_USE.format(order_number=order_number))

@@ -1,0 +1,149 @@
+"""HTTP face of the simulated Ongoing WMS: the SOAP service, a read-only JSON view of its data, and a reset."""
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from sandbox.ongoing.model import Order
+from sandbox.ongoing.store import OngoingSnapshot, OngoingStore
+from sandbox.ongoing.update_order import (
+    UPDATE_ORDER_SOAP_ACTION,
+    UpdateOrderSchema,
+    read_update_order,
+    render_update_order_response,
+)
+from sandbox.soap11 import (
+    SOAP11_CONTENT_TYPE,
+    SoapFault,
+    check_soap11_content_type,
+    check_soap_action,
+    new_soap11_envelope,
+    read_soap11_operation,
+    render_soap11_fault,
+    serialize_soap11_envelope,
+)
+
+EXTENSION_KEY = "sandbox.ongoing"
+INVALID_CREDENTIALS = "Invalid credentials."
+
+
+def create_blueprint(service_path: str) -> Blueprint:
+    """Build the Ongoing blueprint with the SOAP service at `service_path` and the JSON view under /ongoing."""
+    blueprint = Blueprint("ongoing", __name__)
+    blueprint.add_url_rule(
+        service_path,
+        "service",
+        serve_soap_request,
+        methods=["POST"],
+        provide_automatic_options=False,
+    )
+    blueprint.add_url_rule("/ongoing/orders", "list_orders", list_orders)
+    blueprint.add_url_rule("/ongoing/orders/<int:system_id>", "show_order", show_order)
+    blueprint.add_url_rule("/ongoing/way-of-delivery-types", "list_way_of_delivery_types", list_way_of_delivery_types)
+    blueprint.add_url_rule("/ongoing/_reset", "reset", reset_store, methods=["POST"])
+    return blueprint
+
+
+def _store() -> OngoingStore:
+    """The application's Ongoing store."""
+    return current_app.extensions[EXTENSION_KEY]["store"]
+
+
+def _schema() -> UpdateOrderSchema:
+    """The application's compiled UpdateOrder schema."""
+    return current_app.extensions[EXTENSION_KEY]["schema"]
+
+
+def _soap_response(payload: bytes, status: int) -> Response:
+    """Wrap a serialized envelope in an HTTP response with the SOAP 1.1 content type."""
+    return Response(payload, status=status, content_type=SOAP11_CONTENT_TYPE)
+
+
+def serve_soap_request() -> Response:
+    """Answer one SOAP 1.1 UpdateOrder call: a result envelope, or a fault for a request that cannot be run."""
+    try:
+        check_soap11_content_type(request.mimetype, request.mimetype_params.get("charset"))
+        check_soap_action(request.headers.get("SOAPAction"), UPDATE_ORDER_SOAP_ACTION)
+        update_request = read_update_order(read_soap11_operation(request.get_data()), _schema())
+        goods_owner = _store().authenticate(
+            update_request.goods_owner_code, update_request.user_name, update_request.password
+        )
+        if goods_owner is None:
+            raise SoapFault("Client", INVALID_CREDENTIALS)
+    except SoapFault as fault:
+        return _soap_response(render_soap11_fault(fault), fault.http_status)
+    result = _store().update_order(goods_owner, update_request.identification, update_request.changes)
+    envelope, body = new_soap11_envelope()
+    render_update_order_response(body, result)
+    return _soap_response(serialize_soap11_envelope(envelope), 200)
+
+
+def describe_order(order: Order, snapshot: OngoingSnapshot) -> dict:
+    """An order as JSON with snake_case keys, its status name and way of delivery spelled out."""
+    way_of_delivery_type = snapshot.way_of_delivery_types.get(order.way_of_delivery_type_code or "")
+    return {
+        "system_id": order.system_id,
+        "goods_owner_code": order.goods_owner_code,
+        "order_number": order.order_number,
+        "order_id": order.order_id,
+        "status": order.status,
+        "status_name": snapshot.statuses.get(order.status),
+        "delivery_date": order.delivery_date,
+        "waybill": order.waybill,
+        "transporter_order_number": order.transporter_order_number,
+        "printed_time": order.printed_time,
+        "shipped_time": order.shipped_time,
+        "picking_priority": order.picking_priority,
+        "warehouse_instruction": order.warehouse_instruction,
+        "return_waybill": order.return_waybill,
+        "service_point_code": order.service_point_code,
+        "way_of_delivery_type": (
+            None
+            if way_of_delivery_type is None
+            else {"code": way_of_delivery_type.code, "name": way_of_delivery_type.name}
+        ),
+        "lines": [
+            {"article": line.article, "ordered": line.ordered, "allocated": line.allocated, "picked": line.picked}
+            for line in order.lines
+        ],
+    }
+
+
+def list_orders() -> Response:
+    """All orders of every goods owner, by SystemId."""
+    snapshot = _store().snapshot()
+    return jsonify({"orders": [describe_order(order, snapshot) for order in snapshot.orders]})
+
+
+def show_order(system_id: int) -> Response | tuple[Response, int]:
+    """One order by SystemId, or a problem document if there is none."""
+    snapshot = _store().snapshot()
+    for order in snapshot.orders:
+        if order.system_id == system_id:
+            return jsonify(describe_order(order, snapshot))
+    problem = jsonify(
+        {
+            "type": "about:blank",
+            "title": "Not Found",
+            "status": 404,
+            "detail": f"No order with SystemId {system_id}.",
+        }
+    )
+    problem.content_type = "application/problem+json"
+    return problem, 404
+
+
+def list_way_of_delivery_types() -> Response:
+    """Every way of delivery type the warehouse knows, including those FindOrCreate added."""
+    snapshot = _store().snapshot()
+    return jsonify(
+        {
+            "way_of_delivery_types": [
+                {"code": kind.code, "name": kind.name} for kind in snapshot.way_of_delivery_types.values()
+            ]
+        }
+    )
+
+
+def reset_store() -> tuple[str, int]:
+    """Reload the data file, forgetting every change."""
+    _store().reset()
+    return "", 204
