@@ -19,7 +19,9 @@ NON_NEGATIVE_INT32 = validate.Range(min=0, max=2**31 - 1)
 
 def _text(max_length: int, *, min_length: int = 0) -> fields.String:
     """A string field bounded as the backend documentation bounds it."""
-    return fields.String(validate=validate.Length(min=min_length, max=max_length))
+    if min_length:
+        return fields.String(validate=validate.Length(min=min_length, max=max_length))
+    return fields.String(validate=validate.Length(max=max_length))
 
 
 class WayOfDeliverySchema(Schema):
