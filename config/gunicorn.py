@@ -12,3 +12,6 @@ accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 # Load the app once before forking: XSDs and templates are compiled a single time.
 preload_app = True
+# The sandboxes run beside the gateway; neither needs gunicorn's runtime control socket, and two
+# servers would otherwise share its default path.
+control_socket_disable = True

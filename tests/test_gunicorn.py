@@ -48,7 +48,8 @@ def deployment():
     env = {**os.environ, "ONGOING_URL": f"http://127.0.0.1:{sandbox_port}/ongoing/Service.asmx"}
     env.pop("GATEWAY_CONFIG", None)  # the shipped sandbox configuration, as `make run` uses it
     sandbox = subprocess.Popen(
-        [GUNICORN, "--workers", "1", "--threads", "4", "--bind", f"127.0.0.1:{sandbox_port}", "sandbox:create_app()"],
+        [GUNICORN, "--no-control-socket", "--workers", "1", "--threads", "4", "--bind", f"127.0.0.1:{sandbox_port}",
+         "sandbox:create_app()"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     gateway = subprocess.Popen(
