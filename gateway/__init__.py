@@ -23,7 +23,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         settings = load_settings(test_config, "<test configuration>", BACKENDS)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        JSON_SORT_KEYS=False,
         GATEWAY_SETTINGS=settings,
     )
     app.json.sort_keys = False

@@ -97,3 +97,20 @@ def test_errors_through_gunicorn_are_problem_documents(deployment):
                            headers={"Content-Type": "application/json"})
     assert reply.status_code == 400
     assert reply.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_broken_configuration_stops_start_up_with_a_clear_message(tmp_path):
+    config = tmp_path / "broken.toml"
+    config.write_text('[connections.wh]\nbackend = "ongoing"\nurl = "http://127.0.0.1:9/"\n'
+                      'goods_owner_code = "A"\nusername = "u"\npassword = "${TEST_NEVER_SET_PASSWORD}"\n')
+    env = {**os.environ, "GATEWAY_CONFIG": str(config)}
+    env.pop("TEST_NEVER_SET_PASSWORD", None)
+    result = subprocess.run(
+        [GUNICORN, "--config", "config/gunicorn.py", "--bind", f"127.0.0.1:{closed_port()}", "wsgi:app"],
+        cwd=ROOT, env=env, capture_output=True, timeout=30, check=False,
+    )
+    assert result.returncode != 0
+    stderr = result.stderr.decode()
+    assert (f"order gateway: configuration error: {config}: connections.wh.password: "
+            "environment variable TEST_NEVER_SET_PASSWORD is not set") in stderr
+    assert "Traceback" not in stderr

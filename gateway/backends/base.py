@@ -71,11 +71,6 @@ class Backend(abc.ABC):
 
     # --- the shared flow -------------------------------------------------------------------------------
 
-    @property
-    def id_type_names(self) -> list[str]:
-        """The id types this backend accepts, default first."""
-        return list(self.id_types)
-
     def effective_id_type(self, update: OrderUpdate) -> str:
         """The id type of the update, or the backend's default."""
         return update.id_type or next(iter(self.id_types))
