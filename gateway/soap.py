@@ -1,6 +1,7 @@
-"""Reading SOAP replies: find the Body's payload or turn a fault, an HTML page or garbage into a BackendError.
+"""SOAP envelopes: building requests in SOAP 1.1 or 1.2, and reading replies — the Body's payload, or a
+fault, an HTML page or garbage turned into a BackendError.
 
-Works for SOAP 1.1 and 1.2 and for faults written with any prefix or none, since backends differ.
+Reading works for both versions and for faults written with any prefix or none, since backends differ.
 """
 
 from __future__ import annotations
@@ -13,8 +14,26 @@ from gateway.safexml import UnsafeXML, parse_untrusted_xml
 from gateway.transport import BackendReply
 
 ENVELOPE_NAMESPACES = frozenset({ns.SOAP11_ENVELOPE, ns.SOAP12_ENVELOPE})
+SOAP_VERSIONS = {"1.1": ns.SOAP11_ENVELOPE, "1.2": ns.SOAP12_ENVELOPE}
 XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 _EXCERPT = 200
+
+
+def wrap_in_envelope(operation: etree._Element, version: str) -> etree._Element:
+    """A soap:Envelope of the given version ("1.1" or "1.2") whose Body holds `operation`."""
+    envelope_ns = SOAP_VERSIONS[version]
+    envelope = etree.Element(f"{{{envelope_ns}}}Envelope", nsmap={"soap": envelope_ns})
+    etree.SubElement(envelope, f"{{{envelope_ns}}}Body").append(operation)
+    return envelope
+
+
+def soap_request_headers(version: str, action: str) -> dict[str, str]:
+    """The HTTP headers of a SOAP request: SOAPAction for 1.1, the action parameter of the media type for 1.2."""
+    if version == "1.1":
+        return {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{action}"'}
+    if not action:
+        return {"Content-Type": "application/soap+xml; charset=utf-8"}
+    return {"Content-Type": f'application/soap+xml; charset=utf-8; action="{action}"'}
 
 
 def _local(element: etree._Element) -> str:

@@ -9,6 +9,8 @@ from gateway import create_app
 from tests.servers import serve_wsgi
 
 ONGOING_SERVICE_PATH = "/ongoing/Service.asmx"
+SPEED4TRADE_SERVICE_PATH = "/speed4trade/"
+SPEED4TRADE_NAMESPACE = "urn:order-gateway-sandbox:speed4trade"
 
 
 def ongoing_connection(url: str, **overrides) -> dict:
@@ -19,6 +21,22 @@ def ongoing_connection(url: str, **overrides) -> dict:
         "goods_owner_code": "DEMO",
         "username": "demo",
         "password": "demo-password",
+        "connect_timeout": 1.0,
+        "read_timeout": 2.0,
+        **overrides,
+    }
+
+
+def speed4trade_connection(url: str, **overrides) -> dict:
+    """A connection table for a Speed4Trade backend at `url` with the sandbox's demo credentials and mandator."""
+    return {
+        "backend": "speed4trade",
+        "url": url,
+        "username": "connect-demo",
+        "password": "connect-password",
+        "mandator_id": 1,
+        "soap_version": "1.1",
+        "namespace": SPEED4TRADE_NAMESPACE,
         "connect_timeout": 1.0,
         "read_timeout": 2.0,
         **overrides,

@@ -2,7 +2,8 @@
 
 from gateway.backends.base import Backend
 from gateway.backends.ongoing import OngoingBackend
+from gateway.backends.speed4trade import Speed4TradeBackend
 
-BACKENDS: dict[str, type[Backend]] = {backend.kind: backend for backend in (OngoingBackend,)}
+BACKENDS: dict[str, type[Backend]] = {backend.kind: backend for backend in (OngoingBackend, Speed4TradeBackend)}
 
 __all__ = ["BACKENDS", "Backend"]

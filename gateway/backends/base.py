@@ -57,6 +57,10 @@ class Backend(abc.ABC):
         """A requests AuthBase for transport-level authentication, or None."""
         return None
 
+    def masked_auth_headers(self) -> dict[str, str]:
+        """Headers the transport's authentication adds, with secrets masked, to show in dry runs."""
+        return {}
+
     def check_backend_rules(self, update: OrderUpdate) -> dict[str, list[str]]:
         """Backend-specific validation beyond the shared checks; returns field path -> messages."""
         return {}
@@ -85,7 +89,7 @@ class Backend(abc.ABC):
         """Refuse, with field paths, anything this connection's backend cannot carry."""
         errors: dict[str, list[str]] = {}
         where = f"backend {self.kind!r} (connection {self.name!r})"
-        for name in update.changes:
+        for name in (*update.identification, *update.changes):
             if name not in self.supported_fields:
                 errors.setdefault(name, []).append(f"Not supported by {where}.")
         if update.id_type is not None and update.id_type not in self.id_types:

@@ -1,17 +1,18 @@
 """The marshmallow schema of the canonical order-update document; unknown fields are refused.
 
-Lengths and ranges are those of the strictest backend that carries each field (Ongoing WMS's UpdateOrder);
-which fields and values a particular connection accepts is the backend's own check.
+Lengths and ranges are those of the strictest backend that documents them (Ongoing WMS's UpdateOrder; where
+no backend documents a limit, 255); which fields and values a connection accepts is its backend's own check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from datetime import date, datetime
+from typing import Any, ClassVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from gateway.canonical.model import OrderUpdate, WayOfDelivery
+from gateway.canonical.model import OrderUpdate, Payment, Shipment, WayOfDelivery
 
 INT32 = validate.Range(min=-(2**31), max=2**31 - 1)
 NON_NEGATIVE_INT32 = validate.Range(min=0, max=2**31 - 1)
@@ -22,6 +23,59 @@ def _text(max_length: int, *, min_length: int = 0) -> fields.String:
     if min_length:
         return fields.String(validate=validate.Length(min=min_length, max=max_length))
     return fields.String(validate=validate.Length(max=max_length))
+
+
+class DateOrDateTime(fields.Field):
+    """An ISO 8601 date (kept a date) or datetime."""
+
+    default_error_messages: ClassVar[dict[str, str]] = {"invalid": "Not a valid ISO 8601 date or datetime."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date | datetime:
+        if isinstance(value, str):
+            try:
+                if len(value) == 10:
+                    return date.fromisoformat(value)
+                return datetime.fromisoformat(value)
+            except ValueError:
+                pass
+        raise self.make_error("invalid")
+
+
+class ShipmentSchema(Schema):
+    """A parcel: its tracking number and the carrier, by name or by the caller's own carrier id."""
+
+    class Meta:
+        unknown = RAISE
+
+    tracking_number = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    carrier = fields.String(validate=validate.Length(min=1, max=255))
+    carrier_external_id = fields.String(validate=validate.Length(min=1, max=255))
+
+    @post_load
+    def make_shipment(self, data: dict, **_: Any) -> Shipment:
+        """Turn the loaded mapping into a Shipment."""
+        return Shipment(**data)
+
+
+class PaymentSchema(Schema):
+    """A payment state: the backend's numeric status id or its status identifier, exactly one of them."""
+
+    class Meta:
+        unknown = RAISE
+
+    status_id = fields.Integer(strict=True, validate=NON_NEGATIVE_INT32)
+    status = fields.String(validate=validate.Length(min=1, max=255))
+
+    @validates_schema
+    def check_exactly_one(self, data: dict, **_: Any) -> None:
+        """Either status_id or status, not both and not neither."""
+        if ("status_id" in data) == ("status" in data):
+            raise ValidationError("Give exactly one of status_id and status.", field_name="_schema")
+
+    @post_load
+    def make_payment(self, data: dict, **_: Any) -> Payment:
+        """Turn the loaded mapping into a Payment."""
+        return Payment(**data)
 
 
 class WayOfDeliverySchema(Schema):
@@ -49,6 +103,8 @@ class OrderUpdateSchema(Schema):
 
     connection = fields.String(validate=validate.Length(min=1, max=100))
     id_type = fields.String(validate=validate.Length(min=1, max=50))
+    order_number_prefix = fields.String(validate=validate.Length(min=1, max=255))
+    mandator_id = fields.Integer(strict=True, validate=NON_NEGATIVE_INT32)
 
     status = fields.String(validate=validate.Length(min=1, max=50))
     status_code = fields.Integer(strict=True, validate=NON_NEGATIVE_INT32)
@@ -63,6 +119,9 @@ class OrderUpdateSchema(Schema):
     return_waybill = _text(50)
     service_point_code = _text(50)
     way_of_delivery = fields.Nested(WayOfDeliverySchema)
+    shipments = fields.List(fields.Nested(ShipmentSchema), validate=validate.Length(min=1, max=100))
+    payment = fields.Nested(PaymentSchema)
+    acknowledged_at = DateOrDateTime()
 
     @validates_schema
     def check_status_given_once(self, data: dict, **_: Any) -> None:
@@ -72,6 +131,8 @@ class OrderUpdateSchema(Schema):
 
 
 ROUTING_FIELDS = ("connection", "id_type")
+#: fields that help find the order rather than change it
+IDENTIFICATION_FIELDS = ("order_number_prefix", "mandator_id")
 _SCHEMA = OrderUpdateSchema()
 
 
@@ -102,14 +163,15 @@ def load_order_update(order_id: str, document: Any) -> OrderUpdate:
     if not isinstance(document, Mapping):
         raise ValidationError({"body": ["The body must be a JSON object."]})
     data = _SCHEMA.load(document)
-    changes = {name: value for name, value in data.items() if name not in ROUTING_FIELDS}
+    changes = {name: value for name, value in data.items()
+               if name not in ROUTING_FIELDS and name not in IDENTIFICATION_FIELDS}
     if not changes:
         raise ValidationError({"body": ["Nothing to update: give at least one field to change."]})
-    sent = {name: document[name] for name in changes}
     return OrderUpdate(
         order_id=order_id,
         connection=data.get("connection"),
         id_type=data.get("id_type"),
+        identification={name: data[name] for name in IDENTIFICATION_FIELDS if name in data},
         changes=changes,
-        fields=sent,
+        fields={name: document[name] for name in changes},
     )

@@ -73,7 +73,7 @@ def update_order(order_id: str):
             request={
                 "method": outbound.method,
                 "url": outbound.url,
-                "headers": dict(outbound.headers),
+                "headers": {**outbound.headers, **backend.masked_auth_headers()},
                 "body": outbound.body.decode("utf-8"),
             },
             request_id=current_request_id(),
