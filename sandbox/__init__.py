@@ -4,9 +4,10 @@ from pathlib import Path
 
 from flask import Flask
 
-from sandbox import ongoing
+from sandbox import ongoing, speed4trade
 
 DEFAULT_ONGOING_DATA = Path(__file__).parent / "data" / "ongoing.json"
+DEFAULT_SPEED4TRADE_DATA = Path(__file__).parent / "data" / "speed4trade.json"
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -15,11 +16,16 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.from_mapping(
         ONGOING_DATA=str(DEFAULT_ONGOING_DATA),
         ONGOING_SERVICE_PATH="/ongoing/Service.asmx",
-        # The simulated services take single orders; anything larger is not a request they expect.
+        SPEED4TRADE_DATA=str(DEFAULT_SPEED4TRADE_DATA),
+        SPEED4TRADE_SERVICE_PATH="/speed4trade/",
+        # CONNECT's real target namespace is not public; the sandbox uses one of its own.
+        SPEED4TRADE_NAMESPACE="urn:order-gateway-sandbox:speed4trade",
+        # The simulated services take a few orders per call; anything larger is not a request they expect.
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     app.config.from_prefixed_env("SANDBOX")
     if config is not None:
         app.config.from_mapping(config)
     ongoing.init_app(app)
+    speed4trade.init_app(app)
     return app

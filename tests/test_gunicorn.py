@@ -45,7 +45,11 @@ def stop(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def deployment():
     sandbox_port, gateway_port = closed_port(), closed_port()
-    env = {**os.environ, "ONGOING_URL": f"http://127.0.0.1:{sandbox_port}/ongoing/Service.asmx"}
+    env = {
+        **os.environ,
+        "ONGOING_URL": f"http://127.0.0.1:{sandbox_port}/ongoing/Service.asmx",
+        "SPEED4TRADE_URL": f"http://127.0.0.1:{sandbox_port}/speed4trade/",
+    }
     env.pop("GATEWAY_CONFIG", None)  # the shipped sandbox configuration, as `make run` uses it
     sandbox = subprocess.Popen(
         [GUNICORN, "--no-control-socket", "--workers", "1", "--threads", "4", "--bind", f"127.0.0.1:{sandbox_port}",
@@ -75,6 +79,19 @@ def test_the_readme_example_works_through_gunicorn(deployment):
     assert body["backend_order_id"] == "1002" and body["connection"] == "ongoing-demo"
     assert body["request_id"] == reply.headers["X-Request-ID"]
     assert requests.get(f"{sandbox_url}/ongoing/orders/1002", timeout=5).json()["status"] == 320
+
+
+def test_speed4trade_next_to_ongoing_through_gunicorn(deployment):
+    gateway_url, sandbox_url = deployment
+    reply = requests.patch(f"{gateway_url}/orders/10001", timeout=10, json={
+        "connection": "speed4trade-demo", "status": "shipped",
+        "shipments": [{"tracking_number": "00340434161094042557", "carrier": "DHL"}],
+    })
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["backend"] == "speed4trade"
+    order = requests.get(f"{sandbox_url}/speed4trade/orders/10001", timeout=5).json()
+    assert order["status"] == "SHIPPED"
+    assert order["shipping_informations"][0]["tracking_number"] == "00340434161094042557"
 
 
 def test_many_workers_serve_concurrent_requests(deployment):
