@@ -32,7 +32,7 @@ def backend():
 def render(backend, order_id: str, document: dict, password: str = "demo-password") -> bytes:
     update = load_order_update(order_id, document)
     backend.check_update(update)
-    return backend.render_update_request(update, password=password).body
+    return backend.render_request([update], password=password).body
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_rendered_update_order_matches_golden_document(backend, golden, order_id
 
 def test_the_request_carries_ongoing_soap_headers(backend):
     update = load_order_update("SO-1001", {"status": "released"})
-    request = backend.render_update_request(update, password="demo-password")
+    request = backend.render_request([update], password="demo-password")
     assert request.method == "POST"
     assert request.url == "http://127.0.0.1:9/Service.asmx"
     assert request.headers["SOAPAction"] == '"http://ongoingsystems.se/WSI/UpdateOrder"'

@@ -12,6 +12,7 @@ from gateway.backends import BACKENDS
 from gateway.canonical import load_order_update
 from gateway.config import load_settings
 from gateway.errors import (
+    BackendError,
     BackendFailure,
     BackendRejected,
     OrderNotFound,
@@ -184,6 +185,14 @@ def test_a_document_the_xsd_refuses_is_never_sent(backend):
         backend.prepare_update(load_order_update("10001", {"status": "lost"}))
 
 
+def parse_one(backend, reply: BackendReply):
+    """Parse a reply to a one-order call, raising the order's error as update_order does."""
+    (result,) = backend.parse_reply(reply, [load_order_update("10001", {"status": "fetched"})])
+    if isinstance(result, BackendError):
+        raise result
+    return result
+
+
 def reply_with(return_xml: str, version: str = SOAP11, status: int = 200) -> BackendReply:
     operation = etree.Element(f"{{{NAMESPACE}}}updateOrderStatusResponse")
     etree.SubElement(operation, "return").text = return_xml
@@ -201,7 +210,7 @@ def report(code: int, description: str = "") -> str:
 
 @pytest.mark.parametrize("version", [SOAP11, SOAP12])
 def test_return_code_zero_is_success(backend, version):
-    outcome = backend.parse_update_reply(reply_with(report(0), version))
+    outcome = parse_one(backend, reply_with(report(0), version))
     assert outcome.message == "Order status updated."
 
 
@@ -212,7 +221,7 @@ def test_return_code_zero_is_success(backend, version):
 )
 def test_refusals_map_by_return_code(backend, code, error, status):
     with pytest.raises(error) as caught:
-        backend.parse_update_reply(reply_with(report(code, "Beschreibung des Fehlers")))
+        parse_one(backend, reply_with(report(code, "Beschreibung des Fehlers")))
     assert caught.value.status == status
     assert caught.value.backend_details() == {
         "connection": "s4t", "code": str(code), "message": "Beschreibung des Fehlers",
@@ -223,11 +232,11 @@ def test_return_code_meanings_are_configurable():
     backend = make_backend(not_found_return_codes=[-10], conflict_return_codes=[-20, -21])
     try:
         with pytest.raises(OrderNotFound):
-            backend.parse_update_reply(reply_with(report(-10)))
+            parse_one(backend, reply_with(report(-10)))
         with pytest.raises(OrderStateConflict):
-            backend.parse_update_reply(reply_with(report(-21)))
+            parse_one(backend, reply_with(report(-21)))
         with pytest.raises(BackendRejected):
-            backend.parse_update_reply(reply_with(report(-1)))
+            parse_one(backend, reply_with(report(-1)))
     finally:
         backend.close()
 
@@ -240,16 +249,16 @@ def test_return_code_meanings_are_configurable():
         ('<!DOCTYPE r [<!ENTITY a "aaaa">]><response method="updateOrderStatus"><report return_code="0"/></response>',
          "DOCTYPE"),
         ('<response method="fetchOrders" version="1.0.0"/>', "not an updateOrderStatus response"),
-        ('<response method="updateOrderStatus" version="1.0.0"/>', "0 reports for one order"),
+        ('<response method="updateOrderStatus" version="1.0.0"/>', "0 reports for 1 orders"),
         ('<response method="updateOrderStatus" version="1.0.0"><report return_code="0"/><report return_code="0"/>'
-         "</response>", "2 reports for one order"),
+         "</response>", "2 reports for 1 orders"),
         ('<response method="updateOrderStatus" version="1.0.0"><report return_code="ok"/></response>',
          "integer return_code"),
     ],
 )
 def test_malformed_return_content_is_a_502(backend, return_xml, fragment):
     with pytest.raises(BackendFailure) as caught:
-        backend.parse_update_reply(reply_with(return_xml))
+        parse_one(backend, reply_with(return_xml))
     assert fragment in caught.value.detail
 
 
@@ -257,4 +266,4 @@ def test_a_missing_return_element_is_a_502(backend):
     envelope = (f'<s:Envelope xmlns:s="{SOAP11}"><s:Body><n:updateOrderStatusResponse xmlns:n="{NAMESPACE}"/>'
                 "</s:Body></s:Envelope>").encode()
     with pytest.raises(BackendFailure, match="usable response document"):
-        backend.parse_update_reply(BackendReply(200, {"Content-Type": "text/xml"}, envelope))
+        parse_one(backend, BackendReply(200, {"Content-Type": "text/xml"}, envelope))

@@ -1,15 +1,16 @@
 """The Backend base class: the few hooks every backend implements, and the update flow they plug into.
 
 A backend subclass declares what it can carry (`supported_fields`, `id_types`, `default_status_map`,
-`settings_schema`) and implements two hooks: `render_update_request` (canonical update -> wire request)
-and `parse_update_reply` (wire reply -> UpdateOutcome or a BackendError). Everything else is shared here,
-so the REST layer never needs to know which backend it talks to.
+`settings_schema`, `orders_per_call`) and implements two hooks: `render_request` (canonical updates -> one
+wire request) and `parse_reply` (wire reply -> one UpdateOutcome or BackendError per update, or a raised
+BackendError when the whole call failed). Single and bulk updates share this flow; the REST layer never needs
+to know which backend it talks to.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.canonical import OrderUpdate, UpdateOutcome
@@ -31,6 +32,8 @@ class Backend(abc.ABC):
     default_status_map: ClassVar[Mapping[str, Any]] = {}
     #: canonical status names the backend must not be asked for, with the reason
     refused_statuses: ClassVar[Mapping[str, str]] = {}
+    #: orders one backend call may carry; None: the connection's `max_orders_per_call` setting decides
+    orders_per_call: ClassVar[int | None] = None
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
@@ -57,21 +60,25 @@ class Backend(abc.ABC):
         """A requests AuthBase for transport-level authentication, or None."""
         return None
 
-    def masked_auth_headers(self) -> dict[str, str]:
-        """Headers the transport's authentication adds, with secrets masked, to show in dry runs."""
-        return {}
+    def dry_run_view(self, request: OutboundRequest) -> OutboundRequest:
+        """The request as a dry run shows it: what transport-level authentication adds, with secrets masked."""
+        return request
+
+    def secret_values(self) -> list[str]:
+        """Every credential of the connection, to be masked wherever a backend might echo it."""
+        return [self.settings.password.reveal()] if self.settings.password else []
 
     def check_backend_rules(self, update: OrderUpdate) -> dict[str, list[str]]:
         """Backend-specific validation beyond the shared checks; returns field path -> messages."""
         return {}
 
     @abc.abstractmethod
-    def render_update_request(self, update: OrderUpdate, *, password: str) -> OutboundRequest:
-        """Translate a checked canonical update into the backend's wire request."""
+    def render_request(self, updates: Sequence[OrderUpdate], *, password: str) -> OutboundRequest:
+        """Translate checked canonical updates (at most `call_size` of them) into one wire request."""
 
     @abc.abstractmethod
-    def parse_update_reply(self, reply: BackendReply) -> UpdateOutcome:
-        """Normalize the backend's reply, raising a BackendError subclass for every kind of failure."""
+    def parse_reply(self, reply: BackendReply, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+        """One outcome or error per update, in order; raises a BackendError when the whole call failed."""
 
     # --- the shared flow -------------------------------------------------------------------------------
 
@@ -109,28 +116,57 @@ class Backend(abc.ABC):
         if errors:
             raise ValidationFailed(errors)
 
-    def prepare_update(self, update: OrderUpdate, *, mask_credentials: bool = False) -> OutboundRequest:
-        """Check and render an update; with mask_credentials the password is replaced by a mask."""
-        self.check_update(update)
+    @property
+    def call_size(self) -> int:
+        """How many orders travel in one backend call."""
+        return self.orders_per_call or self.settings.options["max_orders_per_call"]
+
+    def _password(self, mask_credentials: bool) -> str:
         password = self.settings.password.reveal() if self.settings.password else ""
-        return self.render_update_request(update, password=MASK if mask_credentials and password else password)
+        return MASK if mask_credentials and password else password
+
+    def prepare_update(self, update: OrderUpdate, *, mask_credentials: bool = False) -> OutboundRequest:
+        """Check and render one update; with mask_credentials the password is replaced by a mask."""
+        self.check_update(update)
+        return self.render_request([update], password=self._password(mask_credentials))
+
+    def prepare_batches(self, updates: Sequence[OrderUpdate]) -> list[OutboundRequest]:
+        """The requests a batch of checked updates travels in, credentials masked (for dry runs)."""
+        return [
+            self.dry_run_view(self.render_request(updates[start:start + self.call_size], password=MASK))
+            for start in range(0, len(updates), self.call_size)
+        ]
 
     def update_order(self, update: OrderUpdate) -> UpdateOutcome:
-        """Check, render, send and normalize one order update."""
-        request = self.prepare_update(update)
-        try:
-            return self.parse_update_reply(self.transport.send(request))
-        except BackendError as error:
-            raise self._scrubbed(error) from None
+        """Check, render, send and normalize one order update; raises the BackendError of a refusal."""
+        self.check_update(update)
+        (result,) = self.send_updates([update])
+        if isinstance(result, BackendError):
+            raise result
+        return result
+
+    def send_updates(self, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+        """Send checked updates in calls of `call_size`, in order; a failed call fails exactly its own items."""
+        results: list[UpdateOutcome | BackendError] = []
+        password = self._password(False)
+        for start in range(0, len(updates), self.call_size):
+            chunk = updates[start:start + self.call_size]
+            try:
+                outcomes = self.parse_reply(self.transport.send(self.render_request(chunk, password=password)), chunk)
+            except BackendError as error:
+                outcomes = [error] * len(chunk)
+            results.extend(self._scrubbed(outcome) if isinstance(outcome, BackendError) else outcome
+                           for outcome in outcomes)
+        return results
 
     def _scrubbed(self, error: BackendError) -> BackendError:
-        """The error with the connection's password removed, in case a backend echoed it."""
+        """The error with the connection's secrets removed, in case a backend echoed them."""
         error.connection = self.name
-        secret = self.settings.password.reveal() if self.settings.password else ""
-        if secret:
-            error.detail = error.detail.replace(secret, MASK)
-            if error.message:
-                error.message = error.message.replace(secret, MASK)
+        for secret in self.secret_values():
+            if secret:
+                error.detail = error.detail.replace(secret, MASK)
+                if error.message:
+                    error.message = error.message.replace(secret, MASK)
         return error
 
     def close(self) -> None:

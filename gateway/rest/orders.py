@@ -66,14 +66,14 @@ def update_order(order_id: str):
         "backend": backend.kind,
     }
     if dry_run:
-        outbound = backend.prepare_update(update, mask_credentials=True)
+        outbound = backend.dry_run_view(backend.prepare_update(update, mask_credentials=True))
         reply.update(
             dry_run=True,
             updated=dict(update.fields),
             request={
                 "method": outbound.method,
                 "url": outbound.url,
-                "headers": {**outbound.headers, **backend.masked_auth_headers()},
+                "headers": dict(outbound.headers),
                 "body": outbound.body.decode("utf-8"),
             },
             request_id=current_request_id(),

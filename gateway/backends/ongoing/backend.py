@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -142,6 +143,8 @@ class OngoingBackend(Backend):
         "canceled": "Ongoing's UpdateOrder must not cancel an order; cancel it with ProcessOrder "
                     "(OrderOperation Remove) instead.",
     }
+    # UpdateOrder carries one order, and Ongoing wants one goods owner's calls made one after another.
+    orders_per_call: ClassVar = 1
 
     def __init__(self, settings: ConnectionSettings) -> None:
         super().__init__(settings)
@@ -171,8 +174,9 @@ class OngoingBackend(Backend):
             errors["status_code"] = [self.refused_statuses["canceled"]]
         return errors
 
-    def render_update_request(self, update: OrderUpdate, *, password: str) -> OutboundRequest:
+    def render_request(self, updates: Sequence[OrderUpdate], *, password: str) -> OutboundRequest:
         """Fill the UpdateOrder template, validate it against xsd/ongoing, and wrap it in an HTTP request."""
+        (update,) = updates
         envelope = copy.deepcopy(self.template)
         operation = envelope.find(f"{{{ns.SOAP11_ENVELOPE}}}Body/{_q('UpdateOrder')}")
         operation.find(_q("GoodsOwnerCode")).text = self.settings.options["goods_owner_code"]
@@ -226,7 +230,11 @@ class OngoingBackend(Backend):
         else:
             name.text = way.name
 
-    def parse_update_reply(self, reply: BackendReply) -> UpdateOutcome:
+    def parse_reply(self, reply: BackendReply, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome]:
+        """The one order's outcome; a refusal of the one order raises like a failure of the whole call."""
+        return [self.read_update_order_result(reply)]
+
+    def read_update_order_result(self, reply: BackendReply) -> UpdateOutcome:
         """Read UpdateOrderResult (Success, Message, OrderId); map refusals by their configured patterns."""
         payload = unwrap_soap_reply(reply, self.name)
         result = payload.find(_q("UpdateOrderResult")) if payload.tag == _q("UpdateOrderResponse") else None

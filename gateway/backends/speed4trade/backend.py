@@ -10,6 +10,7 @@ and what each negative return code means.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Sequence
 from datetime import date
@@ -23,7 +24,14 @@ from requests.auth import HTTPBasicAuth
 from gateway.backends.base import Backend
 from gateway.canonical import OrderUpdate, Payment, Shipment, UpdateOutcome
 from gateway.config import MASK, ConnectionSchema, ConnectionSettings
-from gateway.errors import BackendFailure, BackendRejected, OrderNotFound, OrderStateConflict, TranslationError
+from gateway.errors import (
+    BackendError,
+    BackendFailure,
+    BackendRejected,
+    OrderNotFound,
+    OrderStateConflict,
+    TranslationError,
+)
 from gateway.safexml import UnsafeXML, load_xsd, parse_trusted_template, parse_untrusted_xml
 from gateway.soap import SOAP_VERSIONS, soap_request_headers, unwrap_soap_reply, wrap_in_envelope
 from gateway.transport import BackendReply, OutboundRequest
@@ -50,6 +58,7 @@ class Speed4TradeSettingsSchema(ConnectionSchema):
     soap_version = fields.String(required=True, validate=validate.OneOf(sorted(SOAP_VERSIONS)))
     namespace = fields.String(required=True, validate=validate.Length(min=1))
     soap_action = fields.String(load_default="")
+    max_orders_per_call = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
     not_found_return_codes = fields.List(fields.Integer(strict=True), load_default=lambda: [-1])
     conflict_return_codes = fields.List(fields.Integer(strict=True), load_default=lambda: [-2])
 
@@ -142,9 +151,9 @@ class Speed4TradeBackend(Backend):
         """HTTP Basic with the connection's API user."""
         return HTTPBasicAuth(self.settings.username, self.settings.password.reveal())
 
-    def masked_auth_headers(self) -> dict[str, str]:
-        """How the credentials travel, with the secret masked, for dry runs."""
-        return {"Authorization": f"Basic {MASK}"}
+    def dry_run_view(self, request: OutboundRequest) -> OutboundRequest:
+        """The request with the Basic credentials shown masked."""
+        return dataclasses.replace(request, headers={**request.headers, "Authorization": f"Basic {MASK}"})
 
     def check_backend_rules(self, update: OrderUpdate) -> dict[str, list[str]]:
         """The call's rules: status required, numeric order numbers, prefixes, status-specific information."""
@@ -214,9 +223,9 @@ class Speed4TradeBackend(Backend):
                                    f"{error.message}")
         return document
 
-    def render_update_request(self, update: OrderUpdate, *, password: str) -> OutboundRequest:
+    def render_request(self, updates: Sequence[OrderUpdate], *, password: str) -> OutboundRequest:
         """Render, validate, and wrap the document as the argRequestData string of a SOAP call."""
-        document = self.render_order_status_document([update])
+        document = self.render_order_status_document(updates)
         operation = etree.Element(self.operation_tag, nsmap={"ns1": etree.QName(self.operation_tag).namespace})
         etree.SubElement(operation, PARAMETER).text = etree.tostring(document, encoding="unicode")
         envelope = wrap_in_envelope(operation, self.soap_version)
@@ -252,24 +261,25 @@ class Speed4TradeBackend(Backend):
             reports.append((code, description.strip() if description else None))
         return reports
 
-    def outcome_of_report(self, code: int, description: str | None) -> UpdateOutcome:
+    def outcome_of_report(self, code: int, description: str | None) -> UpdateOutcome | BackendError:
         """An UpdateOutcome for return code 0; the mapped BackendError for a refusal."""
         if code == 0:
             return UpdateOutcome(backend_order_id=None, message="Order status updated.")
         details = {"connection": self.name, "code": str(code), "message": description}
         text = description or "no description given"
         if code in self.not_found_codes:
-            raise OrderNotFound(f"Speed4Trade CONNECT does not know the order: {text}", **details)
+            return OrderNotFound(f"Speed4Trade CONNECT does not know the order: {text}", **details)
         if code in self.conflict_codes:
-            raise OrderStateConflict(f"Speed4Trade CONNECT refused the update because of the order's state: {text}",
-                                     **details)
+            return OrderStateConflict(
+                f"Speed4Trade CONNECT refused the update because of the order's state: {text}", **details)
         if code < 0:
-            raise BackendRejected(f"Speed4Trade CONNECT refused the update (return code {code}): {text}", **details)
-        raise BackendFailure(f"The backend sent an undocumented positive return code {code}.", **details)
+            return BackendRejected(f"Speed4Trade CONNECT refused the update (return code {code}): {text}", **details)
+        return BackendFailure(f"The backend sent an undocumented positive return code {code}.", **details)
 
-    def parse_update_reply(self, reply: BackendReply) -> UpdateOutcome:
-        """Read the one report of a single-order call."""
+    def parse_reply(self, reply: BackendReply, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+        """One report per order, matched by position; a reply with another number of reports fails the call."""
         reports = self.read_reports(reply)
-        if len(reports) != 1:
-            raise BackendFailure(f"The backend sent {len(reports)} reports for one order.", connection=self.name)
-        return self.outcome_of_report(*reports[0])
+        if len(reports) != len(updates):
+            raise BackendFailure(f"The backend sent {len(reports)} reports for {len(updates)} orders.",
+                                 connection=self.name)
+        return [self.outcome_of_report(code, description) for code, description in reports]
