@@ -56,6 +56,22 @@ class SecretField(fields.String):
         return Secret(super()._deserialize(value, attr, data, **kwargs))
 
 
+class RegexList(fields.List):
+    """A list of regular expressions, compiled on load."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.String(validate=validate.Length(min=1)), **kwargs)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> list[re.Pattern]:
+        compiled = []
+        for pattern in super()._deserialize(value, attr, data, **kwargs):
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as error:
+                raise ValidationError(f"Not a valid regular expression {pattern!r}: {error}.") from None
+        return compiled
+
+
 class ConnectionSchema(Schema):
     """Settings every connection has; each backend extends it with its own (see Backend.settings_schema)."""
 
@@ -81,7 +97,8 @@ class GatewaySectionSchema(Schema):
         unknown = RAISE
 
     default_connection = fields.String(load_default=None)
-    max_body_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024))
+    max_body_bytes = fields.Integer(load_default=4_194_304, validate=validate.Range(min=1024))
+    max_bulk_items = fields.Integer(load_default=500, validate=validate.Range(min=1, max=100_000))
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,7 @@ class GatewaySettings:
     source: str
     default_connection: str | None
     max_body_bytes: int
+    max_bulk_items: int
     connections: Mapping[str, ConnectionSettings]
 
 
@@ -178,6 +196,7 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         source=source,
         default_connection=default,
         max_body_bytes=gateway["max_body_bytes"],
+        max_bulk_items=gateway["max_bulk_items"],
         connections=connections,
     )
 

@@ -118,6 +118,8 @@ class BackendError(GatewayError):
         self.connection = connection
         self.code = code
         self.message = message
+        #: seconds (or an HTTP date) the client should wait before retrying, when the backend said so
+        self.retry_after: str | None = None
 
     def backend_details(self) -> dict:
         """The `backend` member of the problem document."""

@@ -11,6 +11,8 @@ from tests.servers import serve_wsgi
 ONGOING_SERVICE_PATH = "/ongoing/Service.asmx"
 SPEED4TRADE_SERVICE_PATH = "/speed4trade/"
 SPEED4TRADE_NAMESPACE = "urn:order-gateway-sandbox:speed4trade"
+SELLERCENTER_SERVICE_PATH = "/sellercenter/oms-api/"
+SELLERCENTER_API_KEY = "sandbox-sellercenter-api-key"
 
 
 def ongoing_connection(url: str, **overrides) -> dict:
@@ -37,6 +39,18 @@ def speed4trade_connection(url: str, **overrides) -> dict:
         "mandator_id": 1,
         "soap_version": "1.1",
         "namespace": SPEED4TRADE_NAMESPACE,
+        "connect_timeout": 1.0,
+        "read_timeout": 2.0,
+        **overrides,
+    }
+
+
+def sellercenter_connection(url: str, **overrides) -> dict:
+    """A connection table for a SellerCenter OMS API at `url` with the sandbox's API key."""
+    return {
+        "backend": "sellercenter",
+        "url": url,
+        "api_key": SELLERCENTER_API_KEY,
         "connect_timeout": 1.0,
         "read_timeout": 2.0,
         **overrides,

@@ -106,7 +106,7 @@ class Backend(abc.ABC):
         status = update.changes.get("status")
         if status in self.refused_statuses:
             errors.setdefault("status", []).append(self.refused_statuses[status])
-        elif status is not None and status not in self.status_map:
+        elif status is not None and "status" in self.supported_fields and status not in self.status_map:
             errors.setdefault("status", []).append(
                 f"Unknown status {status!r} for connection {self.name!r}; one of: "
                 f"{', '.join(name for name in self.status_map if name not in self.refused_statuses)}."

@@ -6,6 +6,7 @@ no backend documents a limit, 255); which fields and values a connection accepts
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any, ClassVar
@@ -78,6 +79,39 @@ class PaymentSchema(Schema):
         return Payment(**data)
 
 
+ADDRESS_FIELDS = (
+    "first_name", "last_name", "phone", "phone2",
+    "address1", "address2", "address3", "address4", "address5",
+    "city", "postcode", "country",
+)
+
+
+class AddressSchema(Schema):
+    """A postal address; partial: only the fields given change, and at least one must be given."""
+
+    class Meta:
+        unknown = RAISE
+
+    first_name = _text(255)
+    last_name = _text(255)
+    phone = _text(255)
+    phone2 = _text(255)
+    address1 = _text(255)
+    address2 = _text(255)
+    address3 = _text(255)
+    address4 = _text(255)
+    address5 = _text(255)
+    city = _text(255)
+    postcode = _text(255)
+    country = _text(255)
+
+    @validates_schema
+    def check_not_empty(self, data: dict, **_: Any) -> None:
+        """An empty address changes nothing and is refused."""
+        if not data:
+            raise ValidationError(f"Give at least one of: {', '.join(ADDRESS_FIELDS)}.", field_name="_schema")
+
+
 class WayOfDeliverySchema(Schema):
     """The way of delivery (carrier product) to set on the order."""
 
@@ -122,6 +156,8 @@ class OrderUpdateSchema(Schema):
     shipments = fields.List(fields.Nested(ShipmentSchema), validate=validate.Length(min=1, max=100))
     payment = fields.Nested(PaymentSchema)
     acknowledged_at = DateOrDateTime()
+    billing_address = fields.Nested(AddressSchema)
+    shipping_address = fields.Nested(AddressSchema)
 
     @validates_schema
     def check_status_given_once(self, data: dict, **_: Any) -> None:
@@ -175,3 +211,45 @@ def load_order_update(order_id: str, document: Any) -> OrderUpdate:
         changes=changes,
         fields={name: document[name] for name in changes},
     )
+
+
+class BulkUpdateSchema(Schema):
+    """The envelope of PATCH /orders: one connection, and the items, each validated on its own later."""
+
+    class Meta:
+        unknown = RAISE
+
+    connection = fields.String(validate=validate.Length(min=1, max=100))
+    orders = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1))
+
+
+_BULK_SCHEMA = BulkUpdateSchema()
+
+
+def load_bulk_envelope(document: Any) -> dict:
+    """Validate the bulk envelope (not its items); raises ValidationError with field paths."""
+    if not isinstance(document, Mapping):
+        raise ValidationError({"body": ["The body must be a JSON object."]})
+    return _BULK_SCHEMA.load(document)
+
+
+def load_bulk_item(item: Any, connection: str | None) -> OrderUpdate:
+    """Validate one bulk item: `order_id` plus the canonical fields of PATCH /orders/<id>."""
+    if not isinstance(item, Mapping):
+        raise ValidationError({"body": ["Each item must be a JSON object."]})
+    errors: dict[str, list[str]] = {}
+    order_id = item.get("order_id")
+    if isinstance(order_id, int) and not isinstance(order_id, bool):
+        order_id = str(order_id)
+    if not isinstance(order_id, str) or not 1 <= len(order_id) <= 255:
+        errors["order_id"] = ["Required: the order's id, a string (or integer) of 1 to 255 characters."]
+    if "connection" in item:
+        errors["connection"] = ["Give the connection once, for the whole batch."]
+    document = {name: value for name, value in item.items() if name not in ("order_id", "connection")}
+    try:
+        update = load_order_update(order_id if isinstance(order_id, str) else "", document)
+    except ValidationError as error:
+        errors.update(flatten_errors(error.messages))
+    if errors:
+        raise ValidationError(errors)
+    return dataclasses.replace(update, connection=connection)

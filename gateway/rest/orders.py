@@ -1,4 +1,4 @@
-"""PATCH /orders/<id>: one canonical document in, one normalized JSON reply out, for every backend."""
+"""PATCH /orders/<id> and PATCH /orders: canonical documents in, one normalized JSON shape out, for every backend."""
 
 from __future__ import annotations
 
@@ -8,9 +8,26 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import ValidationError
 
-from gateway.canonical import flatten_errors, load_order_update
-from gateway.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
+from gateway.backends import Backend
+from gateway.canonical import (
+    OrderUpdate,
+    UpdateOutcome,
+    flatten_errors,
+    load_bulk_envelope,
+    load_bulk_item,
+    load_order_update,
+)
+from gateway.errors import (
+    BackendError,
+    GatewayError,
+    MalformedRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from gateway.rest.problems import gateway_error_document
 from gateway.rest.request_ids import current_request_id
+from gateway.transport import OutboundRequest
 
 blueprint = Blueprint("orders", __name__)
 
@@ -33,9 +50,11 @@ def read_json_body() -> Any:
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as error:
-        reason = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8 JSON"
-        position = f" at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
-        raise MalformedRequest(f"The body is not valid JSON: {reason}{position}.") from None
+        if isinstance(error, json.JSONDecodeError):
+            raise MalformedRequest(
+                f"The body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}."
+            ) from None
+        raise MalformedRequest("The body is not valid JSON: not UTF-8 JSON.") from None
 
 
 def read_dry_run_flag() -> bool:
@@ -50,6 +69,33 @@ def read_dry_run_flag() -> bool:
     raise ValidationFailed({"dry_run": ["Not a valid boolean; use true or false."]})
 
 
+def connections():
+    """The running gateway's connections."""
+    return current_app.extensions["order_gateway"]
+
+
+def describe_request(outbound: OutboundRequest) -> dict:
+    """An outgoing request as a dry run shows it."""
+    return {
+        "method": outbound.method,
+        "url": outbound.url,
+        "headers": dict(outbound.headers),
+        "body": outbound.body.decode("utf-8"),
+    }
+
+
+def normalized_reply(backend: Backend, update: OrderUpdate, outcome: UpdateOutcome) -> dict:
+    """The one success shape of every backend (without the request id)."""
+    return {
+        "order_id": update.order_id,
+        "connection": backend.name,
+        "backend": backend.kind,
+        "updated": dict(update.fields),
+        "backend_order_id": outcome.backend_order_id,
+        "message": outcome.message,
+    }
+
+
 @blueprint.patch("/orders/<path:order_id>")
 def update_order(order_id: str):
     """Update one order in the backend of the requested connection."""
@@ -59,31 +105,74 @@ def update_order(order_id: str):
         update = load_order_update(order_id, document)
     except ValidationError as error:
         raise ValidationFailed(flatten_errors(error.messages)) from None
-    backend = current_app.extensions["order_gateway"].resolve(update.connection)
-    reply = {
-        "order_id": order_id,
-        "connection": backend.name,
-        "backend": backend.kind,
-    }
+    backend = connections().resolve(update.connection)
     if dry_run:
         outbound = backend.dry_run_view(backend.prepare_update(update, mask_credentials=True))
-        reply.update(
-            dry_run=True,
-            updated=dict(update.fields),
-            request={
-                "method": outbound.method,
-                "url": outbound.url,
-                "headers": dict(outbound.headers),
-                "body": outbound.body.decode("utf-8"),
-            },
-            request_id=current_request_id(),
-        )
-        return jsonify(reply)
+        return jsonify({
+            "order_id": order_id,
+            "connection": backend.name,
+            "backend": backend.kind,
+            "dry_run": True,
+            "updated": dict(update.fields),
+            "request": describe_request(outbound),
+            "request_id": current_request_id(),
+        })
     outcome = backend.update_order(update)
-    reply.update(
-        updated=dict(update.fields),
-        backend_order_id=outcome.backend_order_id,
-        message=outcome.message,
-        request_id=current_request_id(),
-    )
-    return jsonify(reply)
+    return jsonify({**normalized_reply(backend, update, outcome), "request_id": current_request_id()})
+
+
+@blueprint.patch("/orders")
+def update_orders():
+    """Update many orders of one connection; every item gets its own outcome (200 all done, 207 otherwise)."""
+    dry_run = read_dry_run_flag()
+    document = read_json_body()
+    try:
+        envelope = load_bulk_envelope(document)
+    except ValidationError as error:
+        raise ValidationFailed(flatten_errors(error.messages)) from None
+    items = envelope["orders"]
+    limit = current_app.config["GATEWAY_SETTINGS"].max_bulk_items
+    if len(items) > limit:
+        raise PayloadTooLarge(f"A bulk update carries at most {limit} orders; this one has {len(items)}.")
+    backend = connections().resolve(envelope.get("connection"))
+
+    results: list[dict | None] = [None] * len(items)
+    valid: list[tuple[int, OrderUpdate]] = []
+    for position, item in enumerate(items):
+        try:
+            update = load_bulk_item(item, backend.name)
+            backend.check_update(update)
+        except ValidationError as error:
+            results[position] = _item_failure(position, item, ValidationFailed(flatten_errors(error.messages)))
+        except GatewayError as error:
+            results[position] = _item_failure(position, item, error)
+        else:
+            valid.append((position, update))
+
+    reply: dict[str, Any] = {"connection": backend.name, "backend": backend.kind}
+    updates = [update for _, update in valid]
+    if dry_run:
+        for position, update in valid:
+            results[position] = {"position": position, "order_id": update.order_id, "status": 200,
+                                 "body": {"order_id": update.order_id, "updated": dict(update.fields)}}
+        reply.update(dry_run=True, requests=[describe_request(r) for r in backend.prepare_batches(updates)])
+    else:
+        for (position, update), outcome in zip(valid, backend.send_updates(updates), strict=True):
+            if isinstance(outcome, BackendError):
+                results[position] = _item_failure(position, items[position], outcome)
+            else:
+                results[position] = {"position": position, "order_id": update.order_id, "status": 200,
+                                     "body": normalized_reply(backend, update, outcome)}
+    failed = sum(1 for result in results if result["status"] != 200)
+    reply.update(succeeded=len(results) - failed, failed=failed, results=results, request_id=current_request_id())
+    return jsonify(reply), 200 if failed == 0 else 207
+
+
+def _item_failure(position: int, item: Any, error: GatewayError) -> dict:
+    order_id = item.get("order_id") if isinstance(item, dict) else None
+    return {
+        "position": position,
+        "order_id": str(order_id) if isinstance(order_id, str | int) and not isinstance(order_id, bool) else None,
+        "status": error.status,
+        "body": gateway_error_document(error),
+    }

@@ -16,9 +16,9 @@ TYPE_PREFIX = "urn:order-gateway:problem:"
 log = logging.getLogger("gateway.problems")
 
 
-def problem_response(status: int, slug: str, title: str, detail: str, **members: object) -> Response:
-    """A problem+json reply; extra members (errors, backend) are added when given."""
-    document = {
+def problem_document(status: int, slug: str, title: str, detail: str, **members: object) -> dict:
+    """The members of a problem document; extra members (errors, backend) are added when given."""
+    return {
         "type": TYPE_PREFIX + slug,
         "title": title,
         "status": status,
@@ -26,19 +26,34 @@ def problem_response(status: int, slug: str, title: str, detail: str, **members:
         "request_id": current_request_id(),
         **{name: value for name, value in members.items() if value is not None},
     }
+
+
+def problem_response(status: int, slug: str, title: str, detail: str, **members: object) -> Response:
+    """A problem+json reply."""
+    document = problem_document(status, slug, title, detail, **members)
     return Response(json.dumps(document), status=status, mimetype=PROBLEM_MEDIA_TYPE)
 
 
-def gateway_error_response(error: GatewayError) -> Response:
-    """The problem reply for any error of the gateway's exception tree."""
+def gateway_error_document(error: GatewayError) -> dict:
+    """The problem document of any error of the gateway's exception tree (also used per bulk item)."""
     members: dict[str, object] = {}
     if isinstance(error, ValidationFailed):
         members["errors"] = error.errors
     if isinstance(error, BackendError):
         members["backend"] = error.backend_details()
+        members["retry_after"] = error.retry_after
     if error.status >= 500:
         log.warning("request %s failed: %s %s", current_request_id(), type(error).__name__, error.detail)
-    return problem_response(error.status, error.slug, error.title, error.detail, **members)
+    return problem_document(error.status, error.slug, error.title, error.detail, **members)
+
+
+def gateway_error_response(error: GatewayError) -> Response:
+    """The problem reply for any error of the gateway's exception tree."""
+    document = gateway_error_document(error)
+    response = Response(json.dumps(document), status=error.status, mimetype=PROBLEM_MEDIA_TYPE)
+    if getattr(error, "retry_after", None):
+        response.headers["Retry-After"] = error.retry_after
+    return response
 
 
 def http_error_response(error: HTTPException) -> Response:

@@ -23,7 +23,7 @@ from marshmallow import ValidationError, fields, validate, validates
 from gateway import ns
 from gateway.backends.base import Backend
 from gateway.canonical import OrderUpdate, UpdateOutcome, WayOfDelivery
-from gateway.config import ConnectionSchema, ConnectionSettings
+from gateway.config import ConnectionSchema, ConnectionSettings, RegexList
 from gateway.errors import (
     BackendFailure,
     BackendRejected,
@@ -71,22 +71,6 @@ DEFAULT_CONFLICT_PATTERNS = [
 
 def _q(localname: str) -> str:
     return f"{{{ns.ONGOING_WSI}}}{localname}"
-
-
-class RegexList(fields.List):
-    """A list of regular expressions, compiled on load."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(fields.String(validate=validate.Length(min=1)), **kwargs)
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> list[re.Pattern]:
-        compiled = []
-        for pattern in super()._deserialize(value, attr, data, **kwargs):
-            try:
-                compiled.append(re.compile(pattern))
-            except re.error as error:
-                raise ValidationError(f"Not a valid regular expression {pattern!r}: {error}.") from None
-        return compiled
 
 
 class OngoingSettingsSchema(ConnectionSchema):
