@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +42,30 @@ class ScriptedBackend:
         if self.delay:
             time.sleep(self.delay)
         return Response(self.body, status=self.status, content_type=self.content_type)(environ, start_response)
+
+
+class RecordingMiddleware:
+    """Wraps a WSGI app (a sandbox), recording every request body; `fail_when(body)` may answer instead."""
+
+    def __init__(self, app, fail_when=None) -> None:
+        self.app, self.fail_when = app, fail_when
+        self.bodies: list[bytes] = []
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        body = request.get_data()
+        if request.method == "POST":
+            self.bodies.append(body)
+            if self.fail_when is not None and self.fail_when(body):
+                return Response("<html>Bad Gateway</html>", status=502, content_type="text/html")(
+                    environ, start_response)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return self.app(environ, start_response)
+
+    def sent(self, text: str) -> bool:
+        """Whether any recorded request body contains `text`."""
+        return any(text.encode() in body for body in self.bodies)
 
 
 def closed_port() -> int:
