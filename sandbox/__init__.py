@@ -4,10 +4,11 @@ from pathlib import Path
 
 from flask import Flask
 
-from sandbox import ongoing, speed4trade
+from sandbox import ongoing, sellercenter, speed4trade
 
 DEFAULT_ONGOING_DATA = Path(__file__).parent / "data" / "ongoing.json"
 DEFAULT_SPEED4TRADE_DATA = Path(__file__).parent / "data" / "speed4trade.json"
+DEFAULT_SELLERCENTER_DATA = Path(__file__).parent / "data" / "sellercenter.json"
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -20,6 +21,13 @@ def create_app(config: dict | None = None) -> Flask:
         SPEED4TRADE_SERVICE_PATH="/speed4trade/",
         # CONNECT's real target namespace is not public; the sandbox uses one of its own.
         SPEED4TRADE_NAMESPACE="urn:order-gateway-sandbox:speed4trade",
+        SELLERCENTER_DATA=str(DEFAULT_SELLERCENTER_DATA),
+        SELLERCENTER_SERVICE_PATH="/sellercenter/oms-api/",
+        SELLERCENTER_TIMESTAMP_WINDOW_SECONDS=300,
+        # 0 is no limit; a positive number simulates the platform's rate limit (E429).
+        SELLERCENTER_RATE_LIMIT_PER_MINUTE=0,
+        # A zero-argument callable returning an aware datetime; None is the system clock.
+        SELLERCENTER_CLOCK=None,
         # The simulated services take a few orders per call; anything larger is not a request they expect.
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
@@ -28,4 +36,5 @@ def create_app(config: dict | None = None) -> Flask:
         app.config.from_mapping(config)
     ongoing.init_app(app)
     speed4trade.init_app(app)
+    sellercenter.init_app(app)
     return app

@@ -49,6 +49,7 @@ def deployment():
         **os.environ,
         "ONGOING_URL": f"http://127.0.0.1:{sandbox_port}/ongoing/Service.asmx",
         "SPEED4TRADE_URL": f"http://127.0.0.1:{sandbox_port}/speed4trade/",
+        "SELLERCENTER_URL": f"http://127.0.0.1:{sandbox_port}/sellercenter/oms-api/",
     }
     env.pop("GATEWAY_CONFIG", None)  # the shipped sandbox configuration, as `make run` uses it
     sandbox = subprocess.Popen(
@@ -92,6 +93,29 @@ def test_speed4trade_next_to_ongoing_through_gunicorn(deployment):
     order = requests.get(f"{sandbox_url}/speed4trade/orders/10001", timeout=5).json()
     assert order["status"] == "SHIPPED"
     assert order["shipping_informations"][0]["tracking_number"] == "00340434161094042557"
+
+
+@pytest.mark.parametrize(
+    ("connection", "items", "view"),
+    [
+        ("ongoing-demo", [{"order_id": "SO-1008", "waybill": "BULK-8"}, {"order_id": "SO-1009", "waybill": "BULK-9"}],
+         ("ongoing/orders/1008", "waybill", "BULK-8")),
+        ("speed4trade-demo", [{"order_id": "10005", "status": "paid", "payment": {"status": "paid"}},
+                              {"order_id": "10006", "status": "fetched"}],
+         ("speed4trade/orders/10005", "status", "PAID")),
+        ("sellercenter-demo", [{"order_id": 300004, "shipping_address": {"city": "Leipzig"}},
+                               {"order_id": 300005, "billing_address": {"phone": "0341 1"}}],
+         ("sellercenter/orders/300004", "address_shipping", {"city": "Leipzig"})),
+    ],
+)
+def test_the_readme_bulk_calls_work_through_gunicorn(deployment, connection, items, view):
+    gateway_url, sandbox_url = deployment
+    reply = requests.patch(f"{gateway_url}/orders", json={"connection": connection, "orders": items}, timeout=10)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["succeeded"] == len(items)
+    path, key, value = view
+    actual = requests.get(f"{sandbox_url}/{path}", timeout=5).json()[key]
+    assert ({name: actual[name] for name in value} if isinstance(value, dict) else actual) == value
 
 
 def test_many_workers_serve_concurrent_requests(deployment):
