@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKERS ?= 2
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install system-packages clean
 
 ## The virtualenv with the gateway, the sandboxes and the dev tools; rebuilt when setup.cfg changes.
 $(VENV)/.installed: setup.cfg
@@ -15,16 +15,20 @@ $(VENV)/.installed: setup.cfg
 
 install: $(VENV)/.installed
 
-## Start the sandbox backends on 127.0.0.1:8001 and the gateway on 127.0.0.1:8000 (Ctrl-C stops both).
+## Start the sandboxes on 127.0.0.1:8001, the gateway on 127.0.0.1:8000 and its event worker (Ctrl-C stops all).
 run: install
 	WORKERS=$(WORKERS) VENV=$(VENV) scripts/run-local
 
+## Debian packages the tests need (redis-server), installed when missing.
+system-packages:
+	scripts/install-system-packages
+
 ## Lint, then every test.
-test: install lint
+test: install system-packages lint
 	$(BIN)/pytest --cov --cov-report=term
 
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage *.egg-info var

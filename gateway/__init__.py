@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from gateway import rest
+from gateway import events, rest
 from gateway.backends import BACKENDS
 from gateway.config import DEFAULT_CONFIG_PATH, load_settings, read_config_file
 from gateway.connections import Connections
@@ -27,5 +27,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.json.sort_keys = False
     app.extensions["order_gateway"] = Connections(settings, BACKENDS)
+    events.init_app(app, settings)
     rest.init_app(app)
     return app

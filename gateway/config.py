@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from gateway.canonical import flatten_errors
+from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import ConfigError
 
 MASK = "********"
@@ -72,6 +74,36 @@ class RegexList(fields.List):
         return compiled
 
 
+class WebhookSettingsSchema(Schema):
+    """How a backend's webhooks authenticate to the gateway, and how their templates map to event types."""
+
+    class Meta:
+        unknown = RAISE
+
+    auth = fields.String(required=True, validate=validate.OneOf(["basic", "token"]))
+    username = fields.String(load_default=None)
+    password = SecretField(load_default=None)
+    header = fields.String(load_default="X-Webhook-Token", validate=validate.Length(min=1))
+    token = SecretField(load_default=None)
+    #: the backend's template name -> canonical event type, merged over the backend's defaults
+    event_types = fields.Dict(keys=fields.String(), values=fields.String(validate=validate.OneOf(EVENT_TYPES)),
+                              load_default=dict)
+    #: the time zone of timestamps that carry no offset
+    timezone = fields.String(load_default="UTC")
+
+    @validates_schema
+    def check_credentials(self, data: dict, **_: Any) -> None:
+        """Basic needs a username and password; token needs a token; the time zone must exist."""
+        if data["auth"] == "basic" and (not data.get("username") or not data.get("password")):
+            raise ValidationError("auth = \"basic\" needs username and password.", field_name="auth")
+        if data["auth"] == "token" and not data.get("token"):
+            raise ValidationError("auth = \"token\" needs token.", field_name="token")
+        try:
+            ZoneInfo(data["timezone"])
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValidationError(f"Unknown time zone {data['timezone']!r}.", field_name="timezone") from None
+
+
 class ConnectionSchema(Schema):
     """Settings every connection has; each backend extends it with its own (see Backend.settings_schema)."""
 
@@ -88,6 +120,39 @@ class ConnectionSchema(Schema):
     pool_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=1000))
     verify_tls = fields.Boolean(load_default=True)
     status_map = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=50)), load_default=dict)
+    webhooks = fields.Nested(WebhookSettingsSchema, load_default=None)
+
+
+def _whsec(value: Secret) -> None:
+    if not value.reveal().startswith("whsec_"):
+        raise ValidationError("Standard Webhooks secrets start with whsec_ followed by base64.")
+
+
+class SubscriberSchema(Schema):
+    """One internal service that receives canonical order events."""
+
+    class Meta:
+        unknown = RAISE
+
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    types = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), load_default=lambda: list(EVENT_TYPES))
+    secret = SecretField(required=True, validate=_whsec)
+
+
+class EventsSectionSchema(Schema):
+    """The `[events]` table: where events and the delivery queue live, and how deliveries are retried."""
+
+    class Meta:
+        unknown = RAISE
+
+    database = fields.String(load_default="var/events.sqlite3")
+    queue_database = fields.String(load_default="var/queue.sqlite3")
+    redis_url = fields.String(load_default=None, validate=validate.Regexp(r"^rediss?://"))
+    max_attempts = fields.Integer(load_default=10, validate=validate.Range(min=1, max=1000))
+    backoff_base_seconds = fields.Float(load_default=1.0, validate=validate.Range(min=0.01))
+    backoff_max_seconds = fields.Float(load_default=3600.0, validate=validate.Range(min=0.01))
+    delivery_timeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=300))
+    worker_threads = fields.Integer(load_default=4, validate=validate.Range(min=1, max=64))
 
 
 class GatewaySectionSchema(Schema):
@@ -116,7 +181,32 @@ class ConnectionSettings:
     pool_size: int
     verify_tls: bool
     status_map: Mapping[str, Any]
+    webhooks: Mapping[str, Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubscriberSettings:
+    """A subscriber: where its events go, which types it wants, and the secret deliveries are signed with."""
+
+    name: str
+    url: str
+    types: tuple[str, ...]
+    secret: Secret
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """The `[events]` table, with database paths resolved."""
+
+    database: Path
+    queue_database: Path
+    redis_url: str | None
+    max_attempts: int
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+    delivery_timeout: float
+    worker_threads: int
 
 
 @dataclass(frozen=True)
@@ -128,6 +218,8 @@ class GatewaySettings:
     max_body_bytes: int
     max_bulk_items: int
     connections: Mapping[str, ConnectionSettings]
+    events: EventSettings
+    subscribers: Mapping[str, SubscriberSettings] = field(default_factory=dict)
 
 
 def _interpolate(value: Any, source: str, key: str) -> Any:
@@ -163,9 +255,10 @@ def _load_section(schema: Schema, data: Any, source: str, key: str) -> dict:
 def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, type]) -> GatewaySettings:
     """Validate a parsed configuration mapping against the generic and the per-backend schemas."""
     raw = _interpolate(raw, source, "")
-    unknown = sorted(set(raw) - {"gateway", "connections"})
+    unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers"})
     if unknown:
-        raise ConfigError(source, unknown[0], "unknown section (expected [gateway] and [connections.<name>])")
+        raise ConfigError(source, unknown[0], "unknown section (expected [gateway], [connections.<name>], [events] "
+                                              "and [subscribers.<name>])")
     gateway = _load_section(GatewaySectionSchema(), raw.get("gateway", {}), source, "gateway")
     tables = raw.get("connections", {})
     if not isinstance(tables, Mapping) or not tables:
@@ -185,6 +278,8 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         loaded = _load_section(backend_class.settings_schema(), table, source, key)
         generic = {name: loaded.pop(name) for name in ConnectionSchema._declared_fields}
         connections[name] = ConnectionSettings(name=name, options=loaded, **generic)
+        if connections[name].webhooks is not None and not backend_class.default_webhook_event_types:
+            raise ConfigError(source, f"{key}.webhooks", f"backend {kind!r} sends no webhooks")
         problem = backend_class.check_settings(connections[name])
         if problem:
             raise ConfigError(source, f"{key}.{problem[0]}", problem[1])
@@ -192,12 +287,27 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
     default = gateway["default_connection"]
     if default is not None and default not in connections:
         raise ConfigError(source, "gateway.default_connection", f"names no configured connection: {default!r}")
+
+    events = _load_section(EventsSectionSchema(), raw.get("events", {}), source, "events")
+    base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+    for key in ("database", "queue_database"):
+        events[key] = (base / events[key]).resolve()
+    subscriber_tables = raw.get("subscribers", {})
+    if not isinstance(subscriber_tables, Mapping):
+        raise ConfigError(source, "subscribers", "must be a table of [subscribers.<name>] tables")
+    subscribers = {}
+    for name, table in subscriber_tables.items():
+        loaded = _load_section(SubscriberSchema(), table, source, f"subscribers.{name}")
+        subscribers[name] = SubscriberSettings(name=name, url=loaded["url"], types=tuple(loaded["types"]),
+                                               secret=loaded["secret"])
     return GatewaySettings(
         source=source,
         default_connection=default,
         max_body_bytes=gateway["max_body_bytes"],
         max_bulk_items=gateway["max_bulk_items"],
         connections=connections,
+        events=EventSettings(**events),
+        subscribers=subscribers,
     )
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+import redis
 
 import sandbox
 from gateway import create_app
+from gateway.events.redis_store import RedisEventStore
+from gateway.events.store import SqliteEventStore
+from tests.redis_server import run_redis_server
 from tests.servers import serve_wsgi
 
 ONGOING_SERVICE_PATH = "/ongoing/Service.asmx"
@@ -89,11 +95,14 @@ def sandbox_view(sandbox_url):
 
 
 @pytest.fixture
-def make_gateway():
-    """Build gateway apps from configurations, closing their connection pools afterwards."""
+def make_gateway(tmp_path):
+    """Build gateway apps from configurations (events kept in tmp_path unless given), closing them afterwards."""
     apps = []
 
     def make(config: dict):
+        events = config.setdefault("events", {})
+        events.setdefault("database", str(tmp_path / "events.sqlite3"))
+        events.setdefault("queue_database", str(tmp_path / "queue.sqlite3"))
         app = create_app(config)
         app.testing = True
         apps.append(app)
@@ -102,6 +111,7 @@ def make_gateway():
     yield make
     for app in apps:
         app.extensions["order_gateway"].close()
+        app.extensions["order_events"].close()
 
 
 @pytest.fixture
@@ -114,3 +124,33 @@ def app(make_gateway, sandbox_url):
 def client(app):
     """A test client of the gateway app."""
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory):
+    """One real redis-server for the whole run."""
+    with run_redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_server_url):
+    """The test Redis, emptied before each test that uses it."""
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushall()
+    client.close()
+    return redis_server_url
+
+
+_store_prefixes = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def event_store(request, tmp_path):
+    """An empty event store of each kind."""
+    if request.param == "sqlite":
+        store = SqliteEventStore(tmp_path / "events.sqlite3")
+    else:
+        store = RedisEventStore(request.getfixturevalue("redis_url"), prefix=f"test:{next(_store_prefixes)}:")
+    yield store
+    store.close()

@@ -111,8 +111,11 @@ def test_create_app_reads_gateway_config(tmp_path, monkeypatch):
     try:
         assert app.config["GATEWAY_SETTINGS"].source == str(tmp_path / "gateway.toml")
         assert app.extensions["order_gateway"].resolve(None).name == "wh"
+        # relative database paths are read from the configuration file's folder
+        assert app.config["GATEWAY_SETTINGS"].events.database == tmp_path / "var" / "events.sqlite3"
     finally:
         app.extensions["order_gateway"].close()
+        app.extensions["order_events"].close()
 
 
 def test_the_shipped_sandbox_configuration_loads_without_any_environment(monkeypatch):

@@ -3,47 +3,28 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.processes import (
+    BIN,
+    ROOT,
+    start_gateway,
+    start_sandbox,
+    stop,
+    wait_until_serving,
+    write_sandbox_config_copy,
+)
 from tests.servers import closed_port
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
-
-
-def wait_until_serving(url: str, process: subprocess.Popen, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode()
-        try:
-            requests.get(url, timeout=0.5)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not come up")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    finally:
-        process.stderr.close()
+GUNICORN = str(BIN / "gunicorn")
 
 
 @pytest.fixture(scope="module")
-def deployment():
+def deployment(tmp_path_factory):
     sandbox_port, gateway_port = closed_port(), closed_port()
     env = {
         **os.environ,
@@ -51,17 +32,9 @@ def deployment():
         "SPEED4TRADE_URL": f"http://127.0.0.1:{sandbox_port}/speed4trade/",
         "SELLERCENTER_URL": f"http://127.0.0.1:{sandbox_port}/sellercenter/oms-api/",
     }
-    env.pop("GATEWAY_CONFIG", None)  # the shipped sandbox configuration, as `make run` uses it
-    sandbox = subprocess.Popen(
-        [GUNICORN, "--no-control-socket", "--workers", "1", "--threads", "4", "--bind", f"127.0.0.1:{sandbox_port}",
-         "sandbox:create_app()"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    gateway = subprocess.Popen(
-        [GUNICORN, "--config", "config/gunicorn.py", "--workers", "3", "--bind", f"127.0.0.1:{gateway_port}",
-         "--access-logfile", "/dev/null", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    env["GATEWAY_CONFIG"] = write_sandbox_config_copy(tmp_path_factory.mktemp("deployment"))
+    sandbox = start_sandbox(sandbox_port, env)
+    gateway = start_gateway(gateway_port, env, workers=3)
     try:
         wait_until_serving(f"http://127.0.0.1:{sandbox_port}/ongoing/orders", sandbox)
         wait_until_serving(f"http://127.0.0.1:{gateway_port}/", gateway)

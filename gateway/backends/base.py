@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.canonical import OrderUpdate, UpdateOutcome
+from gateway.canonical.events import OrderEvent
 from gateway.config import MASK, ConnectionSchema, ConnectionSettings
 from gateway.errors import BackendError, ValidationFailed
 from gateway.transport import BackendReply, HttpTransport, OutboundRequest
@@ -34,6 +35,8 @@ class Backend(abc.ABC):
     refused_statuses: ClassVar[Mapping[str, str]] = {}
     #: orders one backend call may carry; None: the connection's `max_orders_per_call` setting decides
     orders_per_call: ClassVar[int | None] = None
+    #: the backend's webhook template names -> canonical event types; empty: it sends no webhooks
+    default_webhook_event_types: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
@@ -67,6 +70,24 @@ class Backend(abc.ABC):
     def secret_values(self) -> list[str]:
         """Every credential of the connection, to be masked wherever a backend might echo it."""
         return [self.settings.password.reveal()] if self.settings.password else []
+
+    def read_webhook(self, payload: Any) -> OrderEvent:
+        """A canonical OrderEvent from one of the backend's webhook payloads; raises ValidationFailed."""
+        raise ValidationFailed({"body": [f"Backend {self.kind!r} sends no webhooks."]})
+
+    @property
+    def webhook_event_types(self) -> dict[str, str]:
+        """Template name -> event type: the backend's defaults with the connection's own mapping over them."""
+        configured = (self.settings.webhooks or {}).get("event_types", {})
+        return {**self.default_webhook_event_types, **configured}
+
+    @property
+    def status_names(self) -> dict[Any, str]:
+        """Backend status code -> canonical status name (the first name mapped to it)."""
+        names: dict[Any, str] = {}
+        for name, code in self.status_map.items():
+            names.setdefault(code, name)
+        return names
 
     def check_backend_rules(self, update: OrderUpdate) -> dict[str, list[str]]:
         """Backend-specific validation beyond the shared checks; returns field path -> messages."""

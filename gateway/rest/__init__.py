@@ -1,8 +1,8 @@
-"""The REST layer: request ids, problem+json errors and the order endpoints."""
+"""The REST layer: request ids, problem+json errors, the order endpoints, webhooks and events."""
 
 from flask import Flask
 
-from gateway.rest import orders, problems, request_ids
+from gateway.rest import events, orders, problems, request_ids, webhooks
 
 
 def init_app(app: Flask) -> None:
@@ -10,3 +10,5 @@ def init_app(app: Flask) -> None:
     request_ids.init_app(app)
     problems.init_app(app)
     app.register_blueprint(orders.blueprint)
+    app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(events.blueprint)

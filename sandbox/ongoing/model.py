@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 
 # OrderIdentificationType -> (Order attribute it matches, element of OrderUpdateIdentification carrying the value).
@@ -15,11 +16,20 @@ ORDER_IDENTIFICATION_TYPES: Mapping[str, tuple[str, str]] = MappingProxyType(
 )
 
 
+# What fires Ongoing's order webhooks (specs/004).
+ORDER_CREATED = "created"
+ORDER_STATUS_CHANGED = "status_changed"
+ORDER_PICKED = "picked"
+ORDER_WEBHOOK_TRIGGERS = (ORDER_CREATED, ORDER_STATUS_CHANGED, ORDER_PICKED)
+
+
 @dataclass(frozen=True)
 class GoodsOwner:
-    """A client of the warehouse, with the API credentials that act for it."""
+    """A client of the warehouse: its system id, code and name, and the API credentials that act for it."""
 
+    id: int
     code: str
+    name: str
     user_name: str
     password: str = field(repr=False)
 
@@ -73,6 +83,11 @@ class Order:
         """Whether any line has goods reserved that have not been picked yet."""
         return any(line.has_allocated_unpicked_goods for line in self.lines)
 
+    @property
+    def has_picked_goods(self) -> bool:
+        """Whether at least one item of the order has been picked."""
+        return any(line.picked > 0 for line in self.lines)
+
 
 @dataclass(frozen=True)
 class OrderIdentification:
@@ -120,3 +135,14 @@ class UpdateOrderResult:
     success: bool
     message: str | None
     order_id: int | None
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    """Something that happened to an order that fires an order webhook: the order as it was right after."""
+
+    trigger: str
+    event_id: int
+    occurred_at: datetime
+    order: Order
+    goods_owner: GoodsOwner

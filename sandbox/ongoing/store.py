@@ -1,19 +1,30 @@
-"""The simulated Ongoing WMS's data: loaded from a JSON file, held in memory, changed by UpdateOrder under a lock."""
+"""The simulated Ongoing WMS's data: loaded from a JSON file, held in memory, changed under a lock.
+
+Every committed change that fires an order webhook becomes an OrderEvent; the events are handed to the publisher
+after the lock is released, one batch after another, in the order of their event ids.
+"""
 
 import dataclasses
 import hmac
+import itertools
 import json
 import threading
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
 from sandbox.ongoing.model import (
+    ORDER_CREATED,
     ORDER_IDENTIFICATION_TYPES,
+    ORDER_PICKED,
+    ORDER_STATUS_CHANGED,
     GoodsOwner,
     Order,
     OrderChanges,
+    OrderEvent,
     OrderIdentification,
     OrderLine,
     UpdateOrderResult,
@@ -31,6 +42,7 @@ ORDER_NUMBER_EMPTY = "GoodsOwnerOrderNumber must not be empty."
 ORDER_NUMBER_IN_USE = "Order number '{order_number}' is already in use."
 WAY_OF_DELIVERY_CODE_MISSING = "WayOfDeliveryTypeCode is required."
 WAY_OF_DELIVERY_TYPE_UNKNOWN = "Way of delivery type '{code}' does not exist."
+GOODS_OWNER_UNKNOWN = "Goods owner '{code}' does not exist."
 
 PICKED_STATUS = 400
 CANCELLED_STATUS = 1000
@@ -38,6 +50,18 @@ CANCELLED_STATUS = 1000
 
 class UpdateRefused(Exception):
     """A business rule refuses the update; the message is what the service answers with."""
+
+
+class NewOrderInvalid(Exception):
+    """A new order names something the warehouse does not know; `field` is the member at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class OrderNumberTaken(Exception):
+    """Another order of the same goods owner already has the new order's number."""
 
 
 @dataclass(frozen=True)
@@ -59,16 +83,22 @@ class _OngoingData:
     orders: dict[int, Order]
 
 
+def _read_goods_owner(raw_owner: Mapping, position: int) -> GoodsOwner:
+    """A goods owner of the data file; without an id it takes its 1-based position, without a name its code."""
+    return GoodsOwner(**{"id": position, "name": raw_owner["code"], **raw_owner})
+
+
 def _read_data_file(path: Path) -> _OngoingData:
     """Read the JSON data file (statuses, goods owners, ways of delivery, orders) into store data."""
     raw = json.loads(path.read_text(encoding="utf-8"))
+    goods_owners = [_read_goods_owner(owner, position) for position, owner in enumerate(raw["goods_owners"], 1)]
     orders = [
         Order(**{**order, "lines": tuple(OrderLine(**line) for line in order.get("lines", ()))})
         for order in raw["orders"]
     ]
     return _OngoingData(
         statuses={int(status["code"]): status["name"] for status in raw["order_statuses"]},
-        goods_owners={owner["code"]: GoodsOwner(**owner) for owner in raw["goods_owners"]},
+        goods_owners={owner.code: owner for owner in goods_owners},
         way_of_delivery_types={kind["code"]: WayOfDeliveryType(**kind) for kind in raw["way_of_delivery_types"]},
         orders={order.system_id: order for order in orders},
     )
@@ -77,16 +107,24 @@ def _read_data_file(path: Path) -> _OngoingData:
 class OngoingStore:
     """The in-memory warehouse; every read and change holds one lock, so concurrent requests see whole updates."""
 
-    def __init__(self, data_path: Path):
+    def __init__(
+        self, data_path: Path, publish_order_events: Callable[[Sequence[OrderEvent]], None] | None = None
+    ):
         self._data_path = data_path
         self._lock = threading.Lock()
         self._data = _read_data_file(data_path)
+        self._publish_order_events = publish_order_events
+        # Event ids survive a reset, as a receiver deduplicating by webhookEventId would drop a reused one.
+        self._event_ids = itertools.count(1)
+        self._unpublished_events: deque[OrderEvent] = deque()
+        self._publish_lock = threading.Lock()
 
     def reset(self) -> None:
         """Forget every change and reload the data file."""
         data = _read_data_file(self._data_path)
         with self._lock:
             self._data = data
+            self._unpublished_events.clear()
 
     def authenticate(self, goods_owner_code: str, user_name: str, password: str) -> GoodsOwner | None:
         """Return the goods owner whose code, user name and password all match, else None."""
@@ -112,18 +150,87 @@ class OngoingStore:
     ) -> UpdateOrderResult:
         """Find the goods owner's order and apply every change, or none of them if any rule refuses one."""
         with self._lock:
-            try:
-                order = self._find_order(goods_owner, identification)
-            except UpdateRefused as refusal:
-                return UpdateOrderResult(success=False, message=str(refusal), order_id=None)
-            try:
-                updated_order, new_way_of_delivery_type = self._plan_update(order, changes)
-            except UpdateRefused as refusal:
-                return UpdateOrderResult(success=False, message=str(refusal), order_id=order.system_id)
-            self._data.orders[order.system_id] = updated_order
-            if new_way_of_delivery_type is not None:
-                self._data.way_of_delivery_types[new_way_of_delivery_type.code] = new_way_of_delivery_type
-            return UpdateOrderResult(success=True, message=None, order_id=order.system_id)
+            result = self._apply_update(goods_owner, identification, changes)
+        self._publish_recorded_events()
+        return result
+
+    def create_order(
+        self,
+        goods_owner_code: str,
+        order_number: str,
+        order_id: str | None,
+        status: int,
+        lines: Sequence[OrderLine],
+    ) -> Order:
+        """Add an order with the next SystemId, as if it had come into the warehouse, and fire its webhook."""
+        with self._lock:
+            goods_owner = self._data.goods_owners.get(goods_owner_code)
+            if goods_owner is None:
+                raise NewOrderInvalid("goods_owner_code", GOODS_OWNER_UNKNOWN.format(code=goods_owner_code))
+            if status not in self._data.statuses:
+                raise NewOrderInvalid("status", STATUS_UNKNOWN.format(status=status))
+            if self._order_number_in_use(goods_owner_code, order_number, except_system_id=None):
+                raise OrderNumberTaken(ORDER_NUMBER_IN_USE.format(order_number=order_number))
+            order = Order(
+                system_id=max(self._data.orders, default=0) + 1,
+                goods_owner_code=goods_owner_code,
+                order_number=order_number,
+                order_id=order_id,
+                status=status,
+                lines=tuple(lines),
+            )
+            self._data.orders[order.system_id] = order
+            self._record_event(ORDER_CREATED, order, goods_owner)
+        self._publish_recorded_events()
+        return order
+
+    def _apply_update(
+        self, goods_owner: GoodsOwner, identification: OrderIdentification, changes: OrderChanges
+    ) -> UpdateOrderResult:
+        """Find and change the order, and record the webhooks the change fires; the caller holds the lock."""
+        try:
+            order = self._find_order(goods_owner, identification)
+        except UpdateRefused as refusal:
+            return UpdateOrderResult(success=False, message=str(refusal), order_id=None)
+        try:
+            updated_order, new_way_of_delivery_type = self._plan_update(order, changes)
+        except UpdateRefused as refusal:
+            return UpdateOrderResult(success=False, message=str(refusal), order_id=order.system_id)
+        self._data.orders[order.system_id] = updated_order
+        if new_way_of_delivery_type is not None:
+            self._data.way_of_delivery_types[new_way_of_delivery_type.code] = new_way_of_delivery_type
+        if updated_order.status != order.status:
+            self._record_event(ORDER_STATUS_CHANGED, updated_order, goods_owner)
+            if updated_order.status >= PICKED_STATUS and updated_order.has_picked_goods:
+                self._record_event(ORDER_PICKED, updated_order, goods_owner)
+        return UpdateOrderResult(success=True, message=None, order_id=order.system_id)
+
+    def _record_event(self, trigger: str, order: Order, goods_owner: GoodsOwner) -> None:
+        """Keep an event to publish once the lock is released; the caller holds the lock."""
+        if self._publish_order_events is None:
+            return
+        self._unpublished_events.append(
+            OrderEvent(
+                trigger=trigger,
+                event_id=next(self._event_ids),
+                occurred_at=datetime.now(UTC),
+                order=order,
+                goods_owner=goods_owner,
+            )
+        )
+
+    def _publish_recorded_events(self) -> None:
+        """Hand every recorded event to the publisher, outside the data lock and in the order they happened."""
+        if self._publish_order_events is None:
+            return
+        # Events join the deque in id order under the data lock; taking them out and publishing under one lock
+        # keeps that order even when two requests publish at once.
+        with self._publish_lock:
+            events = []
+            while self._unpublished_events:
+                events.append(self._unpublished_events.popleft())
+            if events:
+                self._publish_order_events(events)
 
     def _find_order(self, goods_owner: GoodsOwner, identification: OrderIdentification) -> Order:
         """Return the goods owner's order the identification points at."""
@@ -176,10 +283,14 @@ class OngoingStore:
         """Refuse an empty order number or one another order of the same goods owner already has."""
         if not order_number:
             raise UpdateRefused(ORDER_NUMBER_EMPTY)
-        for other in self._data.orders.values():
-            if (
-                other.system_id != order.system_id
-                and other.goods_owner_code == order.goods_owner_code
-                and other.order_number == order_number
-            ):
-                raise UpdateRefused(ORDER_NUMBER_IN_USE.format(order_number=order_number))
+        if self._order_number_in_use(order.goods_owner_code, order_number, except_system_id=order.system_id):
+            raise UpdateRefused(ORDER_NUMBER_IN_USE.format(order_number=order_number))
+
+    def _order_number_in_use(self, goods_owner_code: str, order_number: str, except_system_id: int | None) -> bool:
+        """Whether an order of the goods owner, other than `except_system_id`, has the order number."""
+        return any(
+            other.system_id != except_system_id
+            and other.goods_owner_code == goods_owner_code
+            and other.order_number == order_number
+            for other in self._data.orders.values()
+        )

@@ -22,7 +22,9 @@ from marshmallow import ValidationError, fields, validate, validates
 
 from gateway import ns
 from gateway.backends.base import Backend
-from gateway.canonical import OrderUpdate, UpdateOutcome, WayOfDelivery
+from gateway.backends.ongoing.webhooks import DEFAULT_EVENT_TYPES, read_order_webhook
+from gateway.canonical import OrderUpdate, UpdateOutcome, WayOfDelivery, flatten_errors
+from gateway.canonical.events import OrderEvent
 from gateway.config import ConnectionSchema, ConnectionSettings, RegexList
 from gateway.errors import (
     BackendFailure,
@@ -30,6 +32,7 @@ from gateway.errors import (
     OrderNotFound,
     OrderStateConflict,
     TranslationError,
+    ValidationFailed,
 )
 from gateway.safexml import load_xsd, parse_trusted_template
 from gateway.soap import unwrap_soap_reply
@@ -129,6 +132,7 @@ class OngoingBackend(Backend):
     }
     # UpdateOrder carries one order, and Ongoing wants one goods owner's calls made one after another.
     orders_per_call: ClassVar = 1
+    default_webhook_event_types: ClassVar = DEFAULT_EVENT_TYPES
 
     def __init__(self, settings: ConnectionSettings) -> None:
         super().__init__(settings)
@@ -144,6 +148,16 @@ class OngoingBackend(Backend):
         if settings.password is None or not 1 <= len(settings.password.reveal()) <= 50:
             return "password", "Ongoing needs a password of 1 to 50 characters."
         return None
+
+    def read_webhook(self, payload: Any) -> OrderEvent:
+        """Ongoing's order webhooks (created, status changed, picked) as canonical events."""
+        try:
+            return read_order_webhook(
+                payload, connection=self.name, event_types=self.webhook_event_types,
+                timezone=(self.settings.webhooks or {}).get("timezone", "UTC"), status_names=self.status_names,
+            )
+        except ValidationError as error:
+            raise ValidationFailed(flatten_errors(error.messages)) from None
 
     def check_backend_rules(self, update: OrderUpdate) -> dict[str, list[str]]:
         """The order id must fit its identification type; the canceled code is refused like the name."""

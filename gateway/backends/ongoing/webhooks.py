@@ -1,0 +1,166 @@
+"""Ongoing WMS order webhooks (created, status changed, picked) read into canonical order events.
+
+The payload is WebhookOrderPayload of the vendor's webhook page. Unknown fields are tolerated and kept under
+`raw`, since Ongoing adds fields over time. Ongoing's timestamps carry no offset; the connection's webhook
+time zone says which one they are in. Template names are configured per webhook in Ongoing's UI, so their
+mapping to event types is a setting with these defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
+
+from gateway.canonical.events import ORDER_CREATED, ORDER_PICKED, ORDER_STATUS_CHANGED, OrderEvent
+
+DEFAULT_EVENT_TYPES = {
+    "OrderCreated": ORDER_CREATED,
+    "OrderStatusChanged": ORDER_STATUS_CHANGED,
+    "OrderPicked": ORDER_PICKED,
+}
+
+
+class OngoingTimestamp(fields.String):
+    """Ongoing's `2023-01-01T12:00:00.0000000`: ISO 8601 with up to 7 fractional digits, usually no offset."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        head, dot, fraction = text.partition(".")
+        if dot:  # Python reads at most 6 fractional digits; keep the offset that may follow them
+            digits = "".join(c for c in fraction if c.isdigit())
+            text = f"{head}.{digits[:6]}{fraction[len(digits):]}"
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            raise ValidationError("Not a valid ISO 8601 timestamp.") from None
+
+
+class _Lenient(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+
+class ByUserSchema(_Lenient):
+    """ByUserInfo."""
+
+    userId = fields.Integer(allow_none=True)  # the vendor's camelCase names
+
+
+class ByComputerSchema(_Lenient):
+    """ByComputerInfo."""
+
+    computerId = fields.Integer(allow_none=True)
+    computerName = fields.String(allow_none=True)
+
+
+class OrderStatusSchema(_Lenient):
+    """OrderStatus."""
+
+    number = fields.Integer(required=True)
+
+
+class GoodsOwnerClassSchema(_Lenient):
+    """GoodsOwnerClass."""
+
+    id = fields.Integer(allow_none=True)
+    code = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+
+
+class OrderTrackingSchema(_Lenient):
+    """OrderTracking."""
+
+    trackingUrl = fields.String(allow_none=True)
+    waybill = fields.String(allow_none=True)
+    isReturn = fields.Boolean(allow_none=True)
+
+
+class ParcelTrackingSchema(_Lenient):
+    """ParcelTracking."""
+
+    trackingUrl = fields.String(allow_none=True)
+
+
+class ParcelSchema(_Lenient):
+    """Parcel."""
+
+    id = fields.Integer(allow_none=True)
+    parcelNumber = fields.String(allow_none=True)
+    isReturnParcel = fields.Boolean(allow_none=True)
+    tracking = fields.Nested(ParcelTrackingSchema, allow_none=True)
+
+
+class WebhookOrderPayloadSchema(_Lenient):
+    """WebhookOrderPayload; the fields that identify and date the event are required."""
+
+    webhookOrdersId = fields.Integer(allow_none=True)
+    webhookEventId = fields.Integer(required=True)
+    system = fields.String(required=True, validate=validate.Length(min=1))
+    timestamp = OngoingTimestamp(required=True)
+    orderId = fields.Integer(required=True)
+    orderNumber = fields.String(allow_none=True)
+    goodsOwnerId = fields.Integer(allow_none=True)
+    path = fields.String(allow_none=True)
+    byUser = fields.Nested(ByUserSchema, allow_none=True)
+    byComputer = fields.Nested(ByComputerSchema, allow_none=True)
+    orderStatus = fields.Nested(OrderStatusSchema, allow_none=True)
+    currentShipmentId = fields.Integer(allow_none=True)
+    webhookTemplate = fields.String(required=True, validate=validate.Length(min=1))
+    goodsOwnerName = fields.String(allow_none=True)
+    goodsOwnerClasses = fields.List(fields.Nested(GoodsOwnerClassSchema), allow_none=True)
+    tracking = fields.List(fields.Nested(OrderTrackingSchema), allow_none=True)
+    parcels = fields.List(fields.Nested(ParcelSchema), allow_none=True)
+
+
+_PAYLOAD_SCHEMA = WebhookOrderPayloadSchema()
+
+
+def read_order_webhook(payload: Any, *, connection: str, event_types: Mapping[str, str], timezone: str,
+                       status_names: Mapping[int, str]) -> OrderEvent:
+    """Validate an Ongoing order webhook and turn it into a canonical OrderEvent; raises ValidationError."""
+    if not isinstance(payload, Mapping):
+        raise ValidationError({"body": ["The body must be a JSON object."]})
+    data = _PAYLOAD_SCHEMA.load(payload)
+    template = data["webhookTemplate"]
+    if template not in event_types:
+        raise ValidationError({"webhookTemplate": [
+            f"Unknown webhook template {template!r}; map it to an event type in the connection's "
+            f"webhooks.event_types (known: {', '.join(sorted(event_types))})."
+        ]})
+    occurred = data["timestamp"]
+    if occurred.tzinfo is None:
+        occurred = occurred.replace(tzinfo=ZoneInfo(timezone))
+    status = data.get("orderStatus") or {}
+    code = status.get("number")
+    user, computer = data.get("byUser") or {}, data.get("byComputer") or {}
+    return OrderEvent(
+        type=event_types[template],
+        occurred_at=occurred.isoformat(),
+        source={"backend": "ongoing", "connection": connection, "system": data["system"], "template": template},
+        order={
+            "backend_order_id": str(data["orderId"]),
+            "order_number": data.get("orderNumber"),
+            "status": None if code is None else {"code": code, "name": status_names.get(code)},
+        },
+        goods_owner={
+            "id": data.get("goodsOwnerId"),
+            "name": data.get("goodsOwnerName"),
+            "classes": [{"id": c.get("id"), "code": c.get("code"), "name": c.get("name")}
+                        for c in data.get("goodsOwnerClasses") or []],
+        },
+        tracking=[{"url": t.get("trackingUrl"), "waybill": t.get("waybill"), "is_return": bool(t.get("isReturn"))}
+                  for t in data.get("tracking") or []],
+        parcels=[{"id": p.get("id"), "parcel_number": p.get("parcelNumber"),
+                  "is_return": bool(p.get("isReturnParcel")),
+                  "tracking_url": (p.get("tracking") or {}).get("trackingUrl")}
+                 for p in data.get("parcels") or []],
+        actor={"user": {"id": user.get("userId")},
+               "computer": {"id": computer.get("computerId"), "name": computer.get("computerName")}},
+        raw=dict(payload),
+        dedupe_key=f"ongoing:{data['system']}:{data['webhookEventId']}",
+        order_key=f"{connection}:{data['orderId']}",
+    )

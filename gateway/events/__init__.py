@@ -1,0 +1,44 @@
+"""Order events: receiving, storing and delivering them to subscribers."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from gateway.config import GatewaySettings
+from gateway.events.delivery import Dispatcher
+from gateway.events.queue import DeliveryQueue, make_huey
+from gateway.events.store import EventStore, SqliteEventStore
+
+
+def open_event_store(settings: GatewaySettings) -> EventStore:
+    """The configured event store: Redis when a Redis URL is given, else the embedded SQLite file."""
+    if settings.events.redis_url:
+        from gateway.events.redis_store import RedisEventStore
+
+        return RedisEventStore(settings.events.redis_url)
+    return SqliteEventStore(settings.events.database)
+
+
+class EventService:
+    """Everything the web processes and the worker share: the store, the dispatcher and the queue."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.store = open_event_store(settings)
+        self.dispatcher = Dispatcher(self.store, settings.subscribers, settings.events)
+        self.queue = DeliveryQueue(make_huey(settings.events), self.dispatcher)
+
+    def subscribers_for(self, event_type: str) -> list[str]:
+        """The names of the subscribers that want events of this type."""
+        return [name for name, subscriber in self.settings.subscribers.items() if event_type in subscriber.types]
+
+    def close(self) -> None:
+        """Release the store and the dispatcher's connections."""
+        self.dispatcher.close()
+        self.store.close()
+
+
+def init_app(app: Flask, settings: GatewaySettings) -> EventService:
+    """Attach the event service to the app."""
+    service = app.extensions["order_events"] = EventService(settings)
+    return service

@@ -1,0 +1,104 @@
+"""Delivering stored events to subscribers: one order's events in order, retried with backoff, then dead.
+
+`drain_stream` works through one (subscriber, order) stream: it sends the head delivery when it is due and
+moves on only when that delivery is delivered or dead, so a subscriber sees one order's events in the order
+they happened. It returns how long to wait before the stream needs attention again (None: nothing pending).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from gateway.config import EventSettings, SubscriberSettings
+from gateway.events.signing import sign_delivery
+from gateway.events.store import EventStore
+
+log = logging.getLogger("gateway.events")
+
+#: statuses that mean "try again later" although they are not 5xx
+RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
+
+
+class Dispatcher:
+    """Sends events to subscribers over one pooled session, recording every attempt in the store."""
+
+    def __init__(self, store: EventStore, subscribers: Mapping[str, SubscriberSettings], settings: EventSettings,
+                 *, clock: Callable[[], float] = time.time, jitter: Callable[[float], float] | None = None) -> None:
+        self.store = store
+        self.subscribers = subscribers
+        self.settings = settings
+        self.clock = clock
+        # Full jitter (a random wait up to the exponential bound) spreads retries of many deliveries apart.
+        self.jitter = jitter or (lambda bound: random.uniform(bound / 2, bound))  # noqa: S311 - not for secrets
+        self.session = requests.Session()
+        self.session.trust_env = False
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the given number of failed attempts."""
+        bound = min(self.settings.backoff_max_seconds, self.settings.backoff_base_seconds * 2 ** max(attempts - 1, 0))
+        return self.jitter(bound)
+
+    def send(self, subscriber: SubscriberSettings, event: dict) -> tuple[str, int | None, str | None]:
+        """POST one event; returns (outcome "delivered" | "retry" | "reject", HTTP status, error text)."""
+        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json",
+                   **sign_delivery(subscriber.secret.reveal(), event["id"], int(self.clock()), body)}
+        timeout = self.settings.delivery_timeout
+        try:
+            response = self.session.post(subscriber.url, data=body, headers=headers, timeout=(timeout, timeout),
+                                         allow_redirects=False)
+            response.close()
+        except requests.Timeout:
+            return "retry", None, f"timed out after {timeout:g} s"
+        except requests.RequestException as error:
+            return "retry", None, f"{type(error).__name__}: could not reach the subscriber"
+        if 200 <= response.status_code < 300:
+            return "delivered", response.status_code, None
+        if response.status_code >= 500 or response.status_code in RETRYABLE_CLIENT_STATUSES:
+            return "retry", response.status_code, f"HTTP {response.status_code}"
+        return "reject", response.status_code, f"HTTP {response.status_code}: the subscriber refused the event"
+
+    def drain_stream(self, subscriber_name: str, order_key: str) -> float | None:
+        """Deliver what is due in one (subscriber, order) stream; the seconds until it needs attention again."""
+        subscriber = self.subscribers.get(subscriber_name)
+        while True:
+            head = self.store.next_delivery(subscriber_name, order_key)
+            if head is None:
+                return None
+            now = self.clock()
+            if subscriber is None:
+                self.store.record_attempt(head["event_id"], subscriber_name, outcome="dead",
+                                          error="the subscriber is no longer configured", now=now)
+                continue
+            if head["next_attempt_at"] is not None and head["next_attempt_at"] > now:
+                return head["next_attempt_at"] - now
+            outcome, status, error = self.send(subscriber, head["event"])
+            attempts = head["attempts"] + 1
+            now = self.clock()
+            if outcome == "delivered":
+                self.store.record_attempt(head["event_id"], subscriber_name, outcome="delivered",
+                                          status_code=status, now=now)
+            elif outcome == "reject" or attempts >= self.settings.max_attempts:
+                log.warning("event %s to %s is dead after %d attempts: %s", head["event_id"], subscriber_name,
+                            attempts, error)
+                self.store.record_attempt(head["event_id"], subscriber_name, outcome="dead", status_code=status,
+                                          error=error, now=now)
+            else:
+                delay = self.backoff(attempts)
+                self.store.record_attempt(head["event_id"], subscriber_name, outcome="failed", status_code=status,
+                                          error=error, next_attempt_at=now + delay, now=now)
+                return delay
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.session.close()

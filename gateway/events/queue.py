@@ -1,0 +1,74 @@
+"""The delivery queue: huey (SQLite storage embedded, Redis when configured) driving the Dispatcher.
+
+Each task drains one (subscriber, order) stream under a lock, so one order's events never race each other.
+A stream that must wait (backoff) schedules its own next run. The store, not the queue, is the source of
+truth: at worker start-up and every minute, every stream with pending deliveries is nudged again, so a task
+lost to a crash (SIGKILL mid-task) costs a delay, never an event.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from huey import RedisHuey, SqliteHuey, crontab
+from huey.api import Huey
+from huey.exceptions import TaskLockedException
+
+from gateway.config import EventSettings
+from gateway.events.delivery import Dispatcher
+
+log = logging.getLogger("gateway.events")
+
+#: how soon a stream whose lock is held by another worker is looked at again
+LOCKED_RETRY_SECONDS = 0.5
+
+
+def make_huey(settings: EventSettings) -> Huey:
+    """Huey on Redis when a Redis URL is configured, else on the embedded SQLite file."""
+    if settings.redis_url:
+        return RedisHuey("order-gateway", url=settings.redis_url, results=False, utc=True)
+    settings.queue_database.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey("order-gateway", filename=str(settings.queue_database), results=False, utc=True)
+
+
+class DeliveryQueue:
+    """Registers the delivery tasks on a huey instance and nudges streams from the web processes."""
+
+    def __init__(self, huey: Huey, dispatcher: Dispatcher) -> None:
+        self.huey = huey
+        self.dispatcher = dispatcher
+        # Held no longer than one delivery can take, so a killed worker's lock frees itself.
+        lock_ttl = int(dispatcher.settings.delivery_timeout * 3) + 30
+
+        @huey.task(name="drain_stream")
+        def drain_stream(subscriber: str, order_key: str) -> None:
+            try:
+                with huey.lock_task(f"stream:{subscriber}:{order_key}", ttl=lock_ttl):
+                    delay = dispatcher.drain_stream(subscriber, order_key)
+            except TaskLockedException:
+                delay = LOCKED_RETRY_SECONDS
+            if delay is not None:
+                drain_stream.schedule((subscriber, order_key), delay=delay)
+
+        @huey.periodic_task(crontab(minute="*"), name="resume_pending_streams")
+        def resume_pending_streams() -> None:
+            self.resume_pending()
+
+        @huey.on_startup(name="resume_on_startup")
+        def resume_on_startup() -> None:
+            self.resume_pending()
+
+        self.drain_task = drain_stream
+
+    def nudge(self, subscriber: str, order_key: str) -> None:
+        """Ask a worker to drain one stream now."""
+        self.drain_task(subscriber, order_key)
+
+    def resume_pending(self) -> int:
+        """Nudge every stream the store says has pending deliveries; returns how many."""
+        streams = self.dispatcher.store.pending_streams()
+        for subscriber, order_key in streams:
+            self.nudge(subscriber, order_key)
+        if streams:
+            log.info("resumed %d event streams with pending deliveries", len(streams))
+        return len(streams)

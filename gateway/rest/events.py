@@ -1,0 +1,63 @@
+"""GET /events, GET /events/<id>, POST /events/<id>/redeliver: what operators need to see and act on."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from gateway.canonical.events import EVENT_TYPES
+from gateway.errors import RequestProblem, ValidationFailed
+
+blueprint = Blueprint("events", __name__)
+DELIVERY_STATES = ("pending", "delivered", "dead")
+
+
+class EventNotFound(RequestProblem):
+    """No stored event has that id."""
+
+    status = 404
+    slug = "event-not-found"
+    title = "Event not found"
+
+
+def _service():
+    return current_app.extensions["order_events"]
+
+
+@blueprint.get("/events")
+def list_events():
+    """Stored events, newest first, filtered by order, type and delivery state."""
+    errors: dict[str, list[str]] = {}
+    event_type, state = request.args.get("type"), request.args.get("state")
+    if event_type is not None and event_type not in EVENT_TYPES:
+        errors["type"] = [f"One of: {', '.join(EVENT_TYPES)}."]
+    if state is not None and state not in DELIVERY_STATES:
+        errors["state"] = [f"One of: {', '.join(DELIVERY_STATES)}."]
+    limit_text = request.args.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+        errors["limit"] = ["An integer from 1 to 1000."]
+    if errors:
+        raise ValidationFailed(errors)
+    events = _service().store.list_events(order_id=request.args.get("order_id"), type=event_type, state=state,
+                                          limit=int(limit_text))
+    return jsonify({"events": events, "count": len(events)})
+
+
+@blueprint.get("/events/<event_id>")
+def show_event(event_id: str):
+    """One event with every delivery and its attempts."""
+    event = _service().store.get_event(event_id)
+    if event is None:
+        raise EventNotFound(f"No event {event_id!r}.")
+    return jsonify(event)
+
+
+@blueprint.post("/events/<event_id>/redeliver")
+def redeliver_event(event_id: str):
+    """Send an event to its subscribers again (dead or delivered alike), in order with its order's other events."""
+    service = _service()
+    streams = service.store.redeliver(event_id)
+    if streams is None:
+        raise EventNotFound(f"No event {event_id!r}.")
+    for subscriber, order_key in streams:
+        service.queue.nudge(subscriber, order_key)
+    return jsonify({"id": event_id, "redelivering_to": sorted({subscriber for subscriber, _ in streams})}), 202

@@ -1,0 +1,81 @@
+"""POST /webhooks/<backend>/<connection>: a backend's order webhooks, authenticated, stored before the answer."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+
+from gateway.errors import GatewayError, RequestProblem
+from gateway.rest.orders import connections, read_json_body
+from gateway.rest.problems import problem_response
+
+blueprint = Blueprint("webhooks", __name__)
+log = logging.getLogger("gateway.webhooks")
+
+
+class WebhookNotFound(RequestProblem):
+    """No connection with that name receives webhooks from that backend."""
+
+    status = 404
+    slug = "webhook-not-found"
+    title = "No such webhook receiver"
+
+
+class StoreUnavailable(GatewayError):
+    """The event could not be stored; the sender should retry."""
+
+    status = 503
+    slug = "event-store-unavailable"
+    title = "Event store unavailable"
+
+
+def _same(given: str | None, expected: str) -> bool:
+    """Constant-time comparison, so the time taken says nothing about the secret."""
+    return given is not None and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def is_authenticated(webhooks: dict) -> bool:
+    """Whether the request carries the credentials configured for this connection's webhooks."""
+    if webhooks["auth"] == "basic":
+        credentials = request.authorization
+        if credentials is None or credentials.type != "basic":
+            return False
+        # Both compared, always, so a wrong user name takes as long as a wrong password.
+        user_ok = _same(credentials.username, webhooks["username"])
+        password_ok = _same(credentials.password, webhooks["password"].reveal())
+        return user_ok and password_ok
+    return _same(request.headers.get(webhooks["header"]), webhooks["token"].reveal())
+
+
+@blueprint.post("/webhooks/<kind>/<connection>")
+def receive_webhook(kind: str, connection: str):
+    """Authenticate, validate, store (deduplicated) and queue one webhook; 202 new, 200 already known."""
+    backend = connections().by_name.get(connection)
+    webhooks = backend.settings.webhooks if backend is not None and backend.kind == kind else None
+    if webhooks is None:
+        raise WebhookNotFound(f"No connection {connection!r} of backend {kind!r} receives webhooks.")
+    if not is_authenticated(webhooks):
+        response = problem_response(401, "unauthorized", "Unauthorized",
+                                    "The webhook's credentials are missing or wrong.")
+        if webhooks["auth"] == "basic":
+            response.headers["WWW-Authenticate"] = f'Basic realm="order gateway webhooks ({connection})"'
+        return response
+    event = backend.read_webhook(read_json_body())
+    service = current_app.extensions["order_events"]
+    subscribers = service.subscribers_for(event.type)
+    try:
+        event_id, created = service.store.add_event(event.to_document(), dedupe_key=event.dedupe_key,
+                                                    order_key=event.order_key, subscribers=subscribers)
+    except Exception:
+        log.exception("could not store a webhook of connection %s", connection)
+        raise StoreUnavailable("The event could not be stored; send it again later.") from None
+    if created:
+        for subscriber in subscribers:
+            try:
+                service.queue.nudge(subscriber, event.order_key)
+            except Exception:  # stored is safe: the worker resumes pending streams on its own
+                log.exception("could not queue event %s for %s; the worker will resume it", event_id, subscriber)
+    body = {"id": event_id, "type": event.type, "duplicate": not created, "subscribers": subscribers if created else []}
+    return jsonify(body), 202 if created else 200

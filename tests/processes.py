@@ -1,0 +1,78 @@
+"""Real server processes for the tests: gunicorn gateways, sandboxes and event workers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, seconds: float = 20.0) -> None:
+    """Poll `url` until it answers; fail with the process's output if it dies first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stderr.read().decode() if process.stderr else ""
+            raise AssertionError(f"{url}: the server exited: {output}")
+        try:
+            requests.get(url, timeout=0.5)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up")
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a process (and, for gunicorn, its workers) and close its pipes."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start a server in its own process group (so a SIGKILL reaches every worker), output kept for failures."""
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def start_sandbox(port: int, env: dict[str, str]) -> subprocess.Popen:
+    """The sandboxes under gunicorn (one process: their state is in memory)."""
+    return start([str(BIN / "gunicorn"), "--no-control-socket", "--workers", "1", "--threads", "8", "--bind",
+                  f"127.0.0.1:{port}", "sandbox:create_app()"], env)
+
+
+def start_gateway(port: int, env: dict[str, str], workers: int = 2) -> subprocess.Popen:
+    """The gateway under gunicorn with the project's gunicorn settings."""
+    return start([str(BIN / "gunicorn"), "--config", "config/gunicorn.py", "--workers", str(workers), "--bind",
+                  f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "wsgi:app"], env)
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen:
+    """The event delivery worker."""
+    return start([sys.executable, "-m", "gateway.events.worker"], env)
+
+
+def write_sandbox_config_copy(folder: Path) -> str:
+    """The shipped sandbox configuration, with its event databases moved into `folder`."""
+    text = (ROOT / "config" / "sandbox.toml").read_text()
+    text = text.replace('database = "../var/events.sqlite3"', f'database = "{folder}/events.sqlite3"')
+    text = text.replace('queue_database = "../var/queue.sqlite3"', f'queue_database = "{folder}/queue.sqlite3"')
+    path = folder / "gateway.toml"
+    path.write_text(text)
+    return str(path)
