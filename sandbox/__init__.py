@@ -1,14 +1,16 @@
-"""Simulators of the order backends the gateway talks to, served by one Flask application."""
+"""Simulators of the order backends the gateway talks to, and a demo subscriber, served by one Flask application."""
 
+import base64
 from pathlib import Path
 
 from flask import Flask
 
-from sandbox import ongoing, sellercenter, speed4trade
+from sandbox import ongoing, sellercenter, speed4trade, subscriber
 
 DEFAULT_ONGOING_DATA = Path(__file__).parent / "data" / "ongoing.json"
 DEFAULT_SPEED4TRADE_DATA = Path(__file__).parent / "data" / "speed4trade.json"
 DEFAULT_SELLERCENTER_DATA = Path(__file__).parent / "data" / "sellercenter.json"
+DEFAULT_SUBSCRIBER_SECRET = "whsec_" + base64.b64encode(b"order-gateway-demo-subscriber-secret").decode("ascii")
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -17,6 +19,24 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.from_mapping(
         ONGOING_DATA=str(DEFAULT_ONGOING_DATA),
         ONGOING_SERVICE_PATH="/ongoing/Service.asmx",
+        # The Ongoing system's name, as its webhooks carry it in "system".
+        ONGOING_SYSTEM_NAME="sandbox",
+        # Where the order webhooks go; None turns them off.
+        ONGOING_WEBHOOK_URL=None,
+        # None, {"type": "basic", "username", "password"} or {"type": "token", "header", "token"}.
+        ONGOING_WEBHOOK_AUTH={"type": "basic", "username": "ongoing-webhooks", "password": "webhook-demo-password"},
+        # Ongoing's real template names are not public; these are the sandbox's own.
+        ONGOING_WEBHOOK_TEMPLATES={
+            "created": "OrderCreated",
+            "status_changed": "OrderStatusChanged",
+            "picked": "OrderPicked",
+        },
+        # Seconds before each retry of a failed delivery (Ongoing waits 1, 5, 15 and 30 minutes, and more).
+        ONGOING_WEBHOOK_RETRY_DELAYS=[1, 5, 15, 30],
+        ONGOING_WEBHOOK_TIMEOUT=5,
+        # The first webhookEventId; None takes the Unix time in seconds at start, so that a receiver that
+        # deduplicates by id and outlives the sandbox drops nothing after a restart.
+        ONGOING_WEBHOOK_FIRST_EVENT_ID=None,
         SPEED4TRADE_DATA=str(DEFAULT_SPEED4TRADE_DATA),
         SPEED4TRADE_SERVICE_PATH="/speed4trade/",
         # CONNECT's real target namespace is not public; the sandbox uses one of its own.
@@ -28,6 +48,9 @@ def create_app(config: dict | None = None) -> Flask:
         SELLERCENTER_RATE_LIMIT_PER_MINUTE=0,
         # A zero-argument callable returning an aware datetime; None is the system clock.
         SELLERCENTER_CLOCK=None,
+        # The demo subscriber of the gateway's events, signed as Standard Webhooks with this secret.
+        SUBSCRIBER_PATH="/subscriber/events",
+        SUBSCRIBER_SECRET=DEFAULT_SUBSCRIBER_SECRET,
         # The simulated services take a few orders per call; anything larger is not a request they expect.
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
@@ -37,4 +60,5 @@ def create_app(config: dict | None = None) -> Flask:
     ongoing.init_app(app)
     speed4trade.init_app(app)
     sellercenter.init_app(app)
+    subscriber.init_app(app)
     return app

@@ -6,17 +6,18 @@ from flask import Flask
 
 from gateway.config import GatewaySettings
 from gateway.events.delivery import Dispatcher
+from gateway.events.leases import RedisStreamLeases, SqliteStreamLeases, StreamLeases
 from gateway.events.queue import DeliveryQueue, make_huey
+from gateway.events.redis_store import RedisEventStore
 from gateway.events.store import EventStore, SqliteEventStore
 
 
-def open_event_store(settings: GatewaySettings) -> EventStore:
-    """The configured event store: Redis when a Redis URL is given, else the embedded SQLite file."""
+def open_event_store(settings: GatewaySettings) -> tuple[EventStore, StreamLeases]:
+    """The configured event store and stream leases: in Redis when a Redis URL is given, else in SQLite."""
     if settings.events.redis_url:
-        from gateway.events.redis_store import RedisEventStore
-
-        return RedisEventStore(settings.events.redis_url)
-    return SqliteEventStore(settings.events.database)
+        return RedisEventStore(settings.events.redis_url), RedisStreamLeases(settings.events.redis_url)
+    store = SqliteEventStore(settings.events.database)
+    return store, SqliteStreamLeases(settings.events.database)
 
 
 class EventService:
@@ -24,9 +25,9 @@ class EventService:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.store = open_event_store(settings)
+        self.store, self.leases = open_event_store(settings)
         self.dispatcher = Dispatcher(self.store, settings.subscribers, settings.events)
-        self.queue = DeliveryQueue(make_huey(settings.events), self.dispatcher)
+        self.queue = DeliveryQueue(make_huey(settings.events), self.dispatcher, self.leases)
 
     def subscribers_for(self, event_type: str) -> list[str]:
         """The names of the subscribers that want events of this type."""
@@ -35,6 +36,7 @@ class EventService:
     def close(self) -> None:
         """Release the store and the dispatcher's connections."""
         self.dispatcher.close()
+        self.leases.close()
         self.store.close()
 
 

@@ -51,8 +51,9 @@ class Dispatcher:
     def send(self, subscriber: SubscriberSettings, event: dict) -> tuple[str, int | None, str | None]:
         """POST one event; returns (outcome "delivered" | "retry" | "reject", HTTP status, error text)."""
         body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        # Signed with the wall clock, whatever clock schedules retries: subscribers check the timestamp's age.
         headers = {"Content-Type": "application/json",
-                   **sign_delivery(subscriber.secret.reveal(), event["id"], int(self.clock()), body)}
+                   **sign_delivery(subscriber.secret.reveal(), event["id"], int(time.time()), body)}
         timeout = self.settings.delivery_timeout
         try:
             response = self.session.post(subscriber.url, data=body, headers=headers, timeout=(timeout, timeout),
@@ -68,10 +69,16 @@ class Dispatcher:
             return "retry", response.status_code, f"HTTP {response.status_code}"
         return "reject", response.status_code, f"HTTP {response.status_code}: the subscriber refused the event"
 
-    def drain_stream(self, subscriber_name: str, order_key: str) -> float | None:
-        """Deliver what is due in one (subscriber, order) stream; the seconds until it needs attention again."""
+    def drain_stream(self, subscriber_name: str, order_key: str,
+                     still_mine: Callable[[], bool] = lambda: True) -> float | None:
+        """Deliver what is due in one (subscriber, order) stream; the seconds until it needs attention again.
+
+        `still_mine` renews the caller's lease on the stream before each delivery; if it was lost, stop.
+        """
         subscriber = self.subscribers.get(subscriber_name)
         while True:
+            if not still_mine():
+                return None
             head = self.store.next_delivery(subscriber_name, order_key)
             if head is None:
                 return None

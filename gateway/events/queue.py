@@ -4,6 +4,9 @@ Each task drains one (subscriber, order) stream under a lock, so one order's eve
 A stream that must wait (backoff) schedules its own next run. The store, not the queue, is the source of
 truth: at worker start-up and every minute, every stream with pending deliveries is nudged again, so a task
 lost to a crash (SIGKILL mid-task) costs a delay, never an event.
+
+Streams are locked with expiring leases kept beside the events (SQLite table or Redis keys), so a killed
+worker's lease frees itself.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import logging
 
 from huey import RedisHuey, SqliteHuey, crontab
 from huey.api import Huey
-from huey.exceptions import TaskLockedException
 
 from gateway.config import EventSettings
 from gateway.events.delivery import Dispatcher
+from gateway.events.leases import StreamLeases
 
 log = logging.getLogger("gateway.events")
 
@@ -34,19 +37,25 @@ def make_huey(settings: EventSettings) -> Huey:
 class DeliveryQueue:
     """Registers the delivery tasks on a huey instance and nudges streams from the web processes."""
 
-    def __init__(self, huey: Huey, dispatcher: Dispatcher) -> None:
+    def __init__(self, huey: Huey, dispatcher: Dispatcher, leases: StreamLeases) -> None:
         self.huey = huey
         self.dispatcher = dispatcher
-        # Held no longer than one delivery can take, so a killed worker's lock frees itself.
-        lock_ttl = int(dispatcher.settings.delivery_timeout * 3) + 30
+        self.leases = leases
+        # Long enough for one delivery (connect and read timeouts): a drain renews it before each one, and a
+        # killed worker's lease holds its stream back no longer than this.
+        lease_seconds = dispatcher.settings.delivery_timeout * 2 + 5
 
         @huey.task(name="drain_stream")
         def drain_stream(subscriber: str, order_key: str) -> None:
-            try:
-                with huey.lock_task(f"stream:{subscriber}:{order_key}", ttl=lock_ttl):
-                    delay = dispatcher.drain_stream(subscriber, order_key)
-            except TaskLockedException:
-                delay = LOCKED_RETRY_SECONDS
+            stream, owner = f"{subscriber}\x00{order_key}", leases.new_owner()
+            if not leases.acquire(stream, owner, lease_seconds):
+                delay: float | None = LOCKED_RETRY_SECONDS
+            else:
+                try:
+                    delay = dispatcher.drain_stream(subscriber, order_key,
+                                                    still_mine=lambda: leases.acquire(stream, owner, lease_seconds))
+                finally:
+                    leases.release(stream, owner)
             if delay is not None:
                 drain_stream.schedule((subscriber, order_key), delay=delay)
 
@@ -54,11 +63,11 @@ class DeliveryQueue:
         def resume_pending_streams() -> None:
             self.resume_pending()
 
-        @huey.on_startup(name="resume_on_startup")
-        def resume_on_startup() -> None:
-            self.resume_pending()
-
         self.drain_task = drain_stream
+
+    def prepare_worker_start(self) -> None:
+        """Before a worker consumes: resume every stream that has pending deliveries."""
+        self.resume_pending()
 
     def nudge(self, subscriber: str, order_key: str) -> None:
         """Ask a worker to drain one stream now."""

@@ -239,18 +239,36 @@ class SqliteEventStore(EventStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[tuple[int, sqlite3.Connection]] = []  # (opening process id, connection)
         self._connections_lock = threading.Lock()
         self._closed = False
-        connection = self._connection()
-        # WAL lets readers carry on while one process writes; the setting is kept in the file.
-        connection.execute("PRAGMA journal_mode = WAL")
-        with self._write() as db:
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            self._use_wal()
+            with self._write() as db:
+                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _use_wal(self) -> None:
+        """Put the file in WAL mode (kept in the file), so readers carry on while one process writes."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            # Switching the journal mode does not wait for the busy timeout, and it fails (or quietly keeps the
+            # old mode) while another process is creating the same file; so wait here instead.
+            try:
+                if self._connection().execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                    return
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorname not in ("SQLITE_BUSY", "SQLITE_LOCKED") or time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"{self.path}: could not switch to WAL mode")
+            time.sleep(0.01)
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (and again in a forked child, which must not share it)."""
@@ -267,7 +285,7 @@ class SqliteEventStore(EventStore):
             connection.execute("PRAGMA synchronous = FULL")
             self._local.connection, self._local.pid = connection, os.getpid()
             with self._connections_lock:
-                self._connections.append(connection)
+                self._connections.append((os.getpid(), connection))
         return connection
 
     @contextmanager
@@ -277,10 +295,12 @@ class SqliteEventStore(EventStore):
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # Also after a failed COMMIT: an open transaction would make this thread's next BEGIN fail.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -340,7 +360,8 @@ class SqliteEventStore(EventStore):
             conditions.append("type = ?")
             parameters.append(type)
         if state is not None:
-            conditions.append("EXISTS (SELECT 1 FROM deliveries WHERE event_seq = seq AND state = ?)")
+            conditions.append("EXISTS (SELECT 1 FROM deliveries WHERE deliveries.event_seq = events.seq"
+                              " AND deliveries.state = ?)")
             parameters.append(state)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         with self._read() as db:
@@ -450,6 +471,8 @@ class SqliteEventStore(EventStore):
         self._closed = True
         with self._connections_lock:
             connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.close()
+        for pid, connection in connections:
+            # A connection inherited through fork belongs to the parent, which may still be using the file.
+            if pid == os.getpid():
+                connection.close()
 

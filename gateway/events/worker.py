@@ -18,6 +18,7 @@ def main() -> None:
         print(f"order gateway worker: configuration error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(78) from None
     service = app.extensions["order_events"]
+    service.queue.prepare_worker_start()
     consumer = service.queue.huey.create_consumer(
         workers=service.settings.events.worker_threads, worker_type="thread", periodic=True,
         initial_delay=0.05, max_delay=0.5, scheduler_interval=1,

@@ -108,14 +108,17 @@ class OngoingStore:
     """The in-memory warehouse; every read and change holds one lock, so concurrent requests see whole updates."""
 
     def __init__(
-        self, data_path: Path, publish_order_events: Callable[[Sequence[OrderEvent]], None] | None = None
+        self,
+        data_path: Path,
+        publish_order_events: Callable[[Sequence[OrderEvent]], None] | None = None,
+        first_event_id: int = 1,
     ):
         self._data_path = data_path
         self._lock = threading.Lock()
         self._data = _read_data_file(data_path)
         self._publish_order_events = publish_order_events
         # Event ids survive a reset, as a receiver deduplicating by webhookEventId would drop a reused one.
-        self._event_ids = itertools.count(1)
+        self._event_ids = itertools.count(first_event_id)
         self._unpublished_events: deque[OrderEvent] = deque()
         self._publish_lock = threading.Lock()
 

@@ -1,15 +1,19 @@
-"""HTTP face of the simulated Ongoing WMS: the SOAP service, a read-only JSON view of its data, and a reset."""
+"""HTTP face of the simulated Ongoing WMS: the SOAP service, a JSON view of its data and webhooks, admin calls."""
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from marshmallow import ValidationError
 
 from sandbox.ongoing.model import Order
-from sandbox.ongoing.store import OngoingSnapshot, OngoingStore
+from sandbox.ongoing.new_order import read_new_order
+from sandbox.ongoing.store import NewOrderInvalid, OngoingSnapshot, OngoingStore, OrderNumberTaken
 from sandbox.ongoing.update_order import (
     UPDATE_ORDER_SOAP_ACTION,
     UpdateOrderSchema,
     read_update_order,
     render_update_order_response,
 )
+from sandbox.ongoing.webhook_sender import SenderStopped, WebhookSender
+from sandbox.problems import field_errors, problem_response
 from sandbox.soap11 import (
     SOAP11_CONTENT_TYPE,
     SoapFault,
@@ -36,8 +40,13 @@ def create_blueprint(service_path: str) -> Blueprint:
         provide_automatic_options=False,
     )
     blueprint.add_url_rule("/ongoing/orders", "list_orders", list_orders)
+    blueprint.add_url_rule("/ongoing/orders", "create_order", create_order, methods=["POST"])
     blueprint.add_url_rule("/ongoing/orders/<int:system_id>", "show_order", show_order)
     blueprint.add_url_rule("/ongoing/way-of-delivery-types", "list_way_of_delivery_types", list_way_of_delivery_types)
+    blueprint.add_url_rule("/ongoing/webhooks", "list_webhooks", list_webhooks)
+    blueprint.add_url_rule(
+        "/ongoing/webhooks/<int:event_id>/resend", "resend_webhook", resend_webhook, methods=["POST"]
+    )
     blueprint.add_url_rule("/ongoing/_reset", "reset", reset_store, methods=["POST"])
     return blueprint
 
@@ -50,6 +59,11 @@ def _store() -> OngoingStore:
 def _schema() -> UpdateOrderSchema:
     """The application's compiled UpdateOrder schema."""
     return current_app.extensions[EXTENSION_KEY]["schema"]
+
+
+def _webhook_sender() -> WebhookSender:
+    """The application's sender of order webhooks."""
+    return current_app.extensions[EXTENSION_KEY]["webhooks"]
 
 
 def _soap_response(payload: bytes, status: int) -> Response:
@@ -143,7 +157,52 @@ def list_way_of_delivery_types() -> Response:
     )
 
 
+def create_order() -> Response:
+    """Add an order with the next SystemId, as if it had come into the warehouse; this fires "order created"."""
+    document = request.get_json(silent=True)
+    if document is None:
+        return problem_response(422, "Unprocessable Content", "The body must be a JSON object.")
+    try:
+        new_order = read_new_order(document)
+        order = _store().create_order(
+            new_order.goods_owner_code, new_order.order_number, new_order.order_id, new_order.status, new_order.lines
+        )
+    except ValidationError as error:
+        return problem_response(
+            422, "Unprocessable Content", "The order is not valid.", errors=field_errors(error.messages)
+        )
+    except NewOrderInvalid as error:
+        return problem_response(
+            422, "Unprocessable Content", str(error), errors=[{"field": error.field, "message": str(error)}]
+        )
+    except OrderNumberTaken as error:
+        return problem_response(409, "Conflict", str(error))
+    response = jsonify(describe_order(order, _store().snapshot()))
+    response.status_code = 201
+    response.headers["Location"] = url_for("ongoing.show_order", system_id=order.system_id)
+    return response
+
+
+def list_webhooks() -> Response:
+    """Every order webhook fired since the start or the last reset, and how its delivery went."""
+    return jsonify({"webhooks": _webhook_sender().records()})
+
+
+def resend_webhook(event_id: int) -> Response:
+    """Send a fired webhook again with the same payload and webhookEventId."""
+    try:
+        record = _webhook_sender().resend(event_id)
+    except SenderStopped as error:
+        return problem_response(409, "Conflict", str(error))
+    if record is None:
+        return problem_response(404, "Not Found", f"No webhook with webhookEventId {event_id}.")
+    response = jsonify(record)
+    response.status_code = 202
+    return response
+
+
 def reset_store() -> tuple[str, int]:
-    """Reload the data file, forgetting every change."""
+    """Reload the data file, forgetting every change, every recorded webhook and every planned retry."""
     _store().reset()
+    _webhook_sender().reset()
     return "", 204

@@ -8,9 +8,7 @@ from urllib.parse import quote
 from sandbox.ongoing.model import ORDER_CREATED, ORDER_PICKED, ORDER_STATUS_CHANGED, OrderEvent
 
 # The id of the webhook configured for each trigger; a real system numbers its webhooks as they are set up.
-WEBHOOK_ORDERS_IDS: Mapping[str, int] = MappingProxyType(
-    {ORDER_CREATED: 1, ORDER_STATUS_CHANGED: 2, ORDER_PICKED: 3}
-)
+WEBHOOK_ORDERS_IDS: Mapping[str, int] = MappingProxyType({ORDER_CREATED: 1, ORDER_STATUS_CHANGED: 2, ORDER_PICKED: 3})
 # Ongoing's real template names are not public; these are the sandbox's own.
 DEFAULT_WEBHOOK_TEMPLATES: Mapping[str, str] = MappingProxyType(
     {ORDER_CREATED: "OrderCreated", ORDER_STATUS_CHANGED: "OrderStatusChanged", ORDER_PICKED: "OrderPicked"}

@@ -198,9 +198,7 @@ class WebhookSender:
 
     def _is_idle(self) -> bool:
         """Whether nothing is pending or under way; the caller holds the lock."""
-        return not self._attempt_in_flight and all(
-            delivery.state != PENDING for delivery in self._deliveries.values()
-        )
+        return not self._attempt_in_flight and all(delivery.state != PENDING for delivery in self._deliveries.values())
 
     def _plan_attempt(self, event_id: int, delivery: _Delivery, delay: float) -> None:
         """Plan an attempt `delay` seconds from now; the caller holds the lock."""
