@@ -219,3 +219,27 @@ def test_webhook_settings_are_checked_at_start_up(make_gateway):
         config["connections"]["sc"] = {"backend": "sellercenter", "url": "http://127.0.0.1:9/", "api_key": "k",
                                        "webhooks": dict(BASIC)}
         make_gateway(config)
+
+
+def test_redeliver_puts_every_delivery_back_and_queues_it(client):
+    event_id = post(client).get_json()["id"]
+    service = client.application.extensions["order_events"]
+    service.store.record_attempt(event_id, "picker", outcome="dead", error="HTTP 410")
+    assert client.get("/events?state=dead").get_json()["count"] == 1
+    queued_before = service.queue.huey.pending_count()
+    reply = client.post(f"/events/{event_id}/redeliver")
+    assert reply.status_code == 202
+    assert reply.get_json() == {"id": event_id, "redelivering_to": ["picker"]}
+    delivery = client.get(f"/events/{event_id}").get_json()["deliveries"][0]
+    assert (delivery["state"], delivery["attempts"]) == ("pending", 0)
+    assert [entry["outcome"] for entry in delivery["history"]] == ["dead", "redeliver"]
+    assert service.queue.huey.pending_count() == queued_before + 1
+
+
+def test_an_accepted_event_is_queued_for_each_subscriber(client):
+    service = client.application.extensions["order_events"]
+    before = service.queue.huey.pending_count()
+    post(client)
+    assert service.queue.huey.pending_count() == before + 1
+    post(client)  # a duplicate queues nothing
+    assert service.queue.huey.pending_count() == before + 1
