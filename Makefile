@@ -19,16 +19,17 @@ install: $(VENV)/.installed
 run: install
 	WORKERS=$(WORKERS) VENV=$(VENV) scripts/run-local
 
-## Debian packages the tests need (redis-server), installed when missing.
+## Debian packages the tests need (redis-server, chromium), installed when missing.
 system-packages:
 	scripts/install-system-packages
 
-## Lint, then every test.
+## Lint, then every test: pytest (with schemathesis and headless Chromium), then the Postman collection in newman.
 test: install system-packages lint
 	$(BIN)/pytest --cov --cov-report=term
+	VENV=$(VENV) scripts/run-newman
 
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage *.egg-info var
+	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage *.egg-info var node_modules

@@ -29,6 +29,8 @@ class Backend(abc.ABC):
     id_types: ClassVar[Mapping[str, str]]
     #: canonical fields (besides connection and id_type) this backend can carry
     supported_fields: ClassVar[frozenset[str]]
+    #: named canonical documents that show what the backend does, for the API's documentation
+    example_updates: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: canonical status name -> backend code, before the connection's own status_map is applied
     default_status_map: ClassVar[Mapping[str, Any]] = {}
     #: canonical status names the backend must not be asked for, with the reason

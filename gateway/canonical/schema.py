@@ -7,6 +7,7 @@ no backend documents a limit, 255); which fields and values a connection accepts
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any, ClassVar
@@ -16,14 +17,32 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 from gateway.canonical.model import OrderUpdate, Payment, Shipment, WayOfDelivery
 
 INT32 = validate.Range(min=-(2**31), max=2**31 - 1)
+# Characters no XML 1.0 document may hold (JSON may): C0 controls but tab/newline/return, lone surrogates, FFFE/F.
+_NOT_XML_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def check_text(value: str) -> None:
+    """Refuse text that no backend's wire format can carry."""
+    if _NOT_XML_TEXT.search(value):
+        raise ValidationError("Contains control characters (or unpaired surrogates) that cannot be sent.")
+
+
+class Text(fields.String):
+    """A string that every backend's wire format can carry."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        check_text(text)
+        return text
+
 NON_NEGATIVE_INT32 = validate.Range(min=0, max=2**31 - 1)
 
 
 def _text(max_length: int, *, min_length: int = 0) -> fields.String:
     """A string field bounded as the backend documentation bounds it."""
     if min_length:
-        return fields.String(validate=validate.Length(min=min_length, max=max_length))
-    return fields.String(validate=validate.Length(max=max_length))
+        return Text(validate=validate.Length(min=min_length, max=max_length))
+    return Text(validate=validate.Length(max=max_length))
 
 
 class DateOrDateTime(fields.Field):
@@ -48,9 +67,9 @@ class ShipmentSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    tracking_number = fields.String(required=True, validate=validate.Length(min=1, max=255))
-    carrier = fields.String(validate=validate.Length(min=1, max=255))
-    carrier_external_id = fields.String(validate=validate.Length(min=1, max=255))
+    tracking_number = Text(required=True, validate=validate.Length(min=1, max=255))
+    carrier = Text(validate=validate.Length(min=1, max=255))
+    carrier_external_id = Text(validate=validate.Length(min=1, max=255))
 
     @post_load
     def make_shipment(self, data: dict, **_: Any) -> Shipment:
@@ -65,7 +84,7 @@ class PaymentSchema(Schema):
         unknown = RAISE
 
     status_id = fields.Integer(strict=True, validate=NON_NEGATIVE_INT32)
-    status = fields.String(validate=validate.Length(min=1, max=255))
+    status = Text(validate=validate.Length(min=1, max=255))
 
     @validates_schema
     def check_exactly_one(self, data: dict, **_: Any) -> None:
@@ -118,7 +137,7 @@ class WayOfDeliverySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    code = fields.String(required=True, validate=validate.Length(min=1, max=300))
+    code = Text(required=True, validate=validate.Length(min=1, max=300))
     name = _text(100)
     create_if_missing = fields.Boolean(load_default=False)
 
@@ -135,12 +154,12 @@ class OrderUpdateSchema(Schema):
         unknown = RAISE
         ordered = True
 
-    connection = fields.String(validate=validate.Length(min=1, max=100))
-    id_type = fields.String(validate=validate.Length(min=1, max=50))
-    order_number_prefix = fields.String(validate=validate.Length(min=1, max=255))
+    connection = Text(validate=validate.Length(min=1, max=100))
+    id_type = Text(validate=validate.Length(min=1, max=50))
+    order_number_prefix = Text(validate=validate.Length(min=1, max=255))
     mandator_id = fields.Integer(strict=True, validate=NON_NEGATIVE_INT32)
 
-    status = fields.String(validate=validate.Length(min=1, max=50))
+    status = Text(validate=validate.Length(min=1, max=50))
     status_code = fields.Integer(strict=True, validate=NON_NEGATIVE_INT32)
     delivery_date = fields.DateTime(format="iso")
     new_order_number = _text(50, min_length=1)
@@ -198,6 +217,10 @@ def load_order_update(order_id: str, document: Any) -> OrderUpdate:
     """Validate a canonical document for the order `order_id`; raises ValidationError with field paths."""
     if not isinstance(document, Mapping):
         raise ValidationError({"body": ["The body must be a JSON object."]})
+    try:
+        check_text(order_id)
+    except ValidationError as error:
+        raise ValidationError({"id": error.messages}) from None
     data = _SCHEMA.load(document)
     changes = {name: value for name, value in data.items()
                if name not in ROUTING_FIELDS and name not in IDENTIFICATION_FIELDS}
@@ -219,7 +242,7 @@ class BulkUpdateSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    connection = fields.String(validate=validate.Length(min=1, max=100))
+    connection = Text(validate=validate.Length(min=1, max=100))
     orders = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1))
 
 

@@ -1,8 +1,8 @@
-"""The REST layer: request ids, problem+json errors, the order endpoints, webhooks and events."""
+"""The REST layer: request ids, problem+json errors, the order endpoints, webhooks, events and the API docs."""
 
 from flask import Flask
 
-from gateway.rest import events, orders, problems, request_ids, webhooks
+from gateway.rest import docs, events, orders, problems, request_ids, webhooks
 
 
 def init_app(app: Flask) -> None:
@@ -12,3 +12,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(orders.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(events.blueprint)
+    app.register_blueprint(docs.blueprint)

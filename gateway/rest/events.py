@@ -6,6 +6,9 @@ from flask import Blueprint, current_app, jsonify, request
 
 from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import RequestProblem, ValidationFailed
+from gateway.rest.openapi import documented
+from gateway.rest.orders import REQUEST_ID
+from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
 
 blueprint = Blueprint("events", __name__)
 DELIVERY_STATES = ("pending", "delivered", "dead")
@@ -23,7 +26,23 @@ def _service():
     return current_app.extensions["order_events"]
 
 
+EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 @blueprint.get("/events")
+@documented(
+    "/events", "get", "List stored events", tags=["events"],
+    parameters=[
+        {"name": "order_id", "in": "query", "schema": {"type": "string"}, "description": "backend id or number"},
+        {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(EVENT_TYPES)}},
+        {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(DELIVERY_STATES)},
+         "description": "events with at least one delivery in this state"},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        REQUEST_ID,
+    ],
+    replies={200: ("events, newest first", EventListSchema)},
+    problems={422: "an invalid filter", 500: "the gateway failed"},
+)
 def list_events():
     """Stored events, newest first, filtered by order, type and delivery state."""
     errors: dict[str, list[str]] = {}
@@ -43,6 +62,9 @@ def list_events():
 
 
 @blueprint.get("/events/<event_id>")
+@documented("/events/{event_id}", "get", "Show one event with its delivery attempts", tags=["events"],
+            parameters=[EVENT_ID, REQUEST_ID], replies={200: ("the event", StoredEventSchema)},
+            problems={404: "no such event", 500: "the gateway failed"})
 def show_event(event_id: str):
     """One event with every delivery and its attempts."""
     event = _service().store.get_event(event_id)
@@ -52,6 +74,9 @@ def show_event(event_id: str):
 
 
 @blueprint.post("/events/<event_id>/redeliver")
+@documented("/events/{event_id}/redeliver", "post", "Deliver an event again", tags=["events"],
+            parameters=[EVENT_ID, REQUEST_ID], replies={202: ("queued again", RedeliveryReplySchema)},
+            problems={404: "no such event", 500: "the gateway failed"})
 def redeliver_event(event_id: str):
     """Send an event to its subscribers again (dead or delivered alike), in order with its order's other events."""
     service = _service()

@@ -11,6 +11,7 @@ from marshmallow import ValidationError
 from gateway.backends import Backend
 from gateway.canonical import (
     OrderUpdate,
+    OrderUpdateSchema,
     UpdateOutcome,
     flatten_errors,
     load_bulk_envelope,
@@ -25,8 +26,10 @@ from gateway.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from gateway.rest.openapi import documented
 from gateway.rest.problems import gateway_error_document
 from gateway.rest.request_ids import current_request_id
+from gateway.rest.schemas import BulkReplySchema, BulkRequestSchema, DryRunReplySchema, UpdateReplySchema
 from gateway.transport import OutboundRequest
 
 blueprint = Blueprint("orders", __name__)
@@ -84,6 +87,45 @@ def describe_request(outbound: OutboundRequest) -> dict:
     }
 
 
+DRY_RUN = {"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean"},
+           "description": "validate and translate, show the outgoing request (credentials masked), send nothing"}
+REQUEST_ID = {"name": "X-Request-ID", "in": "header", "required": False,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@/+=-]{1,128}$"},
+              "description": "echoed on the reply; a new one is made when absent"}
+BACKEND_PROBLEMS = {
+    404: "the backend does not know the order",
+    409: "the backend refused because of the order's state",
+    502: "the backend failed: fault, 5xx, unusable reply, refused credentials",
+    503: "the backend could not be reached or rate-limited the gateway",
+    504: "the backend did not answer in time",
+}
+REQUEST_PROBLEMS = {
+    400: "the body is not JSON",
+    413: "the body (or the batch) is too large",
+    415: "the body is not application/json",
+    422: "invalid for the schema or for the connection's backend",
+    500: "the gateway failed (its own bug); nothing was sent",
+}
+
+
+def per_backend_examples(gateway_connections) -> dict:
+    """One request example per configured connection and example of its backend."""
+    return {f"{name}: {title}": {"connection": name, **document}
+            for name, backend in gateway_connections.by_name.items()
+            for title, document in backend.example_updates.items()}
+
+
+def bulk_examples(gateway_connections) -> dict:
+    """A two-item bulk update per configured connection."""
+    examples = {}
+    for name, backend in gateway_connections.by_name.items():
+        documents = list(backend.example_updates.values())[:2]
+        examples[f"{name}: two orders"] = {"connection": name, "orders": [
+            {"order_id": f"ORDER-{n + 1}", **{k: v for k, v in doc.items() if k != "id_type"}}
+            for n, doc in enumerate(documents)]}
+    return examples
+
+
 def normalized_reply(backend: Backend, update: OrderUpdate, outcome: UpdateOutcome) -> dict:
     """The one success shape of every backend (without the request id)."""
     return {
@@ -97,8 +139,20 @@ def normalized_reply(backend: Backend, update: OrderUpdate, outcome: UpdateOutco
 
 
 @blueprint.patch("/orders/<path:order_id>")
+@documented(
+    "/orders/{order_id}", "patch", "Update one order", tags=["orders"],
+    body=OrderUpdateSchema, body_examples=per_backend_examples,
+    parameters=[{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "the order's id, read as the document's id_type says"}, DRY_RUN, REQUEST_ID],
+    replies={200: ("updated; with dry_run, what would be sent", {"oneOf": [UpdateReplySchema, DryRunReplySchema]})},
+    problems={**REQUEST_PROBLEMS, **BACKEND_PROBLEMS},
+)
 def update_order(order_id: str):
-    """Update one order in the backend of the requested connection."""
+    """Update one order in the backend of the requested connection.
+
+    The body is one canonical document; which fields a connection accepts depends on its backend (a field it
+    cannot carry is a 422 naming the field and the backend). Nothing is sent unless the whole document is valid.
+    """
     dry_run = read_dry_run_flag()
     document = read_json_body()
     try:
@@ -122,8 +176,20 @@ def update_order(order_id: str):
 
 
 @blueprint.patch("/orders")
+@documented(
+    "/orders", "patch", "Update many orders of one connection", tags=["orders"],
+    body=BulkRequestSchema, body_examples=bulk_examples, parameters=[DRY_RUN, REQUEST_ID],
+    replies={200: ("every item succeeded", BulkReplySchema), 207: ("some items failed", BulkReplySchema)},
+    problems={400: REQUEST_PROBLEMS[400], 413: "more items than max_bulk_items, or too large a body",
+              415: REQUEST_PROBLEMS[415], 422: "the envelope is malformed or names an unknown connection",
+              500: REQUEST_PROBLEMS[500]},
+)
 def update_orders():
-    """Update many orders of one connection; every item gets its own outcome (200 all done, 207 otherwise)."""
+    """Update many orders of one connection; every item gets its own outcome (200 all done, 207 otherwise).
+
+    Each item is validated on its own; invalid items are reported and never sent. Items travel as the backend
+    allows: Ongoing one call per item in order, Speed4Trade and SellerCenter many per call.
+    """
     dry_run = read_dry_run_flag()
     document = read_json_body()
     try:

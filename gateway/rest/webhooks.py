@@ -7,9 +7,12 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request
 
+from gateway.backends.ongoing.webhooks import WebhookOrderPayloadSchema
 from gateway.errors import GatewayError, RequestProblem
-from gateway.rest.orders import connections, read_json_body
+from gateway.rest.openapi import documented
+from gateway.rest.orders import REQUEST_ID, connections, read_json_body
 from gateway.rest.problems import problem_response
+from gateway.rest.schemas import WebhookAcceptedSchema
 
 blueprint = Blueprint("webhooks", __name__)
 log = logging.getLogger("gateway.webhooks")
@@ -50,8 +53,23 @@ def is_authenticated(webhooks: dict) -> bool:
 
 
 @blueprint.post("/webhooks/<kind>/<connection>")
+@documented(
+    "/webhooks/{backend}/{connection}", "post", "Receive a backend's order webhook", tags=["events"],
+    body=WebhookOrderPayloadSchema,
+    parameters=[{"name": "backend", "in": "path", "required": True, "schema": {"type": "string", "enum": ["ongoing"]}},
+                {"name": "connection", "in": "path", "required": True, "schema": {"type": "string"}}, REQUEST_ID],
+    replies={202: ("stored and queued for the subscribers", WebhookAcceptedSchema),
+             200: ("already received (a retry): acknowledged, not stored again", WebhookAcceptedSchema)},
+    problems={400: "the body is not JSON", 401: "missing or wrong webhook credentials",
+              404: "no such webhook receiver", 413: "the body is too large", 415: "the body is not JSON",
+              422: "the payload is invalid", 500: "the gateway failed", 503: "the event could not be stored"},
+)
 def receive_webhook(kind: str, connection: str):
-    """Authenticate, validate, store (deduplicated) and queue one webhook; 202 new, 200 already known."""
+    """Authenticate, validate, store (deduplicated) and queue one webhook; 202 new, 200 already known.
+
+    Authentication is the connection's: HTTP Basic or a static token header. The event is stored before the
+    answer; retries of the same event (same system and webhookEventId) are acknowledged and not stored again.
+    """
     backend = connections().by_name.get(connection)
     webhooks = backend.settings.webhooks if backend is not None and backend.kind == kind else None
     if webhooks is None:

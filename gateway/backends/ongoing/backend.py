@@ -122,6 +122,14 @@ class OngoingBackend(Backend):
         "system_id": "SystemId, Ongoing's internal integer id",
     }
     supported_fields: ClassVar = frozenset({"status", "status_code", *UPDATE_BLOCKS})
+    example_updates: ClassVar = {
+        "release the order": {"status": "released"},
+        "waybill and way of delivery": {"waybill": "00340434161094042557",
+                                        "way_of_delivery": {"code": "DHL-PARCEL", "create_if_missing": False}},
+        "by SystemId, with a warehouse-specific status code": {"id_type": "system_id", "status_code": 425},
+        "dates and instructions": {"delivery_date": "2026-12-01", "printed_at": "2026-11-23T10:15:00+01:00",
+                                   "warehouse_instruction": "Fragile", "picking_priority": 5},
+    }
     default_status_map: ClassVar = {
         "open": 200, "released": 300, "allocated": 320, "picked": 400,
         "sent": 450, "collected": 500, "returned": 800, "canceled": 1000,

@@ -107,6 +107,10 @@ class SellerCenterBackend(Backend):
     settings_schema = SellerCenterSettingsSchema
     id_types: ClassVar = {"id_sales_order": "SellerCenter's integer id_sales_order (default)"}
     supported_fields: ClassVar = frozenset(ADDRESS_MEMBERS)
+    example_updates: ClassVar = {
+        "new shipping street and city": {"shipping_address": {"address1": "Hauptstraße 5", "city": "Hamburg"}},
+        "billing phone": {"billing_address": {"phone": "+49 40 1234567"}},
+    }
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.signer = SellerCenterSignature(settings.options["api_key"].reveal(), user_id=settings.options["user_id"])

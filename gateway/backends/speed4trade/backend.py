@@ -121,6 +121,13 @@ class Speed4TradeBackend(Backend):
     supported_fields: ClassVar = frozenset({
         "order_number_prefix", "mandator_id", "status", "shipments", "payment", "acknowledged_at",
     })
+    example_updates: ClassVar = {
+        "shipped with tracking numbers": {"status": "shipped", "shipments": [
+            {"tracking_number": "00340434161094042557", "carrier": "DHL"}]},
+        "paid": {"status": "paid", "payment": {"status": "paid"}},
+        "acknowledged by the ERP, by external order number": {
+            "id_type": "external_order_number_1", "status": "acknowledged", "acknowledged_at": "2026-11-23T10:00:00Z"},
+    }
     default_status_map: ClassVar = {
         "fetched": "FETCHED", "paid": "PAID", "shipped": "SHIPPED",
         "canceled": "CANCELED", "acknowledged": "ACKNOWLEDGED",

@@ -1,0 +1,108 @@
+"""The OpenAPI 3 document, generated from the marshmallow schemas that validate requests and shape replies.
+
+Each view declares its operation with `@documented(...)`: summary, parameters and which schema is its body
+and each reply. `build_openapi` turns those declarations into the document served at /openapi.json.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema
+
+from gateway.canonical.schema import DateOrDateTime
+from gateway.rest.schemas import ProblemSchema
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+@dataclass
+class Operation:
+    """One documented operation."""
+
+    path: str
+    method: str
+    summary: str
+    description: str
+    tags: list[str]
+    body: type[Schema] | dict | None = None
+    #: builds named request examples from the running gateway's connections
+    body_examples: Callable[[Any], Mapping[str, Any]] | None = None
+    parameters: list[dict] = field(default_factory=list)
+    replies: Mapping[int, tuple[str, type[Schema] | None]] = field(default_factory=dict)
+    problems: Mapping[int, str] = field(default_factory=dict)
+
+
+OPERATIONS: list[Operation] = []
+
+
+def documented(path: str, method: str, summary: str, *, tags: list[str], **details: Any) -> Callable:
+    """Record a view's operation for the OpenAPI document; the view itself is unchanged."""
+    def record(view: Callable) -> Callable:
+        OPERATIONS.append(Operation(path=path, method=method, summary=summary,
+                                    description=(view.__doc__ or "").strip(), tags=tags, **details))
+        return view
+
+    return record
+
+
+def operation_id(operation: Operation) -> str:
+    """A stable id: the method and the path's words, e.g. patch_orders_order_id."""
+    words = re.sub(r"[{}]", "", operation.path).strip("/").replace("/", "_")
+    return f"{operation.method}_{words}"
+
+
+def _schema_name(schema: type[Schema]) -> str:
+    return schema.__name__.removesuffix("Schema")
+
+
+def build_openapi(version: str, connections: Any) -> dict:
+    """The whole OpenAPI 3.0 document."""
+    plugin = MarshmallowPlugin(schema_name_resolver=lambda schema: _schema_name(
+        schema if isinstance(schema, type) else type(schema)))
+    spec = APISpec(
+        title="Order gateway",
+        version=version,
+        openapi_version="3.0.3",
+        plugins=[plugin],
+        info={"description": "One JSON REST API for updating orders in Ongoing WMS, Speed4Trade CONNECT and "
+                             "Rocket SellerCenter, and for the order events their webhooks become."},
+    )
+    plugin.map_to_openapi_type(DateOrDateTime, "string", None)
+    spec.components.schema("Problem", schema=ProblemSchema)
+    for operation in OPERATIONS:
+        responses: dict[str, Any] = {}
+        for status, (description, schema) in operation.replies.items():
+            reply: dict[str, Any] = {"description": description,
+                                     "headers": {"X-Request-ID": {"schema": {"type": "string"},
+                                                                  "description": "the request's id"}}}
+            if schema is not None:
+                reply["content"] = {"application/json": {"schema": schema}}
+            responses[str(status)] = reply
+        for status, description in operation.problems.items():
+            responses[str(status)] = {
+                "description": description,
+                "headers": {"X-Request-ID": {"schema": {"type": "string"}}},
+                "content": {PROBLEM_MEDIA_TYPE: {"schema": "Problem"}},
+            }
+        document: dict[str, Any] = {
+            "summary": operation.summary,
+            "description": operation.description,
+            "tags": operation.tags,
+            "operationId": operation_id(operation),
+            "parameters": operation.parameters,
+            "responses": responses,
+        }
+        if operation.body is not None:
+            media: dict[str, Any] = {"schema": operation.body}
+            if operation.body_examples is not None:
+                media["examples"] = {name: {"summary": name, "value": value}
+                                     for name, value in operation.body_examples(connections).items()}
+            document["requestBody"] = {"required": True, "content": {"application/json": media}}
+        spec.path(path=operation.path, operations={operation.method: document})
+    return spec.to_dict()

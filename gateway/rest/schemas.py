@@ -1,0 +1,169 @@
+"""marshmallow schemas of the gateway's replies, for the OpenAPI document (the requests use the canonical ones)."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+from gateway.canonical.events import EVENT_TYPES
+from gateway.canonical.schema import OrderUpdateSchema
+
+
+class BackendDetailsSchema(Schema):
+    """What the backend said, when it answered."""
+
+    connection = fields.String(required=True)
+    code = fields.String(allow_none=True, required=True)
+    message = fields.String(allow_none=True, required=True)
+
+
+class ProblemSchema(Schema):
+    """application/problem+json (RFC 9457), the one error shape of every endpoint."""
+
+    type = fields.String(required=True, metadata={"example": "urn:order-gateway:problem:validation-failed"})
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    request_id = fields.String(required=True)
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
+                         metadata={"description": "field path -> messages (validation errors)"})
+    backend = fields.Nested(BackendDetailsSchema, metadata={"description": "present when the backend answered"})
+    retry_after = fields.String(metadata={"description": "seconds to wait, when the backend said so"})
+
+
+class UpdateReplySchema(Schema):
+    """The one success shape of every backend."""
+
+    order_id = fields.String(required=True)
+    connection = fields.String(required=True)
+    backend = fields.String(required=True)
+    updated = fields.Dict(required=True, metadata={"description": "the canonical fields applied, as sent"})
+    backend_order_id = fields.String(required=True, allow_none=True)
+    message = fields.String(required=True)
+    request_id = fields.String(required=True)
+
+
+class OutboundRequestSchema(Schema):
+    """A request the gateway would send to the backend (credentials masked)."""
+
+    method = fields.String(required=True)
+    url = fields.String(required=True)
+    headers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    body = fields.String(required=True)
+
+
+class DryRunReplySchema(Schema):
+    """What ?dry_run=true shows instead of sending."""
+
+    order_id = fields.String(required=True)
+    connection = fields.String(required=True)
+    backend = fields.String(required=True)
+    dry_run = fields.Boolean(required=True)
+    updated = fields.Dict(required=True)
+    request = fields.Nested(OutboundRequestSchema, required=True)
+    request_id = fields.String(required=True)
+
+
+class BulkItemSchema(OrderUpdateSchema):
+    """One item of a bulk update: the order's id and the fields of PATCH /orders/{order_id}."""
+
+    class Meta(OrderUpdateSchema.Meta):
+        exclude = ("connection",)
+
+    order_id = fields.String(required=True, metadata={"description": "a string, or an integer id"})
+
+
+class BulkRequestSchema(Schema):
+    """PATCH /orders: one connection, many orders."""
+
+    connection = fields.String(metadata={"description": "optional when the configuration names a default"})
+    orders = fields.List(fields.Nested(BulkItemSchema), required=True)
+
+
+class BulkResultSchema(Schema):
+    """The outcome of one bulk item."""
+
+    position = fields.Integer(required=True)
+    order_id = fields.String(required=True, allow_none=True)
+    status = fields.Integer(required=True, metadata={"description": "the item's HTTP-style status"})
+    body = fields.Dict(required=True, metadata={"description": "the single-update success shape, or a problem"})
+
+
+class BulkReplySchema(Schema):
+    """Per-item outcomes of a bulk update."""
+
+    connection = fields.String(required=True)
+    backend = fields.String(required=True)
+    dry_run = fields.Boolean()
+    requests = fields.List(fields.Nested(OutboundRequestSchema))
+    succeeded = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    results = fields.List(fields.Nested(BulkResultSchema), required=True)
+    request_id = fields.String(required=True)
+
+
+class WebhookAcceptedSchema(Schema):
+    """A stored (202) or already known (200) webhook."""
+
+    id = fields.String(required=True)
+    type = fields.String(required=True)
+    duplicate = fields.Boolean(required=True)
+    subscribers = fields.List(fields.String(), required=True)
+
+
+class OrderEventSchema(Schema):
+    """The canonical order event subscribers receive."""
+
+    id = fields.String(required=True)
+    type = fields.String(required=True, metadata={"enum": list(EVENT_TYPES)})
+    occurred_at = fields.String(required=True)
+    source = fields.Dict(required=True)
+    order = fields.Dict(required=True)
+    goods_owner = fields.Dict(allow_none=True)
+    tracking = fields.List(fields.Dict())
+    parcels = fields.List(fields.Dict())
+    actor = fields.Dict(allow_none=True)
+    raw = fields.Dict(required=True)
+
+
+class DeliveryAttemptSchema(Schema):
+    """One attempt to deliver an event to a subscriber."""
+
+    attempt = fields.Integer(required=True)
+    at = fields.Float(required=True)
+    outcome = fields.String(required=True)
+    status_code = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+
+
+class DeliverySchema(Schema):
+    """An event's delivery to one subscriber."""
+
+    subscriber = fields.String(required=True)
+    state = fields.String(required=True, metadata={"enum": ["pending", "delivered", "dead"]})
+    attempts = fields.Integer(required=True)
+    next_attempt_at = fields.Float(allow_none=True)
+    last_error = fields.String(allow_none=True)
+    delivered_at = fields.Float(allow_none=True)
+    history = fields.List(fields.Nested(DeliveryAttemptSchema), required=True)
+
+
+class StoredEventSchema(Schema):
+    """An event as stored, with every delivery."""
+
+    event = fields.Nested(OrderEventSchema, required=True)
+    received_at = fields.Float(required=True)
+    deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
+
+
+class EventListSchema(Schema):
+    """Stored events, newest first."""
+
+    events = fields.List(fields.Nested(StoredEventSchema), required=True)
+    count = fields.Integer(required=True)
+
+
+class RedeliveryReplySchema(Schema):
+    """A redelivery under way."""
+
+    id = fields.String(required=True)
+    redelivering_to = fields.List(fields.String(), required=True)
