@@ -97,7 +97,8 @@ def test_too_large_bodies_are_413(make_gateway, sandbox_url):
     config["gateway"]["max_body_bytes"] = 1024
     client = make_gateway(config).test_client()
     reply = client.patch("/orders/SO-1001", json={"warehouse_instruction": "x" * 2000})
-    assert_problem(reply, 413, "request-entity-too-large")
+    problem = assert_problem(reply, 413, "payload-too-large")
+    assert "1024 bytes" in problem["detail"]
 
 
 def test_unknown_routes_and_methods_are_problems_too(client):

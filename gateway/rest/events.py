@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flask import Blueprint, current_app, jsonify, request
 
 from gateway.canonical.events import EVENT_TYPES
@@ -24,6 +26,25 @@ class EventNotFound(RequestProblem):
 
 def _service():
     return current_app.extensions["order_events"]
+
+
+def _iso(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def with_iso_times(stored: dict) -> dict:
+    """A stored event with its delivery times as ISO 8601 (UTC), like the event's own occurred_at."""
+    return {
+        "event": stored["event"],
+        "received_at": _iso(stored["received_at"]),
+        "deliveries": [
+            {**delivery,
+             "next_attempt_at": _iso(delivery["next_attempt_at"]),
+             "delivered_at": _iso(delivery["delivered_at"]),
+             "history": [{**entry, "at": _iso(entry["at"])} for entry in delivery["history"]]}
+            for delivery in stored["deliveries"]
+        ],
+    }
 
 
 EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -58,7 +79,7 @@ def list_events():
         raise ValidationFailed(errors)
     events = _service().store.list_events(order_id=request.args.get("order_id"), type=event_type, state=state,
                                           limit=int(limit_text))
-    return jsonify({"events": events, "count": len(events)})
+    return jsonify({"events": [with_iso_times(event) for event in events], "count": len(events)})
 
 
 @blueprint.get("/events/<event_id>")
@@ -70,7 +91,7 @@ def show_event(event_id: str):
     event = _service().store.get_event(event_id)
     if event is None:
         raise EventNotFound(f"No event {event_id!r}.")
-    return jsonify(event)
+    return jsonify(with_iso_times(event))
 
 
 @blueprint.post("/events/<event_id>/redeliver")

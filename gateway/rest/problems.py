@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, json
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, json
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from gateway.errors import BackendError, GatewayError, ValidationFailed
+from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
 from gateway.rest.request_ids import current_request_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -65,6 +65,12 @@ def http_error_response(error: HTTPException) -> Response:
     return response
 
 
+def body_too_large_response(error: RequestEntityTooLarge) -> Response:
+    """A body over max_body_bytes: the same problem as a batch over max_bulk_items."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    return gateway_error_response(PayloadTooLarge(f"The body is larger than the {limit} bytes this gateway accepts."))
+
+
 def unexpected_error_response(error: Exception) -> Response:
     """Anything unforeseen: logged with its traceback on the server, never shown to the client."""
     if isinstance(error, HTTPException):
@@ -77,5 +83,6 @@ def unexpected_error_response(error: Exception) -> Response:
 def init_app(app: Flask) -> None:
     """Register the handlers that turn every error into problem+json."""
     app.register_error_handler(GatewayError, gateway_error_response)
+    app.register_error_handler(RequestEntityTooLarge, body_too_large_response)
     app.register_error_handler(HTTPException, http_error_response)
     app.register_error_handler(Exception, unexpected_error_response)

@@ -129,7 +129,7 @@ class DeliveryAttemptSchema(Schema):
     """One attempt to deliver an event to a subscriber."""
 
     attempt = fields.Integer(required=True)
-    at = fields.Float(required=True)
+    at = fields.DateTime(required=True)
     outcome = fields.String(required=True)
     status_code = fields.Integer(allow_none=True)
     error = fields.String(allow_none=True)
@@ -141,9 +141,9 @@ class DeliverySchema(Schema):
     subscriber = fields.String(required=True)
     state = fields.String(required=True, metadata={"enum": ["pending", "delivered", "dead"]})
     attempts = fields.Integer(required=True)
-    next_attempt_at = fields.Float(allow_none=True)
+    next_attempt_at = fields.DateTime(allow_none=True)
     last_error = fields.String(allow_none=True)
-    delivered_at = fields.Float(allow_none=True)
+    delivered_at = fields.DateTime(allow_none=True)
     history = fields.List(fields.Nested(DeliveryAttemptSchema), required=True)
 
 
@@ -151,7 +151,7 @@ class StoredEventSchema(Schema):
     """An event as stored, with every delivery."""
 
     event = fields.Nested(OrderEventSchema, required=True)
-    received_at = fields.Float(required=True)
+    received_at = fields.DateTime(required=True)
     deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
 
 
