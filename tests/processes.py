@@ -45,27 +45,32 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
             stream.close()
 
 
-def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """Start a server in its own process group (so a SIGKILL reaches every worker), output kept for failures."""
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+def start(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    """Start a server in its own process group (so a SIGKILL reaches every worker); its output goes to `log`
+    (appended, so restarts keep what came before), or is kept in a pipe for failures."""
+    if log is None:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    with open(log, "ab") as output:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
-def start_sandbox(port: int, env: dict[str, str]) -> subprocess.Popen:
+def start_sandbox(port: int, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
     """The sandboxes under gunicorn (one process: their state is in memory)."""
     return start([str(BIN / "gunicorn"), "--no-control-socket", "--workers", "1", "--threads", "8", "--bind",
-                  f"127.0.0.1:{port}", "sandbox:create_app()"], env)
+                  f"127.0.0.1:{port}", "sandbox:create_app()"], env, log)
 
 
-def start_gateway(port: int, env: dict[str, str], workers: int = 2) -> subprocess.Popen:
+def start_gateway(port: int, env: dict[str, str], workers: int = 2, log: Path | None = None) -> subprocess.Popen:
     """The gateway under gunicorn with the project's gunicorn settings."""
     return start([str(BIN / "gunicorn"), "--config", "config/gunicorn.py", "--workers", str(workers), "--bind",
-                  f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "wsgi:app"], env)
+                  f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "wsgi:app"], env, log)
 
 
-def start_worker(env: dict[str, str]) -> subprocess.Popen:
+def start_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
     """The event delivery worker."""
-    return start([sys.executable, "-m", "gateway.events.worker"], env)
+    return start([sys.executable, "-m", "gateway.events.worker"], env, log)
 
 
 def write_sandbox_config_copy(folder: Path) -> str:

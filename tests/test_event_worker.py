@@ -28,6 +28,7 @@ class Deployment:
     """A sandbox, a gateway and a worker as `make run` starts them, on free ports, with a given event storage."""
 
     def __init__(self, folder: Path, redis_url: str | None) -> None:
+        self.folder = folder
         self.sandbox_port, self.gateway_port = closed_port(), closed_port()
         self.sandbox_url = f"http://127.0.0.1:{self.sandbox_port}"
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
@@ -49,12 +50,12 @@ class Deployment:
         self.sandbox = self.gateway = self.worker = None
 
     def start_sandbox(self) -> None:
-        self.sandbox = start_sandbox(self.sandbox_port, self.env)
+        self.sandbox = start_sandbox(self.sandbox_port, self.env, self.folder / "sandbox.log")
         wait_until_serving(f"{self.sandbox_url}/subscriber/events", self.sandbox)
 
     def start_gateway_and_worker(self) -> None:
-        self.gateway = start_gateway(self.gateway_port, self.env)
-        self.worker = start_worker(self.env)
+        self.gateway = start_gateway(self.gateway_port, self.env, log=self.folder / "gateway.log")
+        self.worker = start_worker(self.env, self.folder / "worker.log")
         wait_until_serving(f"{self.gateway_url}/events", self.gateway)
 
     def kill_gateway_and_worker(self) -> None:
@@ -79,7 +80,10 @@ class Deployment:
             if value:
                 return value
             time.sleep(0.2)
-        raise AssertionError(f"gave up after {seconds} s; the subscriber saw {self.subscriber()}")
+        worker_log = (self.folder / "worker.log").read_text(errors="replace")[-4000:]
+        seen = [record["webhook_id"] for record in self.subscriber()["received"]]
+        raise AssertionError(f"gave up after {seconds} s; the subscriber saw {len(seen)} events; "
+                             f"the worker's log ends with:\n{worker_log}")
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -22,8 +22,10 @@ from gateway.events.leases import StreamLeases
 
 log = logging.getLogger("gateway.events")
 
-#: how soon a stream whose lock is held by another worker is looked at again
+#: how soon a stream whose lease is held by another worker is looked at again
 LOCKED_RETRY_SECONDS = 0.5
+#: how soon a stream is tried again after an unexpected error (the store unreachable, say)
+ERROR_RETRY_SECONDS = 5.0
 
 
 def make_huey(settings: EventSettings) -> Huey:
@@ -54,8 +56,16 @@ class DeliveryQueue:
                 try:
                     delay = dispatcher.drain_stream(subscriber, order_key,
                                                     still_mine=lambda: leases.acquire(stream, owner, lease_seconds))
+                except Exception:
+                    # Never drop a stream on an error: its events are stored, so try again a little later.
+                    log.exception("draining %s for %s failed; trying again in %g s", order_key, subscriber,
+                                  ERROR_RETRY_SECONDS)
+                    delay = ERROR_RETRY_SECONDS
                 finally:
-                    leases.release(stream, owner)
+                    try:
+                        leases.release(stream, owner)
+                    except Exception:  # the lease expires on its own
+                        log.exception("could not release the lease on %s for %s", order_key, subscriber)
             if delay is not None:
                 drain_stream.schedule((subscriber, order_key), delay=delay)
 
