@@ -39,6 +39,8 @@ class Backend(abc.ABC):
     orders_per_call: ClassVar[int | None] = None
     #: the backend's webhook template names -> canonical event types; empty: it sends no webhooks
     default_webhook_event_types: ClassVar[Mapping[str, str]] = {}
+    #: the marshmallow schema of the backend's webhook payload, for the API's documentation
+    webhook_payload_schema: ClassVar[type | None] = None
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings

@@ -8,8 +8,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import RequestProblem, ValidationFailed
+from gateway.rest.common import REQUEST_ID
 from gateway.rest.openapi import documented
-from gateway.rest.orders import REQUEST_ID
 from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
 
 blueprint = Blueprint("events", __name__)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 from marshmallow import ValidationError
 
 from gateway.backends import Backend
@@ -18,14 +17,8 @@ from gateway.canonical import (
     load_bulk_item,
     load_order_update,
 )
-from gateway.errors import (
-    BackendError,
-    GatewayError,
-    MalformedRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    ValidationFailed,
-)
+from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
+from gateway.rest.common import REQUEST_ID, connections, read_dry_run_flag, read_json_body
 from gateway.rest.openapi import documented
 from gateway.rest.problems import gateway_error_document
 from gateway.rest.request_ids import current_request_id
@@ -33,49 +26,6 @@ from gateway.rest.schemas import BulkReplySchema, BulkRequestSchema, DryRunReply
 from gateway.transport import OutboundRequest
 
 blueprint = Blueprint("orders", __name__)
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def read_json_body() -> Any:
-    """The request body as JSON; 415 unless it is sent as JSON, 400 unless it parses."""
-    mimetype = request.mimetype
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"Send the body as application/json (got {request.mimetype or 'no Content-Type'})."
-        )
-    raw = request.get_data(cache=False)
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as error:
-        if isinstance(error, json.JSONDecodeError):
-            raise MalformedRequest(
-                f"The body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}."
-            ) from None
-        raise MalformedRequest("The body is not valid JSON: not UTF-8 JSON.") from None
-
-
-def read_dry_run_flag() -> bool:
-    """The ?dry_run= query flag."""
-    value = request.args.get("dry_run")
-    if value is None:
-        return False
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise ValidationFailed({"dry_run": ["Not a valid boolean; use true or false."]})
-
-
-def connections():
-    """The running gateway's connections."""
-    return current_app.extensions["order_gateway"]
-
 
 def describe_request(outbound: OutboundRequest) -> dict:
     """An outgoing request as a dry run shows it."""
@@ -89,9 +39,6 @@ def describe_request(outbound: OutboundRequest) -> dict:
 
 DRY_RUN = {"name": "dry_run", "in": "query", "required": False, "schema": {"type": "boolean"},
            "description": "validate and translate, show the outgoing request (credentials masked), send nothing"}
-REQUEST_ID = {"name": "X-Request-ID", "in": "header", "required": False,
-              "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@/+=-]{1,128}$"},
-              "description": "echoed on the reply; a new one is made when absent"}
 BACKEND_PROBLEMS = {
     404: "the backend does not know the order",
     409: "the backend refused because of the order's state",

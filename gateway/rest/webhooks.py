@@ -7,14 +7,17 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request
 
-from gateway.backends.ongoing.webhooks import WebhookOrderPayloadSchema
+from gateway.backends import BACKENDS
 from gateway.errors import GatewayError, RequestProblem
+from gateway.rest.common import REQUEST_ID, connections, read_json_body
 from gateway.rest.openapi import documented
-from gateway.rest.orders import REQUEST_ID, connections, read_json_body
 from gateway.rest.problems import problem_response
 from gateway.rest.schemas import WebhookAcceptedSchema
 
 blueprint = Blueprint("webhooks", __name__)
+#: the backends that send webhooks, and the payload schema of each, for the API's documentation
+WEBHOOK_BACKENDS = {kind: backend.webhook_payload_schema for kind, backend in BACKENDS.items()
+                    if backend.webhook_payload_schema is not None}
 log = logging.getLogger("gateway.webhooks")
 
 
@@ -55,8 +58,9 @@ def is_authenticated(webhooks: dict) -> bool:
 @blueprint.post("/webhooks/<kind>/<connection>")
 @documented(
     "/webhooks/{backend}/{connection}", "post", "Receive a backend's order webhook", tags=["events"],
-    body=WebhookOrderPayloadSchema,
-    parameters=[{"name": "backend", "in": "path", "required": True, "schema": {"type": "string", "enum": ["ongoing"]}},
+    body={"oneOf": list(WEBHOOK_BACKENDS.values())},
+    parameters=[{"name": "backend", "in": "path", "required": True,
+                 "schema": {"type": "string", "enum": sorted(WEBHOOK_BACKENDS)}},
                 {"name": "connection", "in": "path", "required": True, "schema": {"type": "string"}}, REQUEST_ID],
     replies={202: ("stored and queued for the subscribers", WebhookAcceptedSchema),
              200: ("already received (a retry): acknowledged, not stored again", WebhookAcceptedSchema)},

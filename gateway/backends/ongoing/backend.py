@@ -22,7 +22,7 @@ from marshmallow import ValidationError, fields, validate, validates
 
 from gateway import ns
 from gateway.backends.base import Backend
-from gateway.backends.ongoing.webhooks import DEFAULT_EVENT_TYPES, read_order_webhook
+from gateway.backends.ongoing.webhooks import DEFAULT_EVENT_TYPES, WebhookOrderPayloadSchema, read_order_webhook
 from gateway.canonical import OrderUpdate, UpdateOutcome, WayOfDelivery, flatten_errors
 from gateway.canonical.events import OrderEvent
 from gateway.config import ConnectionSchema, ConnectionSettings, RegexList
@@ -141,6 +141,7 @@ class OngoingBackend(Backend):
     # UpdateOrder carries one order, and Ongoing wants one goods owner's calls made one after another.
     orders_per_call: ClassVar = 1
     default_webhook_event_types: ClassVar = DEFAULT_EVENT_TYPES
+    webhook_payload_schema: ClassVar = WebhookOrderPayloadSchema
 
     def __init__(self, settings: ConnectionSettings) -> None:
         super().__init__(settings)
