@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKERS ?= 2
 
-.PHONY: run test lint install system-packages clean
+.PHONY: run test bench lint install system-packages clean
 
 ## The virtualenv with the gateway, the sandboxes and the dev tools; rebuilt when setup.cfg changes.
 $(VENV)/.installed: setup.cfg
@@ -27,6 +27,12 @@ system-packages:
 test: install system-packages lint
 	$(BIN)/pytest --cov --cov-report=term
 	VENV=$(VENV) scripts/run-newman
+
+## The benchmarks: translation against zeep, HTTP load against passthrough and direct, memory, bulk, profiles;
+## figures in bench/RESULTS.md.
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run_all.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,71 @@
+"""Run every benchmark in one go and write bench/RESULTS.md: `python bench/run_all.py [--quick]`.
+
+Sections: 1 translation in process (with zeep), 2 end to end over HTTP (gateway, passthrough, direct), 3 memory
+of one worker, 4 bulk against single updates, 5 profiles (bench/profiles/*.txt). Every server is started on a
+free 127.0.0.1 port and stopped before the script ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bulk import run_bulk
+from bench.load import run_end_to_end
+from bench.measure import Budget
+from bench.memory import run_memory
+from bench.profile_hotspots import run_profiles
+from bench.report import results_document, why_targets_were_missed
+from bench.servers import running_deployment
+from bench.translate import run_translation
+from bench.workload import ROOT
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def command_line() -> str:
+    """The command as it was typed, with the interpreter relative to the repository when it lies inside."""
+    interpreter = Path(sys.executable)
+    if interpreter.is_relative_to(ROOT):
+        interpreter = interpreter.relative_to(ROOT)
+    return shlex.join([str(interpreter), *sys.argv])
+
+
+def main() -> None:
+    """Run the sections in order and write the results file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a fraction of the work, for smoke tests")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"where to write (default {RESULTS})")
+    options = parser.parse_args()
+    # A SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    budget = Budget.smoke() if options.quick else Budget.full()
+    started_at, started = datetime.now(UTC), time.monotonic()
+
+    translation = run_translation(budget)
+    with running_deployment(gateway_workers=2, with_passthrough=True) as deployment:
+        load = run_end_to_end(deployment, budget)
+        deployment.reset_sandboxes()
+        bulk = run_bulk(deployment, budget)
+        deployment.reset_sandboxes()
+        profiles = run_profiles(deployment.sandbox.url, budget)
+    with running_deployment(gateway_workers=1, with_passthrough=False) as deployment:
+        memory = run_memory(deployment, budget)
+    explanations = why_targets_were_missed(translation, load, profiles)
+
+    seconds = time.monotonic() - started
+    sections = [translation, load, memory, bulk, profiles, explanations]
+    options.output.write_text(results_document(sections, command=command_line(), started=started_at,
+                                               seconds=seconds, quick=options.quick))
+    print(f"\nwrote {options.output} after {seconds / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
