@@ -15,3 +15,11 @@ preload_app = True
 # The sandboxes run beside the gateway; neither needs gunicorn's runtime control socket, and two
 # servers would otherwise share its default path.
 control_socket_disable = True
+
+
+def pre_fork(server, worker):
+    """Freeze the preloaded app's objects before forking, so a worker's garbage collections leave the pages
+    it shares with the master untouched (copy-on-write) instead of copying them all."""
+    import gc
+
+    gc.freeze()

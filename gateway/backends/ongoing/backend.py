@@ -99,8 +99,19 @@ class OngoingSettingsSchema(ConnectionSchema):
 
 
 @functools.cache
-def _update_order_template() -> etree._Element:
-    return parse_trusted_template(TEMPLATE_PATH)
+def _update_order_template() -> tuple[etree._Element, tuple[tuple[str, etree._Element], ...]]:
+    """The template split once into the envelope without update blocks, and each block by canonical field.
+
+    Rendering then copies the small skeleton and only the blocks a request uses, in the template's order.
+    """
+    skeleton = parse_trusted_template(TEMPLATE_PATH)
+    body = skeleton.find(f"{{{ns.SOAP11_ENVELOPE}}}Body/{_q('UpdateOrder')}/{_q('updateOrder')}")
+    field_of_block = {block: name for name, (block, _) in UPDATE_BLOCKS.items()}
+    blocks = []
+    for block in list(body)[1:]:
+        body.remove(block)
+        blocks.append((field_of_block[etree.QName(block).localname], block))
+    return skeleton, tuple(blocks)
 
 
 def _as_wire_text(value: Any) -> str:
@@ -184,16 +195,18 @@ class OngoingBackend(Backend):
     def render_request(self, updates: Sequence[OrderUpdate], *, password: str) -> OutboundRequest:
         """Fill the UpdateOrder template, validate it against xsd/ongoing, and wrap it in an HTTP request."""
         (update,) = updates
-        envelope = copy.deepcopy(self.template)
-        operation = envelope.find(f"{{{ns.SOAP11_ENVELOPE}}}Body/{_q('UpdateOrder')}")
-        operation.find(_q("GoodsOwnerCode")).text = self.settings.options["goods_owner_code"]
-        operation.find(_q("UserName")).text = self.settings.username
-        operation.find(_q("Password")).text = password
-
-        body = operation.find(_q("updateOrder"))
-        identification = body.find(_q("OrderUpdateIdentification"))
+        skeleton, blocks = self.template
+        envelope = copy.deepcopy(skeleton)
+        # The skeleton's shape is fixed (see _split_template): Envelope/Body/UpdateOrder/(code, user, password,
+        # updateOrder/OrderUpdateIdentification), so its elements are reached by position, not searched for.
+        operation = envelope[0][0]
+        operation[0].text = self.settings.options["goods_owner_code"]
+        operation[1].text = self.settings.username
+        operation[2].text = password
+        body = operation[3]
+        identification = body[0]
         id_kind, id_element = ID_TYPES[self.effective_id_type(update)]
-        identification.find(_q("OrderIdentificationType")).text = id_kind
+        identification[0].text = id_kind
         for element in list(identification)[1:]:
             if element.tag == _q(id_element):
                 if id_element == "OrderId":
@@ -206,15 +219,16 @@ class OngoingBackend(Backend):
         if "status" in values or "status_code" in values:
             values["status"] = self.backend_status_code(update)
             values.pop("status_code", None)
-        wanted = {UPDATE_BLOCKS[name][0]: (name, value) for name, value in values.items()}
-        for block in list(body)[1:]:
-            entry = wanted.get(etree.QName(block).localname)
-            if entry is None:
-                body.remove(block)
-            elif isinstance(entry[1], WayOfDelivery):
-                self._fill_way_of_delivery(block, entry[1])
+        for name, block_template in blocks:  # wire order
+            if name not in values:
+                continue
+            block = copy.deepcopy(block_template)
+            value = values[name]
+            if isinstance(value, WayOfDelivery):
+                self._fill_way_of_delivery(block, value)
             else:
-                block[0].text = _as_wire_text(entry[1])
+                block[0].text = _as_wire_text(value)
+            body.append(block)
 
         if not self.schema.validate(envelope):
             error = self.schema.error_log.last_error
