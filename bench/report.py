@@ -98,12 +98,13 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
                 f"takes {_us(zeep)}, so 10x would need the whole round at {_us(zeep / 10)}, less than the render "
                 "step alone.")
         if "part ongoing render ns" in figures:
-            copied, checked, written, parsed, whole_render = (figures[f"part ongoing {part} ns"] for part in (
-                "template copy", "xsd", "tostring", "xml parsing", "render"))
-            rest = whole_render - copied - checked - written
-            text += (f" Render splits into copying the whole template ({_us(copied)}), the XSD check "
-                     f"({_us(checked)}), serialization ({_us(written)}) and {_us(max(rest, 0))} of Python-level "
-                     "element look-ups and removing the blocks the update does not use (section 5). Parse is "
+            copied, block, checked, written, parsed, whole_render = (
+                figures[f"part ongoing {part} ns"]
+                for part in ("template copy", "block copy", "xsd", "tostring", "xml parsing", "render"))
+            rest = whole_render - copied - block - checked - written
+            text += (f" Render splits into copying the envelope skeleton ({_us(copied)}) and each block the update "
+                     f"uses ({_us(block)} each), the XSD check ({_us(checked)}), serialization ({_us(written)}) "
+                     f"and {_us(max(rest, 0))} of filling in values (section 5). Parse is "
                      f"{_us(parsed)} of hardened lxml parsing plus the SOAP unwrapping and result reading. "
                      f"Validation is marshmallow ({_us(figures['part canonical load ns'])} for `load_order_update`), "
                      "which visits every declared field of the canonical schema for every document. zeep does no "
