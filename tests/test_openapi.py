@@ -106,7 +106,7 @@ def test_no_server_error_and_every_reply_as_documented(all_backends_app, label):
     assert set(operations) == set(OPERATIONS)
 
     @given(case=operations[label].as_strategy())
-    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def call_and_check(case):
         case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                                        response_schema_conformance])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
@@ -45,6 +45,25 @@ def _text(max_length: int, *, min_length: int = 0) -> fields.String:
     return Text(validate=validate.Length(max=max_length))
 
 
+MAX_UTC_OFFSET = timedelta(hours=14)
+
+
+def check_offset(value: datetime) -> None:
+    """Offsets beyond ±14:00, or with seconds, exist in Python but in no wire format the backends speak."""
+    offset = value.utcoffset()
+    if offset is not None and (abs(offset) > MAX_UTC_OFFSET or offset.seconds % 60 or offset.microseconds):
+        raise ValidationError("The UTC offset must be whole minutes within -14:00 and +14:00.")
+
+
+class Timestamp(fields.DateTime):
+    """An ISO 8601 datetime (a date alone means its midnight) with a real-world UTC offset, if any."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        loaded = super()._deserialize(value, attr, data, **kwargs)
+        check_offset(loaded)
+        return loaded
+
+
 class DateOrDateTime(fields.Field):
     """An ISO 8601 date (kept a date) or datetime."""
 
@@ -55,9 +74,12 @@ class DateOrDateTime(fields.Field):
             try:
                 if len(value) == 10:
                     return date.fromisoformat(value)
-                return datetime.fromisoformat(value)
+                loaded = datetime.fromisoformat(value)
             except ValueError:
                 pass
+            else:
+                check_offset(loaded)
+                return loaded
         raise self.make_error("invalid")
 
 
@@ -161,12 +183,12 @@ class OrderUpdateSchema(Schema):
 
     status = Text(validate=validate.Length(min=1, max=50))
     status_code = fields.Integer(strict=True, validate=NON_NEGATIVE_INT32)
-    delivery_date = fields.DateTime(format="iso")
+    delivery_date = Timestamp(format="iso")
     new_order_number = _text(50, min_length=1)
     waybill = _text(50)
     transporter_order_number = _text(150)
-    printed_at = fields.DateTime(format="iso")
-    shipped_at = fields.DateTime(format="iso")
+    printed_at = Timestamp(format="iso")
+    shipped_at = Timestamp(format="iso")
     picking_priority = fields.Integer(strict=True, validate=INT32)
     warehouse_instruction = _text(500)
     return_waybill = _text(50)
