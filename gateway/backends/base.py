@@ -46,6 +46,13 @@ class Backend(abc.ABC):
         self.settings = settings
         self.name = settings.name
         self.status_map: dict[str, Any] = {**self.default_status_map, **settings.status_map}
+        #: backend status code -> canonical status name (the first name mapped to it), for events
+        self.status_names: dict[Any, str] = {}
+        for name, code in self.status_map.items():
+            self.status_names.setdefault(code, name)
+        #: webhook template name -> event type: the backend's defaults with the connection's own over them
+        self.webhook_event_types: dict[str, str] = {
+            **self.default_webhook_event_types, **(settings.webhooks or {}).get("event_types", {})}
         self.transport = HttpTransport(
             connection=settings.name,
             connect_timeout=settings.connect_timeout,
@@ -78,20 +85,6 @@ class Backend(abc.ABC):
     def read_webhook(self, payload: Any) -> OrderEvent:
         """A canonical OrderEvent from one of the backend's webhook payloads; raises ValidationFailed."""
         raise ValidationFailed({"body": [f"Backend {self.kind!r} sends no webhooks."]})
-
-    @property
-    def webhook_event_types(self) -> dict[str, str]:
-        """Template name -> event type: the backend's defaults with the connection's own mapping over them."""
-        configured = (self.settings.webhooks or {}).get("event_types", {})
-        return {**self.default_webhook_event_types, **configured}
-
-    @property
-    def status_names(self) -> dict[Any, str]:
-        """Backend status code -> canonical status name (the first name mapped to it)."""
-        names: dict[Any, str] = {}
-        for name, code in self.status_map.items():
-            names.setdefault(code, name)
-        return names
 
     def check_backend_rules(self, update: OrderUpdate) -> dict[str, list[str]]:
         """Backend-specific validation beyond the shared checks; returns field path -> messages."""
