@@ -7,7 +7,6 @@ SellerCenter carry up to `max_orders_per_call` (100 in config/sandbox.toml) per 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -77,9 +76,7 @@ def main() -> None:
     """Run this section alone against a fresh deployment."""
     from bench.servers import running_deployment
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fraction of the work, for smoke tests")
-    budget = Budget.smoke() if parser.parse_args().quick else Budget.full()
+    budget = Budget.from_command_line(__doc__.splitlines()[0])
     with running_deployment(gateway_workers=2, with_passthrough=False) as deployment:
         print(run_bulk(deployment, budget).as_markdown())
 

@@ -243,13 +243,10 @@ def run_end_to_end(deployment: Deployment, budget: Budget) -> Section:
 
 def main() -> None:
     """Run this section alone against a fresh deployment."""
-    import argparse
 
     from bench.servers import running_deployment
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fraction of the work, for smoke tests")
-    budget = Budget.smoke() if parser.parse_args().quick else Budget.full()
+    budget = Budget.from_command_line(__doc__.splitlines()[0])
     with running_deployment(gateway_workers=2, with_passthrough=True) as deployment:
         print(run_end_to_end(deployment, budget).as_markdown())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,13 @@ class Budget:
     bulk_items: int
     bulk_repetitions: int
     profile_seconds: float  # per profile
+
+    @classmethod
+    def from_command_line(cls, description: str) -> Budget:
+        """The budget a section's own command line asks for (`--quick` for a smoke test)."""
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--quick", action="store_true", help="a fraction of the work, for smoke tests")
+        return cls.smoke() if parser.parse_args().quick else cls.full()
 
     @classmethod
     def full(cls) -> Budget:

@@ -6,7 +6,6 @@ process is read at each checkpoint. Run alone: `python -m bench.memory [--quick]
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import multiprocessing
@@ -141,9 +140,7 @@ def main() -> None:
     """Run this section alone against a fresh single-worker gateway."""
     from bench.servers import running_deployment
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fraction of the work, for smoke tests")
-    budget = Budget.smoke() if parser.parse_args().quick else Budget.full()
+    budget = Budget.from_command_line(__doc__.splitlines()[0])
     with running_deployment(gateway_workers=1, with_passthrough=False) as deployment:
         print(run_memory(deployment, budget).as_markdown())
 

@@ -7,7 +7,6 @@ time and the gateway's own functions with the most total time. Run alone: `pytho
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import json
@@ -281,9 +280,7 @@ def main() -> None:
     """Run this section alone, with its own sandbox."""
     from bench.servers import running_deployment
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fraction of the work, for smoke tests")
-    budget = Budget.smoke() if parser.parse_args().quick else Budget.full()
+    budget = Budget.from_command_line(__doc__.splitlines()[0])
     with running_deployment(gateway_workers=1, with_passthrough=False) as deployment:
         print(run_profiles(deployment.sandbox.url, budget).as_markdown())
 

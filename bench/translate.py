@@ -11,7 +11,6 @@ Run alone: `python -m bench.translate [--quick]`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from collections.abc import Callable
@@ -220,9 +219,7 @@ def run_translation(budget: Budget) -> Section:
 
 def main() -> None:
     """Run this section alone."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a fraction of the work, for smoke tests")
-    budget = Budget.smoke() if parser.parse_args().quick else Budget.full()
+    budget = Budget.from_command_line(__doc__.splitlines()[0])
     print(run_translation(budget).as_markdown())
 
 

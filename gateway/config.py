@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +59,10 @@ class SecretField(fields.String):
 
 
 class RegexList(fields.List):
-    """A list of regular expressions, compiled on load."""
+    """A list of regular expressions, compiled on load; `defaults` apply when the setting is absent."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, defaults: Sequence[str] = (), **kwargs: Any) -> None:
+        kwargs.setdefault("load_default", lambda: [re.compile(pattern) for pattern in defaults])
         super().__init__(fields.String(validate=validate.Length(min=1)), **kwargs)
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> list[re.Pattern]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,17 +12,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.servers import closed_port
+
 #: how long a fresh redis-server may take to answer PING
 STARTUP_SECONDS = 10.0
 #: a free port can be taken by someone else before redis-server binds it; then try another
 START_ATTEMPTS = 3
-
-
-def free_port() -> int:
-    """A 127.0.0.1 port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def answers_ping(url: str) -> bool:
@@ -56,7 +50,7 @@ def run_redis_server(directory: Path) -> Iterator[str]:
                     "redis-server)", pytrace=False)
     log_file = directory / "redis.log"
     for _ in range(START_ATTEMPTS):
-        port = free_port()
+        port = closed_port()
         url = f"redis://127.0.0.1:{port}/0"
         # Its log goes to a file rather than a pipe that nobody reads and that could fill up and block it.
         process = subprocess.Popen(

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.canonical.events import OrderEvent
 from gateway.config import MASK, ConnectionSchema, ConnectionSettings
-from gateway.errors import BackendError, ValidationFailed
+from gateway.errors import BackendError, BackendRejected, OrderNotFound, OrderStateConflict, ValidationFailed
 from gateway.transport import BackendReply, HttpTransport, OutboundRequest
 
 
@@ -24,6 +24,8 @@ class Backend(abc.ABC):
     """One configured connection to a backend system."""
 
     kind: ClassVar[str]
+    #: how replies and errors name the backend system
+    display_name: ClassVar[str]
     settings_schema: ClassVar[type[ConnectionSchema]] = ConnectionSchema
     #: canonical id_type -> description, the first is the default
     id_types: ClassVar[Mapping[str, str]]
@@ -99,6 +101,26 @@ class Backend(abc.ABC):
         """One outcome or error per update, in order; raises a BackendError when the whole call failed."""
 
     # --- the shared flow -------------------------------------------------------------------------------
+
+    def refusal(self, *, not_found: bool, conflict: bool, code: str | None, message: str | None) -> BackendError:
+        """The error for a refusal the backend explained: 404 unknown order, 409 the order's state, else 422."""
+        details = {"connection": self.name, "code": code, "message": message or None}
+        text = message or "no message given"
+        if not_found:
+            return OrderNotFound(f"{self.display_name} does not know the order: {text}", **details)
+        if conflict:
+            return OrderStateConflict(
+                f"{self.display_name} refused the update because of the order's state: {text}", **details)
+        return BackendRejected(f"{self.display_name} refused the update: {text}", **details)
+
+    def refusal_by_message(self, message: str, code: str | None) -> BackendError:
+        """A refusal told in words, mapped by the connection's order_not_found/order_conflict patterns."""
+        options = self.settings.options
+        return self.refusal(
+            not_found=any(pattern.search(message) for pattern in options["order_not_found_patterns"]),
+            conflict=any(pattern.search(message) for pattern in options["order_conflict_patterns"]),
+            code=code, message=message,
+        )
 
     def effective_id_type(self, update: OrderUpdate) -> str:
         """The id type of the update, or the backend's default."""

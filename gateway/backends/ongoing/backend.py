@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +27,6 @@ from gateway.canonical.events import OrderEvent
 from gateway.config import ConnectionSchema, ConnectionSettings, RegexList
 from gateway.errors import (
     BackendFailure,
-    BackendRejected,
-    OrderNotFound,
-    OrderStateConflict,
     TranslationError,
     ValidationFailed,
 )
@@ -81,8 +77,8 @@ class OngoingSettingsSchema(ConnectionSchema):
 
     goods_owner_code = fields.String(required=True, validate=validate.Length(min=1, max=400))
     soap_action = fields.String(load_default=f'"{ns.ONGOING_WSI}/UpdateOrder"')
-    order_not_found_patterns = RegexList(load_default=lambda: [re.compile(p) for p in DEFAULT_NOT_FOUND_PATTERNS])
-    order_conflict_patterns = RegexList(load_default=lambda: [re.compile(p) for p in DEFAULT_CONFLICT_PATTERNS])
+    order_not_found_patterns = RegexList(defaults=DEFAULT_NOT_FOUND_PATTERNS)
+    order_conflict_patterns = RegexList(defaults=DEFAULT_CONFLICT_PATTERNS)
 
     @validates("username")
     def check_username(self, value: str, **_: Any) -> None:
@@ -126,6 +122,7 @@ class OngoingBackend(Backend):
     """Ongoing WMS over SOAP: UpdateOrder."""
 
     kind: ClassVar[str] = "ongoing"
+    display_name: ClassVar[str] = "Ongoing WMS"
     settings_schema = OngoingSettingsSchema
     id_types: ClassVar = {
         "order_number": "GoodsOwnerOrderNumber (default)",
@@ -159,8 +156,6 @@ class OngoingBackend(Backend):
         # Compiled once per process, at start-up rather than on the first request.
         self.template = _update_order_template()
         self.schema = load_xsd(XSD_PATH)
-        self.not_found_patterns = settings.options["order_not_found_patterns"]
-        self.conflict_patterns = settings.options["order_conflict_patterns"]
 
     @classmethod
     def check_settings(cls, settings: ConnectionSettings) -> tuple[str, str] | None:
@@ -272,11 +267,4 @@ class OngoingBackend(Backend):
         if success.strip() in ("true", "1"):
             return UpdateOutcome(backend_order_id=backend_order_id, message=message or "Order updated.")
 
-        refusal = {"connection": self.name, "code": "Success=false", "message": message or None}
-        text = message or "no message given"
-        if any(pattern.search(message) for pattern in self.not_found_patterns):
-            raise OrderNotFound(f"Ongoing WMS does not know the order: {text}", **refusal)
-        if any(pattern.search(message) for pattern in self.conflict_patterns):
-            raise OrderStateConflict(f"Ongoing WMS refused the update because of the order's state: {text}",
-                                     **refusal)
-        raise BackendRejected(f"Ongoing WMS refused the update: {text}", **refusal)
+        raise self.refusal_by_message(message, "Success=false")

@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import functools
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -28,10 +27,7 @@ from gateway.config import MASK, ConnectionSchema, ConnectionSettings, RegexList
 from gateway.errors import (
     BackendError,
     BackendFailure,
-    BackendRejected,
     BackendUnavailable,
-    OrderNotFound,
-    OrderStateConflict,
     TranslationError,
 )
 from gateway.transport import BackendReply, OutboundRequest
@@ -52,8 +48,8 @@ class SellerCenterSettingsSchema(ConnectionSchema):
     api_key = SecretField(required=True)
     user_id = fields.String(load_default=None)
     max_orders_per_call = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    order_not_found_patterns = RegexList(load_default=lambda: [re.compile(p) for p in DEFAULT_NOT_FOUND_PATTERNS])
-    order_conflict_patterns = RegexList(load_default=lambda: [re.compile(p) for p in DEFAULT_CONFLICT_PATTERNS])
+    order_not_found_patterns = RegexList(defaults=DEFAULT_NOT_FOUND_PATTERNS)
+    order_conflict_patterns = RegexList(defaults=DEFAULT_CONFLICT_PATTERNS)
 
 
 #: an address as UpdateOrderInformation carries it: every member optional, strings only, nothing else
@@ -104,6 +100,7 @@ class SellerCenterBackend(Backend):
     """Rocket SellerCenter's OMS API: UpdateOrderInformation (address changes)."""
 
     kind: ClassVar[str] = "sellercenter"
+    display_name: ClassVar[str] = "SellerCenter"
     settings_schema = SellerCenterSettingsSchema
     id_types: ClassVar = {"id_sales_order": "SellerCenter's integer id_sales_order (default)"}
     supported_fields: ClassVar = frozenset(ADDRESS_MEMBERS)
@@ -118,8 +115,6 @@ class SellerCenterBackend(Backend):
         self.template = _request_template()
         self.document_schema = UpdateOrderInformationSchema()
         self.url = f"{settings.url}?{urlencode({'Action': ACTION, 'ServiceName': 'OMS', 'Version': '1.0'})}"
-        self.not_found_patterns = settings.options["order_not_found_patterns"]
-        self.conflict_patterns = settings.options["order_conflict_patterns"]
 
     @classmethod
     def check_settings(cls, settings: ConnectionSettings) -> tuple[str, str] | None:
@@ -201,16 +196,8 @@ class SellerCenterBackend(Backend):
         return BackendFailure(f"SellerCenter refused the call ({code}): {message}", **details)
 
     def _item_error(self, item: dict) -> BackendError:
-        message = str(item.get("ErrorMessage") or "")
         code = item.get("ErrorCode")
-        details = {"connection": self.name, "code": None if code is None else str(code), "message": message or None}
-        text = message or "no message given"
-        if any(pattern.search(message) for pattern in self.not_found_patterns):
-            return OrderNotFound(f"SellerCenter does not know the order: {text}", **details)
-        if any(pattern.search(message) for pattern in self.conflict_patterns):
-            return OrderStateConflict(f"SellerCenter refused the update because of the order's state: {text}",
-                                      **details)
-        return BackendRejected(f"SellerCenter refused the update: {text}", **details)
+        return self.refusal_by_message(str(item.get("ErrorMessage") or ""), None if code is None else str(code))
 
     def parse_reply(self, reply: BackendReply, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
         """All updated, some failed (by 0-based Position), or the whole call refused (raised)."""

@@ -7,11 +7,12 @@ HMAC-SHA256 of that string keyed with the API key as a string. The Timestamp is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlsplit, urlunsplit
 
 from requests import PreparedRequest
 from requests.auth import AuthBase
@@ -41,6 +42,15 @@ def utc_timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=64)
+def _split_unsigned(url: str) -> tuple[SplitResult, tuple[tuple[str, str], ...]]:
+    """A connection's URL and its constant parameters, parsed once (every request of a connection shares them)."""
+    parts = urlsplit(url)
+    constant = tuple((name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
+                     if name not in (SIGNATURE, TIMESTAMP, "UserID"))
+    return parts, constant
+
+
 class SellerCenterSignature(AuthBase):
     """Adds Timestamp (and UserID when configured) to the query and signs it."""
 
@@ -52,9 +62,8 @@ class SellerCenterSignature(AuthBase):
 
     def signed_url(self, url: str, *, signature: str | None = None) -> str:
         """The URL with a fresh Timestamp and its Signature (or the given stand-in, e.g. a mask)."""
-        parts = urlsplit(url)
-        parameters = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)
-                      if name not in (SIGNATURE, TIMESTAMP, "UserID")]
+        parts, constant = _split_unsigned(url)
+        parameters = list(constant)
         parameters.append((TIMESTAMP, self.clock()))
         if self.user_id:
             parameters.append(("UserID", self.user_id))

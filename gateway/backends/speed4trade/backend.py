@@ -27,9 +27,6 @@ from gateway.config import MASK, ConnectionSchema, ConnectionSettings
 from gateway.errors import (
     BackendError,
     BackendFailure,
-    BackendRejected,
-    OrderNotFound,
-    OrderStateConflict,
     TranslationError,
 )
 from gateway.safexml import UnsafeXML, load_xsd, parse_trusted_template, parse_untrusted_xml
@@ -107,6 +104,7 @@ class Speed4TradeBackend(Backend):
     """Speed4Trade CONNECT over SOAP: updateOrderStatus (basic call)."""
 
     kind: ClassVar[str] = "speed4trade"
+    display_name: ClassVar[str] = "Speed4Trade CONNECT"
     settings_schema = Speed4TradeSettingsSchema
     id_types: ClassVar = {
         "order_number": "order_number, an integer (default)",
@@ -272,15 +270,10 @@ class Speed4TradeBackend(Backend):
         """An UpdateOutcome for return code 0; the mapped BackendError for a refusal."""
         if code == 0:
             return UpdateOutcome(backend_order_id=None, message="Order status updated.")
-        details = {"connection": self.name, "code": str(code), "message": description}
-        text = description or "no description given"
-        if code in self.not_found_codes:
-            return OrderNotFound(f"Speed4Trade CONNECT does not know the order: {text}", **details)
-        if code in self.conflict_codes:
-            return OrderStateConflict(
-                f"Speed4Trade CONNECT refused the update because of the order's state: {text}", **details)
         if code < 0:
-            return BackendRejected(f"Speed4Trade CONNECT refused the update (return code {code}): {text}", **details)
+            return self.refusal(not_found=code in self.not_found_codes, conflict=code in self.conflict_codes,
+                                code=str(code), message=description)
+        details = {"connection": self.name, "code": str(code), "message": description}
         return BackendFailure(f"The backend sent an undocumented positive return code {code}.", **details)
 
     def parse_reply(self, reply: BackendReply, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
