@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,23 +9,29 @@ from flask import Flask
 
 from gateway import events, rest
 from gateway.backends import BACKENDS
-from gateway.config import DEFAULT_CONFIG_PATH, load_settings, read_config_file
+from gateway.config import GatewaySettings, load_settings, read_configured_settings
 from gateway.connections import Connections
+from gateway.transport import Transport
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app from `test_config` (a parsed configuration) or the TOML file named by GATEWAY_CONFIG."""
-    app = Flask(__name__)
+def load_gateway_settings(test_config: Mapping[str, Any] | None = None) -> GatewaySettings:
+    """`test_config` (a parsed configuration) validated, or the TOML file GATEWAY_CONFIG names."""
     if test_config is None:
-        settings = read_config_file(os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH, BACKENDS)
-    else:
-        settings = load_settings(test_config, "<test configuration>", BACKENDS)
+        return read_configured_settings(BACKENDS)
+    return load_settings(test_config, "<test configuration>", BACKENDS)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, *,
+               transports: Mapping[str, Transport] | None = None) -> Flask:
+    """Build the app from `test_config` or GATEWAY_CONFIG's file; `transports` replace connections' HTTP."""
+    app = Flask(__name__)
+    settings = load_gateway_settings(test_config)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         GATEWAY_SETTINGS=settings,
     )
     app.json.sort_keys = False
-    app.extensions["order_gateway"] = Connections(settings, BACKENDS)
+    app.extensions["order_gateway"] = Connections(settings, BACKENDS, transports)
     events.init_app(app, settings)
     rest.init_app(app)
     return app

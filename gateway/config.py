@@ -23,7 +23,7 @@ from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import ConfigError
 
 MASK = "********"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "sandbox.toml"
+CONFIG_VARIABLE = "GATEWAY_CONFIG"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -325,3 +325,12 @@ def read_config_file(path: str | os.PathLike, backends: Mapping[str, type]) -> G
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, "", f"is not valid TOML: {error}") from None
     return load_settings(raw, source, backends)
+
+
+def read_configured_settings(backends: Mapping[str, type]) -> GatewaySettings:
+    """The configuration in the file GATEWAY_CONFIG names; unset is an error, never a silent default."""
+    path = os.environ.get(CONFIG_VARIABLE)
+    if not path:
+        raise ConfigError(CONFIG_VARIABLE, "", "is not set: name the gateway's configuration file "
+                                               "(config/sandbox.toml points at the sandboxes)")
+    return read_config_file(path, backends)

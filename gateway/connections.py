@@ -1,41 +1,166 @@
-"""The configured connections of a running gateway, each a ready Backend with its own pooled session."""
+"""The configured connections of a running gateway: each a backend kind with its own settings, credentials,
+transport and secrets, and the one update flow every backend plugs into.
+
+    Connection.check(update)           -> PlannedUpdate     fields, ids and rules checked; operation chosen
+    Connection.dry_run(planned)        -> [OutboundRequest] the calls that would go out, credentials masked
+    Connection.send(planned)           -> [UpdateOutcome | BackendError], one per update, in order
+
+Updates travel in calls: consecutive updates planned onto the same operation share a call, up to the
+operation's `call_size`; a failed call fails exactly its own updates. The REST layer never needs to know which
+backend it talks to.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
-from gateway.backends import Backend
-from gateway.config import GatewaySettings
-from gateway.errors import ValidationFailed
+from gateway.backends import Backend, Credentials, Operation
+from gateway.canonical import OrderUpdate, UpdateOutcome
+from gateway.config import MASK, ConnectionSettings, GatewaySettings, Secret
+from gateway.errors import BackendError, BackendFailure, BackendUnavailable, ValidationFailed
+from gateway.replies import read_reply
+from gateway.transport import HttpTransport, OutboundRequest, Transport
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedUpdate:
+    """A checked canonical update and the operation that will carry it."""
+
+    update: OrderUpdate
+    operation: Operation
+
+
+def _secrets_of(settings: ConnectionSettings) -> list[str]:
+    """Every Secret among the connection's settings, its backend's own and its webhooks', revealed."""
+    values = [settings.password, *settings.options.values(), *(settings.webhooks or {}).values()]
+    return [value.reveal() for value in values if isinstance(value, Secret) and value.reveal()]
+
+
+class Connection:
+    """One configured connection: settings, credentials, transport and secrets; it renders nothing itself."""
+
+    def __init__(self, settings: ConnectionSettings, backend_class: type[Backend],
+                 transport: Transport | None = None) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self.backend = backend_class(settings)
+        self.kind = self.backend.kind
+        self.credentials = Credentials(
+            username=settings.username, password=settings.password.reveal() if settings.password else "")
+        self.auth = self.backend.make_auth()
+        self.transport: Transport = transport or HttpTransport(
+            connection=settings.name,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_reply_bytes=settings.max_reply_bytes,
+            pool_size=settings.pool_size,
+            verify_tls=settings.verify_tls,
+            auth=self.auth,
+        )
+        self.secrets = self._secret_forms()
+
+    def _secret_forms(self) -> list[str]:
+        """The connection's secrets and the forms a backend might echo them in (a Basic header's base64)."""
+        secrets = _secrets_of(self.settings)
+        if self.settings.username and self.credentials.password:
+            pair = f"{self.settings.username}:{self.credentials.password}".encode()
+            secrets.append(base64.b64encode(pair).decode("ascii"))
+        # Longest first, so a secret that contains another is masked whole.
+        return sorted(set(secrets), key=len, reverse=True)
+
+    def check(self, update: OrderUpdate) -> PlannedUpdate:
+        """Refuse (ValidationFailed, with field paths) what the backend cannot carry; plan the rest."""
+        return PlannedUpdate(update, self.backend.check_update(update))
+
+    def dry_run(self, planned: Sequence[PlannedUpdate]) -> list[OutboundRequest]:
+        """The requests the planned updates would travel in, with every credential masked."""
+        credentials = self.credentials.masked()
+        return [self.backend.dry_run_view(operation.render(updates, credentials))
+                for operation, updates in self.calls(planned)]
+
+    def send(self, planned: Sequence[PlannedUpdate]) -> list[UpdateOutcome | BackendError]:
+        """Send planned updates call by call, in order; a failed call fails exactly its own updates."""
+        results: list[UpdateOutcome | BackendError] = []
+        for operation, updates in self.calls(planned):
+            try:
+                outcomes = self._call(operation, updates)
+            except BackendError as error:
+                outcomes = [error] * len(updates)
+            results.extend(self._scrubbed(outcome) if isinstance(outcome, BackendError) else outcome
+                           for outcome in outcomes)
+        return results
+
+    def calls(self, planned: Sequence[PlannedUpdate]) -> Iterator[tuple[Operation, list[OrderUpdate]]]:
+        """The calls planned updates travel in: runs of one operation, cut at its call size."""
+        start = 0
+        while start < len(planned):
+            operation = planned[start].operation
+            end = start + 1
+            while end < len(planned) and end - start < operation.call_size and planned[end].operation is operation:
+                end += 1
+            yield operation, [item.update for item in planned[start:end]]
+            start = end
+
+    def _call(self, operation: Operation, updates: list[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+        reply = self.transport.send(operation.render(updates, self.credentials))
+        try:
+            outcomes = operation.parse(read_reply(reply, operation.reply_format, self.name), updates)
+        except BackendUnavailable as error:
+            error.retry_after = error.retry_after or reply.headers.get("Retry-After")
+            raise
+        if len(outcomes) != len(updates):
+            raise BackendFailure(f"{operation.name} gave {len(outcomes)} outcomes for {len(updates)} orders.",
+                               connection=self.name)
+        return outcomes
+
+    def _scrubbed(self, error: BackendError) -> BackendError:
+        """The error with the connection's secrets removed, in case a backend echoed them."""
+        error.connection = self.name
+        for secret in self.secrets:
+            error.detail = error.detail.replace(secret, MASK)
+            if error.message:
+                error.message = error.message.replace(secret, MASK)
+            if error.code:
+                error.code = error.code.replace(secret, MASK)
+        return error
+
+    def close(self) -> None:
+        """Release the connection's pooled HTTP connections."""
+        self.transport.close()
 
 
 class Connections:
-    """Looks up the Backend that serves a request's connection."""
+    """The running gateway's connections by name, and the default one."""
 
-    def __init__(self, settings: GatewaySettings, backends: Mapping[str, type[Backend]]) -> None:
+    def __init__(self, settings: GatewaySettings, backends: Mapping[str, type[Backend]],
+                 transports: Mapping[str, Transport] | None = None) -> None:
+        transports = transports or {}
         self.default = settings.default_connection
-        self.by_name: dict[str, Backend] = {
-            name: backends[connection.backend](connection) for name, connection in settings.connections.items()
+        self.by_name: dict[str, Connection] = {
+            name: Connection(connection, backends[connection.backend], transports.get(name))
+            for name, connection in settings.connections.items()
         }
         if self.default is None and len(self.by_name) == 1:
             self.default = next(iter(self.by_name))
 
-    def resolve(self, name: str | None) -> Backend:
-        """The backend for `name`, or for the default connection when name is None."""
+    def resolve(self, name: str | None) -> Connection:
+        """The connection called `name`, or the default connection when name is None."""
         if name is None:
             if self.default is None:
                 raise ValidationFailed({"connection": [
                     f"Required: no default connection is configured; one of: {', '.join(self.by_name)}."
                 ]})
             name = self.default
-        backend = self.by_name.get(name)
-        if backend is None:
+        connection = self.by_name.get(name)
+        if connection is None:
             raise ValidationFailed({"connection": [
                 f"Unknown connection {name!r}; one of: {', '.join(self.by_name)}."
             ]})
-        return backend
+        return connection
 
     def close(self) -> None:
         """Close every connection's HTTP pool."""
-        for backend in self.by_name.values():
-            backend.close()
+        for connection in self.by_name.values():
+            connection.close()

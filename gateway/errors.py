@@ -4,10 +4,15 @@
     ├── ConfigError                   ---  the configuration file is broken (stops start-up)
     ├── RequestProblem                4xx  the client's request cannot be served as sent
     │   ├── MalformedRequest          400  the body is not valid JSON, or not a JSON object
+    │   ├── Unauthorized              401  missing or wrong credentials (a webhook's vendor authentication)
+    │   ├── NotFound                  404  the gateway itself has no such resource
+    │   │   ├── WebhookNotFound       404  no connection of that backend receives webhooks under that name
+    │   │   └── EventNotFound         404  no stored event has that id
     │   ├── UnsupportedMediaType      415  the body is not application/json
     │   ├── PayloadTooLarge           413  the body is larger than the configured limit
     │   └── ValidationFailed          422  invalid for the canonical schema or for the backend
     ├── TranslationError              500  the gateway rendered a document its own XSD refuses (a gateway bug)
+    ├── StoreUnavailable              503  the event store could not take the event; the sender retries
     └── BackendError                  5xx  the backend did not do what was asked
         ├── OrderNotFound             404  the backend does not know the order
         ├── OrderStateConflict        409  the backend refused because of the order's state
@@ -16,8 +21,9 @@
         ├── BackendUnavailable        503  the backend could not be reached
         └── BackendTimeout            504  the backend did not answer in time
 
-Every class carries its HTTP status, a problem `type` slug and a `title`, so the REST layer turns any of them
-into one application/problem+json shape without knowing which backend raised it.
+Every class carries its HTTP status, a problem `type` slug, a `title` and the HTTP headers its reply needs
+(`Retry-After`, `WWW-Authenticate`), so the REST layer turns any of them into one application/problem+json
+shape without knowing which backend or endpoint raised it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ class GatewayError(Exception):
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
+
+    def reply_headers(self) -> dict[str, str]:
+        """HTTP headers the problem reply carries besides its media type."""
+        return {}
 
 
 class ConfigError(GatewayError):
@@ -63,6 +73,44 @@ class MalformedRequest(RequestProblem):
     status = 400
     slug = "malformed-request"
     title = "Malformed request body"
+
+
+class Unauthorized(RequestProblem):
+    """The request lacks valid credentials; `challenge` is the WWW-Authenticate value to answer with."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, *, challenge: str | None = None) -> None:
+        super().__init__(detail)
+        self.challenge = challenge
+
+    def reply_headers(self) -> dict[str, str]:
+        """The authentication challenge, when there is one."""
+        return {"WWW-Authenticate": self.challenge} if self.challenge else {}
+
+
+class NotFound(RequestProblem):
+    """The gateway has no such resource."""
+
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class WebhookNotFound(NotFound):
+    """No connection with that name receives webhooks from that backend."""
+
+    slug = "webhook-not-found"
+    title = "No such webhook receiver"
+
+
+class EventNotFound(NotFound):
+    """No stored event has that id."""
+
+    slug = "event-not-found"
+    title = "Event not found"
 
 
 class UnsupportedMediaType(RequestProblem):
@@ -105,6 +153,14 @@ class TranslationError(GatewayError):
     title = "The gateway could not translate the request"
 
 
+class StoreUnavailable(GatewayError):
+    """The event could not be stored; the sender should send it again later."""
+
+    status = 503
+    slug = "event-store-unavailable"
+    title = "Event store unavailable"
+
+
 class BackendError(GatewayError):
     """The backend did not do what was asked; carries the connection and the backend's own code and text."""
 
@@ -120,6 +176,10 @@ class BackendError(GatewayError):
         self.message = message
         #: seconds (or an HTTP date) the client should wait before retrying, when the backend said so
         self.retry_after: str | None = None
+
+    def reply_headers(self) -> dict[str, str]:
+        """Retry-After, when the backend said how long to wait."""
+        return {"Retry-After": self.retry_after} if self.retry_after else {}
 
     def backend_details(self) -> dict:
         """The `backend` member of the problem document."""

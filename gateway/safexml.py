@@ -13,6 +13,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from gateway.errors import TranslationError
+
 XSD_DIR = Path(__file__).resolve().parent.parent / "xsd"
 
 
@@ -72,3 +74,11 @@ def load_xsd(relative_path: str) -> etree.XMLSchema:
     """Compile an XSD from xsd/ once per process (imports resolve to local files only)."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     return etree.XMLSchema(etree.parse(str(XSD_DIR / relative_path), parser))
+
+
+def check_rendered_document(document: etree._Element, relative_path: str, what: str) -> None:
+    """Raise TranslationError unless the gateway's own rendering passes its XSD (a gateway bug, never sent)."""
+    schema = load_xsd(relative_path)
+    if not schema.validate(document):
+        error = schema.error_log.last_error
+        raise TranslationError(f"The rendered {what} failed xsd/{relative_path} (line {error.line}): {error.message}")

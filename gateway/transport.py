@@ -1,7 +1,10 @@
-"""HTTP transport to backends: one pooled requests.Session per connection, every call with a timeout.
+"""Transports to backends: the `Transport` contract, and HttpTransport, one pooled requests.Session per
+connection with every call under a timeout.
 
-`map_transport_errors` is the one place where requests and urllib3 exceptions become gateway errors;
-tests/test_transport.py proves each of them is mapped.
+A transport's whole contract is `send(OutboundRequest) -> BackendReply` (and `close()`), so a connection can be
+given any transport, as tests and benchmarks do. `map_transport_errors` is the one place where requests and
+urllib3 exceptions become gateway errors; tests/test_transport.py proves each of them is mapped. What a reply
+means (status, media type, SOAP fault) is read next door, in replies.py.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import requests
 import urllib3.exceptions
@@ -39,6 +43,16 @@ class BackendReply:
     def content_type(self) -> str:
         """The reply's media type, lower-cased, without parameters."""
         return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+class Transport(Protocol):
+    """What a connection needs of a transport."""
+
+    def send(self, request: OutboundRequest) -> BackendReply:
+        """Send one request and return the whole reply; raise a BackendError when there is none."""
+
+    def close(self) -> None:
+        """Release what the transport holds open."""
 
 
 # (exception class, gateway error class, what to say) — most specific first.

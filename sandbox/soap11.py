@@ -1,8 +1,16 @@
-"""SOAP 1.1 as an ASMX web service speaks it: request checks, response envelopes and faults."""
+"""SOAP 1.1 as an ASMX web service speaks it: request checks, response envelopes and faults.
+
+The HTTP Content-Type's charset governs how a request is decoded, and only UTF-8 is accepted. An `encoding` in the
+XML declaration that says otherwise is ignored: ASMX decodes the body with the HTTP charset and hands its XML
+reader text, so the declaration's encoding plays no part. Ongoing's own example requests declare
+`encoding="utf-16"` over UTF-8 text, and Ongoing serves them. A body that is not valid UTF-8 is a Client fault.
+"""
+
+from collections.abc import Collection
 
 from lxml import etree
 
-from sandbox.untrusted_xml import UntrustedXmlError, parse_untrusted_xml
+from sandbox.untrusted_xml import UntrustedXmlError, parse_untrusted_utf8_xml
 
 SOAP11_ENVELOPE_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
@@ -38,19 +46,31 @@ def check_soap11_content_type(mimetype: str, charset: str | None) -> None:
         )
 
 
-def check_soap_action(header_value: str | None, expected_action: str) -> None:
-    """Refuse a request whose SOAPAction header, quoted or not, is not `expected_action`."""
+def read_soap_action(header_value: str | None, known_actions: Collection[str]) -> str:
+    """The SOAPAction header without its quotes; a fault unless it is one of `known_actions`."""
     action = (header_value or "").strip()
     if len(action) >= 2 and action.startswith('"') and action.endswith('"'):
         action = action[1:-1]
-    if action != expected_action:
+    if action not in known_actions:
         raise SoapFault("Client", f"Server did not recognize the value of HTTP Header SOAPAction: {action}.")
+    return action
+
+
+def check_operation_element(operation: etree._Element, expected_tag: str, soap_action: str) -> None:
+    """Refuse a Body whose operation element is not the one the SOAPAction names."""
+    if operation.tag != expected_tag:
+        raise SoapFault(
+            "Client",
+            f"Server was unable to read request. The body element {etree.QName(operation).localname} "
+            f"in namespace '{etree.QName(operation).namespace or ''}' does not match the SOAPAction "
+            f"{soap_action}.",
+        )
 
 
 def read_soap11_operation(data: bytes) -> etree._Element:
-    """Parse a SOAP 1.1 request and return the single operation element inside its Body."""
+    """Parse a SOAP 1.1 request as UTF-8 and return the single operation element inside its Body."""
     try:
-        envelope = parse_untrusted_xml(data)
+        envelope = parse_untrusted_utf8_xml(data)
     except UntrustedXmlError as error:
         raise SoapFault("Client", f"Server was unable to read request. {error}") from error
     if envelope.tag != _ENVELOPE:

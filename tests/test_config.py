@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from gateway import create_app
 from gateway.backends import BACKENDS
-from gateway.config import DEFAULT_CONFIG_PATH, Secret, read_config_file
+from gateway.config import Secret, read_config_file
 from gateway.errors import ConfigError
 
 GOOD = """
@@ -46,12 +50,9 @@ def test_a_good_file_loads_with_secrets_from_the_environment(tmp_path, monkeypat
     assert connection.read_timeout == 12.5 and connection.connect_timeout == 3.05
     assert connection.options["goods_owner_code"] == "ACME"
     backend = BACKENDS["ongoing"](connection)
-    try:
-        assert backend.status_map["packed"] == 425
-        assert backend.status_map["released"] == 310  # a warehouse's own numbering overrides the default
-        assert backend.status_map["picked"] == 400
-    finally:
-        backend.close()
+    assert backend.status_map["packed"] == 425
+    assert backend.status_map["released"] == 310  # a warehouse's own numbering overrides the default
+    assert backend.status_map["picked"] == 400
 
 
 @pytest.mark.parametrize(
@@ -97,6 +98,10 @@ def test_a_broken_file_names_file_key_and_problem(tmp_path, monkeypatch, text, k
     assert "s3cret" not in message
 
 
+ROOT = Path(__file__).resolve().parent.parent
+SANDBOX_CONFIG = ROOT / "config" / "sandbox.toml"
+
+
 def test_unreadable_and_invalid_toml(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         read_config_file(tmp_path / "missing.toml", BACKENDS)
@@ -118,10 +123,50 @@ def test_create_app_reads_gateway_config(tmp_path, monkeypatch):
         app.extensions["order_events"].close()
 
 
+def test_without_gateway_config_the_gateway_refuses_to_start(monkeypatch):
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match=r"^GATEWAY_CONFIG: is not set"):
+        create_app()
+    monkeypatch.setenv("GATEWAY_CONFIG", "")
+    with pytest.raises(ConfigError, match=r"^GATEWAY_CONFIG: is not set"):
+        create_app()
+
+
 def test_the_shipped_sandbox_configuration_loads_without_any_environment(monkeypatch):
     for name in ("ONGOING_URL", "ONGOING_USERNAME", "ONGOING_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
-    settings = read_config_file(DEFAULT_CONFIG_PATH, BACKENDS)
+    settings = read_config_file(SANDBOX_CONFIG, BACKENDS)
     connection = settings.connections[settings.default_connection]
     assert connection.url == "http://127.0.0.1:8001/ongoing/Service.asmx"
     assert connection.options["goods_owner_code"] == "DEMO"
+
+
+@pytest.mark.parametrize("command", [["-c", "import wsgi"], ["-m", "gateway.events.worker"]],
+                         ids=["gateway", "worker"])
+def test_without_gateway_config_the_processes_exit_78_with_one_line(command):
+    env = {name: value for name, value in os.environ.items() if name != "GATEWAY_CONFIG"}
+    finished = subprocess.run([sys.executable, *command], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert finished.returncode == 78, finished.stderr
+    assert "configuration error: GATEWAY_CONFIG: is not set" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+def test_the_worker_builds_the_event_service_without_the_web_app(tmp_path, monkeypatch):
+    """The worker needs the store and the queue, not the connections (no HTTP pools, no XSDs, no Flask)."""
+    import huey.consumer
+
+    from gateway.connections import Connections
+    from gateway.events import worker
+
+    def no_connections(*args, **kwargs):
+        raise AssertionError("the worker built the gateway's connections")
+
+    ran = []
+    monkeypatch.setattr(Connections, "__init__", no_connections)
+    monkeypatch.setattr(worker, "create_app", no_connections, raising=False)
+    monkeypatch.setattr(huey.consumer.Consumer, "run", lambda consumer: ran.append(consumer.workers))
+    monkeypatch.setenv("TEST_ONGOING_PASSWORD", "s3cret")
+    monkeypatch.setenv("GATEWAY_CONFIG", str(write(tmp_path, GOOD)))
+    worker.main()
+    assert ran == [4]  # the consumer ran with [events] worker_threads (default 4)

@@ -127,9 +127,9 @@ def test_dry_run_shows_the_document_and_sends_nothing(client, sandbox_view):
 
 
 def test_dry_run_still_validates(client):
-    reply = client.patch("/orders/SO-1001?dry_run=1", json={"status": "canceled"})
+    reply = client.patch("/orders/SO-1001?dry_run=1", json={"status": "canceled", "waybill": "WB-1"})
     assert reply.status_code == 422
-    assert "ProcessOrder" in reply.get_json()["errors"]["status"][0]
+    assert "ProcessOrder" in reply.get_json()["errors"]["waybill"][0]
 
 
 def test_request_id_is_echoed_or_made(client):

@@ -7,32 +7,35 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from gateway.backends import BACKENDS
 from gateway.canonical import load_order_update
-from gateway.config import load_settings
-from gateway.errors import TranslationError, ValidationFailed
+from gateway.errors import (
+    BackendFailure,
+    BackendRejected,
+    ConfigError,
+    OrderNotFound,
+    OrderStateConflict,
+    TranslationError,
+    ValidationFailed,
+)
 from gateway.safexml import load_xsd
-from tests.conftest import gateway_config, ongoing_connection
+from gateway.transport import BackendReply
+from tests.calls import make_connection, parse_reply, render
+from tests.conftest import ongoing_connection
 from tests.xmltrees import assert_nodes_equal, parse
 
 GOLDEN = Path(__file__).parent / "fixtures" / "ongoing"
 
 
 @pytest.fixture
-def backend():
-    settings = load_settings(
-        gateway_config(demo=ongoing_connection("http://127.0.0.1:9/Service.asmx", status_map={"packed": 425})),
-        "<test>", BACKENDS,
-    )
-    backend = BACKENDS["ongoing"](settings.connections["demo"])
-    yield backend
-    backend.close()
+def connection():
+    connection = make_connection("demo", ongoing_connection("http://127.0.0.1:9/Service.asmx",
+                                                            status_map={"packed": 425}))
+    yield connection
+    connection.close()
 
 
-def render(backend, order_id: str, document: dict, password: str = "demo-password") -> bytes:
-    update = load_order_update(order_id, document)
-    backend.check_update(update)
-    return backend.render_request([update], password=password).body
+def render_body(connection, order_id: str, document: dict) -> bytes:
+    return render(connection, [load_order_update(order_id, document)]).body
 
 
 @pytest.mark.parametrize(
@@ -72,14 +75,14 @@ def render(backend, order_id: str, document: dict, password: str = "demo-passwor
         }),
     ],
 )
-def test_rendered_update_order_matches_golden_document(backend, golden, order_id, document):
-    rendered = render(backend, order_id, document)
+def test_rendered_update_order_matches_golden_document(connection, golden, order_id, document):
+    rendered = render_body(connection, order_id, document)
     assert_nodes_equal(parse((GOLDEN / f"{golden}.xml").read_bytes()), parse(rendered))
 
 
-def test_the_request_carries_ongoing_soap_headers(backend):
+def test_the_request_carries_ongoing_soap_headers(connection):
     update = load_order_update("SO-1001", {"status": "released"})
-    request = backend.render_request([update], password="demo-password")
+    request = render(connection, [update])
     assert request.method == "POST"
     assert request.url == "http://127.0.0.1:9/Service.asmx"
     assert request.headers["SOAPAction"] == '"http://ongoingsystems.se/WSI/UpdateOrder"'
@@ -87,8 +90,8 @@ def test_the_request_carries_ongoing_soap_headers(backend):
     assert request.body.startswith(b"<?xml version='1.0' encoding='utf-8'?>")
 
 
-def test_escaping_is_done_by_lxml_not_by_hand(backend):
-    body = render(backend, "SO-<1001>&", {"warehouse_instruction": "]]><evil/>"})
+def test_escaping_is_done_by_lxml_not_by_hand(connection):
+    body = render_body(connection, "SO-<1001>&", {"warehouse_instruction": "]]><evil/>"})
     tree = parse(body)
     ns = {"o": "http://ongoingsystems.se/WSI"}
     assert tree.findtext(".//o:WarehouseInstruction", namespaces=ns) == "]]><evil/>"
@@ -121,25 +124,25 @@ def test_xsd_accepts_ongoing_example_request_shape():
         (lambda body: body.replace(b'xmlns="http://ongoingsystems.se/WSI"', b'xmlns="urn:other"'), "UpdateOrder"),
     ],
 )
-def test_xsd_rejects_broken_documents(backend, mutation, complaint):
+def test_xsd_rejects_broken_documents(connection, mutation, complaint):
     schema = load_xsd("ongoing/update_order.xsd")
-    good = render(backend, "SO-1001", {"status": "released"})
+    good = render_body(connection, "SO-1001", {"status": "released"})
     assert schema.validate(parse(good))
     assert not schema.validate(parse(mutation(good)))
     assert complaint in str(schema.error_log)
 
 
-def test_a_document_the_xsd_refuses_is_a_translation_error_and_never_sent(backend):
+def test_a_document_the_xsd_refuses_is_a_translation_error_and_never_sent(connection):
     # A status map entry outside xs:int slips past the settings check only if someone bypasses it:
-    backend.status_map["huge"] = 2**40
+    connection.backend.status_map["huge"] = 2**40
     update = load_order_update("SO-1001", {"status": "huge"})
     with pytest.raises(TranslationError, match=r"xsd/ongoing/update_order\.xsd"):
-        backend.prepare_update(update)
+        render(connection, [update])
 
 
-def test_dry_run_rendering_masks_the_password(backend):
+def test_dry_run_rendering_masks_the_password(connection):
     update = load_order_update("SO-1001", {"status": "released"})
-    request = backend.prepare_update(update, mask_credentials=True)
+    request = render(connection, [update], masked=True)
     assert b"demo-password" not in request.body
     assert b"<Password>********</Password>" in request.body
 
@@ -147,8 +150,10 @@ def test_dry_run_rendering_masks_the_password(backend):
 @pytest.mark.parametrize(
     ("order_id", "document", "path", "fragment"),
     [
-        ("SO-1001", {"status": "canceled"}, "status", "must not cancel"),
-        ("SO-1001", {"status_code": 1000}, "status_code", "must not cancel"),
+        ("SO-1001", {"status": "canceled", "waybill": "WB"}, "waybill", "Cannot be combined with status 'canceled'"),
+        ("SO-1001", {"status_code": 1000, "picking_priority": 1}, "picking_priority", "ProcessOrder"),
+        ("abc", {"id_type": "system_id", "status": "canceled"}, "id", "integer SystemId"),
+        ("S" * 51, {"status": "canceled"}, "id", "at most 50 characters"),
         ("SO-1001", {"status": "teleported"}, "status", "Unknown status 'teleported'"),
         ("SO-1001", {"id_type": "reference", "status": "open"}, "id_type", "one of: order_number, order_id"),
         ("abc", {"id_type": "system_id", "status": "open"}, "id", "integer SystemId"),
@@ -156,7 +161,125 @@ def test_dry_run_rendering_masks_the_password(backend):
         ("S" * 51, {"status": "open"}, "id", "at most 50 characters"),
     ],
 )
-def test_backend_rules_refuse_before_rendering(backend, order_id, document, path, fragment):
+def test_backend_rules_refuse_before_rendering(connection, order_id, document, path, fragment):
     with pytest.raises(ValidationFailed) as caught:
-        backend.check_update(load_order_update(order_id, document))
+        connection.check(load_order_update(order_id, document))
     assert any(fragment in message for message in caught.value.errors[path]), caught.value.errors
+
+
+# --- ProcessOrder: how Ongoing cancels ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("golden", "order_id", "document"),
+    [
+        ("process_order_order_number", "SO-1002", {"status": "canceled"}),
+        ("process_order_order_id", "EXT-1002", {"id_type": "order_id", "status": "canceled"}),
+        ("process_order_system_id", "1002", {"id_type": "system_id", "status": "canceled"}),
+        # the warehouse's own code for canceled means the same
+        ("process_order_order_number", "SO-1002", {"status_code": 1000}),
+    ],
+)
+def test_a_cancel_renders_process_order_remove(connection, golden, order_id, document):
+    update = load_order_update(order_id, document)
+    assert connection.check(update).operation.name == "ProcessOrder"
+    request = render(connection, [update])
+    assert request.headers["SOAPAction"] == '"http://ongoingsystems.se/WSI/ProcessOrder"'
+    assert request.headers["Content-Type"] == "text/xml; charset=utf-8"
+    rendered = parse(request.body)
+    assert_nodes_equal(parse((GOLDEN / f"{golden}.xml").read_bytes()), rendered)
+    assert load_xsd("ongoing/process_order.xsd").validate(rendered)
+
+
+def test_every_other_status_still_travels_as_update_order(connection):
+    for status in ("open", "released", "allocated", "picked", "sent", "collected", "returned", "packed"):
+        planned = connection.check(load_order_update("SO-1001", {"status": status}))
+        assert planned.operation.name == "UpdateOrder", status
+
+
+def test_the_cancel_delivery_date_is_a_setting():
+    connection = make_connection("demo", ongoing_connection("http://127.0.0.1:9/Service.asmx",
+                                                            cancel_delivery_date="2026-12-01T00:00:00Z"))
+    try:
+        body = render(connection, [load_order_update("SO-1002", {"status": "canceled"})]).body
+    finally:
+        connection.close()
+    assert parse(body).findtext(".//{http://ongoingsystems.se/WSI}DeliveryDate") == "2026-12-01T00:00:00Z"
+
+
+def test_a_cancel_delivery_date_that_is_no_xs_datetime_stops_start_up():
+    with pytest.raises(ConfigError, match=r"connections\.demo\.cancel_delivery_date: Not an xs:dateTime"):
+        make_connection("demo", ongoing_connection("http://127.0.0.1:9/Service.asmx", cancel_delivery_date="soon"))
+
+
+def test_the_process_order_xsd_accepts_ongoing_example_shape_only_once_it_follows_the_wsdl():
+    example = Path(__file__).resolve().parents[2] / "shared/reference/ongoing/example-soap-request.ProcessOrder.xml"
+    text = example.read_text(encoding="utf-8")
+    for placeholder, value in (("{{GoodsOwnerCode}}", "DEMO"), ("{{Username}}", "demo"), ("{{Password}}", "pw")):
+        text = text.replace(placeholder, value)
+    document = parse(text.replace('encoding="utf-16"', 'encoding="utf-8"').encode())
+    schema = load_xsd("ongoing/process_order.xsd")
+    # Ongoing's own example is out of the WSDL's sequence (GoodsOwnerOrderNumber before OrderOperation) and
+    # leaves out required elements (DeliveryDate, Customer/CustomerId, ...): the gateway's XSD refuses it.
+    assert not schema.validate(document)
+    assert "OrderOperation" in str(schema.error_log) or "GoodsOwnerOrderNumber" in str(schema.error_log)
+
+
+@pytest.mark.parametrize(
+    ("mutation", "complaint"),
+    [
+        (lambda body: body.replace(b"<OrderOperation>Remove</OrderOperation>",
+                                   b"<OrderOperation>Delete</OrderOperation>"), "OrderOperation"),
+        (lambda body: body.replace(b"<DeliveryDate>0001-01-01T00:00:00</DeliveryDate>", b""),
+         "OrderInfo': Missing child"),
+        (lambda body: body.replace(b"<UserName>demo</UserName>", b""), "UserName"),
+        (lambda body: body.replace(b"SystemId</OrderIdentification>", b"Number</OrderIdentification>"),
+         "OrderIdentification"),
+    ],
+)
+def test_the_process_order_xsd_rejects_broken_documents(connection, mutation, complaint):
+    schema = load_xsd("ongoing/process_order.xsd")
+    good = render(connection, [load_order_update("1002", {"id_type": "system_id", "status": "canceled"})]).body
+    assert schema.validate(parse(good))
+    assert not schema.validate(parse(mutation(good)))
+    assert complaint in str(schema.error_log)
+
+
+def process_order_reply(result: str) -> BackendReply:
+    return BackendReply(200, {"Content-Type": "text/xml; charset=utf-8"}, (
+        '<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"'
+        ' xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soap:Body>'
+        f'<ProcessOrderResponse xmlns="http://ongoingsystems.se/WSI"><ProcessOrderResult>{result}'
+        '</ProcessOrderResult></ProcessOrderResponse></soap:Body></soap:Envelope>').encode())
+
+
+CANCEL = [load_order_update("SO-1002", {"status": "canceled"})]
+
+
+def test_a_process_order_result_is_normalized_like_update_order(connection):
+    (outcome,) = parse_reply(connection, process_order_reply(
+        "<GoodsOwnerOrderNumber>SO-1002</GoodsOwnerOrderNumber><OrderId>1002</OrderId><InOrderId>0</InOrderId>"
+        '<ArticleDefId xsi:nil="true"/><Success>true</Success>'), CANCEL)
+    assert (outcome.backend_order_id, outcome.message) == ("1002", "Order canceled.")
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("The order cannot be changed by ProcessOrder: the warehouse has begun picking it.", OrderStateConflict),
+        ("No order found with GoodsOwnerOrderNumber 'SO-1002'.", OrderNotFound),
+        ("Something else went wrong.", BackendRejected),
+    ],
+)
+def test_a_process_order_refusal_is_read_from_error_message(connection, message, error):
+    (outcome,) = parse_reply(connection, process_order_reply(
+        f"<ErrorMessage>{message}</ErrorMessage><OrderId>0</OrderId><InOrderId>0</InOrderId>"
+        '<ArticleDefId xsi:nil="true"/><Success>false</Success>'), CANCEL)
+    assert type(outcome) is error
+    assert outcome.message == message and outcome.code == "Success=false"
+
+
+def test_a_reply_of_the_other_operation_is_a_502(connection):
+    reply = process_order_reply("<Success>true</Success>")
+    reply = BackendReply(200, reply.headers, reply.body.replace(b"ProcessOrder", b"UpdateOrder"))
+    with pytest.raises(BackendFailure, match="has no ProcessOrderResponse"):
+        parse_reply(connection, reply, CANCEL)

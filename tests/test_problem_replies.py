@@ -109,11 +109,11 @@ def test_unknown_routes_and_methods_are_problems_too(client):
 
 
 def test_an_unexpected_exception_is_a_bare_500(client, app, monkeypatch):
-    def explode(update):
+    def explode(planned):
         raise RuntimeError("secret internals: demo-password")
 
-    backend = app.extensions["order_gateway"].resolve(None)
-    monkeypatch.setattr(backend, "update_order", explode)
+    connection = app.extensions["order_gateway"].resolve(None)
+    monkeypatch.setattr(connection, "send", explode)
     problem = assert_problem(client.patch("/orders/SO-1001", json={"status": "open"}), 500, "internal-error")
     assert "secret internals" not in problem["detail"]
 
@@ -123,7 +123,7 @@ def test_a_rendering_that_fails_the_xsd_is_a_500_and_nothing_is_sent(make_gatewa
     with serve_wsgi(fake) as url:
         app = make_gateway(gateway_config(o=ongoing_connection(url)))
         # The settings check refuses such a code at start-up; bypass it to provoke the XSD gate.
-        app.extensions["order_gateway"].resolve("o").status_map["overflow"] = 2**40
+        app.extensions["order_gateway"].resolve("o").backend.status_map["overflow"] = 2**40
         reply = app.test_client().patch("/orders/SO-1", json={"status": "overflow"})
     assert_problem(reply, 500, "translation-error")
     assert fake.requests == []
@@ -145,11 +145,11 @@ def test_a_rendering_that_fails_the_xsd_is_a_500_and_nothing_is_sent(make_gatewa
         (ScriptedBackend(b"<soap:Envelope", status=200), 502, "backend-failure", "not well-formed"),
         (ScriptedBackend(BILLION_LAUGHS), 502, "backend-failure", "DOCTYPE"),
         (ScriptedBackend(EXTERNAL_ENTITY), 502, "backend-failure", "DOCTYPE"),
-        (ScriptedBackend(WRONG_PAYLOAD), 502, "backend-failure", "not an UpdateOrderResponse"),
+        (ScriptedBackend(WRONG_PAYLOAD), 502, "backend-failure", "has no UpdateOrderResponse"),
         (ScriptedBackend(b"Unauthorized", status=401, content_type="text/plain"), 502, "backend-failure",
          "refused the gateway's credentials"),
         (ScriptedBackend(b"x" * 5000, status=200), 502, "backend-failure", "larger than 2048 bytes"),
-        (ScriptedBackend(b"", status=503, content_type=""), 502, "backend-failure", "empty reply (HTTP 503"),
+        (ScriptedBackend(b"", status=503, content_type=""), 503, "backend-unavailable", "overloaded (HTTP 503)"),
     ],
     ids=["fault", "soap12-fault", "html", "html-as-xml", "empty", "truncated", "billion-laughs",
          "external-entity", "wrong-payload", "http-401", "oversized", "empty-503"],

@@ -12,10 +12,8 @@ import pytest
 import requests
 from marshmallow import ValidationError
 
-from gateway.backends import BACKENDS
 from gateway.backends.sellercenter.signing import SellerCenterSignature, encode_rfc3986, signature_of, string_to_sign
 from gateway.canonical import load_order_update
-from gateway.config import load_settings
 from gateway.errors import (
     BackendError,
     BackendFailure,
@@ -27,6 +25,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.transport import BackendReply
+from tests.calls import RecordingTransport, make_connection, parse_reply, render
 from tests.conftest import sellercenter_connection
 
 GOLDEN = Path(__file__).parent / "fixtures" / "sellercenter"
@@ -62,17 +61,11 @@ def test_the_auth_signs_the_prepared_request_with_a_fresh_timestamp():
     assert query["Signature"] == "3ceb8ed91049dfc718b0d2d176fb2ed0e5fd74f76c5971f34cdab48412476041"
 
 
-def make_backend(**overrides):
-    settings = load_settings({"connections": {"sc": sellercenter_connection("http://127.0.0.1:9/oms-api/",
-                                                                             **overrides)}}, "<test>", BACKENDS)
-    return BACKENDS["sellercenter"](settings.connections["sc"])
-
-
 @pytest.fixture
-def backend():
-    backend = make_backend()
-    yield backend
-    backend.close()
+def connection():
+    connection = make_connection("sc", sellercenter_connection("http://127.0.0.1:9/oms-api/"))
+    yield connection
+    connection.close()
 
 
 @pytest.mark.parametrize(
@@ -90,20 +83,18 @@ def backend():
                           ("300003", {"shipping_address": {"phone": "+49 40 123"}})]),
     ],
 )
-def test_rendered_body_matches_golden(backend, golden, items):
+def test_rendered_body_matches_golden(connection, golden, items):
     updates = [load_order_update(order_id, document) for order_id, document in items]
-    for update in updates:
-        backend.check_update(update)
-    request = backend.render_request(updates, password="")
+    request = render(connection, updates)
     assert json.loads(request.body) == json.loads((GOLDEN / f"{golden}.json").read_text())
     assert request.headers == {"Accept": "application/json", "Content-Type": "application/json"}
     assert dict(parse_qsl(urlsplit(request.url).query)) == {
         "Action": "UpdateOrderInformation", "ServiceName": "OMS", "Version": "1.0"}
 
 
-def test_dry_run_view_masks_the_signature_and_keeps_the_key_out(backend):
-    request = backend.prepare_update(load_order_update("300001", {"billing_address": {"city": "B"}}))
-    view = backend.dry_run_view(request)
+def test_dry_run_view_masks_the_signature_and_keeps_the_key_out(connection):
+    request = render(connection, [load_order_update("300001", {"billing_address": {"city": "B"}})])
+    view = connection.backend.dry_run_view(request)
     query = dict(parse_qsl(urlsplit(view.url).query))
     assert query["Signature"] == "********"
     assert query["Timestamp"].endswith("+00:00")
@@ -120,9 +111,9 @@ def test_dry_run_view_masks_the_signature_and_keeps_the_key_out(backend):
         ("300001", {"billing_address": {"city": "B"}, "id_type": "order_number"}, "id_type", "one of: id_sales_order"),
     ],
 )
-def test_the_backend_refuses_what_it_cannot_carry(backend, order_id, document, path, fragment):
+def test_the_backend_refuses_what_it_cannot_carry(connection, order_id, document, path, fragment):
     with pytest.raises(ValidationFailed) as caught:
-        backend.prepare_update(load_order_update(order_id, document))
+        connection.check(load_order_update(order_id, document))
     assert any(fragment in message for message in caught.value.errors[path]), caught.value.errors
 
 
@@ -132,11 +123,11 @@ def test_an_empty_address_is_refused_by_the_schema():
     assert "Give at least one of" in caught.value.messages["billing_address"]["_schema"][0]
 
 
-def test_a_body_that_fails_the_json_check_is_never_sent(backend):
+def test_a_body_that_fails_the_json_check_is_never_sent(connection):
     update = load_order_update("300001", {"billing_address": {"city": "B"}})
     update = dataclasses.replace(update, changes={"billing_address": {"city": 5}})  # past the canonical schema
     with pytest.raises(TranslationError, match="UpdateOrderInformation is invalid"):
-        backend.render_request([update], password="")
+        connection.backend.operations["UpdateOrderInformation"].render([update], connection.credentials)
 
 
 def json_reply(document, status: int = 200, **headers) -> BackendReply:
@@ -159,19 +150,19 @@ def whole(code: str, message: str) -> dict:
                                        "ErrorCode": code, "ErrorMessage": message}, "Body": ""}}
 
 
-def test_success_updates_every_order(backend):
-    outcomes = backend.parse_reply(json_reply(SUCCESS), UPDATES)
+def test_success_updates_every_order(connection):
+    outcomes = parse_reply(connection, json_reply(SUCCESS), UPDATES)
     assert [outcome.message for outcome in outcomes] == ["Order information updated."] * 4
 
 
-def test_failed_items_are_matched_by_position(backend):
+def test_failed_items_are_matched_by_position(connection):
     reply = json_reply(partial(
         {"ErrorCode": None, "ErrorMessage": "Address information cannot be changed since order with src_id: "
                                             "SRC-9 is not in pending status", "Position": 1},
         {"ErrorCode": None, "ErrorMessage": "Order with id_sales_order 300004 does not exist", "Position": 3},
         {"ErrorCode": 12, "ErrorMessage": "Postcode too long", "Position": 0},
     ))
-    results = backend.parse_reply(reply, UPDATES)
+    results = parse_reply(connection, reply, UPDATES)
     assert type(results[0]) is BackendRejected and results[0].backend_details()["code"] == "12"
     assert type(results[1]) is OrderStateConflict and "SRC-9" in results[1].message
     assert not isinstance(results[2], BackendError)
@@ -179,9 +170,9 @@ def test_failed_items_are_matched_by_position(backend):
 
 
 @pytest.mark.parametrize("position", [4, -1, "1", None, True])
-def test_an_unknown_position_fails_the_call(backend, position):
+def test_an_unknown_position_fails_the_call(connection, position):
     with pytest.raises(BackendFailure, match="unknown Position"):
-        backend.parse_reply(json_reply(partial({"ErrorMessage": "x", "Position": position})), UPDATES)
+        parse_reply(connection, json_reply(partial({"ErrorMessage": "x", "Position": position})), UPDATES)
 
 
 @pytest.mark.parametrize(
@@ -195,20 +186,21 @@ def test_an_unknown_position_fails_the_call(backend, position):
         ("1000", "Internal Application Error", BackendFailure, "(1000)"),
     ],
 )
-def test_whole_call_errors_are_mapped_by_code(backend, code, message, error, fragment):
+def test_whole_call_errors_are_mapped_by_code(connection, code, message, error, fragment):
     with pytest.raises(error) as caught:
-        backend.parse_reply(json_reply(whole(code, message)), UPDATES)
+        parse_reply(connection, json_reply(whole(code, message)), UPDATES)
     assert caught.value.status == 502
     assert fragment in caught.value.detail
     assert caught.value.message == message
 
 
-def test_the_rate_limit_is_a_503_with_retry_after(backend):
-    with pytest.raises(BackendUnavailable) as caught:
-        backend.parse_reply(json_reply(whole("429", "E429: Too many requests"), 429, **{"Retry-After": "60"}),
-                            UPDATES)
-    assert caught.value.status == 503 and caught.value.retry_after == "60"
-    assert caught.value.backend_details()["code"] == "E429"
+def test_the_rate_limit_is_a_503_with_retry_after(connection):
+    connection.transport = RecordingTransport(
+        json_reply(whole("429", "E429: Too many requests"), 429, **{"Retry-After": "60"}))
+    outcomes = connection.send([connection.check(update) for update in UPDATES])
+    assert all(isinstance(outcome, BackendUnavailable) for outcome in outcomes)
+    assert outcomes[0].status == 503 and outcomes[0].retry_after == "60"
+    assert outcomes[0].backend_details()["code"] == "E429"
 
 
 @pytest.mark.parametrize(
@@ -216,14 +208,15 @@ def test_the_rate_limit_is_a_503_with_retry_after(backend):
     [
         (BackendReply(200, {"Content-Type": "text/html"}, b"<html>Maintenance</html>"),
          "not JSON (HTTP 200, text/html)"),
-        (BackendReply(502, {}, b""), "not JSON (HTTP 502"),
+        (BackendReply(502, {}, b""), "empty reply (HTTP 502"),
+        (BackendReply(502, {}, b"<html>Bad gateway</html>"), "not JSON (HTTP 502"),
         (json_reply({"Something": {}}), "neither a SuccessResponse nor an ErrorResponse"),
         (json_reply(["SuccessResponse"]), "neither a SuccessResponse"),
         (json_reply({"ErrorResponse": {"Head": {"ErrorCode": "0"}, "Body": ""}}), "without listing them"),
         (BackendReply(401, {}, b"Unauthorized"), "refused the gateway's credentials"),
     ],
 )
-def test_unusable_replies_are_502(backend, reply, fragment):
+def test_unusable_replies_are_502(connection, reply, fragment):
     with pytest.raises(BackendFailure) as caught:
-        backend.parse_reply(reply, UPDATES)
+        parse_reply(connection, reply, UPDATES)
     assert fragment in caught.value.detail

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from gateway.backends import BACKENDS
 from gateway.canonical import load_order_update
-from gateway.config import load_settings
 from gateway.errors import (
     BackendError,
     BackendFailure,
@@ -22,6 +20,7 @@ from gateway.errors import (
 )
 from gateway.safexml import load_xsd
 from gateway.transport import BackendReply
+from tests.calls import make_connection, parse_reply, render
 from tests.conftest import SPEED4TRADE_NAMESPACE as NAMESPACE
 from tests.conftest import speed4trade_connection
 from tests.xmltrees import assert_nodes_equal, parse
@@ -31,17 +30,15 @@ SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 
 
-def make_backend(**overrides):
-    connection = speed4trade_connection("http://127.0.0.1:9/speed4trade/", **overrides)
-    settings = load_settings({"connections": {"s4t": connection}}, "<test>", BACKENDS)
-    return BACKENDS["speed4trade"](settings.connections["s4t"])
+def s4t_connection(**overrides):
+    return make_connection("s4t", speed4trade_connection("http://127.0.0.1:9/speed4trade/", **overrides))
 
 
 @pytest.fixture
-def backend():
-    backend = make_backend()
-    yield backend
-    backend.close()
+def connection():
+    connection = s4t_connection()
+    yield connection
+    connection.close()
 
 
 def inner_document(body: bytes) -> etree._Element:
@@ -52,9 +49,8 @@ def inner_document(body: bytes) -> etree._Element:
     return parse(parameter.text.encode())
 
 
-def render(backend, order_id: str, document: dict) -> bytes:
-    update = load_order_update(order_id, document)
-    return backend.prepare_update(update).body
+def render_body(connection, order_id: str, document: dict) -> bytes:
+    return render(connection, [load_order_update(order_id, document)]).body
 
 
 @pytest.mark.parametrize(
@@ -80,8 +76,8 @@ def render(backend, order_id: str, document: dict) -> bytes:
         ("canceled", "10001", {"status": "canceled"}),
     ],
 )
-def test_rendered_document_matches_golden(backend, golden, order_id, document):
-    rendered = inner_document(render(backend, order_id, document))
+def test_rendered_document_matches_golden(connection, golden, order_id, document):
+    rendered = inner_document(render_body(connection, order_id, document))
     assert_nodes_equal(parse((GOLDEN / f"{golden}.xml").read_bytes()), rendered)
 
 
@@ -94,11 +90,11 @@ def test_rendered_document_matches_golden(backend, golden, order_id, document):
     ],
 )
 def test_the_document_travels_as_text_in_either_soap_version(version, golden, content_type, soap_action):
-    backend = make_backend(soap_version=version, soap_action="urn:s4t#updateOrderStatus")
+    connection = s4t_connection(soap_version=version, soap_action="urn:s4t#updateOrderStatus")
     try:
-        request = backend.prepare_update(load_order_update("10001", {"status": "fetched"}))
+        request = render(connection, [load_order_update("10001", {"status": "fetched"})])
     finally:
-        backend.close()
+        connection.close()
     assert request.headers["Content-Type"] == content_type
     assert request.headers.get("SOAPAction") == soap_action
     envelope = parse(request.body)
@@ -110,16 +106,16 @@ def test_the_document_travels_as_text_in_either_soap_version(version, golden, co
 
 
 def test_a_soap12_connection_without_action_sends_a_plain_media_type():
-    backend = make_backend(soap_version="1.2")
+    connection = s4t_connection(soap_version="1.2")
     try:
-        request = backend.prepare_update(load_order_update("10001", {"status": "fetched"}))
+        request = render(connection, [load_order_update("10001", {"status": "fetched"})])
     finally:
-        backend.close()
+        connection.close()
     assert request.headers == {"Content-Type": "application/soap+xml; charset=utf-8"}
 
 
-def test_hostile_text_is_escaped_twice_over(backend):
-    body = render(backend, "</transaction_id_1><evil/>", {"status": "fetched", "id_type": "transaction_id_1"})
+def test_hostile_text_is_escaped_twice_over(connection):
+    body = render_body(connection, "</transaction_id_1><evil/>", {"status": "fetched", "id_type": "transaction_id_1"})
     document = inner_document(body)
     assert document.findtext("order/transaction_id_1") == "</transaction_id_1><evil/>"
     assert document.find(".//evil") is None
@@ -148,25 +144,25 @@ def test_hostile_text_is_escaped_twice_over(backend):
         ("10001", {"status": "paid", "id_type": "system_id"}, "id_type", "one of: order_number, order_number_and"),
     ],
 )
-def test_the_calls_rules_are_enforced_before_sending(backend, order_id, document, path, fragment):
+def test_the_calls_rules_are_enforced_before_sending(connection, order_id, document, path, fragment):
     with pytest.raises(ValidationFailed) as caught:
-        backend.prepare_update(load_order_update(order_id, document))
+        render(connection, [load_order_update(order_id, document)])
     assert any(fragment in message for message in caught.value.errors[path]), caught.value.errors
 
 
 def test_renamed_statuses_move_the_rules_with_them():
-    backend = make_backend(status_map={"dispatched": "SHIPPED"})
+    connection = s4t_connection(status_map={"dispatched": "SHIPPED"})
     try:
         update = load_order_update("10001", {"status": "dispatched",
                                              "shipments": [{"tracking_number": "T", "carrier": "DHL"}]})
-        assert b"SHIPPED" in backend.prepare_update(update).body
+        assert b"SHIPPED" in render(connection, [update]).body
     finally:
-        backend.close()
+        connection.close()
 
 
-def test_the_xsd_rejects_broken_documents(backend):
+def test_the_xsd_rejects_broken_documents(connection):
     schema = load_xsd("speed4trade/update_order_status.xsd")
-    good = etree.tostring(inner_document(render(backend, "10001", {"status": "fetched"})))
+    good = etree.tostring(inner_document(render_body(connection, "10001", {"status": "fetched"})))
     assert schema.validate(parse(good))
     for broken in (
         good.replace(b"FETCHED", b"LOST"),
@@ -179,15 +175,15 @@ def test_the_xsd_rejects_broken_documents(backend):
         assert not schema.validate(parse(broken)), broken
 
 
-def test_a_document_the_xsd_refuses_is_never_sent(backend):
-    backend.status_map["lost"] = "LOST"  # the settings check refuses this at start-up
+def test_a_document_the_xsd_refuses_is_never_sent(connection):
+    connection.backend.status_map["lost"] = "LOST"  # the settings check refuses this at start-up
     with pytest.raises(TranslationError, match=r"speed4trade/update_order_status\.xsd"):
-        backend.prepare_update(load_order_update("10001", {"status": "lost"}))
+        render(connection, [load_order_update("10001", {"status": "lost"})])
 
 
-def parse_one(backend, reply: BackendReply):
+def parse_one(connection, reply: BackendReply):
     """Parse a reply to a one-order call, raising the order's error as update_order does."""
-    (result,) = backend.parse_reply(reply, [load_order_update("10001", {"status": "fetched"})])
+    (result,) = parse_reply(connection, reply, [load_order_update("10001", {"status": "fetched"})])
     if isinstance(result, BackendError):
         raise result
     return result
@@ -209,8 +205,8 @@ def report(code: int, description: str = "") -> str:
 
 
 @pytest.mark.parametrize("version", [SOAP11, SOAP12])
-def test_return_code_zero_is_success(backend, version):
-    outcome = parse_one(backend, reply_with(report(0), version))
+def test_return_code_zero_is_success(connection, version):
+    outcome = parse_one(connection, reply_with(report(0), version))
     assert outcome.message == "Order status updated."
 
 
@@ -219,9 +215,9 @@ def test_return_code_zero_is_success(backend, version):
     [(-1, OrderNotFound, 404), (-2, OrderStateConflict, 409), (-3, BackendRejected, 422),
      (-99, BackendRejected, 422), (7, BackendFailure, 502)],
 )
-def test_refusals_map_by_return_code(backend, code, error, status):
+def test_refusals_map_by_return_code(connection, code, error, status):
     with pytest.raises(error) as caught:
-        parse_one(backend, reply_with(report(code, "Beschreibung des Fehlers")))
+        parse_one(connection, reply_with(report(code, "Beschreibung des Fehlers")))
     assert caught.value.status == status
     assert caught.value.backend_details() == {
         "connection": "s4t", "code": str(code), "message": "Beschreibung des Fehlers",
@@ -229,16 +225,16 @@ def test_refusals_map_by_return_code(backend, code, error, status):
 
 
 def test_return_code_meanings_are_configurable():
-    backend = make_backend(not_found_return_codes=[-10], conflict_return_codes=[-20, -21])
+    connection = s4t_connection(not_found_return_codes=[-10], conflict_return_codes=[-20, -21])
     try:
         with pytest.raises(OrderNotFound):
-            parse_one(backend, reply_with(report(-10)))
+            parse_one(connection, reply_with(report(-10)))
         with pytest.raises(OrderStateConflict):
-            parse_one(backend, reply_with(report(-21)))
+            parse_one(connection, reply_with(report(-21)))
         with pytest.raises(BackendRejected):
-            parse_one(backend, reply_with(report(-1)))
+            parse_one(connection, reply_with(report(-1)))
     finally:
-        backend.close()
+        connection.close()
 
 
 @pytest.mark.parametrize(
@@ -256,14 +252,14 @@ def test_return_code_meanings_are_configurable():
          "integer return_code"),
     ],
 )
-def test_malformed_return_content_is_a_502(backend, return_xml, fragment):
+def test_malformed_return_content_is_a_502(connection, return_xml, fragment):
     with pytest.raises(BackendFailure) as caught:
-        parse_one(backend, reply_with(return_xml))
+        parse_one(connection, reply_with(return_xml))
     assert fragment in caught.value.detail
 
 
-def test_a_missing_return_element_is_a_502(backend):
+def test_a_missing_return_element_is_a_502(connection):
     envelope = (f'<s:Envelope xmlns:s="{SOAP11}"><s:Body><n:updateOrderStatusResponse xmlns:n="{NAMESPACE}"/>'
                 "</s:Body></s:Envelope>").encode()
     with pytest.raises(BackendFailure, match="usable response document"):
-        parse_one(backend, BackendReply(200, {"Content-Type": "text/xml"}, envelope))
+        parse_one(connection, BackendReply(200, {"Content-Type": "text/xml"}, envelope))

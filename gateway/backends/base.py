@@ -1,44 +1,105 @@
-"""The Backend base class: the few hooks every backend implements, and the update flow they plug into.
+"""Backend kinds and their operations: what a vendor can be asked, and which call carries each canonical update.
 
-A backend subclass declares what it can carry (`supported_fields`, `id_types`, `default_status_map`,
-`settings_schema`, `orders_per_call`) and implements two hooks: `render_request` (canonical updates -> one
-wire request) and `parse_reply` (wire reply -> one UpdateOutcome or BackendError per update, or a raised
-BackendError when the whole call failed). Single and bulk updates share this flow; the REST layer never needs
-to know which backend it talks to.
+    Backend                one per backend kind, configured with a connection's settings
+    ├── operations         {name: Operation}, one per vendor call the gateway makes
+    ├── plan(update)       the Operation that carries this canonical update
+    └── declarations       id types, status map, settings schema, webhooks, examples, transport auth
+    Operation              one vendor call (UpdateOrder, ProcessOrder, updateOrderStatus, ...)
+    ├── declarations       the canonical changes it carries, its action, reply format, idempotency, batch size
+    ├── render(updates, credentials) -> OutboundRequest
+    └── parse(payload, updates)      -> one UpdateOutcome or BackendError per update
+
+Nothing here sends: the connection (gateway/connections.py) owns the transport and the credentials, checks an
+update, asks the backend's plan for the operation, renders, sends, has the reply classified (replies.py) and
+hands the payload to the operation's parse hook. A new vendor call is a new Operation module with its template
+and XSD, listed in its backend's `operation_classes` and chosen by its `plan`.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.canonical.events import OrderEvent
 from gateway.config import MASK, ConnectionSchema, ConnectionSettings
 from gateway.errors import BackendError, BackendRejected, OrderNotFound, OrderStateConflict, ValidationFailed
-from gateway.transport import BackendReply, HttpTransport, OutboundRequest
+from gateway.replies import SOAP
+from gateway.transport import OutboundRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """The credentials an operation writes into its request; `masked()` is what a dry run shows."""
+
+    username: str
+    password: str
+
+    def masked(self) -> Credentials:
+        """The same credentials with the password replaced by the mask."""
+        return Credentials(username=self.username, password=MASK if self.password else "")
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password={MASK!r})"
+
+
+class Operation(abc.ABC):
+    """One vendor call, bound to the backend (and so to the connection's settings) it belongs to."""
+
+    #: the vendor's name of the call, shown in replies as `operation`
+    name: ClassVar[str]
+    #: canonical change fields this call can carry
+    carries: ClassVar[frozenset[str]]
+    #: "soap" or "json": how replies.py reads the reply before `parse` sees its payload
+    reply_format: ClassVar[str] = SOAP
+    #: whether sending the same call twice leaves the order as sending it once (retries may rely on it)
+    idempotent: ClassVar[bool] = False
+    #: orders one call may carry; None: the connection's `max_orders_per_call` setting decides
+    orders_per_call: ClassVar[int | None] = None
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.settings = backend.settings
+
+    @property
+    def call_size(self) -> int:
+        """How many orders travel in one call."""
+        return self.orders_per_call or self.settings.options["max_orders_per_call"]
+
+    def check_update(self, update: OrderUpdate) -> dict[str, list[str]]:
+        """This call's own rules beyond the fields it carries; returns field path -> messages."""
+        return {}
+
+    @abc.abstractmethod
+    def render(self, updates: Sequence[OrderUpdate], credentials: Credentials) -> OutboundRequest:
+        """Translate checked canonical updates (at most `call_size`) into one wire request."""
+
+    @abc.abstractmethod
+    def parse(self, payload: Any, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+        """One outcome or error per update, in order; raises a BackendError when the whole call failed."""
 
 
 class Backend(abc.ABC):
-    """One configured connection to a backend system."""
+    """A backend kind: its operations, the plan that picks one per update, and what it declares."""
 
     kind: ClassVar[str]
     #: how replies and errors name the backend system
     display_name: ClassVar[str]
     settings_schema: ClassVar[type[ConnectionSchema]] = ConnectionSchema
+    #: the vendor calls this backend makes; the first is what `plan` picks unless a backend says otherwise
+    operation_classes: ClassVar[tuple[type[Operation], ...]]
     #: canonical id_type -> description, the first is the default
     id_types: ClassVar[Mapping[str, str]]
-    #: canonical fields (besides connection and id_type) this backend can carry
-    supported_fields: ClassVar[frozenset[str]]
+    #: canonical fields that help find an order (not changes) this backend understands
+    identification_fields: ClassVar[frozenset[str]] = frozenset()
+    #: why a field no operation carries is refused, added to the message naming the field
+    unsupported_reason: ClassVar[str] = ""
     #: named canonical documents that show what the backend does, for the API's documentation
     example_updates: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: canonical status name -> backend code, before the connection's own status_map is applied
     default_status_map: ClassVar[Mapping[str, Any]] = {}
-    #: canonical status names the backend must not be asked for, with the reason
-    refused_statuses: ClassVar[Mapping[str, str]] = {}
-    #: orders one backend call may carry; None: the connection's `max_orders_per_call` setting decides
-    orders_per_call: ClassVar[int | None] = None
     #: the backend's webhook template names -> canonical event types; empty: it sends no webhooks
     default_webhook_event_types: ClassVar[Mapping[str, str]] = {}
     #: the marshmallow schema of the backend's webhook payload, for the API's documentation
@@ -55,15 +116,11 @@ class Backend(abc.ABC):
         #: webhook template name -> event type: the backend's defaults with the connection's own over them
         self.webhook_event_types: dict[str, str] = {
             **self.default_webhook_event_types, **(settings.webhooks or {}).get("event_types", {})}
-        self.transport = HttpTransport(
-            connection=settings.name,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            max_reply_bytes=settings.max_reply_bytes,
-            pool_size=settings.pool_size,
-            verify_tls=settings.verify_tls,
-            auth=self.make_auth(),
-        )
+        # Built once per connection, so templates and XSDs are ready before the first request.
+        self.operations: dict[str, Operation] = {
+            operation_class.name: operation_class(self) for operation_class in self.operation_classes}
+        self.supported_fields: frozenset[str] = self.identification_fields.union(
+            *(operation.carries for operation in self.operations.values()))
 
     # --- hooks -----------------------------------------------------------------------------------------
 
@@ -80,27 +137,19 @@ class Backend(abc.ABC):
         """The request as a dry run shows it: what transport-level authentication adds, with secrets masked."""
         return request
 
-    def secret_values(self) -> list[str]:
-        """Every credential of the connection, to be masked wherever a backend might echo it."""
-        return [self.settings.password.reveal()] if self.settings.password else []
-
     def read_webhook(self, payload: Any) -> OrderEvent:
         """A canonical OrderEvent from one of the backend's webhook payloads; raises ValidationFailed."""
         raise ValidationFailed({"body": [f"Backend {self.kind!r} sends no webhooks."]})
 
     def check_backend_rules(self, update: OrderUpdate) -> dict[str, list[str]]:
-        """Backend-specific validation beyond the shared checks; returns field path -> messages."""
+        """Rules every operation of the backend shares (how ids look); returns field path -> messages."""
         return {}
 
-    @abc.abstractmethod
-    def render_request(self, updates: Sequence[OrderUpdate], *, password: str) -> OutboundRequest:
-        """Translate checked canonical updates (at most `call_size` of them) into one wire request."""
+    def plan(self, update: OrderUpdate) -> Operation:
+        """The operation that carries this (field-checked) update; raises ValidationFailed when none can."""
+        return self.operations[self.operation_classes[0].name]
 
-    @abc.abstractmethod
-    def parse_reply(self, reply: BackendReply, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
-        """One outcome or error per update, in order; raises a BackendError when the whole call failed."""
-
-    # --- the shared flow -------------------------------------------------------------------------------
+    # --- shared helpers --------------------------------------------------------------------------------
 
     def refusal(self, *, not_found: bool, conflict: bool, code: str | None, message: str | None) -> BackendError:
         """The error for a refusal the backend explained: 404 unknown order, 409 the order's state, else 422."""
@@ -132,83 +181,34 @@ class Backend(abc.ABC):
             return update.changes["status_code"]
         return self.status_map.get(update.changes.get("status"))
 
-    def check_update(self, update: OrderUpdate) -> None:
-        """Refuse, with field paths, anything this connection's backend cannot carry."""
+    def check_update(self, update: OrderUpdate) -> Operation:
+        """Refuse, with field paths, anything this backend cannot carry; the operation that carries the rest."""
         errors: dict[str, list[str]] = {}
         where = f"backend {self.kind!r} (connection {self.name!r})"
+        reason = f": {self.unsupported_reason}" if self.unsupported_reason else "."
         for name in (*update.identification, *update.changes):
             if name not in self.supported_fields:
-                errors.setdefault(name, []).append(f"Not supported by {where}.")
+                errors.setdefault(name, []).append(f"Not supported by {where}{reason}")
         if update.id_type is not None and update.id_type not in self.id_types:
             errors.setdefault("id_type", []).append(
                 f"Not supported by {where}; one of: {', '.join(self.id_types)}."
             )
         status = update.changes.get("status")
-        if status in self.refused_statuses:
-            errors.setdefault("status", []).append(self.refused_statuses[status])
-        elif status is not None and "status" in self.supported_fields and status not in self.status_map:
+        if status is not None and "status" in self.supported_fields and status not in self.status_map:
             errors.setdefault("status", []).append(
-                f"Unknown status {status!r} for connection {self.name!r}; one of: "
-                f"{', '.join(name for name in self.status_map if name not in self.refused_statuses)}."
+                f"Unknown status {status!r} for connection {self.name!r}; one of: {', '.join(self.status_map)}."
             )
         for path, messages in self.check_backend_rules(update).items():
             errors.setdefault(path, []).extend(messages)
         if errors:
             raise ValidationFailed(errors)
-
-    @property
-    def call_size(self) -> int:
-        """How many orders travel in one backend call."""
-        return self.orders_per_call or self.settings.options["max_orders_per_call"]
-
-    def _password(self, mask_credentials: bool) -> str:
-        password = self.settings.password.reveal() if self.settings.password else ""
-        return MASK if mask_credentials and password else password
-
-    def prepare_update(self, update: OrderUpdate, *, mask_credentials: bool = False) -> OutboundRequest:
-        """Check and render one update; with mask_credentials the password is replaced by a mask."""
-        self.check_update(update)
-        return self.render_request([update], password=self._password(mask_credentials))
-
-    def prepare_batches(self, updates: Sequence[OrderUpdate]) -> list[OutboundRequest]:
-        """The requests a batch of checked updates travels in, credentials masked (for dry runs)."""
-        return [
-            self.dry_run_view(self.render_request(updates[start:start + self.call_size], password=MASK))
-            for start in range(0, len(updates), self.call_size)
-        ]
-
-    def update_order(self, update: OrderUpdate) -> UpdateOutcome:
-        """Check, render, send and normalize one order update; raises the BackendError of a refusal."""
-        self.check_update(update)
-        (result,) = self.send_updates([update])
-        if isinstance(result, BackendError):
-            raise result
-        return result
-
-    def send_updates(self, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
-        """Send checked updates in calls of `call_size`, in order; a failed call fails exactly its own items."""
-        results: list[UpdateOutcome | BackendError] = []
-        password = self._password(False)
-        for start in range(0, len(updates), self.call_size):
-            chunk = updates[start:start + self.call_size]
-            try:
-                outcomes = self.parse_reply(self.transport.send(self.render_request(chunk, password=password)), chunk)
-            except BackendError as error:
-                outcomes = [error] * len(chunk)
-            results.extend(self._scrubbed(outcome) if isinstance(outcome, BackendError) else outcome
-                           for outcome in outcomes)
-        return results
-
-    def _scrubbed(self, error: BackendError) -> BackendError:
-        """The error with the connection's secrets removed, in case a backend echoed them."""
-        error.connection = self.name
-        for secret in self.secret_values():
-            if secret:
-                error.detail = error.detail.replace(secret, MASK)
-                if error.message:
-                    error.message = error.message.replace(secret, MASK)
-        return error
-
-    def close(self) -> None:
-        """Release the connection's pooled HTTP connections."""
-        self.transport.close()
+        operation = self.plan(update)
+        for name in update.changes:
+            if name not in operation.carries:
+                errors.setdefault(name, []).append(
+                    f"Not carried by {self.display_name}'s {operation.name}, the call this update needs.")
+        for path, messages in operation.check_update(update).items():
+            errors.setdefault(path, []).extend(messages)
+        if errors:
+            raise ValidationFailed(errors)
+        return operation

@@ -1,29 +1,35 @@
-"""The delivery worker: `python -m gateway.events.worker` runs huey's consumer with the gateway's configuration."""
+"""The delivery worker: `python -m gateway.events.worker` runs huey's consumer with the gateway's configuration.
+
+It builds the event service alone (store, leases, dispatcher, queue), not the web app with its connections.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from gateway import create_app
+from gateway import load_gateway_settings
 from gateway.errors import ConfigError
+from gateway.events import EventService
 
 
 def main() -> None:
     """Load the configuration (GATEWAY_CONFIG) and consume the delivery queue until stopped."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        app = create_app()
+        service = EventService(load_gateway_settings())
     except ConfigError as error:
         print(f"order gateway worker: configuration error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(78) from None
-    service = app.extensions["order_events"]
     service.queue.prepare_worker_start()
     consumer = service.queue.huey.create_consumer(
         workers=service.settings.events.worker_threads, worker_type="thread", periodic=True,
         initial_delay=0.05, max_delay=0.5, scheduler_interval=1,
     )
-    consumer.run()
+    try:
+        consumer.run()
+    finally:
+        service.close()
 
 
 if __name__ == "__main__":

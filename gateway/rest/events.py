@@ -7,21 +7,13 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, jsonify, request
 
 from gateway.canonical.events import EVENT_TYPES
-from gateway.errors import RequestProblem, ValidationFailed
+from gateway.errors import EventNotFound, ValidationFailed
 from gateway.rest.common import REQUEST_ID
 from gateway.rest.openapi import documented
 from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
 
 blueprint = Blueprint("events", __name__)
 DELIVERY_STATES = ("pending", "delivered", "dead")
-
-
-class EventNotFound(RequestProblem):
-    """No stored event has that id."""
-
-    status = 404
-    slug = "event-not-found"
-    title = "Event not found"
 
 
 def _service():

@@ -22,8 +22,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 @dataclass
-class Operation:
-    """One documented operation."""
+class DocumentedOperation:
+    """One documented API operation (a path and method), not to be confused with a backend's vendor calls."""
 
     path: str
     method: str
@@ -38,20 +38,20 @@ class Operation:
     problems: Mapping[int, str] = field(default_factory=dict)
 
 
-OPERATIONS: list[Operation] = []
+OPERATIONS: list[DocumentedOperation] = []
 
 
 def documented(path: str, method: str, summary: str, *, tags: list[str], **details: Any) -> Callable:
     """Record a view's operation for the OpenAPI document; the view itself is unchanged."""
     def record(view: Callable) -> Callable:
-        OPERATIONS.append(Operation(path=path, method=method, summary=summary,
+        OPERATIONS.append(DocumentedOperation(path=path, method=method, summary=summary,
                                     description=(view.__doc__ or "").strip(), tags=tags, **details))
         return view
 
     return record
 
 
-def operation_id(operation: Operation) -> str:
+def operation_id(operation: DocumentedOperation) -> str:
     """A stable id: the method and the path's words, e.g. patch_orders_order_id."""
     words = re.sub(r"[{}]", "", operation.path).strip("/").replace("/", "_")
     return f"{operation.method}_{words}"

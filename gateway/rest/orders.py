@@ -7,9 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from marshmallow import ValidationError
 
-from gateway.backends import Backend
 from gateway.canonical import (
-    OrderUpdate,
     OrderUpdateSchema,
     UpdateOutcome,
     flatten_errors,
@@ -17,6 +15,7 @@ from gateway.canonical import (
     load_bulk_item,
     load_order_update,
 )
+from gateway.connections import Connection, PlannedUpdate
 from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
 from gateway.rest.common import REQUEST_ID, connections, read_dry_run_flag, read_json_body
 from gateway.rest.openapi import documented
@@ -26,6 +25,7 @@ from gateway.rest.schemas import BulkReplySchema, BulkRequestSchema, DryRunReply
 from gateway.transport import OutboundRequest
 
 blueprint = Blueprint("orders", __name__)
+
 
 def describe_request(outbound: OutboundRequest) -> dict:
     """An outgoing request as a dry run shows it."""
@@ -58,31 +58,36 @@ REQUEST_PROBLEMS = {
 def per_backend_examples(gateway_connections) -> dict:
     """One request example per configured connection and example of its backend."""
     return {f"{name}: {title}": {"connection": name, **document}
-            for name, backend in gateway_connections.by_name.items()
-            for title, document in backend.example_updates.items()}
+            for name, connection in gateway_connections.by_name.items()
+            for title, document in connection.backend.example_updates.items()}
 
 
 def bulk_examples(gateway_connections) -> dict:
     """A two-item bulk update per configured connection."""
     examples = {}
-    for name, backend in gateway_connections.by_name.items():
-        documents = list(backend.example_updates.values())[:2]
+    for name, connection in gateway_connections.by_name.items():
+        documents = list(connection.backend.example_updates.values())[:2]
         examples[f"{name}: two orders"] = {"connection": name, "orders": [
             {"order_id": f"ORDER-{n + 1}", **{k: v for k, v in doc.items() if k != "id_type"}}
             for n, doc in enumerate(documents)]}
     return examples
 
 
-def normalized_reply(backend: Backend, update: OrderUpdate, outcome: UpdateOutcome) -> dict:
-    """The one success shape of every backend (without the request id)."""
-    return {
+def order_result(connection: Connection, planned: PlannedUpdate, outcome: UpdateOutcome | None = None) -> dict:
+    """The one success shape of every backend and operation; without an outcome, the dry run's."""
+    update = planned.update
+    result: dict[str, Any] = {
         "order_id": update.order_id,
-        "connection": backend.name,
-        "backend": backend.kind,
-        "updated": dict(update.fields),
-        "backend_order_id": outcome.backend_order_id,
-        "message": outcome.message,
+        "connection": connection.name,
+        "backend": connection.kind,
+        "operation": planned.operation.name,
     }
+    if outcome is None:
+        result.update(dry_run=True, updated=dict(update.fields))
+    else:
+        result.update(updated=dict(update.fields), backend_order_id=outcome.backend_order_id,
+                      message=outcome.message)
+    return result
 
 
 @blueprint.patch("/orders/<path:order_id>")
@@ -106,20 +111,16 @@ def update_order(order_id: str):
         update = load_order_update(order_id, document)
     except ValidationError as error:
         raise ValidationFailed(flatten_errors(error.messages)) from None
-    backend = connections().resolve(update.connection)
+    connection = connections().resolve(update.connection)
+    planned = connection.check(update)
     if dry_run:
-        outbound = backend.dry_run_view(backend.prepare_update(update, mask_credentials=True))
-        return jsonify({
-            "order_id": order_id,
-            "connection": backend.name,
-            "backend": backend.kind,
-            "dry_run": True,
-            "updated": dict(update.fields),
-            "request": describe_request(outbound),
-            "request_id": current_request_id(),
-        })
-    outcome = backend.update_order(update)
-    return jsonify({**normalized_reply(backend, update, outcome), "request_id": current_request_id()})
+        (outbound,) = connection.dry_run([planned])
+        return jsonify({**order_result(connection, planned), "request": describe_request(outbound),
+                        "request_id": current_request_id()})
+    (outcome,) = connection.send([planned])
+    if isinstance(outcome, BackendError):
+        raise outcome
+    return jsonify({**order_result(connection, planned, outcome), "request_id": current_request_id()})
 
 
 @blueprint.patch("/orders")
@@ -135,7 +136,8 @@ def update_orders():
     """Update many orders of one connection; every item gets its own outcome (200 all done, 207 otherwise).
 
     Each item is validated on its own; invalid items are reported and never sent. Items travel as the backend
-    allows: Ongoing one call per item in order, Speed4Trade and SellerCenter many per call.
+    allows: Ongoing one call per item in order, Speed4Trade and SellerCenter many per call; consecutive items
+    of one vendor operation share a call.
     """
     dry_run = read_dry_run_flag()
     document = read_json_body()
@@ -147,35 +149,34 @@ def update_orders():
     limit = current_app.config["GATEWAY_SETTINGS"].max_bulk_items
     if len(items) > limit:
         raise PayloadTooLarge(f"A bulk update carries at most {limit} orders; this one has {len(items)}.")
-    backend = connections().resolve(envelope.get("connection"))
+    connection = connections().resolve(envelope.get("connection"))
 
     results: list[dict | None] = [None] * len(items)
-    valid: list[tuple[int, OrderUpdate]] = []
+    valid: list[tuple[int, PlannedUpdate]] = []
     for position, item in enumerate(items):
         try:
-            update = load_bulk_item(item, backend.name)
-            backend.check_update(update)
+            planned = connection.check(load_bulk_item(item, connection.name))
         except ValidationError as error:
             results[position] = _item_failure(position, item, ValidationFailed(flatten_errors(error.messages)))
         except GatewayError as error:
             results[position] = _item_failure(position, item, error)
         else:
-            valid.append((position, update))
+            valid.append((position, planned))
 
-    reply: dict[str, Any] = {"connection": backend.name, "backend": backend.kind}
-    updates = [update for _, update in valid]
+    reply: dict[str, Any] = {"connection": connection.name, "backend": connection.kind}
+    planned_updates = [planned for _, planned in valid]
     if dry_run:
-        for position, update in valid:
-            results[position] = {"position": position, "order_id": update.order_id, "status": 200,
-                                 "body": {"order_id": update.order_id, "updated": dict(update.fields)}}
-        reply.update(dry_run=True, requests=[describe_request(r) for r in backend.prepare_batches(updates)])
+        for position, planned in valid:
+            results[position] = {"position": position, "order_id": planned.update.order_id, "status": 200,
+                                 "body": order_result(connection, planned)}
+        reply.update(dry_run=True, requests=[describe_request(r) for r in connection.dry_run(planned_updates)])
     else:
-        for (position, update), outcome in zip(valid, backend.send_updates(updates), strict=True):
+        for (position, planned), outcome in zip(valid, connection.send(planned_updates), strict=True):
             if isinstance(outcome, BackendError):
                 results[position] = _item_failure(position, items[position], outcome)
             else:
-                results[position] = {"position": position, "order_id": update.order_id, "status": 200,
-                                     "body": normalized_reply(backend, update, outcome)}
+                results[position] = {"position": position, "order_id": planned.update.order_id, "status": 200,
+                                     "body": order_result(connection, planned, outcome)}
     failed = sum(1 for result in results if result["status"] != 200)
     reply.update(succeeded=len(results) - failed, failed=failed, results=results, request_id=current_request_id())
     return jsonify(reply), 200 if failed == 0 else 207

@@ -51,8 +51,7 @@ def gateway_error_response(error: GatewayError) -> Response:
     """The problem reply for any error of the gateway's exception tree."""
     document = gateway_error_document(error)
     response = Response(json.dumps(document), status=error.status, mimetype=PROBLEM_MEDIA_TYPE)
-    if getattr(error, "retry_after", None):
-        response.headers["Retry-After"] = error.retry_after
+    response.headers.update(error.reply_headers())
     return response
 
 

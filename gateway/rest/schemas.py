@@ -30,12 +30,17 @@ class ProblemSchema(Schema):
     retry_after = fields.String(metadata={"description": "seconds to wait, when the backend said so"})
 
 
+OPERATION = fields.String(required=True, metadata={
+    "description": "the vendor call that carried the update (UpdateOrder, ProcessOrder, updateOrderStatus, ...)"})
+
+
 class UpdateReplySchema(Schema):
-    """The one success shape of every backend."""
+    """The one success shape of every backend and operation."""
 
     order_id = fields.String(required=True)
     connection = fields.String(required=True)
     backend = fields.String(required=True)
+    operation = OPERATION
     updated = fields.Dict(required=True, metadata={"description": "the canonical fields applied, as sent"})
     backend_order_id = fields.String(required=True, allow_none=True)
     message = fields.String(required=True)
@@ -57,6 +62,7 @@ class DryRunReplySchema(Schema):
     order_id = fields.String(required=True)
     connection = fields.String(required=True)
     backend = fields.String(required=True)
+    operation = OPERATION
     dry_run = fields.Boolean(required=True)
     updated = fields.Dict(required=True)
     request = fields.Nested(OutboundRequestSchema, required=True)

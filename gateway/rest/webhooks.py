@@ -8,10 +8,9 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 
 from gateway.backends import BACKENDS
-from gateway.errors import GatewayError, RequestProblem
+from gateway.errors import StoreUnavailable, Unauthorized, WebhookNotFound
 from gateway.rest.common import REQUEST_ID, connections, read_json_body
 from gateway.rest.openapi import documented
-from gateway.rest.problems import problem_response
 from gateway.rest.schemas import WebhookAcceptedSchema
 
 blueprint = Blueprint("webhooks", __name__)
@@ -19,22 +18,6 @@ blueprint = Blueprint("webhooks", __name__)
 WEBHOOK_BACKENDS = {kind: backend.webhook_payload_schema for kind, backend in BACKENDS.items()
                     if backend.webhook_payload_schema is not None}
 log = logging.getLogger("gateway.webhooks")
-
-
-class WebhookNotFound(RequestProblem):
-    """No connection with that name receives webhooks from that backend."""
-
-    status = 404
-    slug = "webhook-not-found"
-    title = "No such webhook receiver"
-
-
-class StoreUnavailable(GatewayError):
-    """The event could not be stored; the sender should retry."""
-
-    status = 503
-    slug = "event-store-unavailable"
-    title = "Event store unavailable"
 
 
 def _same(given: str | None, expected: str) -> bool:
@@ -74,17 +57,14 @@ def receive_webhook(kind: str, connection: str):
     Authentication is the connection's: HTTP Basic or a static token header. The event is stored before the
     answer; retries of the same event (same system and webhookEventId) are acknowledged and not stored again.
     """
-    backend = connections().by_name.get(connection)
-    webhooks = backend.settings.webhooks if backend is not None and backend.kind == kind else None
+    receiver = connections().by_name.get(connection)
+    webhooks = receiver.settings.webhooks if receiver is not None and receiver.kind == kind else None
     if webhooks is None:
         raise WebhookNotFound(f"No connection {connection!r} of backend {kind!r} receives webhooks.")
     if not is_authenticated(webhooks):
-        response = problem_response(401, "unauthorized", "Unauthorized",
-                                    "The webhook's credentials are missing or wrong.")
-        if webhooks["auth"] == "basic":
-            response.headers["WWW-Authenticate"] = f'Basic realm="order gateway webhooks ({connection})"'
-        return response
-    event = backend.read_webhook(read_json_body())
+        challenge = f'Basic realm="order gateway webhooks ({connection})"' if webhooks["auth"] == "basic" else None
+        raise Unauthorized("The webhook's credentials are missing or wrong.", challenge=challenge)
+    event = receiver.backend.read_webhook(read_json_body())
     service = current_app.extensions["order_events"]
     subscribers = service.subscribers_for(event.type)
     try:

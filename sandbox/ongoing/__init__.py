@@ -1,4 +1,4 @@
-"""A simulator of Ongoing WMS: its SOAP UpdateOrder service, its order webhooks, its own data and wire format."""
+"""A simulator of Ongoing WMS: its SOAP service (UpdateOrder, ProcessOrder), its order webhooks, its data."""
 
 import time
 from collections.abc import Mapping, Sequence
@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Flask
 
 from sandbox.ongoing.model import ORDER_WEBHOOK_TRIGGERS, OrderEvent
+from sandbox.ongoing.process_order import ProcessOrderTypes
 from sandbox.ongoing.store import OngoingStore
 from sandbox.ongoing.update_order import UpdateOrderSchema
 from sandbox.ongoing.views import EXTENSION_KEY, create_blueprint
@@ -51,7 +52,7 @@ def build_webhook_sender(config: Mapping) -> WebhookSender:
 
 
 def init_app(app: Flask) -> None:
-    """Load ONGOING_DATA, compile the schema, serve at ONGOING_SERVICE_PATH and fire webhooks as configured."""
+    """Load ONGOING_DATA, read the schemas, serve at ONGOING_SERVICE_PATH and fire webhooks as configured."""
     sender = build_webhook_sender(app.config)
     system_name = str(app.config["ONGOING_SYSTEM_NAME"])
     templates = _read_webhook_templates(app.config["ONGOING_WEBHOOK_TEMPLATES"])
@@ -67,6 +68,7 @@ def init_app(app: Flask) -> None:
             first_event_id=_read_first_event_id(app.config["ONGOING_WEBHOOK_FIRST_EVENT_ID"]),
         ),
         "schema": UpdateOrderSchema(),
+        "process_order_types": ProcessOrderTypes(),
         "webhooks": sender,
     }
     app.register_blueprint(create_blueprint(app.config["ONGOING_SERVICE_PATH"]))

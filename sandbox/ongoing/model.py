@@ -1,8 +1,9 @@
-"""What the simulated Ongoing WMS keeps (goods owners, orders, ways of delivery) and what UpdateOrder asks of it."""
+"""What the simulated Ongoing WMS keeps (goods owners, orders, ways of delivery) and what its SOAP calls ask of it."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from types import MappingProxyType
 
 # OrderIdentificationType -> (Order attribute it matches, element of OrderUpdateIdentification carrying the value).
@@ -12,6 +13,19 @@ ORDER_IDENTIFICATION_TYPES: Mapping[str, tuple[str, str]] = MappingProxyType(
         "GoodsOwnerOrderNumber": ("order_number", "GoodsOwnerOrderNumber"),
         "GoodsOwnerOrderId": ("order_id", "GoodsOwnerOrderId"),
         "SystemId": ("system_id", "OrderId"),
+    }
+)
+
+# ProcessOrder's OrderIdentificationType -> (Order attribute it matches, OrderInfo element carrying the value).
+# The sandbox keeps no external order code or reference number, so those find no order; OrderInfoClass has no
+# element for an external order code at all.
+PROCESS_ORDER_IDENTIFICATION_TYPES: Mapping[str, tuple[str | None, str | None]] = MappingProxyType(
+    {
+        "ExternalOrderCode": (None, None),
+        "GoodsOwnerOrderNumber": ("order_number", "GoodsOwnerOrderNumber"),
+        "ReferenceNumber": (None, "ReferenceNumber"),
+        "SystemId": ("system_id", "OrderId"),
+        "GoodsOwnerOrderId": ("order_id", "GoodsOwnerOrderId"),
     }
 )
 
@@ -47,7 +61,8 @@ class OrderLine:
     """One article on an order and how far the warehouse has come with it."""
 
     article: str
-    ordered: int
+    # A whole number of items is an int; ProcessOrder's NumberOfItems may also be a fraction.
+    ordered: int | Decimal
     allocated: int
     picked: int
 
@@ -55,6 +70,20 @@ class OrderLine:
     def has_allocated_unpicked_goods(self) -> bool:
         """Whether goods are reserved for this line that have not been picked yet."""
         return self.allocated > self.picked
+
+
+@dataclass(frozen=True)
+class Customer:
+    """The consignee of an order, as ProcessOrder sent it; None for what was not sent."""
+
+    customer_number: str | None = None
+    name: str | None = None
+    address: str | None = None
+    address2: str | None = None
+    address3: str | None = None
+    post_code: str | None = None
+    city: str | None = None
+    country_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +106,7 @@ class Order:
     service_point_code: str | None = None
     way_of_delivery_type_code: str | None = None
     lines: tuple[OrderLine, ...] = ()
+    customer: Customer | None = None
 
     @property
     def has_allocated_unpicked_goods(self) -> bool:
@@ -91,7 +121,7 @@ class Order:
 
 @dataclass(frozen=True)
 class OrderIdentification:
-    """How an UpdateOrder request points at its order: the identification type and the value sent for it."""
+    """How a request points at its order: the identification type and the value sent for it (None: not sent)."""
 
     identification_type: str
     value: str | int | None
@@ -135,6 +165,52 @@ class UpdateOrderResult:
     success: bool
     message: str | None
     order_id: int | None
+
+
+@dataclass(frozen=True)
+class CustomerOrderLine:
+    """One CustomerOrderLine of a ProcessOrder request, with what the sandbox keeps of it."""
+
+    external_order_line_code: str | None
+    article_number: str | None
+    number_of_items: Decimal
+
+
+@dataclass(frozen=True)
+class CustomerOrder:
+    """The `co` of a ProcessOrder request: what to do, to which order, and the order's customer and lines.
+
+    `status_created` is 0 when OrderStatusCreated was not sent; `customer` and `lines` are None when their
+    elements were not sent, which leaves an existing order's customer or lines as they are.
+    """
+
+    operation: str
+    identification: OrderIdentification
+    order_number: str | None
+    order_id: str | None
+    status_created: int
+    customer: Customer | None
+    lines: tuple[CustomerOrderLine, ...] | None
+
+
+@dataclass(frozen=True)
+class ProcessOrderRequest:
+    """One ProcessOrder call: who is calling (None for what was not sent) and the order, None without OrderInfo."""
+
+    goods_owner_code: str | None
+    user_name: str | None
+    password: str | None = field(repr=False)
+    order: CustomerOrder | None
+
+
+@dataclass(frozen=True)
+class ProcessOrderResult:
+    """The ProcessOrderResult to answer with; `order_id` is the order's SystemId, 0 when there is no order."""
+
+    success: bool
+    error_message: str | None
+    order_number: str | None
+    order_id: int
 
 
 @dataclass(frozen=True)

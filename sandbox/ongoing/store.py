@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 
@@ -21,15 +22,20 @@ from sandbox.ongoing.model import (
     ORDER_IDENTIFICATION_TYPES,
     ORDER_PICKED,
     ORDER_STATUS_CHANGED,
+    PROCESS_ORDER_IDENTIFICATION_TYPES,
+    CustomerOrder,
+    CustomerOrderLine,
     GoodsOwner,
     Order,
     OrderChanges,
     OrderEvent,
     OrderIdentification,
     OrderLine,
+    ProcessOrderResult,
     UpdateOrderResult,
     WayOfDeliveryType,
 )
+from sandbox.ongoing.new_order import DEFAULT_NEW_ORDER_STATUS
 
 ORDER_NOT_FOUND = "No order found with {identification_type} '{value}'."
 IDENTIFICATION_VALUE_MISSING = "{element} is required when OrderIdentificationType is {identification_type}."
@@ -43,13 +49,21 @@ ORDER_NUMBER_IN_USE = "Order number '{order_number}' is already in use."
 WAY_OF_DELIVERY_CODE_MISSING = "WayOfDeliveryTypeCode is required."
 WAY_OF_DELIVERY_TYPE_UNKNOWN = "Way of delivery type '{code}' does not exist."
 GOODS_OWNER_UNKNOWN = "Goods owner '{code}' does not exist."
+PICKING_BEGUN = "The order cannot be changed by ProcessOrder: the warehouse has begun picking it."
+ORDER_CANCELLED = "The order cannot be changed by ProcessOrder: it is cancelled."
+ORDER_EXISTS = "An order with {identification_type} '{value}' already exists."
+ORDER_INFO_MISSING = "The request holds no co/OrderInfo."
+PROCESS_ORDER_VALUE_MISSING = "{element} is required when OrderIdentification is {identification_type}."
+LINE_ARTICLE_MISSING = "Order line {position} has no ArticleNumber."
+LINE_QUANTITY_NOT_POSITIVE = "Order line {position}: NumberOfItems must be greater than 0."
+LINE_CODE_REPEATED = "ExternalOrderLineCode '{code}' is on more than one order line."
 
 PICKED_STATUS = 400
 CANCELLED_STATUS = 1000
 
 
 class UpdateRefused(Exception):
-    """A business rule refuses the update; the message is what the service answers with."""
+    """A business rule refuses the update (or ProcessOrder's change); the message is what the service answers with."""
 
 
 class NewOrderInvalid(Exception):
@@ -187,6 +201,18 @@ class OngoingStore:
         self._publish_recorded_events()
         return order
 
+    def process_order(self, goods_owner: GoodsOwner, order: CustomerOrder | None) -> ProcessOrderResult:
+        """Create, update or remove (cancel) the goods owner's order as ProcessOrder's OrderOperation says."""
+        with self._lock:
+            if order is None:
+                result = ProcessOrderResult(
+                    success=False, error_message=ORDER_INFO_MISSING, order_number=None, order_id=0
+                )
+            else:
+                result = self._apply_process_order(goods_owner, order)
+        self._publish_recorded_events()
+        return result
+
     def _apply_update(
         self, goods_owner: GoodsOwner, identification: OrderIdentification, changes: OrderChanges
     ) -> UpdateOrderResult:
@@ -297,3 +323,148 @@ class OngoingStore:
             and other.order_number == order_number
             for other in self._data.orders.values()
         )
+
+    def _apply_process_order(self, goods_owner: GoodsOwner, order: CustomerOrder) -> ProcessOrderResult:
+        """Run one ProcessOrder on the data and record the webhooks it fires; the caller holds the lock."""
+        target = None
+        try:
+            target = self._find_process_order_target(goods_owner, order.identification)
+            if order.operation == "Remove":
+                return self._remove_order(goods_owner, order.identification, target)
+            if target is None:
+                if order.operation == "Update":
+                    raise UpdateRefused(
+                        ORDER_NOT_FOUND.format(
+                            identification_type=order.identification.identification_type,
+                            value=order.identification.value,
+                        )
+                    )
+                return self._create_from_process_order(goods_owner, order)
+            if order.operation == "Create":
+                if order.identification.identification_type == "GoodsOwnerOrderNumber":
+                    raise UpdateRefused(ORDER_NUMBER_IN_USE.format(order_number=target.order_number))
+                raise UpdateRefused(
+                    ORDER_EXISTS.format(
+                        identification_type=order.identification.identification_type,
+                        value=order.identification.value,
+                    )
+                )
+            return self._replace_from_process_order(target, order)
+        except UpdateRefused as refusal:
+            return ProcessOrderResult(
+                success=False,
+                error_message=str(refusal),
+                order_number=None if target is None else target.order_number,
+                order_id=0 if target is None else target.system_id,
+            )
+
+    def _find_process_order_target(self, goods_owner: GoodsOwner, identification: OrderIdentification) -> Order | None:
+        """The goods owner's order OrderInfo identifies, or None; refused if the identifying value is missing."""
+        attribute, element = PROCESS_ORDER_IDENTIFICATION_TYPES[identification.identification_type]
+        if identification.value is None:
+            raise UpdateRefused(
+                PROCESS_ORDER_VALUE_MISSING.format(
+                    element=element, identification_type=identification.identification_type
+                )
+            )
+        if attribute is None:
+            return None
+        for order in self._data.orders.values():
+            if order.goods_owner_code == goods_owner.code and getattr(order, attribute) == identification.value:
+                return order
+        return None
+
+    def _remove_order(
+        self, goods_owner: GoodsOwner, identification: OrderIdentification, order: Order | None
+    ) -> ProcessOrderResult:
+        """Cancel the order unless picking has begun; cancelling a cancelled order again changes nothing."""
+        if order is None:
+            raise UpdateRefused(
+                ORDER_NOT_FOUND.format(
+                    identification_type=identification.identification_type, value=identification.value
+                )
+            )
+        if order.status != CANCELLED_STATUS:
+            self._check_picking_not_begun(order)
+            cancelled = dataclasses.replace(order, status=CANCELLED_STATUS)
+            self._data.orders[order.system_id] = cancelled
+            self._record_event(ORDER_STATUS_CHANGED, cancelled, goods_owner)
+        return ProcessOrderResult(
+            success=True, error_message=None, order_number=order.order_number, order_id=order.system_id
+        )
+
+    def _create_from_process_order(self, goods_owner: GoodsOwner, order: CustomerOrder) -> ProcessOrderResult:
+        """Add the order with the next SystemId and fire "order created"; refused on a missing or taken number."""
+        if not order.order_number:
+            raise UpdateRefused(ORDER_NUMBER_EMPTY)
+        if self._order_number_in_use(goods_owner.code, order.order_number, except_system_id=None):
+            raise UpdateRefused(ORDER_NUMBER_IN_USE.format(order_number=order.order_number))
+        # OrderStatusCreated is 0 when it was not sent.
+        status = order.status_created or DEFAULT_NEW_ORDER_STATUS
+        if status not in self._data.statuses:
+            raise UpdateRefused(STATUS_UNKNOWN.format(status=status))
+        created = Order(
+            system_id=max(self._data.orders, default=0) + 1,
+            goods_owner_code=goods_owner.code,
+            order_number=order.order_number,
+            order_id=order.order_id,
+            status=status,
+            lines=_order_lines(order.lines or ()),
+            customer=order.customer,
+        )
+        self._data.orders[created.system_id] = created
+        self._record_event(ORDER_CREATED, created, goods_owner)
+        return ProcessOrderResult(
+            success=True, error_message=None, order_number=created.order_number, order_id=created.system_id
+        )
+
+    def _replace_from_process_order(self, order: Order, changes: CustomerOrder) -> ProcessOrderResult:
+        """Replace the numbers, customer and lines that were sent, unless picking has begun; the status stays."""
+        if order.status == CANCELLED_STATUS:
+            raise UpdateRefused(ORDER_CANCELLED)
+        self._check_picking_not_begun(order)
+        replacements: dict[str, object] = {}
+        if changes.order_number is not None and changes.order_number != order.order_number:
+            self._check_order_number(order, changes.order_number)
+            replacements["order_number"] = changes.order_number
+        if changes.order_id is not None:
+            replacements["order_id"] = changes.order_id
+        if changes.customer is not None:
+            replacements["customer"] = changes.customer
+        if changes.lines is not None:
+            replacements["lines"] = _order_lines(changes.lines)
+        updated = dataclasses.replace(order, **replacements)
+        self._data.orders[order.system_id] = updated
+        return ProcessOrderResult(
+            success=True, error_message=None, order_number=updated.order_number, order_id=updated.system_id
+        )
+
+    @staticmethod
+    def _check_picking_not_begun(order: Order) -> None:
+        """Refuse the change once the warehouse has begun picking: Picked or later, or any item picked."""
+        if order.status >= PICKED_STATUS or order.has_picked_goods:
+            raise UpdateRefused(PICKING_BEGUN)
+
+
+def _order_lines(lines: Sequence[CustomerOrderLine]) -> tuple[OrderLine, ...]:
+    """The order's lines as ordered, nothing allocated or picked; refused without an article or a quantity."""
+    codes: set[str] = set()
+    order_lines = []
+    for position, line in enumerate(lines, 1):
+        if line.external_order_line_code is not None:
+            if line.external_order_line_code in codes:
+                raise UpdateRefused(LINE_CODE_REPEATED.format(code=line.external_order_line_code))
+            codes.add(line.external_order_line_code)
+        if not line.article_number:
+            raise UpdateRefused(LINE_ARTICLE_MISSING.format(position=position))
+        if line.number_of_items <= 0:
+            raise UpdateRefused(LINE_QUANTITY_NOT_POSITIVE.format(position=position))
+        order_lines.append(
+            OrderLine(article=line.article_number, ordered=_quantity(line.number_of_items), allocated=0, picked=0)
+        )
+    return tuple(order_lines)
+
+
+def _quantity(number_of_items: Decimal) -> int | Decimal:
+    """A whole number of items as an int, a fraction as it was sent."""
+    return int(number_of_items) if number_of_items == number_of_items.to_integral_value() else number_of_items

@@ -15,7 +15,7 @@ from sandbox.ongoing.model import (
     UpdateOrderResult,
     WayOfDeliveryTypeChange,
 )
-from sandbox.soap11 import XSI_NS, SoapFault
+from sandbox.soap11 import XSI_NS, SoapFault, check_operation_element
 
 WSI_NS = "http://ongoingsystems.se/WSI"
 UPDATE_ORDER_SOAP_ACTION = f"{WSI_NS}/UpdateOrder"
@@ -84,13 +84,7 @@ class UpdateOrderSchema:
 
 def read_update_order(operation: etree._Element, schema: UpdateOrderSchema) -> UpdateOrderRequest:
     """Validate an UpdateOrder element (default namespace or any prefix) and read it into a request."""
-    if operation.tag != UPDATE_ORDER_TAG:
-        raise SoapFault(
-            "Client",
-            f"Server was unable to read request. The body element {etree.QName(operation).localname} "
-            f"in namespace '{etree.QName(operation).namespace or ''}' does not match the SOAPAction "
-            f"{UPDATE_ORDER_SOAP_ACTION}.",
-        )
+    check_operation_element(operation, UPDATE_ORDER_TAG, UPDATE_ORDER_SOAP_ACTION)
     problems = schema.find_problems(operation)
     if problems:
         raise SoapFault("Client", "Server was unable to read request. " + " ".join(problems))

@@ -1,10 +1,21 @@
 """HTTP face of the simulated Ongoing WMS: the SOAP service, a JSON view of its data and webhooks, admin calls."""
 
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from types import MappingProxyType
+
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from lxml import etree
 from marshmallow import ValidationError
 
-from sandbox.ongoing.model import Order
+from sandbox.ongoing.model import Customer, GoodsOwner, Order, OrderLine
 from sandbox.ongoing.new_order import read_new_order
+from sandbox.ongoing.process_order import (
+    PROCESS_ORDER_SOAP_ACTION,
+    ProcessOrderTypes,
+    read_process_order,
+    render_process_order_response,
+)
 from sandbox.ongoing.store import NewOrderInvalid, OngoingSnapshot, OngoingStore, OrderNumberTaken
 from sandbox.ongoing.update_order import (
     UPDATE_ORDER_SOAP_ACTION,
@@ -18,9 +29,9 @@ from sandbox.soap11 import (
     SOAP11_CONTENT_TYPE,
     SoapFault,
     check_soap11_content_type,
-    check_soap_action,
     new_soap11_envelope,
     read_soap11_operation,
+    read_soap_action,
     render_soap11_fault,
     serialize_soap11_envelope,
 )
@@ -61,6 +72,11 @@ def _schema() -> UpdateOrderSchema:
     return current_app.extensions[EXTENSION_KEY]["schema"]
 
 
+def _process_order_types() -> ProcessOrderTypes:
+    """The application's ProcessOrder types, read from the WSDL's definitions."""
+    return current_app.extensions[EXTENSION_KEY]["process_order_types"]
+
+
 def _webhook_sender() -> WebhookSender:
     """The application's sender of order webhooks."""
     return current_app.extensions[EXTENSION_KEY]["webhooks"]
@@ -71,23 +87,70 @@ def _soap_response(payload: bytes, status: int) -> Response:
     return Response(payload, status=status, content_type=SOAP11_CONTENT_TYPE)
 
 
+def _authenticate(goods_owner_code: str | None, user_name: str | None, password: str | None) -> GoodsOwner:
+    """The goods owner the credentials act for; a Client fault if they do not all match."""
+    goods_owner = _store().authenticate(goods_owner_code or "", user_name or "", password or "")
+    if goods_owner is None:
+        raise SoapFault("Client", INVALID_CREDENTIALS)
+    return goods_owner
+
+
+def run_update_order(operation: etree._Element, body: etree._Element) -> None:
+    """Read UpdateOrder, check its credentials, apply it and write its response into `body`."""
+    update_request = read_update_order(operation, _schema())
+    goods_owner = _authenticate(update_request.goods_owner_code, update_request.user_name, update_request.password)
+    result = _store().update_order(goods_owner, update_request.identification, update_request.changes)
+    render_update_order_response(body, result)
+
+
+def run_process_order(operation: etree._Element, body: etree._Element) -> None:
+    """Read ProcessOrder, check its credentials, apply it and write its response into `body`."""
+    process_request = read_process_order(operation, _process_order_types())
+    goods_owner = _authenticate(process_request.goods_owner_code, process_request.user_name, process_request.password)
+    result = _store().process_order(goods_owner, process_request.order)
+    render_process_order_response(body, result)
+
+
+# SOAPAction -> the operation it runs. Each reads and authenticates before it touches the store, so a fault
+# leaves the data as it was.
+SOAP_OPERATIONS: Mapping[str, Callable[[etree._Element, etree._Element], None]] = MappingProxyType(
+    {UPDATE_ORDER_SOAP_ACTION: run_update_order, PROCESS_ORDER_SOAP_ACTION: run_process_order}
+)
+
+
 def serve_soap_request() -> Response:
-    """Answer one SOAP 1.1 UpdateOrder call: a result envelope, or a fault for a request that cannot be run."""
+    """Answer one SOAP 1.1 call by its SOAPAction: a result envelope, or a fault for a request that cannot be run."""
     try:
         check_soap11_content_type(request.mimetype, request.mimetype_params.get("charset"))
-        check_soap_action(request.headers.get("SOAPAction"), UPDATE_ORDER_SOAP_ACTION)
-        update_request = read_update_order(read_soap11_operation(request.get_data()), _schema())
-        goods_owner = _store().authenticate(
-            update_request.goods_owner_code, update_request.user_name, update_request.password
-        )
-        if goods_owner is None:
-            raise SoapFault("Client", INVALID_CREDENTIALS)
+        run_operation = SOAP_OPERATIONS[read_soap_action(request.headers.get("SOAPAction"), SOAP_OPERATIONS)]
+        operation = read_soap11_operation(request.get_data())
+        envelope, body = new_soap11_envelope()
+        run_operation(operation, body)
     except SoapFault as fault:
         return _soap_response(render_soap11_fault(fault), fault.http_status)
-    result = _store().update_order(goods_owner, update_request.identification, update_request.changes)
-    envelope, body = new_soap11_envelope()
-    render_update_order_response(body, result)
     return _soap_response(serialize_soap11_envelope(envelope), 200)
+
+
+def _describe_line(line: OrderLine) -> dict:
+    """An order line as JSON; a fraction of an item is a JSON number too."""
+    ordered = float(line.ordered) if isinstance(line.ordered, Decimal) else line.ordered
+    return {"article": line.article, "ordered": ordered, "allocated": line.allocated, "picked": line.picked}
+
+
+def _describe_customer(customer: Customer | None) -> dict | None:
+    """An order's customer as JSON, None for an order that came without one."""
+    if customer is None:
+        return None
+    return {
+        "customer_number": customer.customer_number,
+        "name": customer.name,
+        "address": customer.address,
+        "address2": customer.address2,
+        "address3": customer.address3,
+        "post_code": customer.post_code,
+        "city": customer.city,
+        "country_code": customer.country_code,
+    }
 
 
 def describe_order(order: Order, snapshot: OngoingSnapshot) -> dict:
@@ -114,10 +177,8 @@ def describe_order(order: Order, snapshot: OngoingSnapshot) -> dict:
             if way_of_delivery_type is None
             else {"code": way_of_delivery_type.code, "name": way_of_delivery_type.name}
         ),
-        "lines": [
-            {"article": line.article, "ordered": line.ordered, "allocated": line.allocated, "picked": line.picked}
-            for line in order.lines
-        ],
+        "customer": _describe_customer(order.customer),
+        "lines": [_describe_line(line) for line in order.lines],
     }
 
 

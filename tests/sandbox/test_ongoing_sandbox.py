@@ -367,6 +367,7 @@ def test_every_update_block_is_applied_in_one_request(client):
         "return_waybill": "RWB-1",
         "service_point_code": "SP-42",
         "way_of_delivery_type": {"code": "POSTNORD", "name": "PostNord MyPack"},
+        "customer": None,
         "lines": [{"article": "ART-100", "ordered": 1, "allocated": 0, "picked": 0}],
     }
 
@@ -656,8 +657,8 @@ def test_bad_credentials_fault(client, goods_owner_code, user_name, password):
 
 @pytest.mark.parametrize(
     "soap_action",
-    [None, "", '""', '"http://ongoingsystems.se/WSI/ProcessOrder"', "UpdateOrder", '"http://ongoingsystems.se/WSI"'],
-    ids=["missing", "empty", "quoted-empty", "other-operation", "bare-name", "namespace-only"],
+    [None, "", '""', '"http://ongoingsystems.se/WSI/UpdateOrderLines"', "UpdateOrder", '"http://ongoingsystems.se/WSI"'],
+    ids=["missing", "empty", "quoted-empty", "unserved-operation", "bare-name", "namespace-only"],
 )
 def test_wrong_soap_action_fault(client, soap_action):
     headers = {"Content-Type": "text/xml; charset=utf-8"}

@@ -1,4 +1,4 @@
-"""Ongoing WMS: PATCH /orders/<id> as the SOAP operation UpdateOrder."""
+"""Ongoing WMS: PATCH /orders/<id> as the SOAP operations UpdateOrder and, for a cancel, ProcessOrder."""
 
 from gateway.backends.ongoing.backend import OngoingBackend
 

@@ -1,0 +1,139 @@
+"""Ongoing's UpdateOrder: changes to an existing order, whatever its picking status (specs/000).
+
+The template holds every update block in wire order; rendering copies a small skeleton and only the blocks a
+request uses. The OrderId element of OrderUpdateIdentification is required but nillable: it carries a SystemId,
+and is nil otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lxml import etree
+
+from gateway import ns
+from gateway.backends.base import Credentials, Operation
+from gateway.backends.ongoing.wire import ID_TYPES, fill_login, read_result, soap_request, wsi
+from gateway.canonical import OrderUpdate, UpdateOutcome, WayOfDelivery
+from gateway.errors import BackendError
+from gateway.safexml import check_rendered_document, load_xsd, parse_trusted_template
+from gateway.transport import OutboundRequest
+
+TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "update_order.xml"
+XSD_PATH = "ongoing/update_order.xsd"
+
+#: canonical field -> (update block, value element), in wire order
+UPDATE_BLOCKS = {
+    "status": ("UpdateOrderStatus", "OrderStatus"),
+    "delivery_date": ("UpdateOrderDeliveryDate", "DeliveryDate"),
+    "new_order_number": ("UpdateOrderGoodsOwnerOrderNumber", "GoodsOwnerOrderNumber"),
+    "waybill": ("UpdateOrderWaybill", "Waybill"),
+    "transporter_order_number": ("UpdateOrderTransporterOrderNumber", "UpdateOrderTransporterOrderNumber"),
+    "printed_at": ("UpdateOrderPrintedTime", "PrintedTime"),
+    "shipped_at": ("UpdateOrderShippedTime", "ShippedTime"),
+    "picking_priority": ("UpdatePickingPriority", "PickingPriority"),
+    "warehouse_instruction": ("UpdateOrderWarehouseInstruction", "WarehouseInstruction"),
+    "return_waybill": ("UpdateOrderReturnWaybill", "ReturnWaybill"),
+    "service_point_code": ("UpdateOrderServicePointCode", "ServicePointCode"),
+    "way_of_delivery": ("UpdateOrderWayOfDeliveryType", None),
+}
+
+
+@functools.cache
+def _update_order_template() -> tuple[etree._Element, tuple[tuple[str, etree._Element], ...]]:
+    """The template split once into the envelope without update blocks, and each block by canonical field."""
+    skeleton = parse_trusted_template(TEMPLATE_PATH)
+    body = skeleton.find(f"{{{ns.SOAP11_ENVELOPE}}}Body/{wsi('UpdateOrder')}/{wsi('updateOrder')}")
+    field_of_block = {block: name for name, (block, _) in UPDATE_BLOCKS.items()}
+    blocks = []
+    for block in list(body)[1:]:
+        body.remove(block)
+        blocks.append((field_of_block[etree.QName(block).localname], block))
+    return skeleton, tuple(blocks)
+
+
+def as_wire_text(value: Any) -> str:
+    """A canonical value as xs:dateTime, xs:boolean or plain text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _fill_way_of_delivery(block: etree._Element, way: WayOfDelivery) -> None:
+    block.find(wsi("Operation")).text = "FindOrCreate" if way.create_if_missing else "Find"
+    block.find(wsi("WayOfDeliveryTypeCode")).text = way.code
+    name = block.find(wsi("WayOfDeliveryTypeName"))
+    if way.name is None:
+        block.remove(name)
+    else:
+        name.text = way.name
+
+
+class UpdateOrder(Operation):
+    """UpdateOrder: status (but not canceled), dates, numbers, waybills, instructions, way of delivery."""
+
+    name: ClassVar[str] = "UpdateOrder"
+    carries: ClassVar = frozenset({"status", "status_code", *UPDATE_BLOCKS})
+    # Not idempotent: a repeated renaming (UpdateOrderGoodsOwnerOrderNumber) no longer finds the order.
+    idempotent: ClassVar[bool] = False
+    # UpdateOrder carries one order, and Ongoing wants one goods owner's calls made one after another.
+    orders_per_call: ClassVar[int] = 1
+
+    def __init__(self, backend) -> None:
+        super().__init__(backend)
+        # Compiled once per process, at start-up rather than on the first request.
+        self.template = _update_order_template()
+        load_xsd(XSD_PATH)
+
+    def render(self, updates: Sequence[OrderUpdate], credentials: Credentials) -> OutboundRequest:
+        """Fill the UpdateOrder template, validate it against xsd/ongoing, and wrap it in an HTTP request."""
+        (update,) = updates
+        skeleton, blocks = self.template
+        envelope = copy.deepcopy(skeleton)
+        # The skeleton's shape is fixed: Envelope/Body/UpdateOrder/(code, user, password,
+        # updateOrder/OrderUpdateIdentification), so its elements are reached by position, not searched for.
+        call = envelope[0][0]
+        fill_login(call, self.settings.options["goods_owner_code"], credentials)
+        body = call[3]
+        identification = body[0]
+        id_kind, id_element = ID_TYPES[self.backend.effective_id_type(update)]
+        identification[0].text = id_kind
+        for element in list(identification)[1:]:
+            if element.tag == wsi(id_element):
+                if id_element == "OrderId":
+                    del element.attrib[f"{{{ns.XSI}}}nil"]
+                element.text = update.order_id
+            elif element.tag != wsi("OrderId"):
+                identification.remove(element)
+
+        values = dict(update.changes)
+        if "status" in values or "status_code" in values:
+            values["status"] = self.backend.backend_status_code(update)
+            values.pop("status_code", None)
+        for name, block_template in blocks:  # wire order
+            if name not in values:
+                continue
+            block = copy.deepcopy(block_template)
+            value = values[name]
+            if isinstance(value, WayOfDelivery):
+                _fill_way_of_delivery(block, value)
+            else:
+                block[0].text = as_wire_text(value)
+            body.append(block)
+
+        check_rendered_document(envelope, XSD_PATH, "UpdateOrder")
+        return soap_request(self.settings.url, self.name, envelope)
+
+    def parse(self, payload: etree._Element, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+        """UpdateOrderResult (Success, Message, OrderId) of the one order; refusals mapped by their patterns."""
+        success, message, backend_order_id = read_result(payload, self.name, self.backend)
+        if success:
+            return [UpdateOutcome(backend_order_id=backend_order_id, message=message or "Order updated.")]
+        return [self.backend.refusal_by_message(message, "Success=false")]

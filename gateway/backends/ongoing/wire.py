@@ -1,0 +1,75 @@
+"""What Ongoing's SOAP calls share on the wire: the namespace, order identification, credentials and results.
+
+Wire facts (reference/ongoing): SOAP 1.1, namespace http://ongoingsystems.se/WSI, SOAPAction
+"http://ongoingsystems.se/WSI/<Operation>" with the quotes; every call's element starts with GoodsOwnerCode,
+UserName and Password. Ongoing answers refusals as Success=false with free text; which texts mean "not found"
+or "state conflict" is configured per connection, since the vendor does not document them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from gateway import ns
+from gateway.backends.base import Credentials
+from gateway.errors import BackendFailure
+from gateway.transport import OutboundRequest
+
+if TYPE_CHECKING:
+    from gateway.backends.base import Backend
+
+INT32_MAX = 2**31 - 1
+
+#: canonical id_type -> Ongoing's OrderIdentificationType and the element that carries the value; a SystemId
+#: travels in <OrderId> in UpdateOrder's OrderUpdateIdentification and in ProcessOrder's OrderInfo alike
+ID_TYPES = {
+    "order_number": ("GoodsOwnerOrderNumber", "GoodsOwnerOrderNumber"),
+    "order_id": ("GoodsOwnerOrderId", "GoodsOwnerOrderId"),
+    "system_id": ("SystemId", "OrderId"),
+}
+
+
+def wsi(localname: str) -> str:
+    """A name in Ongoing's namespace."""
+    return f"{{{ns.ONGOING_WSI}}}{localname}"
+
+
+def fill_login(call: etree._Element, goods_owner_code: str, credentials: Credentials) -> None:
+    """Fill the GoodsOwnerCode, UserName and Password that open every call element, in that order."""
+    call[0].text = goods_owner_code
+    call[1].text = credentials.username
+    call[2].text = credentials.password
+
+
+def soap_request(url: str, operation: str, envelope: etree._Element) -> OutboundRequest:
+    """The HTTP request of one SOAP 1.1 call to Ongoing."""
+    return OutboundRequest(
+        method="POST",
+        url=url,
+        headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{ns.ONGOING_WSI}/{operation}"'},
+        body=etree.tostring(envelope, xml_declaration=True, encoding="utf-8"),
+    )
+
+
+def read_result(payload: etree._Element, operation: str, backend: Backend) -> tuple[bool, str, str | None]:
+    """(success, message, backend order id) of `<operation>Response/<operation>Result`.
+
+    The refusal text is read from ErrorMessage where the result type has one (ProcessOrder's FileResultClass),
+    else from Message; an OrderId of 0 or nil means no order.
+    """
+    result = payload.find(wsi(f"{operation}Result")) if payload.tag == wsi(f"{operation}Response") else None
+    success = result.findtext(wsi("Success")) if result is not None else None
+    if success is None or success.strip() not in ("true", "false", "1", "0"):
+        raise BackendFailure(f"The backend's reply has no {operation}Response with a Success flag.",
+                             connection=backend.name)
+    message = (result.findtext(wsi("ErrorMessage")) or "").strip() or (result.findtext(wsi("Message")) or "").strip()
+    order_id = result.find(wsi("OrderId"))
+    backend_order_id = None
+    if order_id is not None and order_id.get(f"{{{ns.XSI}}}nil") not in ("true", "1"):
+        backend_order_id = (order_id.text or "").strip() or None
+    if backend_order_id == "0":
+        backend_order_id = None
+    return success.strip() in ("true", "1"), message, backend_order_id
+

@@ -1,0 +1,113 @@
+"""Reading a backend's reply before any operation sees it: one place for what every backend's replies share.
+
+HTTP status, media type, parseability and the SOAP envelope (fault or payload) are classified here, next to
+the transport's error mapping (transport.py), and turned into BackendErrors; an operation's `parse` hook gets
+only the payload it understands: the first element inside soap:Body, or a decoded JSON document.
+
+    refused credentials (401, 403, 407)               BackendFailure  502
+    rate limited or overloaded (429, 503) without
+      a usable payload                                BackendUnavailable 503, with the backend's Retry-After
+    empty, wrong media type, unparseable              BackendFailure  502
+    SOAP: not an envelope, empty Body, Fault          BackendFailure  502
+    SOAP: any status but 200 without a fault          BackendFailure  502
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from lxml import etree
+
+from gateway import ns
+from gateway.errors import BackendError, BackendFailure, BackendUnavailable
+from gateway.safexml import UnsafeXML, parse_untrusted_xml
+from gateway.soap import child_element, read_fault
+from gateway.transport import BackendReply
+
+SOAP = "soap"
+JSON = "json"
+ENVELOPE_NAMESPACES = frozenset({ns.SOAP11_ENVELOPE, ns.SOAP12_ENVELOPE})
+XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
+CREDENTIAL_REFUSALS = frozenset({401, 403, 407})
+OVERLOADED = frozenset({429, 503})
+_EXCERPT = 200
+
+
+def _describe(reply: BackendReply) -> str:
+    return f"HTTP {reply.status}, {reply.content_type or 'no content type'}"
+
+
+class _ReplyReader:
+    """Turns what is wrong with one reply into the right BackendError for its connection."""
+
+    def __init__(self, reply: BackendReply, connection: str) -> None:
+        self.reply = reply
+        self.connection = connection
+
+    def failure(self, detail: str) -> BackendError:
+        """A BackendFailure, or BackendUnavailable (with Retry-After) when the backend said it is overloaded."""
+        status = self.reply.status
+        if status in OVERLOADED:
+            error: BackendError = BackendUnavailable(
+                f"The backend is rate limiting or overloaded (HTTP {status}).",
+                connection=self.connection, code=f"HTTP {status}")
+            error.retry_after = self.reply.headers.get("Retry-After")
+            return error
+        return BackendFailure(detail, connection=self.connection, code=f"HTTP {status}")
+
+    def check_status(self) -> None:
+        """Refused credentials end the reading whatever the body says."""
+        if self.reply.status in CREDENTIAL_REFUSALS:
+            raise self.failure(f"The backend refused the gateway's credentials (HTTP {self.reply.status}).")
+        if not self.reply.body.strip():
+            raise self.failure(f"The backend sent an empty reply ({_describe(self.reply)}).")
+
+    def soap_payload(self) -> etree._Element:
+        """The first element inside soap:Body of a successful SOAP 1.1 or 1.2 reply."""
+        self.check_status()
+        media_type = self.reply.content_type
+        if media_type and media_type not in XML_MEDIA_TYPES and not media_type.endswith("+xml"):
+            raise self.failure(f"The backend sent a reply that is not XML ({_describe(self.reply)}).")
+        try:
+            root = parse_untrusted_xml(self.reply.body)
+        except UnsafeXML as error:
+            raise self.failure(f"The backend sent an unusable reply ({_describe(self.reply)}): {error}.") from None
+        if etree.QName(root).namespace not in ENVELOPE_NAMESPACES or etree.QName(root).localname != "Envelope":
+            raise self.failure(f"The backend's reply is not a SOAP envelope ({_describe(self.reply)}).")
+        body = child_element(root, "Body")
+        payload = next((child for child in body if isinstance(child.tag, str)), None) if body is not None else None
+        if payload is None:
+            raise self.failure(f"The backend's SOAP reply has an empty Body ({_describe(self.reply)}).")
+        if etree.QName(payload).localname == "Fault" and etree.QName(payload).namespace in ENVELOPE_NAMESPACES:
+            code, reason = read_fault(payload)
+            raise BackendFailure(f"The backend answered with a SOAP fault: {reason[:_EXCERPT]}",
+                                 connection=self.connection, code=code, message=reason)
+        if self.reply.status != 200:
+            raise self.failure(f"The backend answered HTTP {self.reply.status}.")
+        return payload
+
+    def json_document(self) -> Any:
+        """The decoded JSON document of a reply (of any status: JSON APIs explain errors in the body)."""
+        self.check_status()
+        try:
+            return json.loads(self.reply.body)
+        except (UnicodeDecodeError, ValueError):
+            raise self.failure(f"The backend sent a reply that is not JSON ({_describe(self.reply)}).") from None
+
+
+READERS: dict[str, Callable[[_ReplyReader], Any]] = {
+    SOAP: _ReplyReader.soap_payload,
+    JSON: _ReplyReader.json_document,
+}
+
+
+def read_reply(reply: BackendReply, reply_format: str, connection: str) -> Any:
+    """The payload of `reply` in `reply_format` ("soap" or "json"); raises the BackendError of a bad reply."""
+    return READERS[reply_format](_ReplyReader(reply, connection))
+
+
+def read_soap_payload(reply: BackendReply, connection: str) -> etree._Element:
+    """The first element inside soap:Body; raises the BackendError of a fault or an unusable reply."""
+    return read_reply(reply, SOAP, connection)
