@@ -27,10 +27,11 @@ from bench.measure import Budget, Section, microseconds, percentile, time_cases_
 from bench.translate import GatewayRound, gateway_rounds
 from bench.workload import CONNECTIONS, REPEATABLE, ROOT, TYPICAL, parsed_config
 from gateway import create_app
-from gateway.backends import Backend
+from gateway.backends.ongoing.update_order import XSD_PATH as UPDATE_ORDER_XSD
 from gateway.canonical import OrderUpdateSchema
 from gateway.canonical.schema import load_order_update
-from gateway.safexml import parse_untrusted_xml
+from gateway.connections import Connection
+from gateway.safexml import load_xsd, parse_untrusted_xml
 from gateway.transport import BackendReply, OutboundRequest
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -129,13 +130,12 @@ def bare_flask_app() -> Flask:
 def time_request_without_network(section: Section, folder: Path, rounds: dict[str, GatewayRound],
                                  budget: Budget) -> None:
     """Per backend: a whole PATCH through the test client with a canned backend reply, against its parts."""
-    app = create_app(parsed_config("http://127.0.0.1:9", folder))
+    transports = {CONNECTIONS[backend]: CannedTransport(rounds[backend].reply) for backend in TYPICAL}
+    app = create_app(parsed_config("http://127.0.0.1:9", folder), transports=transports)
     try:
-        gateway_connections = app.extensions["order_gateway"]
         cases: dict[str, Callable[[], Any]] = {}
         client, bare_client = app.test_client(), bare_flask_app().test_client()
         for backend, workload in TYPICAL.items():
-            gateway_connections.by_name[CONNECTIONS[backend]].transport = CannedTransport(rounds[backend].reply)
             url, document = f"/orders/{workload.order_id(0)}", workload.document()
             if client.patch(url, json=document).status_code != 200:
                 raise RuntimeError(f"{backend}: the gateway refused the canned round trip")
@@ -160,7 +160,7 @@ def time_request_without_network(section: Section, folder: Path, rounds: dict[st
                   microseconds(gateway - bare - round_))
 
 
-def count_key_value_checks(backend: Backend, outbound: OutboundRequest) -> int:
+def count_key_value_checks(connection: Connection, outbound: OutboundRequest) -> int:
     """How often requests' `to_key_val_list` runs while the gateway's transport sends one request."""
     calls = 0
     original = requests.utils.to_key_val_list
@@ -174,7 +174,7 @@ def count_key_value_checks(backend: Backend, outbound: OutboundRequest) -> int:
     for module in modules:
         module.to_key_val_list = counted
     try:
-        backend.transport.send(outbound)
+        connection.transport.send(outbound)
     finally:
         for module in modules:
             module.to_key_val_list = original
@@ -183,40 +183,42 @@ def count_key_value_checks(backend: Backend, outbound: OutboundRequest) -> int:
 
 def time_parts(section: Section, rounds: dict[str, GatewayRound], budget: Budget) -> None:
     """The cost of the parts the profiles point at, timed without a profiler."""
-    ongoing, sellercenter = rounds["ongoing"].backend, rounds["sellercenter"].backend
-    ongoing_update = rounds["ongoing"].validate()
-    ongoing_request = rounds["ongoing"].render(ongoing_update)
+    ongoing, sellercenter = rounds["ongoing"].connection, rounds["sellercenter"].connection
+    ongoing_planned = rounds["ongoing"].validate()
+    ongoing_update = ongoing_planned.update
+    ongoing_request = rounds["ongoing"].render(ongoing_planned)
     envelope = etree.fromstring(ongoing_request.body)
-    sellercenter_update = rounds["sellercenter"].validate()
-    sellercenter_document = json.loads(rounds["sellercenter"].render(sellercenter_update).body)
+    sellercenter_planned = rounds["sellercenter"].validate()
+    sellercenter_document = json.loads(rounds["sellercenter"].render(sellercenter_planned).body)
     checks_per_request = count_key_value_checks(ongoing, ongoing_request)
-    password = rounds["ongoing"].password
-    skeleton, block_templates = ongoing.template
+    update_order = ongoing_planned.operation
+    update_order_information = sellercenter_planned.operation
+    skeleton, block_templates = update_order.template
     #: figure key -> (what, the call, calls per request)
     parts: dict[str, tuple[str, Callable[[], Any], int]] = {
-        "ongoing render": ("Ongoing render_request, whole",
-                           lambda: ongoing.render_request([ongoing_update], password=password), 1),
+        "ongoing render": ("Ongoing UpdateOrder render, whole",
+                           lambda: rounds["ongoing"].render(ongoing_planned), 1),
         "ongoing template copy": ("— copy.deepcopy of the UpdateOrder skeleton (no update blocks)",
                                   lambda: copy.deepcopy(skeleton), 1),
         "ongoing block copy": (f"— copy.deepcopy of one update block (of {len(block_templates)})",
                                lambda: copy.deepcopy(block_templates[0][1]), 1),
-        "ongoing xsd": ("— XSD validation of the filled envelope", lambda: ongoing.schema.validate(envelope), 1),
+        "ongoing xsd": ("— XSD validation of the filled envelope",
+                        lambda: load_xsd(UPDATE_ORDER_XSD).validate(envelope), 1),
         "ongoing tostring": ("— etree.tostring of the envelope",
                              lambda: etree.tostring(envelope, xml_declaration=True, encoding="utf-8"), 1),
-        "ongoing parse": ("Ongoing parse_reply, whole",
-                          lambda: ongoing.parse_reply(rounds["ongoing"].reply, [ongoing_update]), 1),
+        "ongoing parse": ("Ongoing reply classification + UpdateOrder parse, whole",
+                          lambda: rounds["ongoing"].parse(ongoing_planned), 1),
         "ongoing xml parsing": ("— parse_untrusted_xml of the reply",
                                 lambda: parse_untrusted_xml(rounds["ongoing"].reply.body), 1),
         "canonical load": (f"load_order_update of the Ongoing document (marshmallow, {len(OrderUpdateSchema().fields)} "
                            "declared fields)",
                            lambda: load_order_update(ongoing_update.order_id, rounds["ongoing"].document), 1),
-        "sellercenter render": ("SellerCenter render_request, whole",
-                                lambda: sellercenter.render_request([sellercenter_update],
-                                                                    password=rounds["sellercenter"].password), 1),
+        "sellercenter render": ("SellerCenter UpdateOrderInformation render, whole",
+                                lambda: rounds["sellercenter"].render(sellercenter_planned), 1),
         "sellercenter check": ("— marshmallow check of the rendered JSON document",
-                               lambda: sellercenter.document_schema.load(sellercenter_document), 1),
+                               lambda: update_order_information.document_schema.load(sellercenter_document), 1),
         "sellercenter signing": ("SellerCenter signing of the URL (`signed_url`, at send time)",
-                                 lambda: sellercenter.signer.signed_url(sellercenter.url), 1),
+                                 lambda: sellercenter.auth.signed_url(update_order_information.url), 1),
         "requests checks": (f"requests {requests.__version__}: `to_key_val_list` (a typing.Protocol isinstance check)",
                             lambda: requests.utils.to_key_val_list({"Content-Type": "text/xml"}), checks_per_request),
     }
@@ -252,7 +254,7 @@ def run_profiles(sandbox_url: str, budget: Budget) -> Section:
         profiler, calls = profile_calls(rounds["ongoing"].round, budget.profile_seconds)
         summarize_profile(section, "ongoing_translation", profiler, calls)
         for gateway_round in rounds.values():
-            gateway_round.backend.close()
+            gateway_round.connection.close()
 
         app = create_app(parsed_config(sandbox_url, Path(scratch)))
         try:

@@ -94,9 +94,9 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
                                           for stage in ("validate", "render", "parse", "round"))
         zeep = figures["zeep round ns"]
         text = (f"**Translation.** The Ongoing round takes {_us(whole)}: validate {_us(validate)} (marshmallow "
-                f"`load_order_update` + `check_update`), render {_us(render)}, parse {_us(parse)}. zeep's round "
-                f"takes {_us(zeep)}, so 10x would need the whole round at {_us(zeep / 10)}, less than the render "
-                "step alone.")
+                f"`load_order_update` + the connection's `check`), render {_us(render)}, parse {_us(parse)}. "
+                f"zeep's round takes {_us(zeep)}, so 10x would need the whole round at {_us(zeep / 10)}, less than "
+                "the render step alone.")
         if "part ongoing render ns" in figures:
             copied, block, checked, written, parsed, whole_render = (
                 figures[f"part ongoing {part} ns"]

@@ -26,7 +26,7 @@ from bench.workload import (
     REPEATABLE,
     ROOT,
     SERVICE_PATHS,
-    configured_backends,
+    configured_connections,
     environment_without_backend_urls,
     rendered_request,
     sandbox_urls,
@@ -134,27 +134,27 @@ class Deployment:
 
 def write_passthrough_documents(sandbox_url: str, folder: Path) -> Path:
     """The pre-rendered request of every repeatable update, as the passthrough app and direct calls send it."""
-    backends = configured_backends(sandbox_url, folder)
+    connections = configured_connections(sandbox_url, folder)
     documents = {}
     for name, workload in REPEATABLE.items():
-        backend = backends[name]
+        connection = connections[name]
         documents[name] = {
-            "auth": backend_auth_description(backend),
-            "orders": {order_id: _describe(rendered_request(backend, workload, index))
+            "auth": backend_auth_description(connection),
+            "orders": {order_id: _describe(rendered_request(connection, workload, index))
                        for index, order_id in enumerate(workload.order_ids)},
         }
-        backend.close()
+        connection.close()
     path = folder / "passthrough-documents.json"
     path.write_text(json.dumps(documents))
     return path
 
 
-def backend_auth_description(backend) -> dict:
-    """How the backend authenticates at the transport level, for the passthrough app to do the same."""
-    if backend.kind == "speed4trade":
-        return {"basic": [backend.settings.username, backend.settings.password.reveal()]}
-    if backend.kind == "sellercenter":
-        return {"sellercenter_api_key": backend.settings.options["api_key"].reveal()}
+def backend_auth_description(connection) -> dict:
+    """How the connection authenticates at the transport level, for the passthrough app to do the same."""
+    if connection.kind == "speed4trade":
+        return {"basic": [connection.settings.username, connection.settings.password.reveal()]}
+    if connection.kind == "sellercenter":
+        return {"sellercenter_api_key": connection.settings.options["api_key"].reveal()}
     return {}
 
 

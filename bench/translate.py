@@ -1,10 +1,11 @@
 """Translation in process: validate, render and parse per backend, beside zeep doing Ongoing's UpdateOrder.
 
 A round is what the gateway does for one update apart from the network: validate the canonical document
-(`load_order_update` and the backend's `check_update`), render the wire request (`render_request`, with its XSD
-or schema check and serialization) and read a success reply (`parse_reply` on a canned BackendReply that the
-sandbox app produced). zeep builds the same UpdateOrder envelope from Ongoing's 2017 WSDL (client made once, a
-transport that never sends), serializes it as it would post it, and reads the same reply through its binding.
+(`load_order_update` and the connection's `check`, which plans the operation), render the wire request
+(the operation's `render`, with its XSD or schema check and serialization) and read a success reply (the
+reply's classification and the operation's `parse` on a canned BackendReply that the sandbox app produced).
+zeep builds the same UpdateOrder envelope from Ongoing's 2017 WSDL (client made once, a transport that never
+sends), serializes it as it would post it, and reads the same reply through its binding.
 
 Run alone: `python -m bench.translate [--quick]`.
 """
@@ -26,10 +27,11 @@ from zeep.wsdl.utils import etree_to_string
 
 import sandbox
 from bench.measure import Budget, Section, microseconds, percentile, time_cases_interleaved
-from bench.workload import ROOT, TYPICAL, configured_backends, rendered_request, sandbox_reply
-from gateway.backends import Backend
+from bench.workload import ROOT, TYPICAL, configured_connections, rendered_request, sandbox_reply
 from gateway.canonical import UpdateOutcome
 from gateway.canonical.schema import load_order_update
+from gateway.connections import Connection, PlannedUpdate
+from gateway.replies import read_reply
 from gateway.transport import BackendReply
 
 ONGOING_WSDL = Path(os.environ.get(
@@ -51,43 +53,40 @@ class NeverSendingTransport(Transport):
 class GatewayRound:
     """The gateway's stages for one backend's typical update, each callable on its own."""
 
-    backend: Backend
+    connection: Connection
     order_id: str
     document: dict
     reply: BackendReply
-    password: str
 
-    def validate(self) -> Any:
-        """Canonical JSON to a checked OrderUpdate."""
-        update = load_order_update(self.order_id, self.document)
-        self.backend.check_update(update)
-        return update
+    def validate(self) -> PlannedUpdate:
+        """Canonical JSON to a checked OrderUpdate with its operation planned."""
+        return self.connection.check(load_order_update(self.order_id, self.document))
 
-    def render(self, update: Any) -> Any:
-        """OrderUpdate to the wire request."""
-        return self.backend.render_request([update], password=self.password)
+    def render(self, planned: PlannedUpdate) -> Any:
+        """The planned update to the wire request."""
+        return planned.operation.render([planned.update], self.connection.credentials)
 
-    def parse(self, update: Any) -> Any:
-        """The canned success reply to normalized outcomes."""
-        return self.backend.parse_reply(self.reply, [update])
+    def parse(self, planned: PlannedUpdate) -> Any:
+        """The canned success reply, classified, to normalized outcomes."""
+        operation = planned.operation
+        return operation.parse(read_reply(self.reply, operation.reply_format, self.connection.name), [planned.update])
 
     def round(self) -> Any:
         """All three, as one update goes through the gateway."""
-        update = self.validate()
-        self.render(update)
-        return self.parse(update)
+        planned = self.validate()
+        self.render(planned)
+        return self.parse(planned)
 
 
 def gateway_rounds(folder: Path, sandbox_url: str = "http://127.0.0.1:9") -> dict[str, GatewayRound]:
     """Per backend, its typical update with the reply the sandbox app gives it (the URL only names the target)."""
-    backends = configured_backends(sandbox_url, folder)
+    connections = configured_connections(sandbox_url, folder)
     sandbox_client = sandbox.create_app().test_client()
     rounds = {}
     for name, workload in TYPICAL.items():
-        backend = backends[name]
-        reply = sandbox_reply(sandbox_client, backend, rendered_request(backend, workload))
-        password = backend.settings.password.reveal() if backend.settings.password else ""
-        gateway_round = GatewayRound(backend, workload.order_id(0), workload.document(), reply, password)
+        connection = connections[name]
+        reply = sandbox_reply(sandbox_client, connection, rendered_request(connection, workload))
+        gateway_round = GatewayRound(connection, workload.order_id(0), workload.document(), reply)
         (outcome,) = gateway_round.round()
         if not isinstance(outcome, UpdateOutcome):
             raise RuntimeError(f"{name}: the canned reply is not a success: {outcome}")
@@ -122,14 +121,14 @@ class ZeepRound:
 def zeep_round(ongoing: GatewayRound) -> ZeepRound:
     """zeep with the 2017 WSDL, the same order and credentials as the gateway's Ongoing round, the same reply."""
     client = zeep.Client(str(ONGOING_WSDL), transport=NeverSendingTransport())
-    settings = ongoing.backend.settings
+    settings = ongoing.connection.settings
     arguments = {
         "GoodsOwnerCode": settings.options["goods_owner_code"], "UserName": settings.username,
-        "Password": ongoing.password,
+        "Password": ongoing.connection.credentials.password,
         "updateOrder": {
             "OrderUpdateIdentification": {"OrderIdentificationType": "GoodsOwnerOrderNumber",
                                           "GoodsOwnerOrderNumber": ongoing.order_id, "OrderId": None},
-            "UpdateOrderStatus": {"OrderStatus": ongoing.backend.status_map[ongoing.document["status"]]},
+            "UpdateOrderStatus": {"OrderStatus": ongoing.connection.backend.status_map[ongoing.document["status"]]},
         },
     }
     response = requests.Response()
@@ -150,8 +149,9 @@ def run_translation(budget: Budget) -> Section:
         "Microseconds per call, median and p90 of up to "
         f"{budget.translation_rounds} timed calls per case after 200 warm-up calls (`time.perf_counter_ns`), all "
         f"cases interleaved in blocks of 50 and the whole bounded to {budget.translation_seconds:g} s. *validate* = "
-        "`load_order_update` + `check_update`; *render* = `render_request` (with the XSD or schema check and "
-        "serialization); *parse* = `parse_reply` on a canned success reply from the sandbox app; *round* = the "
+        "`load_order_update` + the connection's `check` (fields, rules, plan); *render* = the operation's `render` "
+        "(with the XSD or schema check and serialization); *parse* = reply classification + the operation's "
+        "`parse` on a canned success reply from the sandbox app; *round* = the "
         "three in a row. Typical updates: Ongoing `{\"status\": \"released\"}`, Speed4Trade shipped with one "
         "shipment, SellerCenter a shipping address (address1, city). zeep "
         f"{zeep.__version__}: `client.create_message(...)` + `etree_to_string` (*build*) and "
@@ -175,7 +175,7 @@ def run_translation(budget: Budget) -> Section:
         timings = time_cases_interleaved(cases, rounds=budget.translation_rounds,
                                          seconds=budget.translation_seconds)
         for gateway_round in rounds.values():
-            gateway_round.backend.close()
+            gateway_round.connection.close()
 
     def median(case: str) -> float:
         return percentile(timings[case], 0.5)

@@ -15,9 +15,10 @@ from typing import Any
 
 import requests
 
-from gateway.backends import BACKENDS, Backend
+from gateway.backends import BACKENDS
 from gateway.canonical.schema import load_order_update
 from gateway.config import load_settings
+from gateway.connections import Connection
 from gateway.transport import BackendReply, OutboundRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,27 +106,28 @@ def parsed_config(sandbox_url: str, folder: Path) -> dict[str, Any]:
     return raw
 
 
-def configured_backends(sandbox_url: str, folder: Path) -> dict[str, Backend]:
-    """Backend kind -> the ready Backend of its sandbox connection, built as the gateway builds it."""
+def configured_connections(sandbox_url: str, folder: Path) -> dict[str, Connection]:
+    """Backend kind -> the ready Connection of its sandbox connection, built as the gateway builds it."""
     settings = load_settings(parsed_config(sandbox_url, folder), str(folder / "gateway.toml"), BACKENDS)
-    return {backend: BACKENDS[backend](settings.connections[name]) for backend, name in CONNECTIONS.items()}
+    return {backend: Connection(settings.connections[name], BACKENDS[backend])
+            for backend, name in CONNECTIONS.items()}
 
 
-def rendered_request(backend: Backend, workload: Workload, index: int = 0) -> OutboundRequest:
+def rendered_request(connection: Connection, workload: Workload, index: int = 0) -> OutboundRequest:
     """The request the gateway would send for the workload's `index`-th update, with the real credentials."""
-    update = load_order_update(workload.order_id(index), workload.document())
-    return backend.prepare_update(update)
+    planned = connection.check(load_order_update(workload.order_id(index), workload.document()))
+    return planned.operation.render([planned.update], connection.credentials)
 
 
-def prepared_request(backend: Backend, request: OutboundRequest) -> requests.PreparedRequest:
-    """The request as it leaves the gateway: with the backend's transport-level authentication applied."""
+def prepared_request(connection: Connection, request: OutboundRequest) -> requests.PreparedRequest:
+    """The request as it leaves the gateway: with the connection's transport-level authentication applied."""
     return requests.Request(request.method, request.url, headers=dict(request.headers), data=request.body,
-                            auth=backend.make_auth()).prepare()
+                            auth=connection.auth).prepare()
 
 
-def sandbox_reply(sandbox_client: Any, backend: Backend, request: OutboundRequest) -> BackendReply:
+def sandbox_reply(sandbox_client: Any, connection: Connection, request: OutboundRequest) -> BackendReply:
     """The sandbox's reply to one rendered request, through a Flask test client of the sandbox app."""
-    prepared = prepared_request(backend, request)
+    prepared = prepared_request(connection, request)
     path = prepared.path_url
     response = sandbox_client.open(path, method=prepared.method, data=prepared.body,
                                    headers=dict(prepared.headers))
