@@ -81,6 +81,11 @@ def test_examples_for_each_backend(document):
     examples = single_examples(document)
     connections = {example["value"]["connection"] for example in examples.values()}
     assert connections == {"ongoing-demo", "speed4trade-demo", "sellercenter-demo"}
+    cancels = {example["value"]["connection"] for example in examples.values()
+               if example["value"].get("status") == "canceled"}
+    assert cancels == {"ongoing-demo", "speed4trade-demo"}  # SellerCenter cannot cancel: its 422 is documented
+    description = document["paths"]["/orders/{order_id}"]["patch"]["description"]
+    assert "ProcessOrder" in description and "SellerCenter" in description
     bulk = document["paths"]["/orders"]["patch"]["requestBody"]["content"]["application/json"]["examples"]
     assert len(bulk) == 3
 

@@ -104,6 +104,9 @@ def update_order(order_id: str):
 
     The body is one canonical document; which fields a connection accepts depends on its backend (a field it
     cannot carry is a 422 naming the field and the backend). Nothing is sent unless the whole document is valid.
+    The backend picks the vendor call, named in the reply's `operation`: `{"status": "canceled"}` is Ongoing's
+    ProcessOrder (OrderOperation Remove, alone) and Speed4Trade's updateOrderStatus CANCELED; SellerCenter,
+    whose UpdateOrderInformation carries addresses only, refuses it with a 422.
     """
     dry_run = read_dry_run_flag()
     document = read_json_body()

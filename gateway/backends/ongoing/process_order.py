@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from lxml import etree
 
-from gateway.backends.base import Credentials, Operation
+from gateway.backends.base import Backend, Credentials, Operation
 from gateway.backends.ongoing.wire import ID_TYPES, fill_login, read_result, soap_request, wsi
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.errors import BackendError
@@ -43,7 +43,7 @@ class ProcessOrderRemove(Operation):
     idempotent: ClassVar[bool] = True
     orders_per_call: ClassVar[int] = 1
 
-    def __init__(self, backend) -> None:
+    def __init__(self, backend: Backend) -> None:
         super().__init__(backend)
         self.template = _process_order_template()
         load_xsd(XSD_PATH)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from lxml import etree
 
 from gateway import ns
-from gateway.backends.base import Credentials, Operation
+from gateway.backends.base import Backend, Credentials, Operation
 from gateway.backends.ongoing.wire import ID_TYPES, fill_login, read_result, soap_request, wsi
 from gateway.canonical import OrderUpdate, UpdateOutcome, WayOfDelivery
 from gateway.errors import BackendError
@@ -86,7 +86,7 @@ class UpdateOrder(Operation):
     # UpdateOrder carries one order, and Ongoing wants one goods owner's calls made one after another.
     orders_per_call: ClassVar[int] = 1
 
-    def __init__(self, backend) -> None:
+    def __init__(self, backend: Backend) -> None:
         super().__init__(backend)
         # Compiled once per process, at start-up rather than on the first request.
         self.template = _update_order_template()

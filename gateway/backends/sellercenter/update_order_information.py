@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from gateway.backends.base import Credentials, Operation
+from gateway.backends.base import Backend, Credentials, Operation
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.canonical.schema import ADDRESS_FIELDS
 from gateway.errors import BackendError, BackendFailure, BackendUnavailable, TranslationError
@@ -84,7 +84,7 @@ class UpdateOrderInformation(Operation):
     # Idempotent: the members sent replace the order's, so sending them twice changes nothing more.
     idempotent: ClassVar[bool] = True
 
-    def __init__(self, backend) -> None:
+    def __init__(self, backend: Backend) -> None:
         super().__init__(backend)
         self.template = _request_template()
         self.document_schema = UpdateOrderInformationSchema()

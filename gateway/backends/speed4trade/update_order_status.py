@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from lxml import etree
 
-from gateway.backends.base import Credentials, Operation
+from gateway.backends.base import Backend, Credentials, Operation
 from gateway.canonical import OrderUpdate, Payment, Shipment, UpdateOutcome
 from gateway.errors import BackendError, BackendFailure
 from gateway.safexml import UnsafeXML, check_rendered_document, load_xsd, parse_trusted_template, parse_untrusted_xml
@@ -78,7 +78,7 @@ class UpdateOrderStatus(Operation):
     # Not idempotent: shipping information sent twice may be stored twice.
     idempotent: ClassVar[bool] = False
 
-    def __init__(self, backend) -> None:
+    def __init__(self, backend: Backend) -> None:
         super().__init__(backend)
         options = self.settings.options
         # Compiled once per process, at start-up rather than on the first request.
