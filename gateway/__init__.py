@@ -11,6 +11,7 @@ from gateway import events, rest
 from gateway.backends import BACKENDS
 from gateway.config import GatewaySettings, load_settings, read_configured_settings
 from gateway.connections import Connections
+from gateway.scrubbing import Scrubber, install_log_scrubbing
 from gateway.transport import Transport
 
 
@@ -31,6 +32,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
         GATEWAY_SETTINGS=settings,
     )
     app.json.sort_keys = False
+    scrubber = app.extensions["order_gateway_scrubber"] = Scrubber.for_settings(settings)
+    install_log_scrubbing(scrubber)
     app.extensions["order_gateway"] = Connections(settings, BACKENDS, transports)
     events.init_app(app, settings)
     rest.init_app(app)

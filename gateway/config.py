@@ -118,6 +118,8 @@ class ConnectionSchema(Schema):
     connect_timeout = fields.Float(load_default=3.05, validate=validate.Range(min=0.001, max=300))
     read_timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.001, max=3600))
     max_reply_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024))
+    #: JSON replies nested deeper are refused (502) before anything reads them
+    max_reply_depth = fields.Integer(load_default=32, validate=validate.Range(min=2, max=256))
     pool_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=1000))
     verify_tls = fields.Boolean(load_default=True)
     status_map = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=50)), load_default=dict)
@@ -164,6 +166,8 @@ class GatewaySectionSchema(Schema):
 
     default_connection = fields.String(load_default=None)
     max_body_bytes = fields.Integer(load_default=4_194_304, validate=validate.Range(min=1024))
+    #: JSON bodies (requests and webhooks) nested deeper are refused with 400 before they are validated
+    max_json_depth = fields.Integer(load_default=32, validate=validate.Range(min=2, max=256))
     max_bulk_items = fields.Integer(load_default=500, validate=validate.Range(min=1, max=100_000))
 
 
@@ -179,6 +183,7 @@ class ConnectionSettings:
     connect_timeout: float
     read_timeout: float
     max_reply_bytes: int
+    max_reply_depth: int
     pool_size: int
     verify_tls: bool
     status_map: Mapping[str, Any]
@@ -217,6 +222,7 @@ class GatewaySettings:
     source: str
     default_connection: str | None
     max_body_bytes: int
+    max_json_depth: int
     max_bulk_items: int
     connections: Mapping[str, ConnectionSettings]
     events: EventSettings
@@ -305,6 +311,7 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         source=source,
         default_connection=default,
         max_body_bytes=gateway["max_body_bytes"],
+        max_json_depth=gateway["max_json_depth"],
         max_bulk_items=gateway["max_bulk_items"],
         connections=connections,
         events=EventSettings(**events),

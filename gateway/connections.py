@@ -12,13 +12,12 @@ backend it talks to.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.backends import Backend, Credentials, Operation
 from gateway.canonical import OrderUpdate, UpdateOutcome
-from gateway.config import MASK, ConnectionSettings, GatewaySettings, Secret
+from gateway.config import ConnectionSettings, GatewaySettings
 from gateway.errors import BackendError, BackendFailure, BackendUnavailable, ValidationFailed
 from gateway.replies import read_reply
 from gateway.transport import HttpTransport, OutboundRequest, Transport
@@ -32,14 +31,12 @@ class PlannedUpdate:
     operation: Operation
 
 
-def _secrets_of(settings: ConnectionSettings) -> list[str]:
-    """Every Secret among the connection's settings, its backend's own and its webhooks', revealed."""
-    values = [settings.password, *settings.options.values(), *(settings.webhooks or {}).values()]
-    return [value.reveal() for value in values if isinstance(value, Secret) and value.reveal()]
-
-
 class Connection:
-    """One configured connection: settings, credentials, transport and secrets; it renders nothing itself."""
+    """One configured connection: settings, credentials and transport; it renders nothing itself.
+
+    Its secrets are masked by the gateway's one Scrubber (gateway/scrubbing.py) wherever errors become documents
+    and log lines, so nothing here needs to know which texts a backend might echo.
+    """
 
     def __init__(self, settings: ConnectionSettings, backend_class: type[Backend],
                  transport: Transport | None = None) -> None:
@@ -59,16 +56,6 @@ class Connection:
             verify_tls=settings.verify_tls,
             auth=self.auth,
         )
-        self.secrets = self._secret_forms()
-
-    def _secret_forms(self) -> list[str]:
-        """The connection's secrets and the forms a backend might echo them in (a Basic header's base64)."""
-        secrets = _secrets_of(self.settings)
-        if self.settings.username and self.credentials.password:
-            pair = f"{self.settings.username}:{self.credentials.password}".encode()
-            secrets.append(base64.b64encode(pair).decode("ascii"))
-        # Longest first, so a secret that contains another is masked whole.
-        return sorted(set(secrets), key=len, reverse=True)
 
     def check(self, update: OrderUpdate) -> PlannedUpdate:
         """Refuse (ValidationFailed, with field paths) what the backend cannot carry; plan the rest."""
@@ -88,8 +75,10 @@ class Connection:
                 outcomes = self._call(operation, updates)
             except BackendError as error:
                 outcomes = [error] * len(updates)
-            results.extend(self._scrubbed(outcome) if isinstance(outcome, BackendError) else outcome
-                           for outcome in outcomes)
+            for outcome in outcomes:
+                if isinstance(outcome, BackendError):
+                    outcome.connection = self.name
+                results.append(outcome)
         return results
 
     def calls(self, planned: Sequence[PlannedUpdate]) -> Iterator[tuple[Operation, list[OrderUpdate]]]:
@@ -106,7 +95,8 @@ class Connection:
     def _call(self, operation: Operation, updates: list[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
         reply = self.transport.send(operation.render(updates, self.credentials))
         try:
-            outcomes = operation.parse(read_reply(reply, operation.reply_format, self.name), updates)
+            payload = read_reply(reply, operation.reply_format, self.name, max_depth=self.settings.max_reply_depth)
+            outcomes = operation.parse(payload, updates)
         except BackendUnavailable as error:
             error.retry_after = error.retry_after or reply.headers.get("Retry-After")
             raise
@@ -114,17 +104,6 @@ class Connection:
             raise BackendFailure(f"{operation.name} gave {len(outcomes)} outcomes for {len(updates)} orders.",
                                connection=self.name)
         return outcomes
-
-    def _scrubbed(self, error: BackendError) -> BackendError:
-        """The error with the connection's secrets removed, in case a backend echoed them."""
-        error.connection = self.name
-        for secret in self.secrets:
-            error.detail = error.detail.replace(secret, MASK)
-            if error.message:
-                error.message = error.message.replace(secret, MASK)
-            if error.code:
-                error.code = error.code.replace(secret, MASK)
-        return error
 
     def close(self) -> None:
         """Release the connection's pooled HTTP connections."""

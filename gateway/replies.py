@@ -8,13 +8,14 @@ only the payload it understands: the first element inside soap:Body, or a decode
     rate limited or overloaded (429, 503) without
       a usable payload                                BackendUnavailable 503, with the backend's Retry-After
     empty, wrong media type, unparseable              BackendFailure  502
+    JSON nested deeper than max_reply_depth, numbers
+      of too many digits, non-finite numbers          BackendFailure  502
     SOAP: not an envelope, empty Body, Fault          BackendFailure  502
     SOAP: any status but 200 without a fault          BackendFailure  502
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from lxml import etree
 
 from gateway import ns
 from gateway.errors import BackendError, BackendFailure, BackendUnavailable
+from gateway.safejson import MalformedJSON, UnrepresentableJSON, load_untrusted_json
 from gateway.safexml import UnsafeXML, parse_untrusted_xml
 from gateway.soap import child_element, read_fault
 from gateway.transport import BackendReply
@@ -42,9 +44,10 @@ def _describe(reply: BackendReply) -> str:
 class _ReplyReader:
     """Turns what is wrong with one reply into the right BackendError for its connection."""
 
-    def __init__(self, reply: BackendReply, connection: str) -> None:
+    def __init__(self, reply: BackendReply, connection: str, max_depth: int) -> None:
         self.reply = reply
         self.connection = connection
+        self.max_depth = max_depth
 
     def failure(self, detail: str) -> BackendError:
         """A BackendFailure, or BackendUnavailable (with Retry-After) when the backend said it is overloaded."""
@@ -92,9 +95,14 @@ class _ReplyReader:
         """The decoded JSON document of a reply (of any status: JSON APIs explain errors in the body)."""
         self.check_status()
         try:
-            return json.loads(self.reply.body)
-        except (UnicodeDecodeError, ValueError):
-            raise self.failure(f"The backend sent a reply that is not JSON ({_describe(self.reply)}).") from None
+            return load_untrusted_json(self.reply.body, max_depth=self.max_depth)
+        except MalformedJSON as error:
+            if error.description.startswith("is not valid JSON"):
+                raise self.failure(f"The backend sent a reply that is not JSON ({_describe(self.reply)}).") from None
+            raise self.failure(f"The backend's JSON reply {error.description} ({_describe(self.reply)}).") from None
+        except UnrepresentableJSON as error:
+            raise self.failure(f"The backend's JSON reply holds values that cannot be used, at "
+                               f"{', '.join(list(error.errors)[:5])} ({_describe(self.reply)}).") from None
 
 
 READERS: dict[str, Callable[[_ReplyReader], Any]] = {
@@ -103,11 +111,9 @@ READERS: dict[str, Callable[[_ReplyReader], Any]] = {
 }
 
 
-def read_reply(reply: BackendReply, reply_format: str, connection: str) -> Any:
-    """The payload of `reply` in `reply_format` ("soap" or "json"); raises the BackendError of a bad reply."""
-    return READERS[reply_format](_ReplyReader(reply, connection))
+def read_reply(reply: BackendReply, reply_format: str, connection: str, *, max_depth: int = 32) -> Any:
+    """The payload of `reply` in `reply_format` ("soap" or "json"); raises the BackendError of a bad reply.
 
-
-def read_soap_payload(reply: BackendReply, connection: str) -> etree._Element:
-    """The first element inside soap:Body; raises the BackendError of a fault or an unusable reply."""
-    return read_reply(reply, SOAP, connection)
+    `max_depth` bounds JSON nesting; XML depth is bounded by the hardened parser (no huge trees).
+    """
+    return READERS[reply_format](_ReplyReader(reply, connection, max_depth))

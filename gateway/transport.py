@@ -55,16 +55,19 @@ class Transport(Protocol):
         """Release what the transport holds open."""
 
 
-# (exception class, gateway error class, what to say) — most specific first.
+#: said of every failure after the request may have reached the backend: nobody knows whether it was applied
+OUTCOME_UNKNOWN = "; the update may have been applied: check the order before sending it again"
+# (exception class, gateway error class, what to say) — most specific first. Timeouts name their setting.
 TRANSPORT_ERROR_MAP: tuple[tuple[type[BaseException], type, str], ...] = (
     (requests.exceptions.ConnectTimeout, BackendTimeout, "did not accept the connection in time"),
     (requests.exceptions.ReadTimeout, BackendTimeout, "did not answer in time"),
     (urllib3.exceptions.ReadTimeoutError, BackendTimeout, "did not answer in time"),
     (requests.exceptions.SSLError, BackendFailure, "TLS handshake failed"),
     (requests.exceptions.ProxyError, BackendUnavailable, "could not be reached through the proxy"),
-    (requests.exceptions.ChunkedEncodingError, BackendFailure, "sent a broken reply"),
+    (requests.exceptions.ChunkedEncodingError, BackendFailure, "sent a broken reply" + OUTCOME_UNKNOWN),
     (requests.exceptions.ContentDecodingError, BackendFailure, "sent a reply that could not be decoded"),
-    (urllib3.exceptions.ProtocolError, BackendFailure, "broke the connection while replying"),
+    (urllib3.exceptions.ProtocolError, BackendFailure,
+     "closed or reset the connection before its reply was complete" + OUTCOME_UNKNOWN),
     (urllib3.exceptions.DecodeError, BackendFailure, "sent a reply that could not be decoded"),
     (requests.exceptions.ConnectionError, BackendUnavailable, "could not be reached"),
     (requests.exceptions.InvalidURL, BackendFailure, "has an invalid endpoint URL"),
@@ -73,21 +76,31 @@ TRANSPORT_ERROR_MAP: tuple[tuple[type[BaseException], type, str], ...] = (
 )
 
 
+def _timeout_named(error: BaseException, connect_timeout: float, read_timeout: float) -> str:
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return f" (connect_timeout {connect_timeout:g} s)"
+    return f" (read_timeout {read_timeout:g} s)"
+
+
 @contextlib.contextmanager
-def map_transport_errors(connection: str, timeout: float) -> Iterator[None]:
-    """Translate requests/urllib3 exceptions raised inside the block into gateway BackendErrors."""
+def map_transport_errors(connection: str, connect_timeout: float, read_timeout: float) -> Iterator[None]:
+    """Translate requests/urllib3 exceptions raised inside the block into gateway BackendErrors.
+
+    requests wraps what happened after the request went out (a read timeout while streaming, a connection the
+    backend closed or reset before replying) in its ConnectionError, which otherwise means "never reached";
+    such causes are unwrapped, since only a request that provably never arrived is a 503.
+    """
     try:
         yield
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as error:
-        # A read timeout while streaming the body arrives wrapped in requests' ConnectionError.
         cause = error.args[0] if error.args else None
-        if isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+        if isinstance(cause, urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ProtocolError):
             error = cause
         for exception_class, gateway_error, what in TRANSPORT_ERROR_MAP:
             if isinstance(error, exception_class):
                 detail = f"The backend of connection {connection!r} {what}"
                 if gateway_error is BackendTimeout:
-                    detail += f" (timeout {timeout:g} s)"
+                    detail += _timeout_named(error, connect_timeout, read_timeout)
                 raise gateway_error(detail + ".", connection=connection) from None
         raise  # pragma: no cover - TRANSPORT_ERROR_MAP ends with the base classes
 
@@ -112,7 +125,7 @@ class HttpTransport:
 
     def send(self, request: OutboundRequest) -> BackendReply:
         """Send one request and read the whole reply, refusing replies above max_reply_bytes."""
-        with map_transport_errors(self.connection, max(self.timeout)):
+        with map_transport_errors(self.connection, *self.timeout):
             response = self.session.request(
                 request.method, request.url, headers=dict(request.headers), data=request.body,
                 timeout=self.timeout, stream=True, allow_redirects=False,

@@ -183,6 +183,15 @@ def test_every_field_the_backend_cannot_carry_is_refused_by_name(connection):
         assert message.startswith(f"Not supported by backend {connection.kind!r} (connection 'contract')")
 
 
+def test_an_update_without_changes_is_refused_naming_what_the_backend_needs(connection):
+    with pytest.raises(ValidationFailed) as caught:
+        connection.check(load_order_update("1001", {"id_type": next(iter(connection.backend.id_types))}))
+    if connection.kind == "speed4trade":  # updateOrderStatus always sets a status: that is what is missing
+        assert list(caught.value.errors) == ["status"] and "Required" in caught.value.errors["status"][0]
+    else:
+        assert caught.value.errors == {"body": ["Nothing to update: give at least one field to change."]}
+
+
 def test_every_id_type_renders_in_every_operation(operation_case):
     connection, operation, update = operation_case
     for id_type in connection.backend.id_types:

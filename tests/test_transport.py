@@ -45,7 +45,7 @@ URLLIB3_EXCEPTIONS = sorted(
 @pytest.mark.parametrize("exception_class", REQUESTS_EXCEPTIONS + URLLIB3_EXCEPTIONS,
                          ids=lambda cls: f"{cls.__module__}.{cls.__name__}")
 def test_every_transport_exception_becomes_a_backend_error(exception_class):
-    with pytest.raises(BackendError) as caught, map_transport_errors("demo", 2.0):
+    with pytest.raises(BackendError) as caught, map_transport_errors("demo", 1.5, 2.0):
         raise instantiate(exception_class)
     assert caught.value.connection == "demo"
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
@@ -63,11 +63,25 @@ def test_every_transport_exception_becomes_a_backend_error(exception_class):
         (requests.exceptions.SSLError(), BackendFailure),
         (requests.exceptions.ChunkedEncodingError(), BackendFailure),
         (urllib3.exceptions.ProtocolError("reset"), BackendFailure),
+        # the request went out, then the backend closed or reset the connection: the outcome is unknown
+        (requests.exceptions.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted.")), BackendFailure),
     ],
 )
 def test_transport_exceptions_map_to_the_documented_status(error, expected):
-    with pytest.raises(expected), map_transport_errors("demo", 2.0):
+    with pytest.raises(expected), map_transport_errors("demo", 1.5, 2.0):
         raise error
+
+
+@pytest.mark.parametrize(("error", "named"), [
+    (requests.exceptions.ConnectTimeout(), "(connect_timeout 1.5 s)"),
+    (requests.exceptions.ReadTimeout(), "(read_timeout 2 s)"),
+    (requests.exceptions.ConnectionError(urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out")),
+     "(read_timeout 2 s)"),
+])
+def test_a_timeout_names_the_setting_that_ran_out(error, named):
+    with pytest.raises(BackendTimeout) as caught, map_transport_errors("demo", 1.5, 2.0):
+        raise error
+    assert caught.value.detail.endswith(named + ".")
 
 
 def test_the_map_is_ordered_most_specific_first():

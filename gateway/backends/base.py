@@ -209,6 +209,8 @@ class Backend(abc.ABC):
                     f"Not carried by {self.display_name}'s {operation.name}, the call this update needs.")
         for path, messages in operation.check_update(update).items():
             errors.setdefault(path, []).extend(messages)
+        if not update.changes and not errors:
+            errors["body"] = ["Nothing to update: give at least one field to change."]
         if errors:
             raise ValidationFailed(errors)
         return operation

@@ -83,6 +83,26 @@ class DateOrDateTime(fields.Field):
         raise self.make_error("invalid")
 
 
+class BoundedList(fields.List):
+    """A list whose length is checked before any item is: 200,000 items cost one comparison, not 200,000 errors."""
+
+    def __init__(self, inner: fields.Field, *, max_items: int, min_items: int = 0, **kwargs: Any) -> None:
+        super().__init__(inner, **kwargs)
+        self.max_items, self.min_items = max_items, min_items
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list:
+        if isinstance(value, list | tuple):
+            if len(value) > self.max_items:
+                raise ValidationError(f"At most {self.max_items} items; got {len(value)}.")
+            if len(value) < self.min_items:
+                raise ValidationError(f"At least {self.min_items} item{'s' if self.min_items > 1 else ''}.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+#: parcels one update may carry (Speed4Trade's shipping information)
+MAX_SHIPMENTS = 100
+
+
 class ShipmentSchema(Schema):
     """A parcel: its tracking number and the carrier, by name or by the caller's own carrier id."""
 
@@ -194,7 +214,7 @@ class OrderUpdateSchema(Schema):
     return_waybill = _text(50)
     service_point_code = _text(50)
     way_of_delivery = fields.Nested(WayOfDeliverySchema)
-    shipments = fields.List(fields.Nested(ShipmentSchema), validate=validate.Length(min=1, max=100))
+    shipments = BoundedList(fields.Nested(ShipmentSchema), min_items=1, max_items=MAX_SHIPMENTS)
     payment = fields.Nested(PaymentSchema)
     acknowledged_at = DateOrDateTime()
     billing_address = fields.Nested(AddressSchema)
@@ -236,7 +256,11 @@ def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
 
 
 def load_order_update(order_id: str, document: Any) -> OrderUpdate:
-    """Validate a canonical document for the order `order_id`; raises ValidationError with field paths."""
+    """Validate a canonical document for the order `order_id`; raises ValidationError with field paths.
+
+    An update without changes loads: whether that is "nothing to update" or "status is required" is the
+    connection's backend's to say.
+    """
     if not isinstance(document, Mapping):
         raise ValidationError({"body": ["The body must be a JSON object."]})
     try:
@@ -246,8 +270,6 @@ def load_order_update(order_id: str, document: Any) -> OrderUpdate:
     data = _SCHEMA.load(document)
     changes = {name: value for name, value in data.items()
                if name not in ROUTING_FIELDS and name not in IDENTIFICATION_FIELDS}
-    if not changes:
-        raise ValidationError({"body": ["Nothing to update: give at least one field to change."]})
     return OrderUpdate(
         order_id=order_id,
         connection=data.get("connection"),

@@ -1,14 +1,29 @@
-"""The REST layer: request ids, problem+json errors, the order endpoints, webhooks, events and the API docs."""
+"""The REST layer: body limits, request ids, problem+json errors, the order endpoints, webhooks, events, the
+API docs, and the last scrub of every JSON reply."""
 
-from flask import Flask
+from flask import Flask, Response
 
-from gateway.rest import docs, events, orders, problems, request_ids, webhooks
+from gateway.rest import docs, events, limits, orders, problems, request_ids, webhooks
+
+SCRUBBED_MEDIA_TYPES = frozenset({"application/json", problems.PROBLEM_MEDIA_TYPE})
+
+
+def scrub_json_reply(response: Response) -> Response:
+    """Mask any secret a JSON reply still holds (a backend's success message echoing it, say)."""
+    if response.mimetype in SCRUBBED_MEDIA_TYPES and not response.direct_passthrough:
+        data = response.get_data()
+        clean = problems.scrubber().scrub_bytes(data)
+        if clean is not data and clean != data:
+            response.set_data(clean)
+    return response
 
 
 def init_app(app: Flask) -> None:
     """Attach the REST layer to the app."""
+    limits.init_app(app)
     request_ids.init_app(app)
     problems.init_app(app)
+    app.after_request(scrub_json_reply)
     app.register_blueprint(orders.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(events.blueprint)

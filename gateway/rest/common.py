@@ -1,25 +1,23 @@
-"""Helpers every endpoint shares: reading JSON bodies and flags, the running gateway's connections."""
+"""Helpers every endpoint shares: reading bounded JSON bodies, the running gateway's connections."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import current_app, request
 
 from gateway.connections import Connections
 from gateway.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+from gateway.safejson import MalformedJSON, UnrepresentableJSON, load_untrusted_json
 
 
 def read_json_body() -> Any:
-    """The request body as JSON; 415 unless it is sent as JSON, 400 unless it parses."""
+    """The request body as bounded JSON; 415 unless sent as JSON, 400 unless it parses within the limits.
+
+    The body was bounded in size before the view ran (gateway.rest.limits); here its nesting depth (the
+    [gateway] max_json_depth setting) and its numbers' digits are, before any schema walks it, and values no
+    store or backend can carry (non-finite numbers, unpaired surrogates) are 422s naming their paths.
+    """
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
@@ -27,25 +25,11 @@ def read_json_body() -> Any:
         )
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as error:
-        if isinstance(error, json.JSONDecodeError):
-            raise MalformedRequest(
-                f"The body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}."
-            ) from None
-        raise MalformedRequest("The body is not valid JSON: not UTF-8 JSON.") from None
-
-
-def read_dry_run_flag() -> bool:
-    """The ?dry_run= query flag."""
-    value = request.args.get("dry_run")
-    if value is None:
-        return False
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise ValidationFailed({"dry_run": ["Not a valid boolean; use true or false."]})
+        return load_untrusted_json(raw, max_depth=current_app.config["GATEWAY_SETTINGS"].max_json_depth)
+    except MalformedJSON as error:
+        raise MalformedRequest(f"The body {error.description}.") from None
+    except UnrepresentableJSON as error:
+        raise ValidationFailed(error.errors) from None
 
 
 def connections() -> Connections:

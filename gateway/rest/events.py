@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
 from gateway.canonical.events import EVENT_TYPES
-from gateway.errors import EventNotFound, ValidationFailed
+from gateway.errors import EventNotFound
 from gateway.rest.common import REQUEST_ID
 from gateway.rest.openapi import documented
+from gateway.rest.queries import DELIVERY_STATES, EventListQuery, NoQuery, read_query
 from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
 
 blueprint = Blueprint("events", __name__)
-DELIVERY_STATES = ("pending", "delivered", "dead")
 
 
 def _service():
@@ -54,32 +54,23 @@ EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type
         REQUEST_ID,
     ],
     replies={200: ("events, newest first", EventListSchema)},
-    problems={422: "an invalid filter", 500: "the gateway failed"},
+    problems={422: "an invalid filter, or an unknown query parameter", 500: "the gateway failed"},
 )
 def list_events():
     """Stored events, newest first, filtered by order, type and delivery state."""
-    errors: dict[str, list[str]] = {}
-    event_type, state = request.args.get("type"), request.args.get("state")
-    if event_type is not None and event_type not in EVENT_TYPES:
-        errors["type"] = [f"One of: {', '.join(EVENT_TYPES)}."]
-    if state is not None and state not in DELIVERY_STATES:
-        errors["state"] = [f"One of: {', '.join(DELIVERY_STATES)}."]
-    limit_text = request.args.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
-        errors["limit"] = ["An integer from 1 to 1000."]
-    if errors:
-        raise ValidationFailed(errors)
-    events = _service().store.list_events(order_id=request.args.get("order_id"), type=event_type, state=state,
-                                          limit=int(limit_text))
+    query = read_query(EventListQuery)
+    events = _service().store.list_events(order_id=query.get("order_id"), type=query.get("type"),
+                                          state=query.get("state"), limit=query["limit"])
     return jsonify({"events": [with_iso_times(event) for event in events], "count": len(events)})
 
 
 @blueprint.get("/events/<event_id>")
 @documented("/events/{event_id}", "get", "Show one event with its delivery attempts", tags=["events"],
             parameters=[EVENT_ID, REQUEST_ID], replies={200: ("the event", StoredEventSchema)},
-            problems={404: "no such event", 500: "the gateway failed"})
+            problems={404: "no such event", 422: "an unknown query parameter", 500: "the gateway failed"})
 def show_event(event_id: str):
     """One event with every delivery and its attempts."""
+    read_query(NoQuery)
     event = _service().store.get_event(event_id)
     if event is None:
         raise EventNotFound(f"No event {event_id!r}.")
@@ -89,9 +80,10 @@ def show_event(event_id: str):
 @blueprint.post("/events/<event_id>/redeliver")
 @documented("/events/{event_id}/redeliver", "post", "Deliver an event again", tags=["events"],
             parameters=[EVENT_ID, REQUEST_ID], replies={202: ("queued again", RedeliveryReplySchema)},
-            problems={404: "no such event", 500: "the gateway failed"})
+            problems={404: "no such event", 422: "an unknown query parameter", 500: "the gateway failed"})
 def redeliver_event(event_id: str):
     """Send an event to its subscribers again (dead or delivered alike), in order with its order's other events."""
+    read_query(NoQuery)
     service = _service()
     streams = service.store.redeliver(event_id)
     if streams is None:

@@ -17,9 +17,10 @@ from gateway.canonical import (
 )
 from gateway.connections import Connection, PlannedUpdate
 from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
-from gateway.rest.common import REQUEST_ID, connections, read_dry_run_flag, read_json_body
+from gateway.rest.common import REQUEST_ID, connections, read_json_body
 from gateway.rest.openapi import documented
 from gateway.rest.problems import gateway_error_document
+from gateway.rest.queries import UpdateQuery, read_query
 from gateway.rest.request_ids import current_request_id
 from gateway.rest.schemas import BulkReplySchema, BulkRequestSchema, DryRunReplySchema, UpdateReplySchema
 from gateway.transport import OutboundRequest
@@ -108,7 +109,7 @@ def update_order(order_id: str):
     ProcessOrder (OrderOperation Remove, alone) and Speed4Trade's updateOrderStatus CANCELED; SellerCenter,
     whose UpdateOrderInformation carries addresses only, refuses it with a 422.
     """
-    dry_run = read_dry_run_flag()
+    dry_run = read_query(UpdateQuery)["dry_run"]
     document = read_json_body()
     try:
         update = load_order_update(order_id, document)
@@ -142,7 +143,7 @@ def update_orders():
     allows: Ongoing one call per item in order, Speed4Trade and SellerCenter many per call; consecutive items
     of one vendor operation share a call.
     """
-    dry_run = read_dry_run_flag()
+    dry_run = read_query(UpdateQuery)["dry_run"]
     document = read_json_body()
     try:
         envelope = load_bulk_envelope(document)
@@ -168,10 +169,11 @@ def update_orders():
 
     reply: dict[str, Any] = {"connection": connection.name, "backend": connection.kind}
     planned_updates = [planned for _, planned in valid]
+    request_id = current_request_id()
     if dry_run:
         for position, planned in valid:
             results[position] = {"position": position, "order_id": planned.update.order_id, "status": 200,
-                                 "body": order_result(connection, planned)}
+                                 "body": {**order_result(connection, planned), "request_id": request_id}}
         reply.update(dry_run=True, requests=[describe_request(r) for r in connection.dry_run(planned_updates)])
     else:
         for (position, planned), outcome in zip(valid, connection.send(planned_updates), strict=True):
@@ -179,9 +181,10 @@ def update_orders():
                 results[position] = _item_failure(position, items[position], outcome)
             else:
                 results[position] = {"position": position, "order_id": planned.update.order_id, "status": 200,
-                                     "body": order_result(connection, planned, outcome)}
+                                     "body": {**order_result(connection, planned, outcome),
+                                              "request_id": request_id}}
     failed = sum(1 for result in results if result["status"] != 200)
-    reply.update(succeeded=len(results) - failed, failed=failed, results=results, request_id=current_request_id())
+    reply.update(succeeded=len(results) - failed, failed=failed, results=results, request_id=request_id)
     return jsonify(reply), 200 if failed == 0 else 207
 
 

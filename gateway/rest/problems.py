@@ -1,4 +1,10 @@
-"""One error shape for every reply: application/problem+json (RFC 9457), built from the exception tree."""
+"""One error shape for every reply: application/problem+json (RFC 9457), built from the exception tree.
+
+Every document is scrubbed of the gateway's secrets first and bounded second, so a backend's 1 MB fault string or
+a document with 10,000 invalid fields still answers a small reply, and no cut leaves part of a secret in clear:
+at most MAX_LISTED_ERRORS field paths (the rest counted in `errors_omitted`), each with at most
+MAX_MESSAGES_PER_PATH messages, and every text bounded by TEXT_LIMITS.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,65 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
 from gateway.rest.request_ids import current_request_id
+from gateway.scrubbing import Scrubber
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:order-gateway:problem:"
 
 log = logging.getLogger("gateway.problems")
+MAX_LISTED_ERRORS = 50
+MAX_MESSAGES_PER_PATH = 10
+#: the longest text each member may hold; longer texts end in an ellipsis
+TEXT_LIMITS = {"detail": 1000, "message": 2000, "code": 100, "path": 200, "error": 500}
+_NO_SCRUBBING = Scrubber()
+
+
+def scrubber() -> Scrubber:
+    """The running gateway's scrubber (none outside an app, e.g. for Werkzeug's own errors in tests)."""
+    return current_app.extensions.get("order_gateway_scrubber", _NO_SCRUBBING)
+
+
+def bounded(text: str | None, limit: int) -> str | None:
+    """The text cut to `limit` characters, an ellipsis marking the cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit - 1] + "…"
+
+
+def _bounded_errors(errors: dict[str, list[str]]) -> tuple[dict[str, list[str]], int]:
+    """At most MAX_LISTED_ERRORS paths with at most MAX_MESSAGES_PER_PATH bounded messages; how many were left."""
+    listed = {}
+    for path, messages in list(errors.items())[:MAX_LISTED_ERRORS]:
+        listed[bounded(path, TEXT_LIMITS["path"])] = [bounded(message, TEXT_LIMITS["error"])
+                                                      for message in messages[:MAX_MESSAGES_PER_PATH]]
+    return listed, max(len(errors) - MAX_LISTED_ERRORS, 0)
 
 
 def problem_document(status: int, slug: str, title: str, detail: str, **members: object) -> dict:
-    """The members of a problem document; extra members (errors, backend) are added when given."""
-    return {
+    """The members of a problem document, scrubbed and bounded; extra members (errors, backend) when given."""
+    clean = scrubber()
+    document: dict = {
         "type": TYPE_PREFIX + slug,
         "title": title,
         "status": status,
-        "detail": detail,
+        "detail": bounded(clean.scrub(detail), TEXT_LIMITS["detail"]),
         "request_id": current_request_id(),
-        **{name: value for name, value in members.items() if value is not None},
     }
+    for name, value in members.items():
+        if value is None:
+            continue
+        if name == "errors":
+            value, omitted = _bounded_errors(clean.scrub_document(value))
+            if omitted:
+                document["errors_omitted"] = omitted
+                document["detail"] = f"{document['detail']} ({omitted} more errors not listed)"
+        elif name == "backend":
+            value = {key: bounded(clean.scrub(text), TEXT_LIMITS.get(key, TEXT_LIMITS["message"]))
+                     if isinstance(text, str) else text for key, text in value.items()}
+        else:
+            value = clean.scrub_document(value)
+        document[name] = value
+    return document
 
 
 def problem_response(status: int, slug: str, title: str, detail: str, **members: object) -> Response:
@@ -42,9 +90,10 @@ def gateway_error_document(error: GatewayError) -> dict:
     if isinstance(error, BackendError):
         members["backend"] = error.backend_details()
         members["retry_after"] = error.retry_after
+    document = problem_document(error.status, error.slug, error.title, error.detail, **members)
     if error.status >= 500:
-        log.warning("request %s failed: %s %s", current_request_id(), type(error).__name__, error.detail)
-    return problem_document(error.status, error.slug, error.title, error.detail, **members)
+        log.warning("request %s failed: %s %s", current_request_id(), type(error).__name__, document["detail"])
+    return document
 
 
 def gateway_error_response(error: GatewayError) -> Response:

@@ -28,6 +28,8 @@ class ProblemSchema(Schema):
                          metadata={"description": "field path -> messages (validation errors)"})
     backend = fields.Nested(BackendDetailsSchema, metadata={"description": "present when the backend answered"})
     retry_after = fields.String(metadata={"description": "seconds to wait, when the backend said so"})
+    errors_omitted = fields.Integer(metadata={"description": "how many further field paths `errors` does not list "
+                                                             "(it lists at most 50)"})
 
 
 OPERATION = fields.String(required=True, metadata={

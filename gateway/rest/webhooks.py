@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 
@@ -11,6 +12,7 @@ from gateway.backends import BACKENDS
 from gateway.errors import StoreUnavailable, Unauthorized, WebhookNotFound
 from gateway.rest.common import REQUEST_ID, connections, read_json_body
 from gateway.rest.openapi import documented
+from gateway.rest.queries import NoQuery, read_query
 from gateway.rest.schemas import WebhookAcceptedSchema
 
 blueprint = Blueprint("webhooks", __name__)
@@ -22,18 +24,36 @@ log = logging.getLogger("gateway.webhooks")
 
 def _same(given: str | None, expected: str) -> bool:
     """Constant-time comparison, so the time taken says nothing about the secret."""
-    return given is not None and hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    return given is not None and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                                     expected.encode("utf-8"))
+
+
+def basic_credentials() -> tuple[str, str] | None:
+    """(user, password) of an `Authorization: Basic` header, or None when there is none or it is garbled.
+
+    Read here rather than by Werkzeug, so a header of raw non-ASCII bytes or bad base64 is "no credentials"
+    (401), never an exception.
+    """
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip().encode("ascii"), validate=True).decode("utf-8")
+    except (ValueError, UnicodeError):
+        return None
+    username, colon, password = decoded.partition(":")
+    return (username, password) if colon else None
 
 
 def is_authenticated(webhooks: dict) -> bool:
     """Whether the request carries the credentials configured for this connection's webhooks."""
     if webhooks["auth"] == "basic":
-        credentials = request.authorization
-        if credentials is None or credentials.type != "basic":
+        credentials = basic_credentials()
+        if credentials is None:
             return False
         # Both compared, always, so a wrong user name takes as long as a wrong password.
-        user_ok = _same(credentials.username, webhooks["username"])
-        password_ok = _same(credentials.password, webhooks["password"].reveal())
+        user_ok = _same(credentials[0], webhooks["username"])
+        password_ok = _same(credentials[1], webhooks["password"].reveal())
         return user_ok and password_ok
     return _same(request.headers.get(webhooks["header"]), webhooks["token"].reveal())
 
@@ -47,7 +67,7 @@ def is_authenticated(webhooks: dict) -> bool:
                 {"name": "connection", "in": "path", "required": True, "schema": {"type": "string"}}, REQUEST_ID],
     replies={202: ("stored and queued for the subscribers", WebhookAcceptedSchema),
              200: ("already received (a retry): acknowledged, not stored again", WebhookAcceptedSchema)},
-    problems={400: "the body is not JSON", 401: "missing or wrong webhook credentials",
+    problems={400: "the body is not JSON, or nested too deeply", 401: "missing or wrong webhook credentials",
               404: "no such webhook receiver", 413: "the body is too large", 415: "the body is not JSON",
               422: "the payload is invalid", 500: "the gateway failed", 503: "the event could not be stored"},
 )
@@ -64,6 +84,7 @@ def receive_webhook(kind: str, connection: str):
     if not is_authenticated(webhooks):
         challenge = f'Basic realm="order gateway webhooks ({connection})"' if webhooks["auth"] == "basic" else None
         raise Unauthorized("The webhook's credentials are missing or wrong.", challenge=challenge)
+    read_query(NoQuery)
     event = receiver.backend.read_webhook(read_json_body())
     service = current_app.extensions["order_events"]
     subscribers = service.subscribers_for(event.type)

@@ -16,7 +16,10 @@ from zoneinfo import ZoneInfo
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from gateway.canonical.events import ORDER_CREATED, ORDER_PICKED, ORDER_STATUS_CHANGED, OrderEvent
+from gateway.canonical.schema import BoundedList
 
+#: tracking entries, parcels and goods owner classes one webhook may list
+MAX_WEBHOOK_LIST_ITEMS = 1000
 DEFAULT_EVENT_TYPES = {
     "OrderCreated": ORDER_CREATED,
     "OrderStatusChanged": ORDER_STATUS_CHANGED,
@@ -31,7 +34,7 @@ class OngoingTimestamp(fields.String):
         text = super()._deserialize(value, attr, data, **kwargs)
         head, dot, fraction = text.partition(".")
         if dot:  # Python reads at most 6 fractional digits; keep the offset that may follow them
-            digits = "".join(c for c in fraction if c.isdigit())
+            digits = "".join(c for c in fraction if c in "0123456789")
             text = f"{head}.{digits[:6]}{fraction[len(digits):]}"
         try:
             return datetime.fromisoformat(text)
@@ -47,26 +50,26 @@ class _Lenient(Schema):
 class ByUserSchema(_Lenient):
     """ByUserInfo."""
 
-    userId = fields.Integer(allow_none=True)  # the vendor's camelCase names
+    userId = fields.Integer(strict=True, allow_none=True)  # the vendor's camelCase names
 
 
 class ByComputerSchema(_Lenient):
     """ByComputerInfo."""
 
-    computerId = fields.Integer(allow_none=True)
+    computerId = fields.Integer(strict=True, allow_none=True)
     computerName = fields.String(allow_none=True)
 
 
 class OrderStatusSchema(_Lenient):
     """OrderStatus."""
 
-    number = fields.Integer(required=True)
+    number = fields.Integer(strict=True, required=True)
 
 
 class GoodsOwnerClassSchema(_Lenient):
     """GoodsOwnerClass."""
 
-    id = fields.Integer(allow_none=True)
+    id = fields.Integer(strict=True, allow_none=True)
     code = fields.String(allow_none=True)
     name = fields.String(allow_none=True)
 
@@ -88,7 +91,7 @@ class ParcelTrackingSchema(_Lenient):
 class ParcelSchema(_Lenient):
     """Parcel."""
 
-    id = fields.Integer(allow_none=True)
+    id = fields.Integer(strict=True, allow_none=True)
     parcelNumber = fields.String(allow_none=True)
     isReturnParcel = fields.Boolean(allow_none=True)
     tracking = fields.Nested(ParcelTrackingSchema, allow_none=True)
@@ -97,23 +100,24 @@ class ParcelSchema(_Lenient):
 class WebhookOrderPayloadSchema(_Lenient):
     """WebhookOrderPayload; the fields that identify and date the event are required."""
 
-    webhookOrdersId = fields.Integer(allow_none=True)
-    webhookEventId = fields.Integer(required=True)
+    webhookOrdersId = fields.Integer(strict=True, allow_none=True)
+    webhookEventId = fields.Integer(strict=True, required=True)
     system = fields.String(required=True, validate=validate.Length(min=1))
     timestamp = OngoingTimestamp(required=True)
-    orderId = fields.Integer(required=True)
+    orderId = fields.Integer(strict=True, required=True)
     orderNumber = fields.String(allow_none=True)
-    goodsOwnerId = fields.Integer(allow_none=True)
+    goodsOwnerId = fields.Integer(strict=True, allow_none=True)
     path = fields.String(allow_none=True)
     byUser = fields.Nested(ByUserSchema, allow_none=True)
     byComputer = fields.Nested(ByComputerSchema, allow_none=True)
     orderStatus = fields.Nested(OrderStatusSchema, allow_none=True)
-    currentShipmentId = fields.Integer(allow_none=True)
+    currentShipmentId = fields.Integer(strict=True, allow_none=True)
     webhookTemplate = fields.String(required=True, validate=validate.Length(min=1))
     goodsOwnerName = fields.String(allow_none=True)
-    goodsOwnerClasses = fields.List(fields.Nested(GoodsOwnerClassSchema), allow_none=True)
-    tracking = fields.List(fields.Nested(OrderTrackingSchema), allow_none=True)
-    parcels = fields.List(fields.Nested(ParcelSchema), allow_none=True)
+    goodsOwnerClasses = BoundedList(fields.Nested(GoodsOwnerClassSchema), max_items=MAX_WEBHOOK_LIST_ITEMS,
+                                    allow_none=True)
+    tracking = BoundedList(fields.Nested(OrderTrackingSchema), max_items=MAX_WEBHOOK_LIST_ITEMS, allow_none=True)
+    parcels = BoundedList(fields.Nested(ParcelSchema), max_items=MAX_WEBHOOK_LIST_ITEMS, allow_none=True)
 
 
 _PAYLOAD_SCHEMA = WebhookOrderPayloadSchema()

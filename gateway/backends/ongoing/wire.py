@@ -15,6 +15,7 @@ from lxml import etree
 from gateway import ns
 from gateway.backends.base import Credentials
 from gateway.errors import BackendFailure
+from gateway.safejson import parse_ascii_int
 from gateway.transport import OutboundRequest
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def read_result(payload: etree._Element, operation: str, backend: Backend) -> tu
     """(success, message, backend order id) of `<operation>Response/<operation>Result`.
 
     The refusal text is read from ErrorMessage where the result type has one (ProcessOrder's FileResultClass),
-    else from Message; an OrderId of 0 or nil means no order.
+    else from Message; an OrderId of 0, nil or anything but an xs:int means no order.
     """
     result = payload.find(wsi(f"{operation}Result")) if payload.tag == wsi(f"{operation}Response") else None
     success = result.findtext(wsi("Success")) if result is not None else None
@@ -66,10 +67,9 @@ def read_result(payload: etree._Element, operation: str, backend: Backend) -> tu
                              connection=backend.name)
     message = (result.findtext(wsi("ErrorMessage")) or "").strip() or (result.findtext(wsi("Message")) or "").strip()
     order_id = result.find(wsi("OrderId"))
-    backend_order_id = None
+    system_id = None
     if order_id is not None and order_id.get(f"{{{ns.XSI}}}nil") not in ("true", "1"):
-        backend_order_id = (order_id.text or "").strip() or None
-    if backend_order_id == "0":
-        backend_order_id = None
+        system_id = parse_ascii_int(order_id.text, max_digits=10)  # xs:int; anything else names no order
+    backend_order_id = str(system_id) if system_id and 0 < system_id <= INT32_MAX else None
     return success.strip() in ("true", "1"), message, backend_order_id
 

@@ -23,6 +23,7 @@ from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.canonical.schema import ADDRESS_FIELDS
 from gateway.errors import BackendError, BackendFailure, BackendUnavailable, TranslationError
 from gateway.replies import JSON
+from gateway.safejson import parse_ascii_int
 from gateway.transport import OutboundRequest
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "update_order_information.json"
@@ -70,9 +71,10 @@ def _request_template() -> dict:
 
 
 def _error_code(head: dict) -> str:
-    """SellerCenter's numeric ErrorCode as the E-code its messages use (7 -> E007)."""
+    """SellerCenter's numeric ErrorCode as the E-code its messages use (7 -> E007); anything else as sent."""
     code = str(head.get("ErrorCode", "")).strip()
-    return f"E{int(code):03d}" if code.isdigit() and int(code) < 1000 else code or "unknown"
+    number = parse_ascii_int(code, max_digits=3)
+    return f"E{number:03d}" if number is not None and 0 <= number < 1000 else code or "unknown"
 
 
 class UpdateOrderInformation(Operation):

@@ -19,6 +19,7 @@ from lxml import etree
 from gateway.backends.base import Backend, Credentials, Operation
 from gateway.canonical import OrderUpdate, Payment, Shipment, UpdateOutcome
 from gateway.errors import BackendError, BackendFailure
+from gateway.safejson import parse_ascii_int
 from gateway.safexml import UnsafeXML, check_rendered_document, load_xsd, parse_trusted_template, parse_untrusted_xml
 from gateway.soap import soap_request_headers, wrap_in_envelope
 from gateway.transport import OutboundRequest
@@ -188,11 +189,9 @@ class UpdateOrderStatus(Operation):
                                  connection=name)
         reports = []
         for report in response.iter("report"):
-            try:
-                code = int(report.get("return_code", ""))
-            except ValueError:
-                raise BackendFailure("The backend sent a report without an integer return_code.",
-                                     connection=name) from None
+            code = parse_ascii_int(report.get("return_code"), max_digits=9)
+            if code is None:
+                raise BackendFailure("The backend sent a report without an integer return_code.", connection=name)
             description = report.findtext("error_description")
             reports.append((code, description.strip() if description else None))
         return reports
