@@ -25,6 +25,8 @@ class Budget:
     bulk_items: int
     bulk_repetitions: int
     profile_seconds: float  # per profile
+    hostile_repetitions: int  # timed requests per case
+    hostile_seconds: float  # for all cases together
 
     @classmethod
     def from_command_line(cls, description: str) -> Budget:
@@ -39,7 +41,8 @@ class Budget:
         return cls(quick=False, translation_rounds=20_000, translation_seconds=45.0,
                    load_requests=2_500, load_seconds=1.6, load_repetitions=4,
                    memory_checkpoints=(1_000, 4_000, 7_000, 10_000), memory_seconds=150.0,
-                   bulk_items=500, bulk_repetitions=3, profile_seconds=3.0)
+                   bulk_items=500, bulk_repetitions=3, profile_seconds=3.0,
+                   hostile_repetitions=7, hostile_seconds=40.0)
 
     @classmethod
     def smoke(cls) -> Budget:
@@ -47,7 +50,8 @@ class Budget:
         return cls(quick=True, translation_rounds=2_000, translation_seconds=6.0,
                    load_requests=300, load_seconds=0.6, load_repetitions=1,
                    memory_checkpoints=(200, 1_000), memory_seconds=30.0,
-                   bulk_items=500, bulk_repetitions=1, profile_seconds=0.5)
+                   bulk_items=500, bulk_repetitions=1, profile_seconds=0.5,
+                   hostile_repetitions=3, hostile_seconds=8.0)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -11,6 +11,7 @@ import sandbox
 from gateway import create_app
 from gateway.events.redis_store import RedisEventStore
 from gateway.events.store import SqliteEventStore
+from tests.processes import SERVER_LOGS
 from tests.redis_server import run_redis_server
 from tests.servers import serve_wsgi
 
@@ -19,6 +20,34 @@ SPEED4TRADE_SERVICE_PATH = "/speed4trade/"
 SPEED4TRADE_NAMESPACE = "urn:order-gateway-sandbox:speed4trade"
 SELLERCENTER_SERVICE_PATH = "/sellercenter/oms-api/"
 SELLERCENTER_API_KEY = "sandbox-sellercenter-api-key"
+
+
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def _log_sizes() -> dict:
+    return {path: path.stat().st_size if path.exists() else 0 for path in SERVER_LOGS}
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_tracebacks(request, caplog):
+    """Fail a test during which anything logged a traceback — in this process or in a server process's output —
+    unless the test is marked `expected_traceback` (it provokes one on purpose)."""
+    sizes = _log_sizes()
+    yield
+    if request.node.get_closest_marker("expected_traceback"):
+        return
+    found = [f"{record.name}: {record.getMessage()[:200]}"
+             for when in ("setup", "call") for record in caplog.get_records(when)
+             if record.exc_info or TRACEBACK in record.getMessage()]
+    for path in list(SERVER_LOGS):
+        if path.exists():
+            with open(path, "rb") as log:
+                log.seek(sizes.get(path, 0))
+                text = log.read().decode("utf-8", "replace")
+            if TRACEBACK in text:
+                found.append(f"{path.name}: {text[text.index(TRACEBACK):][:1500]}")
+    assert not found, "unexpected tracebacks were logged:\n" + "\n".join(found)
 
 
 def ongoing_connection(url: str, **overrides) -> dict:

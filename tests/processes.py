@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +16,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+#: the output of every server process this run started; tests/conftest.py scans it for tracebacks
+SERVER_LOGS: list[Path] = []
+_LOG_FOLDER = Path(tempfile.mkdtemp(prefix="order-gateway-test-servers-"))
+_log_numbers = itertools.count(1)
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, seconds: float = 20.0) -> None:
@@ -21,7 +27,7 @@ def wait_until_serving(url: str, process: subprocess.Popen, seconds: float = 20.
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stderr.read().decode() if process.stderr else ""
+            output = process.log_path.read_text(errors="replace")[-4000:]
             raise AssertionError(f"{url}: the server exited: {output}")
         try:
             requests.get(url, timeout=0.5)
@@ -47,13 +53,16 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 def start(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
     """Start a server in its own process group (so a SIGKILL reaches every worker); its output goes to `log`
-    (appended, so restarts keep what came before), or is kept in a pipe for failures."""
+    (appended, so restarts keep what came before), by default a file of this run's own, and is scanned for
+    tracebacks after every test."""
     if log is None:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        log = _LOG_FOLDER / f"{next(_log_numbers)}-{Path(command[-1]).name.replace(':', '_')}.log"
+    SERVER_LOGS.append(log)
     with open(log, "ab") as output:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    process.log_path = log
+    return process
 
 
 def start_sandbox(port: int, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:

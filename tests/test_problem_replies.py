@@ -108,6 +108,7 @@ def test_unknown_routes_and_methods_are_problems_too(client):
     assert "PATCH" in reply.headers["Allow"]
 
 
+@pytest.mark.expected_traceback
 def test_an_unexpected_exception_is_a_bare_500(client, app, monkeypatch):
     def explode(planned):
         raise RuntimeError("secret internals: demo-password")

@@ -172,6 +172,7 @@ def test_only_configured_webhook_receivers_exist(make_gateway, path):
     assert reply.get_json()["type"].endswith(":webhook-not-found")
 
 
+@pytest.mark.expected_traceback
 def test_a_store_failure_is_503_so_the_sender_retries(client):
     app = client.application
     service = app.extensions["order_events"]

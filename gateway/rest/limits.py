@@ -4,8 +4,9 @@ A body declared (Content-Length) or streamed (Transfer-Encoding: chunked) beyond
 processed: the view answers 413 `payload-too-large`. The body is read and discarded first, up to
 MAX_DRAIN_FACTOR times the limit, because a client that is still writing when the server answers and closes
 sees `write EPIPE` or a reset instead of the reply (Node's http, and so Postman and newman, often do); a body
-longer than that is cut off with `Connection: close`. A chunked body within the limit is handed on as an
-ordinary body of known length, so nothing downstream reads an unbounded stream.
+longer than that is cut off with `Connection: close`. A body within the limit, chunked or not, is read here and
+handed on as an ordinary body of known length, so nothing downstream reads the client's stream; one that cannot be
+read (the client stopped sending, garbled chunks) is a 400, never an exception in a view.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any
 
 from flask import Flask, Response, current_app, request
 
-from gateway.errors import PayloadTooLarge
+from gateway.errors import MalformedRequest, PayloadTooLarge
 from gateway.safejson import parse_ascii_int
 
 MAX_DRAIN_FACTOR = 8
 _CHUNK = 65536
 TOO_LARGE = "order_gateway.body_too_large"
 CUT_OFF = "order_gateway.body_cut_off"
+UNREADABLE = "order_gateway.body_unreadable"
 
 
 def _read(stream: Any, limit: int) -> bytes:
@@ -57,31 +59,45 @@ class BoundedBody:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """Bound the body, then hand the request on."""
+        try:
+            self._bound_body(environ)
+        except Exception as error:  # the client's stream broke: whatever the server raised, it is the body's fault
+            self._replace_body(environ, b"")
+            environ[UNREADABLE] = f"{type(error).__name__}"
+            environ[CUT_OFF] = True
+        return self.app(environ, start_response)
+
+    def _bound_body(self, environ: dict) -> None:
         stream = environ["wsgi.input"]
         declared = parse_ascii_int(environ.get("CONTENT_LENGTH") or None)
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         limit, drain_limit = self.max_body_bytes, self.max_body_bytes * MAX_DRAIN_FACTOR
         if declared is not None and declared > limit:
-            self._refuse(environ, ended=declared <= drain_limit and _drain(stream, declared))
-        elif declared is None and (chunked or environ.get("wsgi.input_terminated")):
+            ended = declared <= drain_limit and _drain(stream, declared)
+            self._replace_body(environ, b"")
+            environ[TOO_LARGE], environ[CUT_OFF] = True, not ended
+        elif declared is not None:
+            self._replace_body(environ, _read(stream, declared))
+        elif chunked or environ.get("wsgi.input_terminated"):
             body = _read(stream, limit + 1)
             if len(body) > limit:
-                self._refuse(environ, ended=_drain(stream, drain_limit))
+                ended = _drain(stream, drain_limit)
+                self._replace_body(environ, b"")
+                environ[TOO_LARGE], environ[CUT_OFF] = True, not ended
             else:
-                environ["wsgi.input"] = io.BytesIO(body)
-                environ["CONTENT_LENGTH"] = str(len(body))
-        return self.app(environ, start_response)
+                self._replace_body(environ, body)
 
     @staticmethod
-    def _refuse(environ: dict, *, ended: bool) -> None:
-        environ["wsgi.input"] = io.BytesIO(b"")
-        environ["CONTENT_LENGTH"] = "0"
-        environ[TOO_LARGE] = True
-        environ[CUT_OFF] = not ended
+    def _replace_body(environ: dict, body: bytes) -> None:
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
 def refuse_oversized_body() -> None:
-    """413 for a body BoundedBody flagged, whatever the route."""
+    """413 for a body BoundedBody flagged too large, 400 for one it could not read, whatever the route."""
+    if request.environ.get(UNREADABLE):
+        raise MalformedRequest(f"The body could not be read to its end ({request.environ[UNREADABLE]}).")
     if request.environ.get(TOO_LARGE):
         raise PayloadTooLarge(
             f"The body is larger than the {current_app.config['GATEWAY_SETTINGS'].max_body_bytes} bytes this "

@@ -844,6 +844,7 @@ def test_e005_comes_before_the_rate_limit(clock):
     assert read_reply(response) == call_error_document("5", "E005: Invalid Request Format")
 
 
+@pytest.mark.expected_traceback
 def test_e006_unexpected_internal_error_reveals_nothing(app, client, monkeypatch):
     store = app.extensions["sandbox.sellercenter"]["store"]
 
