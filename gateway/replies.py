@@ -34,7 +34,6 @@ ENVELOPE_NAMESPACES = frozenset({ns.SOAP11_ENVELOPE, ns.SOAP12_ENVELOPE})
 XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 CREDENTIAL_REFUSALS = frozenset({401, 403, 407})
 OVERLOADED = frozenset({429, 503})
-_EXCERPT = 200
 
 
 def _describe(reply: BackendReply) -> str:
@@ -85,7 +84,8 @@ class _ReplyReader:
             raise self.failure(f"The backend's SOAP reply has an empty Body ({_describe(self.reply)}).")
         if etree.QName(payload).localname == "Fault" and etree.QName(payload).namespace in ENVELOPE_NAMESPACES:
             code, reason = read_fault(payload)
-            raise BackendFailure(f"The backend answered with a SOAP fault: {reason[:_EXCERPT]}",
+            # Not cut here: the problem document bounds it after scrubbing, so no cut can split a secret.
+            raise BackendFailure(f"The backend answered with a SOAP fault: {reason}",
                                  connection=self.connection, code=code, message=reason)
         if self.reply.status != 200:
             raise self.failure(f"The backend answered HTTP {self.reply.status}.")
