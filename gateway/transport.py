@@ -19,6 +19,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from gateway.errors import BackendFailure, BackendTimeout, BackendUnavailable
+from gateway.safejson import parse_ascii_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +132,8 @@ class HttpTransport:
                 timeout=self.timeout, stream=True, allow_redirects=False,
             )
             try:
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > self.max_reply_bytes:
+                declared = parse_ascii_int(response.headers.get("Content-Length"))
+                if declared is not None and declared > self.max_reply_bytes:
                     raise self._too_large()
                 body = response.raw.read(self.max_reply_bytes + 1, decode_content=True)
                 if len(body) > self.max_reply_bytes:
