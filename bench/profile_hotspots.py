@@ -108,7 +108,7 @@ class CannedTransport:
     def __init__(self, reply: BackendReply) -> None:
         self.reply = reply
 
-    def send(self, outbound: OutboundRequest) -> BackendReply:
+    def send(self, outbound: OutboundRequest, deadline: object = None) -> BackendReply:
         """The canned reply."""
         return self.reply
 

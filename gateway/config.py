@@ -117,6 +117,18 @@ class ConnectionSchema(Schema):
     password = SecretField(load_default=None)
     connect_timeout = fields.Float(load_default=3.05, validate=validate.Range(min=0.001, max=300))
     read_timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.001, max=3600))
+    #: the whole call, reply included, however the backend drips it; within the request's budget
+    call_timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.01, max=3600))
+    #: calls in flight to this connection per gateway process (the bulkhead); beyond it a call waits queue_timeout
+    max_concurrent_calls = fields.Integer(load_default=8, validate=validate.Range(min=1, max=1000))
+    queue_timeout = fields.Float(load_default=2.0, validate=validate.Range(min=0, max=600))
+    #: how long a call waits for its backend's call lock (Ongoing: one goods owner's calls one after another)
+    lock_timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0, max=600))
+    #: consecutive failures that open the circuit breaker, and how long it stays open before one probe call
+    breaker_failures = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000))
+    breaker_reset_seconds = fields.Float(load_default=30.0, validate=validate.Range(min=0.01, max=86400))
+    #: attempts of a call that provably never reached the backend (or of an idempotent one), within its deadline
+    retry_attempts = fields.Integer(load_default=3, validate=validate.Range(min=1, max=10))
     max_reply_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024))
     #: JSON replies nested deeper are refused (502) before anything reads them
     max_reply_depth = fields.Integer(load_default=32, validate=validate.Range(min=2, max=256))
@@ -169,6 +181,8 @@ class GatewaySectionSchema(Schema):
     #: JSON bodies (requests and webhooks) nested deeper are refused with 400 before they are validated
     max_json_depth = fields.Integer(load_default=32, validate=validate.Range(min=2, max=256))
     max_bulk_items = fields.Integer(load_default=500, validate=validate.Range(min=1, max=100_000))
+    #: a request's whole budget (one call, or every call of a bulk); below the server's own worker timeout
+    request_timeout = fields.Float(load_default=60.0, validate=validate.Range(min=0.1, max=3600))
 
 
 @dataclass(frozen=True)
@@ -182,6 +196,13 @@ class ConnectionSettings:
     password: Secret | None
     connect_timeout: float
     read_timeout: float
+    call_timeout: float
+    max_concurrent_calls: int
+    queue_timeout: float
+    lock_timeout: float
+    breaker_failures: int
+    breaker_reset_seconds: float
+    retry_attempts: int
     max_reply_bytes: int
     max_reply_depth: int
     pool_size: int
@@ -224,6 +245,7 @@ class GatewaySettings:
     max_body_bytes: int
     max_json_depth: int
     max_bulk_items: int
+    request_timeout: float
     connections: Mapping[str, ConnectionSettings]
     events: EventSettings
     subscribers: Mapping[str, SubscriberSettings] = field(default_factory=dict)
@@ -291,6 +313,11 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         if problem:
             raise ConfigError(source, f"{key}.{problem[0]}", problem[1])
 
+    for name, connection in connections.items():
+        if connection.call_timeout > gateway["request_timeout"]:
+            raise ConfigError(source, f"connections.{name}.call_timeout",
+                              f"{connection.call_timeout:g} s is longer than [gateway] request_timeout "
+                              f"({gateway['request_timeout']:g} s), the whole budget of a request")
     default = gateway["default_connection"]
     if default is not None and default not in connections:
         raise ConfigError(source, "gateway.default_connection", f"names no configured connection: {default!r}")
@@ -313,6 +340,7 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         max_body_bytes=gateway["max_body_bytes"],
         max_json_depth=gateway["max_json_depth"],
         max_bulk_items=gateway["max_bulk_items"],
+        request_timeout=gateway["request_timeout"],
         connections=connections,
         events=EventSettings(**events),
         subscribers=subscribers,

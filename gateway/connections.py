@@ -1,26 +1,52 @@
 """The configured connections of a running gateway: each a backend kind with its own settings, credentials,
-transport and secrets, and the one update flow every backend plugs into.
+transport, bulkhead, call lock and circuit breaker, and the one update flow every backend plugs into.
 
     Connection.check(update)           -> PlannedUpdate     fields, ids and rules checked; operation chosen
     Connection.dry_run(planned)        -> [OutboundRequest] the calls that would go out, credentials masked
-    Connection.send(planned)           -> [UpdateOutcome | BackendError], one per update, in order
+    Connection.send(planned, budget)   -> [UpdateOutcome | BackendError], one per update, in order
 
 Updates travel in calls: consecutive updates planned onto the same operation share a call, up to the
-operation's `call_size`; a failed call fails exactly its own updates. The REST layer never needs to know which
-backend it talks to.
+operation's `call_size`; a failed call fails exactly its own updates. Each call, in this order:
+
+    budget spent?        the request's time budget ran out: the call's updates are 504 "not sent"
+    breaker open?        503 with Retry-After, nothing sent (the breaker's state is in the problem's backend.code)
+    bulkhead             at most max_concurrent_calls in flight per process; waiting beyond queue_timeout is 503
+    call lock            the backend's (Ongoing: one goods owner's calls one after another, across processes and
+                         machines); waiting beyond lock_timeout is 503
+    attempts             under the breaker, within min(call_timeout, the budget): retried with jittered backoff only
+                         when the request provably never reached the backend, or the operation is idempotent
+
+The REST layer never needs to know which backend it talks to.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+import pybreaker
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_random_exponential
 
 from gateway.backends import Backend, Credentials, Operation
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.config import ConnectionSettings, GatewaySettings
-from gateway.errors import BackendError, BackendFailure, BackendUnavailable, ValidationFailed
-from gateway.replies import read_reply
+from gateway.coordination import ConcurrentCircuitBreaker, Coordination, LockTimeout
+from gateway.deadlines import Deadline
+from gateway.errors import (
+    BackendError,
+    BackendFailure,
+    BackendTimeout,
+    BackendUnavailable,
+    ConnectionBusy,
+    ValidationFailed,
+)
+from gateway.replies import read_reply, valid_retry_after
 from gateway.transport import HttpTransport, OutboundRequest, Transport
+
+#: the failures that say a backend is unwell and count towards opening its breaker (refusals do not)
+UNWELL = (BackendFailure, BackendUnavailable, BackendTimeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +58,14 @@ class PlannedUpdate:
 
 
 class Connection:
-    """One configured connection: settings, credentials and transport; it renders nothing itself.
+    """One configured connection: settings, credentials, transport, bulkhead, lock and breaker; it renders nothing.
 
     Its secrets are masked by the gateway's one Scrubber (gateway/scrubbing.py) wherever errors become documents
     and log lines, so nothing here needs to know which texts a backend might echo.
     """
 
     def __init__(self, settings: ConnectionSettings, backend_class: type[Backend],
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, coordination: Coordination | None = None) -> None:
         self.name = settings.name
         self.settings = settings
         self.backend = backend_class(settings)
@@ -56,6 +82,15 @@ class Connection:
             verify_tls=settings.verify_tls,
             auth=self.auth,
         )
+        self.bulkhead = threading.BoundedSemaphore(settings.max_concurrent_calls)
+        self.locks = coordination.locks if coordination is not None else None
+        self.lock_name = self.backend.call_lock_name()
+        self.breaker = ConcurrentCircuitBreaker(
+            fail_max=settings.breaker_failures, reset_timeout=settings.breaker_reset_seconds,
+            state_storage=coordination.breaker_storage(settings.name) if coordination is not None else None,
+            exclude=[lambda error: not isinstance(error, UNWELL)], name=settings.name,
+            throw_new_error_on_trip=False,
+        )
 
     def check(self, update: OrderUpdate) -> PlannedUpdate:
         """Refuse (ValidationFailed, with field paths) what the backend cannot carry; plan the rest."""
@@ -67,12 +102,15 @@ class Connection:
         return [self.backend.dry_run_view(operation.render(updates, credentials))
                 for operation, updates in self.calls(planned)]
 
-    def send(self, planned: Sequence[PlannedUpdate]) -> list[UpdateOutcome | BackendError]:
-        """Send planned updates call by call, in order; a failed call fails exactly its own updates."""
+    def send(self, planned: Sequence[PlannedUpdate],
+             budget: Deadline | None = None) -> list[UpdateOutcome | BackendError]:
+        """Send planned updates call by call, in order, within `budget`; a failed call fails exactly its updates."""
         results: list[UpdateOutcome | BackendError] = []
         for operation, updates in self.calls(planned):
             try:
-                outcomes = self._call(operation, updates)
+                if budget is not None and budget.expired():
+                    raise self._not_sent(budget)
+                outcomes = self._guarded_call(operation, updates, budget)
             except BackendError as error:
                 outcomes = [error] * len(updates)
             for outcome in outcomes:
@@ -92,17 +130,91 @@ class Connection:
             yield operation, [item.update for item in planned[start:end]]
             start = end
 
-    def _call(self, operation: Operation, updates: list[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
-        reply = self.transport.send(operation.render(updates, self.credentials))
+    def breaker_state(self) -> dict:
+        """The breaker's state for health views: state, consecutive failures, seconds until a probe."""
+        wait = self.breaker.retry_after()
+        return {"state": self.breaker.current_state, "failures": self.breaker.fail_counter,
+                "retry_after": None if wait is None else math.ceil(wait)}
+
+    # --- one call --------------------------------------------------------------------------------------
+
+    def _not_sent(self, budget: Deadline) -> BackendTimeout:
+        return BackendTimeout(f"Not sent: the request's time budget ran out ({budget.reason}) before this "
+                              "item's turn.", connection=self.name, code="budget-exhausted")
+
+    def _guarded_call(self, operation: Operation, updates: list[OrderUpdate],
+                      budget: Deadline | None) -> list[UpdateOutcome | BackendError]:
+        deadline = Deadline.after(self.settings.call_timeout, f"call_timeout {self.settings.call_timeout:g} s")
+        deadline = deadline.earliest(budget)
+        wait = self.breaker.retry_after()
+        if wait is not None:
+            raise self._breaker_open(wait)
+        if not self.bulkhead.acquire(timeout=min(self.settings.queue_timeout, deadline.remaining())):
+            raise ConnectionBusy(
+                f"Connection {self.name!r} has {self.settings.max_concurrent_calls} calls in flight "
+                f"(max_concurrent_calls) and none ended within queue_timeout ({self.settings.queue_timeout:g} s); "
+                "nothing was sent.", connection=self.name, code="bulkhead-full")
+        try:
+            if self.locks is None or self.lock_name is None:
+                return self._breaker_call(operation, updates, deadline)
+            try:
+                with self.locks.hold(self.lock_name, min(self.settings.lock_timeout, deadline.remaining())):
+                    return self._breaker_call(operation, updates, deadline)
+            except LockTimeout:
+                raise ConnectionBusy(
+                    f"Another call of connection {self.name!r} held {self.backend.display_name}'s call lock "
+                    f"({self.backend.call_lock_reason}) for lock_timeout ({self.settings.lock_timeout:g} s); "
+                    "nothing was sent.", connection=self.name, code="lock-timeout") from None
+        finally:
+            self.bulkhead.release()
+
+    def _breaker_open(self, wait: float) -> BackendUnavailable:
+        error = BackendUnavailable(
+            f"The circuit breaker of connection {self.name!r} is open after "
+            f"{self.settings.breaker_failures} consecutive failures; nothing was sent. One probe call goes "
+            f"through in {math.ceil(wait)} s.", connection=self.name, code="breaker-open")
+        error.retry_after = str(max(math.ceil(wait), 1))
+        return error
+
+    def _breaker_call(self, operation: Operation, updates: list[OrderUpdate],
+                      deadline: Deadline) -> list[UpdateOutcome | BackendError]:
+        try:
+            return self.breaker.call(self._attempts, operation, updates, deadline)
+        except pybreaker.CircuitBreakerError:  # another probe is deciding, or the breaker opened meanwhile
+            raise self._breaker_open(self.breaker.retry_after() or self.settings.breaker_reset_seconds) from None
+
+    def _attempts(self, operation: Operation, updates: list[OrderUpdate],
+                  deadline: Deadline) -> list[UpdateOutcome | BackendError]:
+        idempotent = operation.is_idempotent(updates)
+
+        def retryable(error: BaseException) -> bool:
+            return (isinstance(error, BackendError) and error.from_transport and not deadline.expired()
+                    and (error.never_sent or idempotent))
+
+        backoff = wait_random_exponential(multiplier=0.05, max=1.0)
+        for attempt in Retrying(
+            stop=stop_any(stop_after_attempt(self.settings.retry_attempts),
+                          lambda state: deadline.remaining() < 0.01),
+            wait=lambda state: min(backoff(state), deadline.remaining()),
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        ):
+            with attempt:
+                return self._call(operation, updates, deadline)
+        raise AssertionError("unreachable: Retrying either returns or reraises")  # pragma: no cover
+
+    def _call(self, operation: Operation, updates: list[OrderUpdate],
+              deadline: Deadline) -> list[UpdateOutcome | BackendError]:
+        reply = self.transport.send(operation.render(updates, self.credentials), deadline)
         try:
             payload = read_reply(reply, operation.reply_format, self.name, max_depth=self.settings.max_reply_depth)
             outcomes = operation.parse(payload, updates)
         except BackendUnavailable as error:
-            error.retry_after = error.retry_after or reply.headers.get("Retry-After")
+            error.retry_after = error.retry_after or valid_retry_after(reply.headers.get("Retry-After"))
             raise
         if len(outcomes) != len(updates):
             raise BackendFailure(f"{operation.name} gave {len(outcomes)} outcomes for {len(updates)} orders.",
-                               connection=self.name)
+                                 connection=self.name)
         return outcomes
 
     def close(self) -> None:
@@ -117,8 +229,9 @@ class Connections:
                  transports: Mapping[str, Transport] | None = None) -> None:
         transports = transports or {}
         self.default = settings.default_connection
+        self.coordination = Coordination(settings)
         self.by_name: dict[str, Connection] = {
-            name: Connection(connection, backends[connection.backend], transports.get(name))
+            name: Connection(connection, backends[connection.backend], transports.get(name), self.coordination)
             for name, connection in settings.connections.items()
         }
         if self.default is None and len(self.by_name) == 1:
@@ -140,6 +253,7 @@ class Connections:
         return connection
 
     def close(self) -> None:
-        """Close every connection's HTTP pool."""
+        """Close every connection's HTTP pool and the shared coordination state."""
         for connection in self.by_name.values():
             connection.close()
+        self.coordination.close()

@@ -18,7 +18,8 @@
         ├── OrderStateConflict        409  the backend refused because of the order's state
         ├── BackendRejected           422  the backend refused the update for another stated reason
         ├── BackendFailure            502  SOAP fault, 5xx, unparseable or hostile reply, refused credentials
-        ├── BackendUnavailable        503  the backend could not be reached
+        ├── BackendUnavailable        503  the backend could not be reached, or its breaker is open
+        │   └── ConnectionBusy        503  the connection's bulkhead or call lock stayed taken; nothing sent
         └── BackendTimeout            504  the backend did not answer in time
 
 Every class carries its HTTP status, a problem `type` slug, a `title` and the HTTP headers its reply needs
@@ -176,6 +177,9 @@ class BackendError(GatewayError):
         self.message = message
         #: seconds (or an HTTP date) the client should wait before retrying, when the backend said so
         self.retry_after: str | None = None
+        #: raised by the transport (no reply to read), and whether the request provably never reached the backend
+        self.from_transport = False
+        self.never_sent = False
 
     def reply_headers(self) -> dict[str, str]:
         """Retry-After, when the backend said how long to wait."""
@@ -224,6 +228,14 @@ class BackendUnavailable(BackendError):
     status = 503
     slug = "backend-unavailable"
     title = "Backend unavailable"
+
+
+class ConnectionBusy(BackendUnavailable):
+    """The connection's bulkhead or call lock stayed taken beyond the wait allowed; nothing was sent."""
+
+    def __init__(self, detail: str, **details: object) -> None:
+        super().__init__(detail, **details)
+        self.retry_after = "1"
 
 
 class BackendTimeout(BackendError):

@@ -17,13 +17,14 @@ only the payload it understands: the first element inside soap:Body, or a decode
 from __future__ import annotations
 
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from lxml import etree
 
 from gateway import ns
 from gateway.errors import BackendError, BackendFailure, BackendUnavailable
-from gateway.safejson import MalformedJSON, UnrepresentableJSON, load_untrusted_json
+from gateway.safejson import MalformedJSON, UnrepresentableJSON, load_untrusted_json, parse_ascii_int
 from gateway.safexml import UnsafeXML, parse_untrusted_xml
 from gateway.soap import child_element, read_fault
 from gateway.transport import BackendReply
@@ -34,6 +35,20 @@ ENVELOPE_NAMESPACES = frozenset({ns.SOAP11_ENVELOPE, ns.SOAP12_ENVELOPE})
 XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 CREDENTIAL_REFUSALS = frozenset({401, 403, 407})
 OVERLOADED = frozenset({429, 503})
+
+
+def valid_retry_after(value: str | None) -> str | None:
+    """A backend's Retry-After as passed on: delta-seconds (ASCII digits, at most a day) or an HTTP-date; else None."""
+    if not value or len(value) > 64:
+        return None
+    seconds = parse_ascii_int(value, max_digits=6)
+    if seconds is not None:
+        return str(seconds) if 0 <= seconds <= 86400 else None
+    try:
+        parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value.strip()
 
 
 def _describe(reply: BackendReply) -> str:
@@ -55,7 +70,7 @@ class _ReplyReader:
             error: BackendError = BackendUnavailable(
                 f"The backend is rate limiting or overloaded (HTTP {status}).",
                 connection=self.connection, code=f"HTTP {status}")
-            error.retry_after = self.reply.headers.get("Retry-After")
+            error.retry_after = valid_retry_after(self.reply.headers.get("Retry-After"))
             return error
         return BackendFailure(detail, connection=self.connection, code=f"HTTP {status}")
 

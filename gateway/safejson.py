@@ -6,7 +6,8 @@ RecursionError included), integer digits, finite numbers, text that UTF-8 can st
 MalformedJSON (the document as a whole is unusable); values JSON can hold but nothing downstream can (infinity,
 unpaired surrogates) raise UnrepresentableJSON with the path of each.
 
-    MalformedJSON         (ValueError)  not JSON, too deep, an integer of too many digits
+    MalformedJSON         (ValueError)  not JSON, too deep, a number of too many digits, an object of too many
+                                        members
     UnrepresentableJSON   (ValueError)  field path -> messages for non-finite numbers and unpaired surrogates
 """
 
@@ -19,6 +20,9 @@ from typing import Any
 
 #: longer runs of digits in a number are refused before Python converts them (its own limit is 4,300)
 MAX_INTEGER_DIGITS = 100
+#: members one object may have: every schema downstream names each unknown member as an error, so 300,000 of
+#: them would cost seconds and hundreds of MB before the reply is cut to 50 errors
+MAX_OBJECT_MEMBERS = 1000
 #: reading stops collecting value problems after this many
 MAX_VALUE_PROBLEMS = 100
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -48,6 +52,12 @@ class UnrepresentableJSON(ValueError):
     def __init__(self, errors: dict[str, list[str]]) -> None:
         super().__init__(f"{len(errors)} unrepresentable values")
         self.errors = errors
+
+
+def _bounded_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_OBJECT_MEMBERS:
+        raise MalformedJSON(f"holds an object of more than {MAX_OBJECT_MEMBERS} members")
+    return dict(pairs)
 
 
 def _reject_constant(name: str) -> Any:
@@ -129,7 +139,8 @@ def load_untrusted_json(raw: bytes | str, *, max_depth: int) -> Any:
         outside_strings = _STRING.sub("", text).encode("ascii", "replace")
         if _LONG_INTEGER.search(outside_strings):
             raise MalformedJSON(f"holds a number of more than {MAX_INTEGER_DIGITS} digits")
-        document = json.loads(text, parse_constant=_reject_constant, parse_float=bounded_float)
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=bounded_float,
+                              object_pairs_hook=_bounded_object)
     except MalformedJSON:
         raise
     except RecursionError:

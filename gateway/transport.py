@@ -10,15 +10,18 @@ means (status, media type, SOAP fault) is read next door, in replies.py.
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from gateway.errors import BackendFailure, BackendTimeout, BackendUnavailable
+from gateway.deadlines import WATCHDOG, Deadline
+from gateway.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
 from gateway.safejson import parse_ascii_int
 
 
@@ -49,8 +52,8 @@ class BackendReply:
 class Transport(Protocol):
     """What a connection needs of a transport."""
 
-    def send(self, request: OutboundRequest) -> BackendReply:
-        """Send one request and return the whole reply; raise a BackendError when there is none."""
+    def send(self, request: OutboundRequest, deadline: Deadline | None = None) -> BackendReply:
+        """Send one request and return the whole reply within `deadline`; raise a BackendError when there is none."""
 
     def close(self) -> None:
         """Release what the transport holds open."""
@@ -58,22 +61,24 @@ class Transport(Protocol):
 
 #: said of every failure after the request may have reached the backend: nobody knows whether it was applied
 OUTCOME_UNKNOWN = "; the update may have been applied: check the order before sending it again"
-# (exception class, gateway error class, what to say) — most specific first. Timeouts name their setting.
-TRANSPORT_ERROR_MAP: tuple[tuple[type[BaseException], type, str], ...] = (
-    (requests.exceptions.ConnectTimeout, BackendTimeout, "did not accept the connection in time"),
-    (requests.exceptions.ReadTimeout, BackendTimeout, "did not answer in time"),
-    (urllib3.exceptions.ReadTimeoutError, BackendTimeout, "did not answer in time"),
-    (requests.exceptions.SSLError, BackendFailure, "TLS handshake failed"),
-    (requests.exceptions.ProxyError, BackendUnavailable, "could not be reached through the proxy"),
-    (requests.exceptions.ChunkedEncodingError, BackendFailure, "sent a broken reply" + OUTCOME_UNKNOWN),
-    (requests.exceptions.ContentDecodingError, BackendFailure, "sent a reply that could not be decoded"),
+# (exception class, gateway error class, what to say, whether the request provably never reached the backend)
+# — most specific first. Timeouts name their setting. Only calls that never reached the backend are retried
+# whatever the operation (gateway/connections.py).
+TRANSPORT_ERROR_MAP: tuple[tuple[type[BaseException], type, str, bool], ...] = (
+    (requests.exceptions.ConnectTimeout, BackendTimeout, "did not accept the connection in time", True),
+    (requests.exceptions.ReadTimeout, BackendTimeout, "did not answer in time", False),
+    (urllib3.exceptions.ReadTimeoutError, BackendTimeout, "did not answer in time", False),
+    (requests.exceptions.SSLError, BackendFailure, "TLS handshake failed", True),
+    (requests.exceptions.ProxyError, BackendUnavailable, "could not be reached through the proxy", True),
+    (requests.exceptions.ChunkedEncodingError, BackendFailure, "sent a broken reply" + OUTCOME_UNKNOWN, False),
+    (requests.exceptions.ContentDecodingError, BackendFailure, "sent a reply that could not be decoded", False),
     (urllib3.exceptions.ProtocolError, BackendFailure,
-     "closed or reset the connection before its reply was complete" + OUTCOME_UNKNOWN),
-    (urllib3.exceptions.DecodeError, BackendFailure, "sent a reply that could not be decoded"),
-    (requests.exceptions.ConnectionError, BackendUnavailable, "could not be reached"),
-    (requests.exceptions.InvalidURL, BackendFailure, "has an invalid endpoint URL"),
-    (requests.exceptions.RequestException, BackendFailure, "could not be called"),
-    (urllib3.exceptions.HTTPError, BackendFailure, "could not be called"),
+     "closed or reset the connection before its reply was complete" + OUTCOME_UNKNOWN, False),
+    (urllib3.exceptions.DecodeError, BackendFailure, "sent a reply that could not be decoded", False),
+    (requests.exceptions.ConnectionError, BackendUnavailable, "could not be reached", True),
+    (requests.exceptions.InvalidURL, BackendFailure, "has an invalid endpoint URL", True),
+    (requests.exceptions.RequestException, BackendFailure, "could not be called", False),
+    (urllib3.exceptions.HTTPError, BackendFailure, "could not be called", False),
 )
 
 
@@ -97,17 +102,64 @@ def map_transport_errors(connection: str, connect_timeout: float, read_timeout: 
         cause = error.args[0] if error.args else None
         if isinstance(cause, urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ProtocolError):
             error = cause
-        for exception_class, gateway_error, what in TRANSPORT_ERROR_MAP:
+        for exception_class, gateway_error, what, never_sent in TRANSPORT_ERROR_MAP:
             if isinstance(error, exception_class):
                 detail = f"The backend of connection {connection!r} {what}"
                 if gateway_error is BackendTimeout:
                     detail += _timeout_named(error, connect_timeout, read_timeout)
-                raise gateway_error(detail + ".", connection=connection) from None
+                mapped = gateway_error(detail + ".", connection=connection)
+                mapped.from_transport, mapped.never_sent = True, never_sent
+                raise mapped from None
         raise  # pragma: no cover - TRANSPORT_ERROR_MAP ends with the base classes
 
 
+class _CallInFlight:
+    """The connection one call is using, so the watchdog can cut it when the call's deadline passes."""
+
+    __slots__ = ("aborted", "connection")
+
+    def __init__(self) -> None:
+        self.connection: Any = None
+        self.aborted = False
+
+    def abort(self) -> None:
+        """Shut the socket down: a blocked read returns at once, however the backend drips."""
+        self.aborted = True
+        sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+_in_flight = threading.local()
+
+
+class _WatchedPoolMixin:
+    """Remembers the connection a call takes from the pool, for that call's watchdog."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)
+        call = getattr(_in_flight, "call", None)
+        if call is not None:
+            call.connection = connection
+        return connection
+
+
+class _WatchedHTTPPool(_WatchedPoolMixin, urllib3.HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_WatchedPoolMixin, urllib3.HTTPSConnectionPool):
+    pass
+
+
 class HttpTransport:
-    """Sends OutboundRequests over one pooled session with connect and read timeouts."""
+    """Sends OutboundRequests over one pooled session with connect and read timeouts, under a whole-call deadline.
+
+    `send(request, deadline)` bounds the call, headers and body included: each socket operation waits at most
+    the connect or read timeout and what is left of the deadline, and the watchdog cuts the socket when the
+    deadline passes (a BackendTimeout naming the deadline).
+    """
 
     def __init__(self, *, connection: str, connect_timeout: float, read_timeout: float,
                  max_reply_bytes: int, pool_size: int = 10, verify_tls: bool = True,
@@ -121,15 +173,41 @@ class HttpTransport:
         self.session.verify = verify_tls
         self.session.auth = auth
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        adapter.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
-    def send(self, request: OutboundRequest) -> BackendReply:
-        """Send one request and read the whole reply, refusing replies above max_reply_bytes."""
+    def send(self, request: OutboundRequest, deadline: Deadline | None = None) -> BackendReply:
+        """Send one request and read the whole reply within `deadline`, refusing replies above max_reply_bytes."""
+        if deadline is None:
+            return self._exchange(request, self.timeout)
+        if deadline.expired():
+            raise self._deadline_passed(deadline)
+        remaining = deadline.remaining()
+        timeouts = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
+        call = _in_flight.call = _CallInFlight()
+        watch = WATCHDOG.call_at(deadline.at, call.abort)
+        try:
+            return self._exchange(request, timeouts)
+        except BackendError:
+            if call.aborted or deadline.expired():
+                raise self._deadline_passed(deadline) from None
+            raise
+        finally:
+            WATCHDOG.cancel(watch)
+            _in_flight.call = None
+
+    def _deadline_passed(self, deadline: Deadline) -> BackendTimeout:
+        error = BackendTimeout(f"The backend of connection {self.connection!r} did not complete its reply within "
+                               f"{deadline.reason}{OUTCOME_UNKNOWN}.", connection=self.connection)
+        error.from_transport = True
+        return error
+
+    def _exchange(self, request: OutboundRequest, timeouts: tuple[float, float]) -> BackendReply:
         with map_transport_errors(self.connection, *self.timeout):
             response = self.session.request(
                 request.method, request.url, headers=dict(request.headers), data=request.body,
-                timeout=self.timeout, stream=True, allow_redirects=False,
+                timeout=timeouts, stream=True, allow_redirects=False,
             )
             try:
                 declared = parse_ascii_int(response.headers.get("Content-Length"))

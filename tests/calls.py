@@ -41,7 +41,7 @@ class RecordingTransport:
         self.sent: list[OutboundRequest] = []
         self.closed = False
 
-    def send(self, request: OutboundRequest) -> BackendReply:
+    def send(self, request: OutboundRequest, deadline: object = None) -> BackendReply:
         """Record the request and answer with the canned reply."""
         self.sent.append(request)
         return self.reply

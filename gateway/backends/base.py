@@ -72,6 +72,10 @@ class Operation(abc.ABC):
         """This call's own rules beyond the fields it carries; returns field path -> messages."""
         return {}
 
+    def is_idempotent(self, updates: Sequence[OrderUpdate]) -> bool:
+        """Whether sending these updates twice leaves the orders as sending them once (retries rely on it)."""
+        return self.idempotent
+
     @abc.abstractmethod
     def render(self, updates: Sequence[OrderUpdate], credentials: Credentials) -> OutboundRequest:
         """Translate checked canonical updates (at most `call_size`) into one wire request."""
@@ -104,6 +108,8 @@ class Backend(abc.ABC):
     default_webhook_event_types: ClassVar[Mapping[str, str]] = {}
     #: the marshmallow schema of the backend's webhook payload, for the API's documentation
     webhook_payload_schema: ClassVar[type | None] = None
+    #: why calls take the backend's call lock, for the 503 a caller gets when waiting for it runs out
+    call_lock_reason: ClassVar[str] = ""
 
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
@@ -144,6 +150,10 @@ class Backend(abc.ABC):
     def check_backend_rules(self, update: OrderUpdate) -> dict[str, list[str]]:
         """Rules every operation of the backend shares (how ids look); returns field path -> messages."""
         return {}
+
+    def call_lock_name(self) -> str | None:
+        """The lock every call of this connection holds, shared by every process (None: calls run in parallel)."""
+        return None
 
     def plan(self, update: OrderUpdate) -> Operation:
         """The operation that carries this (field-checked) update; raises ValidationFailed when none can."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app, g, request
 
 from gateway.connections import Connections
+from gateway.deadlines import Deadline
 from gateway.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
 from gateway.safejson import MalformedJSON, UnrepresentableJSON, load_untrusted_json
 
@@ -30,6 +31,20 @@ def read_json_body() -> Any:
         raise MalformedRequest(f"The body {error.description}.") from None
     except UnrepresentableJSON as error:
         raise ValidationFailed(error.errors) from None
+
+
+def request_budget() -> Deadline:
+    """The request's whole time budget (`[gateway] request_timeout`), counted from when it began to be served."""
+    budget = g.get("budget")
+    if budget is None:
+        seconds = current_app.config["GATEWAY_SETTINGS"].request_timeout
+        budget = g.budget = Deadline.after(seconds, f"request_timeout {seconds:g} s")
+    return budget
+
+
+def start_request_budget() -> None:
+    """Start the budget's clock before the request is read."""
+    request_budget()
 
 
 def connections() -> Connections:

@@ -17,7 +17,7 @@ from gateway.canonical import (
 )
 from gateway.connections import Connection, PlannedUpdate
 from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
-from gateway.rest.common import REQUEST_ID, connections, read_json_body
+from gateway.rest.common import REQUEST_ID, connections, read_json_body, request_budget
 from gateway.rest.openapi import documented
 from gateway.rest.problems import gateway_error_document
 from gateway.rest.queries import UpdateQuery, read_query
@@ -121,7 +121,7 @@ def update_order(order_id: str):
         (outbound,) = connection.dry_run([planned])
         return jsonify({**order_result(connection, planned), "request": describe_request(outbound),
                         "request_id": current_request_id()})
-    (outcome,) = connection.send([planned])
+    (outcome,) = connection.send([planned], request_budget())
     if isinstance(outcome, BackendError):
         raise outcome
     return jsonify({**order_result(connection, planned, outcome), "request_id": current_request_id()})
@@ -176,7 +176,7 @@ def update_orders():
                                  "body": {**order_result(connection, planned), "request_id": request_id}}
         reply.update(dry_run=True, requests=[describe_request(r) for r in connection.dry_run(planned_updates)])
     else:
-        for (position, planned), outcome in zip(valid, connection.send(planned_updates), strict=True):
+        for (position, planned), outcome in zip(valid, connection.send(planned_updates, request_budget()), strict=True):
             if isinstance(outcome, BackendError):
                 results[position] = _item_failure(position, items[position], outcome)
             else:

@@ -91,6 +91,7 @@ class OngoingBackend(Backend):
     }
     default_webhook_event_types: ClassVar = DEFAULT_EVENT_TYPES
     webhook_payload_schema: ClassVar = WebhookOrderPayloadSchema
+    call_lock_reason: ClassVar[str] = "one goods owner's calls are made one after another"
 
     @classmethod
     def check_settings(cls, settings: ConnectionSettings) -> tuple[str, str] | None:
@@ -98,6 +99,11 @@ class OngoingBackend(Backend):
         if settings.password is None or not 1 <= len(settings.password.reveal()) <= 50:
             return "password", "Ongoing needs a password of 1 to 50 characters."
         return None
+
+    def call_lock_name(self) -> str:
+        """One lock per Ongoing system and goods owner: Ongoing wants a goods owner's calls made one after another
+        (parallel calls time out, reference/ongoing), whichever gateway process or machine makes them."""
+        return f"ongoing:{self.settings.url}:{self.settings.options['goods_owner_code']}"
 
     def read_webhook(self, payload: Any) -> OrderEvent:
         """Ongoing's order webhooks (created, status changed, picked) as canonical events."""

@@ -81,8 +81,9 @@ class UpdateOrder(Operation):
 
     name: ClassVar[str] = "UpdateOrder"
     carries: ClassVar = frozenset({"status", "status_code", *UPDATE_BLOCKS})
-    # Not idempotent: a repeated renaming (UpdateOrderGoodsOwnerOrderNumber) no longer finds the order.
-    idempotent: ClassVar[bool] = False
+    # UpdateOrder sets values, so sending it twice is sending it once — except a renaming
+    # (UpdateOrderGoodsOwnerOrderNumber): repeated, it no longer finds the order by its old number.
+    idempotent: ClassVar[bool] = True
     # UpdateOrder carries one order, and Ongoing wants one goods owner's calls made one after another.
     orders_per_call: ClassVar[int] = 1
 
@@ -91,6 +92,10 @@ class UpdateOrder(Operation):
         # Compiled once per process, at start-up rather than on the first request.
         self.template = _update_order_template()
         load_xsd(XSD_PATH)
+
+    def is_idempotent(self, updates: Sequence[OrderUpdate]) -> bool:
+        """Idempotent unless an update renames its order."""
+        return not any("new_order_number" in update.changes for update in updates)
 
     def render(self, updates: Sequence[OrderUpdate], credentials: Credentials) -> OutboundRequest:
         """Fill the UpdateOrder template, validate it against xsd/ongoing, and wrap it in an HTTP request."""
