@@ -37,6 +37,15 @@ def create_app(config: dict | None = None) -> Flask:
         # The first webhookEventId; None takes the Unix time in seconds at start, so that a receiver that
         # deduplicates by id and outlives the sandbox drops nothing after a restart.
         ONGOING_WEBHOOK_FIRST_EVENT_ID=None,
+        # Seconds every authenticated UpdateOrder or ProcessOrder call takes to process, slept outside the data lock
+        # so that overlapping calls are observable; 0 is no simulated work.
+        ONGOING_CALL_SECONDS=0.0,
+        # Ongoing serves one goods owner's calls one after another: a call that arrives while another for the same
+        # goods owner is in progress waits this many seconds, then is refused with a timeout fault, unapplied.
+        ONGOING_OVERLAP_DELAY_SECONDS=2.0,
+        # Whether overlapping calls of one goods owner are refused (as Ongoing times them out); only tests of
+        # the simulator's own locking turn it off.
+        ONGOING_REFUSE_OVERLAPPING_CALLS=True,
         SPEED4TRADE_DATA=str(DEFAULT_SPEED4TRADE_DATA),
         SPEED4TRADE_SERVICE_PATH="/speed4trade/",
         # CONNECT's real target namespace is not public; the sandbox uses one of its own.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from sandbox.ongoing.concurrency import CallTracker
 from sandbox.ongoing.model import ORDER_WEBHOOK_TRIGGERS, OrderEvent
 from sandbox.ongoing.process_order import ProcessOrderTypes
 from sandbox.ongoing.store import OngoingStore
@@ -32,6 +33,22 @@ def _read_webhook_timeout(setting: object) -> float:
     return float(setting)
 
 
+def _read_seconds(name: str, setting: object) -> float:
+    """A setting that is a non-negative number of seconds."""
+    if isinstance(setting, bool) or not isinstance(setting, int | float) or not 0 <= setting < float("inf"):
+        raise ValueError(f"{name} must be a non-negative number of seconds, not {setting!r}.")
+    return float(setting)
+
+
+def build_call_tracker(config: Mapping) -> CallTracker:
+    """The tracker of each goods owner's calls, with ONGOING_CALL_SECONDS and ONGOING_OVERLAP_DELAY_SECONDS."""
+    return CallTracker(
+        call_seconds=_read_seconds("ONGOING_CALL_SECONDS", config["ONGOING_CALL_SECONDS"]),
+        overlap_delay_seconds=_read_seconds("ONGOING_OVERLAP_DELAY_SECONDS", config["ONGOING_OVERLAP_DELAY_SECONDS"]),
+        refuse_overlaps=bool(config["ONGOING_REFUSE_OVERLAPPING_CALLS"]),
+    )
+
+
 def _read_first_event_id(setting: object) -> int:
     """ONGOING_WEBHOOK_FIRST_EVENT_ID, or by default the Unix time in seconds, so a restart reuses no id."""
     if setting is None:
@@ -54,6 +71,7 @@ def build_webhook_sender(config: Mapping) -> WebhookSender:
 def init_app(app: Flask) -> None:
     """Load ONGOING_DATA, read the schemas, serve at ONGOING_SERVICE_PATH and fire webhooks as configured."""
     sender = build_webhook_sender(app.config)
+    calls = build_call_tracker(app.config)
     system_name = str(app.config["ONGOING_SYSTEM_NAME"])
     templates = _read_webhook_templates(app.config["ONGOING_WEBHOOK_TEMPLATES"])
 
@@ -70,5 +88,6 @@ def init_app(app: Flask) -> None:
         "schema": UpdateOrderSchema(),
         "process_order_types": ProcessOrderTypes(),
         "webhooks": sender,
+        "calls": calls,
     }
     app.register_blueprint(create_blueprint(app.config["ONGOING_SERVICE_PATH"]))

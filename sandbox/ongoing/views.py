@@ -1,6 +1,7 @@
-"""HTTP face of the simulated Ongoing WMS: the SOAP service, a JSON view of its data and webhooks, admin calls."""
+"""HTTP face of the simulated Ongoing WMS: the SOAP service, JSON views of its data, webhooks and calls, admin calls."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from decimal import Decimal
 from types import MappingProxyType
 
@@ -8,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from lxml import etree
 from marshmallow import ValidationError
 
+from sandbox.ongoing.concurrency import CallOverlaps, CallTracker
 from sandbox.ongoing.model import Customer, GoodsOwner, Order, OrderLine
 from sandbox.ongoing.new_order import read_new_order
 from sandbox.ongoing.process_order import (
@@ -58,6 +60,7 @@ def create_blueprint(service_path: str) -> Blueprint:
     blueprint.add_url_rule(
         "/ongoing/webhooks/<int:event_id>/resend", "resend_webhook", resend_webhook, methods=["POST"]
     )
+    blueprint.add_url_rule("/ongoing/concurrency", "show_concurrency", show_concurrency)
     blueprint.add_url_rule("/ongoing/_reset", "reset", reset_store, methods=["POST"])
     return blueprint
 
@@ -82,6 +85,11 @@ def _webhook_sender() -> WebhookSender:
     return current_app.extensions[EXTENSION_KEY]["webhooks"]
 
 
+def _call_tracker() -> CallTracker:
+    """The application's tracker of each goods owner's calls."""
+    return current_app.extensions[EXTENSION_KEY]["calls"]
+
+
 def _soap_response(payload: bytes, status: int) -> Response:
     """Wrap a serialized envelope in an HTTP response with the SOAP 1.1 content type."""
     return Response(payload, status=status, content_type=SOAP11_CONTENT_TYPE)
@@ -95,24 +103,36 @@ def _authenticate(goods_owner_code: str | None, user_name: str | None, password:
     return goods_owner
 
 
+@contextmanager
+def _one_call_at_a_time(goods_owner: GoodsOwner) -> Iterator[None]:
+    """Hold the authenticated call in progress for its goods owner; a Server fault if it overlaps another."""
+    try:
+        with _call_tracker().call(goods_owner.code):
+            yield
+    except CallOverlaps as overlap:
+        raise SoapFault("Server", str(overlap)) from None
+
+
 def run_update_order(operation: etree._Element, body: etree._Element) -> None:
     """Read UpdateOrder, check its credentials, apply it and write its response into `body`."""
     update_request = read_update_order(operation, _schema())
     goods_owner = _authenticate(update_request.goods_owner_code, update_request.user_name, update_request.password)
-    result = _store().update_order(goods_owner, update_request.identification, update_request.changes)
-    render_update_order_response(body, result)
+    with _one_call_at_a_time(goods_owner):
+        result = _store().update_order(goods_owner, update_request.identification, update_request.changes)
+        render_update_order_response(body, result)
 
 
 def run_process_order(operation: etree._Element, body: etree._Element) -> None:
     """Read ProcessOrder, check its credentials, apply it and write its response into `body`."""
     process_request = read_process_order(operation, _process_order_types())
     goods_owner = _authenticate(process_request.goods_owner_code, process_request.user_name, process_request.password)
-    result = _store().process_order(goods_owner, process_request.order)
-    render_process_order_response(body, result)
+    with _one_call_at_a_time(goods_owner):
+        result = _store().process_order(goods_owner, process_request.order)
+        render_process_order_response(body, result)
 
 
-# SOAPAction -> the operation it runs. Each reads and authenticates before it touches the store, so a fault
-# leaves the data as it was.
+# SOAPAction -> the operation it runs. Each reads and authenticates, and is refused if it overlaps another call for
+# its goods owner, before it touches the store, so a fault leaves the data as it was.
 SOAP_OPERATIONS: Mapping[str, Callable[[etree._Element, etree._Element], None]] = MappingProxyType(
     {UPDATE_ORDER_SOAP_ACTION: run_update_order, PROCESS_ORDER_SOAP_ACTION: run_process_order}
 )
@@ -262,8 +282,14 @@ def resend_webhook(event_id: int) -> Response:
     return response
 
 
+def show_concurrency() -> Response:
+    """Per goods owner that received a call: calls completed, calls refused as overlapping, most in progress at once."""
+    return jsonify({"goods_owners": _call_tracker().records()})
+
+
 def reset_store() -> tuple[str, int]:
-    """Reload the data file, forgetting every change, every recorded webhook and every planned retry."""
+    """Reload the data file, forgetting every change, every recorded webhook and planned retry, and the call counts."""
     _store().reset()
     _webhook_sender().reset()
+    _call_tracker().reset()
     return "", 204

@@ -15,7 +15,6 @@ from tests.hostile.conftest import (
 )
 from tests.servers import closed_port
 
-
 #: calls one update makes to a backend that may have received it: idempotent operations are retried within the
 #: deadline (UpdateOrder sets values, UpdateOrderInformation replaces addresses), updateOrderStatus never is
 ATTEMPTS_AFTER_SENDING = {"ongoing": 3, "speed4trade": 1, "sellercenter": 3}
