@@ -27,6 +27,8 @@ class Budget:
     profile_seconds: float  # per profile
     hostile_repetitions: int  # timed requests per case
     hostile_seconds: float  # for all cases together
+    resilience_rounds: int  # timed calls per case
+    resilience_seconds: float  # for all cases together
 
     @classmethod
     def from_command_line(cls, description: str) -> Budget:
@@ -42,7 +44,8 @@ class Budget:
                    load_requests=2_500, load_seconds=1.6, load_repetitions=4,
                    memory_checkpoints=(1_000, 4_000, 7_000, 10_000), memory_seconds=150.0,
                    bulk_items=500, bulk_repetitions=3, profile_seconds=3.0,
-                   hostile_repetitions=7, hostile_seconds=40.0)
+                   hostile_repetitions=7, hostile_seconds=40.0,
+                   resilience_rounds=5_000, resilience_seconds=40.0)
 
     @classmethod
     def smoke(cls) -> Budget:
@@ -51,7 +54,8 @@ class Budget:
                    load_requests=300, load_seconds=0.6, load_repetitions=1,
                    memory_checkpoints=(200, 1_000), memory_seconds=30.0,
                    bulk_items=500, bulk_repetitions=1, profile_seconds=0.5,
-                   hostile_repetitions=3, hostile_seconds=8.0)
+                   hostile_repetitions=3, hostile_seconds=8.0,
+                   resilience_rounds=500, resilience_seconds=6.0)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import psutil
 
+from bench import hostile_inputs, resilience_cost
 from bench.measure import Section
+from gateway.rest.problems import MAX_LISTED_ERRORS
 
-PACKAGES = ("lxml", "marshmallow", "requests", "gunicorn", "zeep", "Flask", "Werkzeug", "pyinstrument", "psutil")
+PACKAGES = ("lxml", "marshmallow", "requests", "gunicorn", "zeep", "Flask", "Werkzeug", "pyinstrument", "psutil",
+            "filelock", "pybreaker", "tenacity", "redis")
 
 
 def cpu_model() -> str:
@@ -83,7 +86,8 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
-def why_targets_were_missed(translation: Section, load: Section | None, profiles: Section | None) -> Section:
+def why_targets_were_missed(translation: Section, load: Section | None, profiles: Section | None,
+                            hostile: Section | None = None, resilience: Section | None = None) -> Section:
     """For each missed target: by how much, and what the profiles and side-by-side figures say is why."""
     section = Section("Why targets were missed", "Derived from the figures of this run.")
     missed = {verdict.target for part in (translation, load) if part for verdict in part.verdicts
@@ -137,6 +141,107 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
         section.note("At concurrency 16 the three processes (load generator, gateway or passthrough workers, "
                      "sandbox) share 2 cores, so throughput is CPU-bound: the gateway's extra CPU per request "
                      "above is what separates it from the passthrough.")
+    if hostile is not None:
+        for text in hostile_misses_explained(hostile):
+            section.note(text)
+    if resilience is not None:
+        for text in resilience_misses_explained(resilience):
+            section.note(text)
     if not section.notes:
         section.note("No target was missed.")
     return section
+
+
+def hostile_misses_explained(hostile: Section) -> list[str]:
+    """Section 6's missed targets: which cases, and where the refusal of many unknown fields spends its time."""
+    missed = {verdict.target for verdict in hostile.verdicts if not verdict.passed}
+    figures = hostile.figures
+    names = [case.name for case in hostile_inputs.CASES]
+    texts = []
+    limits = ((hostile_inputs.TIME_TARGET, "median s", hostile_inputs.TIME_TARGET_SECONDS),
+              (hostile_inputs.PEAK_TARGET, "peak traced bytes", hostile_inputs.PEAK_TARGET_BYTES))
+    over = {name for target, figure, limit in limits if target in missed
+            for name in names if figures[f"{name} {figure}"] >= limit}
+    unknown, at_limit = hostile_inputs.UNKNOWN_FIELDS, hostile_inputs.UNKNOWN_FIELDS_AT_LIMIT
+    if unknown in over:
+        texts.append(
+            f"**Hostile inputs: {unknown}.** {figures[f'{unknown} items']:,.0f} members in one object, refused "
+            f"with {figures[f'{unknown} status']:.0f} while the JSON is read, take "
+            f"{_ms(figures[f'{unknown} median s'])} median and peak at "
+            f"{figures[f'{unknown} peak traced bytes'] / 2**20:.0f} MB of traced memory: `json.loads` hands an "
+            f"object to the member bound (MAX_OBJECT_MEMBERS, {hostile_inputs.MAX_OBJECT_MEMBERS:,}) only once "
+            "all its members are parsed, so the parser still builds every one of them before the refusal.")
+    if at_limit in over:
+        fields = figures[f"{at_limit} items"]
+        stage = {key: figures[f"refusal {key} s"] for key in hostile_inputs.REFUSAL_STAGES}
+        text = (f"**Hostile inputs: {at_limit}.** The request takes {_ms(figures[f'{at_limit} median s'])} and "
+                f"peaks at {figures[f'{at_limit} peak traced bytes'] / 2**20:.0f} MB of traced memory, and the reply "
+                f"lists only {MAX_LISTED_ERRORS} paths, but every one of the body's {fields:,.0f} unknown fields "
+                f"becomes an error before that cut: marshmallow's load ({_ms(stage['schema'])}) records an "
+                f"`Unknown field.` per field, `flatten_errors` ({_ms(stage['paths'])}) and `ValidationFailed` "
+                f"({_ms(stage['error'])}) copy them into field paths, and the problem document "
+                f"({_ms(stage['problem'])}) scrubs all of them before it keeps {MAX_LISTED_ERRORS}; reading the JSON "
+                f"itself takes {_ms(stage['read'])} (stage by stage, outside Flask's dispatch).")
+        if "refusal problem peak bytes" in figures:
+            peaks = ", ".join(f"{key} {figures[f'refusal {key} peak bytes'] / 2**20:.0f} MB"
+                              for key in hostile_inputs.REFUSAL_STAGES)
+            text += f" Traced memory at each stage's peak, earlier stages' results still held: {peaks}."
+        texts.append(text)
+    for name in sorted(over - {unknown, at_limit}, key=names.index):
+        texts.append(f"**Hostile inputs: {name}.** {_ms(figures[f'{name} median s'])} median, "
+                     f"{figures[f'{name} peak traced bytes'] / 2**20:.0f} MB peak traced memory (section 6).")
+    if hostile_inputs.REPLY_TARGET in missed:
+        for name in names:
+            reply = figures[f"{name} reply bytes"]
+            if figures[f"{name} status"] >= 400 and reply >= hostile_inputs.REPLY_TARGET_BYTES:
+                texts.append(f"**Hostile inputs: {name}.** The refusal's reply is {reply:,.0f} bytes (section 6).")
+    return texts
+
+
+def resilience_misses_explained(resilience: Section) -> list[str]:
+    """Section 7's missed targets: what each mechanism costs alone and what the guard adds within a call."""
+    missed = {verdict.target for verdict in resilience.verdicts if not verdict.passed}
+    figures = resilience.figures
+
+    def p50(key: str) -> float:
+        return figures[f"{key} p50 ns"]
+
+    texts = []
+    if resilience_cost.BULKHEAD_TARGET in missed:
+        texts.append(f"**Resilience: bulkhead.** {_us(p50('bulkhead'))} p50 for a `BoundedSemaphore` acquire and "
+                     f"release that never waits (the timing loop alone takes {_us(p50('baseline'))}; section 7).")
+    if resilience_cost.LOCK_TARGET in missed:
+        texts.append(
+            f"**Resilience: file lock.** Holding the call lock costs {_us(p50('lock file'))} p50, of which the "
+            f"system calls themselves (open, flock, unlock, close) take {_us(p50('flock system calls'))}. The rest "
+            f"is filelock's own Python code: a new `FileLock` object per call takes {_us(p50('filelock new'))} "
+            "(FileCallLocks makes one each time, so that threads of one process exclude each other too), and its "
+            f"`acquire()` + `release()` {_us(p50('filelock acquire release'))} even when the object is kept "
+            "(section 7, the file lock taken apart).")
+    if resilience_cost.BREAKER_TARGET in missed:
+        statements = figures.get("breaker call SQLite statements per call", 0.0)
+        texts.append(f"**Resilience: breaker (SQLite).** {_us(p50('breaker sqlite'))} p50 around a no-op, "
+                     f"{statements:g} SQL statements per successful call (section 7).")
+    if resilience_cost.GUARD_TARGET in missed:
+        parts = {key: p50(key) for key in ("lock file", "breaker sqlite", "retry_after sqlite", "retries",
+                                           "bulkhead", "watchdog")}
+        alone = sum(parts.values())
+        in_call = p50("watchdog in call embedded")
+        rest = p50("guard embedded") - alone - in_call + parts["watchdog"]
+        text = (
+            f"**Resilience: the whole guard.** It adds {_us(p50('guard embedded'))} p50 to an Ongoing call that "
+            f"takes {_us(p50('direct embedded'))} alone. Timed alone, its parts take {_us(alone)} together: the "
+            f"file lock {_us(parts['lock file'])}, the breaker call {_us(parts['breaker sqlite'])} and its "
+            f"pre-check {_us(parts['retry_after sqlite'])}, retries {_us(parts['retries'])}, the bulkhead "
+            f"{_us(parts['bulkhead'])}, the watchdog registration {_us(parts['watchdog'])}. Within the call the "
+            f"watchdog registration adds {_us(in_call)} (the guarded call with and without it): every `call_at` "
+            "notifies the watchdog thread, which wakes and takes the GIL the next time the call releases it (lxml "
+            "parsing the reply, SQLite, the lock file's system calls), so each call waits for a thread switch that "
+            "a loop of registrations alone, which never releases the GIL, does not show.")
+        if rest > 0:
+            lock_after_call = p50("lock after call embedded")
+            text += (f" The remaining {_us(rest)} is not in the parts timed alone; the parts cost more inside a "
+                     f"real call than in a loop of their own: the file lock held right after a `_call` takes "
+                     f"{_us(lock_after_call)}, against {_us(parts['lock file'])} in its own loop.")
+        texts.append(text)
+    return texts

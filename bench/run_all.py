@@ -1,8 +1,9 @@
 """Run every benchmark in one go and write bench/RESULTS.md: `python bench/run_all.py [--quick]`.
 
 Sections: 1 translation in process (with zeep), 2 end to end over HTTP (gateway, passthrough, direct), 3 memory
-of one worker, 4 bulk against single updates, 5 profiles (bench/profiles/*.txt). Every server is started on a
-free 127.0.0.1 port and stopped before the script ends, whatever happens.
+of one worker, 4 bulk against single updates, 5 profiles (bench/profiles/*.txt), 6 hostile inputs in process, 7
+the cost of the resilience mechanisms per backend call (in process, with a redis-server when one is installed).
+Every server is started on a free 127.0.0.1 port and stopped before the script ends, whatever happens.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bulk import run_bulk
+from bench.hostile_inputs import run_hostile_inputs
 from bench.load import run_end_to_end
 from bench.measure import Budget
 from bench.memory import run_memory
 from bench.profile_hotspots import run_profiles
 from bench.report import results_document, why_targets_were_missed
+from bench.resilience_cost import run_resilience_cost
 from bench.servers import running_deployment
 from bench.translate import run_translation
 from bench.workload import ROOT
@@ -58,10 +61,12 @@ def main() -> None:
         profiles = run_profiles(deployment.sandbox.url, budget)
     with running_deployment(gateway_workers=1, with_passthrough=False) as deployment:
         memory = run_memory(deployment, budget)
-    explanations = why_targets_were_missed(translation, load, profiles)
+    hostile = run_hostile_inputs(budget)
+    resilience = run_resilience_cost(budget)
+    explanations = why_targets_were_missed(translation, load, profiles, hostile, resilience)
 
     seconds = time.monotonic() - started
-    sections = [translation, load, memory, bulk, profiles, explanations]
+    sections = [translation, load, memory, bulk, profiles, hostile, resilience, explanations]
     options.output.write_text(results_document(sections, command=command_line(), started=started_at,
                                                seconds=seconds, quick=options.quick))
     print(f"\nwrote {options.output} after {seconds / 60:.1f} min", flush=True)

@@ -58,11 +58,15 @@ class Watchdog:
         """Call `function` at monotonic time `at`; the handle cancels it."""
         with self._condition:
             handle = next(self._numbers)
+            earliest = not self._due or at < self._due[0][0]
             heapq.heappush(self._due, (at, handle, function))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="gateway-deadline-watchdog", daemon=True)
                 self._thread.start()
-            self._condition.notify()
+            # Woken only for a new earliest deadline: otherwise it wakes for an earlier one anyway, and a wake-up
+            # per call would make every call wait for a thread switch.
+            if earliest:
+                self._condition.notify()
         return handle
 
     def cancel(self, handle: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,14 +47,25 @@ class FileCallLocks(CallLocks):
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, filelock.FileLock] = {}
+        self._guard = threading.Lock()
+
+    def _lock_for(self, name: str) -> filelock.FileLock:
+        """One FileLock per name, kept: thread-local, so each thread flocks its own descriptor and threads of one
+        process exclude each other as processes do."""
+        with self._guard:
+            lock = self._locks.get(name)
+            if lock is None:
+                lock = self._locks[name] = filelock.FileLock(self.folder / _file_name(name), thread_local=True,
+                                                             is_singleton=False)
+            return lock
 
     @contextlib.contextmanager
     def hold(self, name: str, timeout: float) -> Iterator[None]:
-        """flock on the name's file; a new FileLock each time, so threads of one process exclude each other too."""
-        lock = filelock.FileLock(self.folder / _file_name(name), timeout=max(timeout, 0), thread_local=False,
-                                 is_singleton=False)
+        """flock on the name's file, polling until `timeout`."""
+        lock = self._lock_for(name)
         try:
-            lock.acquire(poll_interval=0.005)
+            lock.acquire(timeout=max(timeout, 0), poll_interval=0.005)
         except filelock.Timeout:
             raise LockTimeout(f"{name} was held by another call for {timeout:g} s") from None
         try:
