@@ -32,7 +32,7 @@ def wait_until_serving(url: str, process: subprocess.Popen, seconds: float = 20.
         try:
             requests.get(url, timeout=0.5)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a port that is open while its worker still boots
             time.sleep(0.1)
     raise AssertionError(f"{url} did not come up")
 

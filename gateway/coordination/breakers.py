@@ -8,6 +8,7 @@ process); instead a half-open breaker lets one probe at a time through per proce
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from datetime import UTC, datetime
@@ -33,11 +34,13 @@ class SqliteBreakerStorage(pybreaker.CircuitBreakerStorage):
 
     def _execute(self, sql: str, parameters: tuple = ()) -> list[tuple]:
         connection = getattr(self._local, "connection", None)
-        if connection is None:
+        # A connection must not cross fork() (gunicorn forks workers from the preloaded app): a new process opens
+        # its own.
+        if connection is None or getattr(self._local, "pid", None) != os.getpid():
             connection = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
-            self._local.connection = connection
+            self._local.connection, self._local.pid = connection, os.getpid()
         return connection.execute(sql, parameters).fetchall()
 
     def _value(self, column: str) -> Any:
@@ -97,9 +100,39 @@ class SqliteBreakerStorage(pybreaker.CircuitBreakerStorage):
             self._local.connection = None
 
 
+class RedisBreakerStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage, keeping the opening time to the microsecond (pybreaker keeps whole seconds, so an
+    open breaker would let a probe through up to a second early, and one reset below a second at once)."""
+
+    @property
+    def opened_at(self) -> datetime | None:
+        """When the breaker last opened."""
+        try:
+            value = self._redis.get(self._namespace("opened_at"))
+        except redis.RedisError:
+            self.logger.exception("RedisError")
+            return None
+        return datetime.fromtimestamp(float(value), UTC) if value else None
+
+    @opened_at.setter
+    def opened_at(self, when: datetime) -> None:
+        key = self._namespace("opened_at")
+
+        def set_if_later(pipe: redis.client.Pipeline) -> None:
+            current = pipe.get(key)
+            pipe.multi()
+            if not current or when.timestamp() > float(current):
+                pipe.set(key, repr(when.timestamp()))
+
+        try:
+            self._redis.transaction(set_if_later, key)
+        except redis.RedisError:
+            self.logger.exception("RedisError")
+
+
 def redis_breaker_storage(client: redis.Redis, name: str) -> pybreaker.CircuitRedisStorage:
-    """pybreaker's Redis storage for the breaker `name`."""
-    return pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=f"gateway:breakers:{name}")
+    """The Redis storage of the breaker `name`."""
+    return RedisBreakerStorage(pybreaker.STATE_CLOSED, client, namespace=f"gateway:breakers:{name}")
 
 
 class ConcurrentCircuitBreaker(pybreaker.CircuitBreaker):
