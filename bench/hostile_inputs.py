@@ -26,7 +26,7 @@ from flask import Flask
 from marshmallow import ValidationError
 
 from bench.measure import Budget, Section
-from bench.workload import parsed_config
+from bench.workload import as_demo_caller, parsed_config
 from gateway import create_app
 from gateway.canonical.schema import flatten_errors, load_order_update
 from gateway.errors import ValidationFailed
@@ -197,7 +197,7 @@ class GatewayUnderAttack:
 
     def __init__(self, config: dict) -> None:
         self.app = create_app(config)
-        self.client = self.app.test_client()
+        self.client = as_demo_caller(self.app.test_client())
 
     def send(self, case: HostileCase, body: bytes) -> tuple[int, int]:
         """Send the body as the case says; the reply's status and size in bytes."""

@@ -22,7 +22,7 @@ import requests
 from bench.measure import Budget, Section, milliseconds, percentile
 from bench.passthrough_app import transport_auth
 from bench.servers import Deployment
-from bench.workload import REPEATABLE
+from bench.workload import DEMO_KEY, REPEATABLE
 
 TARGETS = ("gateway", "passthrough", "direct")
 CONCURRENCIES = (1, 16)
@@ -63,6 +63,8 @@ def keep_alive_session() -> requests.Session:
     """A client session that reuses its connection and ignores proxies from the environment."""
     session = requests.Session()
     session.trust_env = False
+    # The gateway wants the demo caller's key; the sandboxes and the passthrough ignore it.
+    session.headers["Authorization"] = f"Bearer {DEMO_KEY}"
     return session
 
 

@@ -25,7 +25,7 @@ from pyinstrument.frame import Frame
 
 from bench.measure import Budget, Section, microseconds, percentile, time_cases_interleaved
 from bench.translate import GatewayRound, gateway_rounds
-from bench.workload import CONNECTIONS, REPEATABLE, ROOT, TYPICAL, parsed_config
+from bench.workload import CONNECTIONS, REPEATABLE, ROOT, TYPICAL, as_demo_caller, parsed_config
 from gateway import create_app
 from gateway.backends.ongoing.update_order import XSD_PATH as UPDATE_ORDER_XSD
 from gateway.canonical import OrderUpdateSchema
@@ -134,7 +134,7 @@ def time_request_without_network(section: Section, folder: Path, rounds: dict[st
     app = create_app(parsed_config("http://127.0.0.1:9", folder), transports=transports)
     try:
         cases: dict[str, Callable[[], Any]] = {}
-        client, bare_client = app.test_client(), bare_flask_app().test_client()
+        client, bare_client = as_demo_caller(app.test_client()), bare_flask_app().test_client()
         for backend, workload in TYPICAL.items():
             url, document = f"/orders/{workload.order_id(0)}", workload.document()
             if client.patch(url, json=document).status_code != 200:
@@ -258,7 +258,7 @@ def run_profiles(sandbox_url: str, budget: Budget) -> Section:
 
         app = create_app(parsed_config(sandbox_url, Path(scratch)))
         try:
-            client = app.test_client()
+            client = as_demo_caller(app.test_client())
             for backend, workload in REPEATABLE.items():
                 document = workload.document()
                 counter = itertools.count()

@@ -26,6 +26,8 @@ SANDBOX_CONFIG = ROOT / "config" / "sandbox.toml"
 CONNECTIONS = {"ongoing": "ongoing-demo", "speed4trade": "speed4trade-demo", "sellercenter": "sellercenter-demo"}
 SERVICE_PATHS = {"ongoing": "/ongoing/Service.asmx", "speed4trade": "/speed4trade/",
                  "sellercenter": "/sellercenter/oms-api/"}
+#: the sandbox configuration's demo caller (every scope, every connection): the benchmarks call as it
+DEMO_KEY = "demo-caller-key-0000"
 #: the environment variables config/sandbox.toml reads the backend URLs from
 URL_VARIABLES = {"ongoing": "ONGOING_URL", "speed4trade": "SPEED4TRADE_URL", "sellercenter": "SELLERCENTER_URL"}
 
@@ -73,6 +75,12 @@ TYPICAL = {
     "sellercenter": Workload("sellercenter", ("300001",),
                              {"shipping_address": {"address1": "Hauptstraße 5", "city": "Hamburg"}}),
 }
+
+
+def as_demo_caller(client: Any) -> Any:
+    """A Flask test client of the gateway that sends the demo caller's key with every request."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {DEMO_KEY}"
+    return client
 
 
 def sandbox_urls(sandbox_url: str) -> dict[str, str]:

@@ -23,6 +23,15 @@ from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import ConfigError
 
 MASK = "********"
+#: what a caller may be allowed to do; every endpoint but the webhook receiver and the docs needs one of them
+SCOPES = {
+    "orders:write": "update orders (PATCH /orders/<id>, PATCH /orders), dry runs included",
+    "orders:dry-run": "dry runs of order updates only: validate and translate, send nothing",
+    "events:read": "list and show stored events (GET /events, GET /events/<id>)",
+    "events:redeliver": "deliver an event again (POST /events/<id>/redeliver)",
+}
+#: the shortest API key accepted: keys are random secrets, not passwords a person remembers
+MIN_KEY_LENGTH = 16
 CONFIG_VARIABLE = "GATEWAY_CONFIG"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -170,6 +179,30 @@ class EventsSectionSchema(Schema):
     worker_threads = fields.Integer(load_default=4, validate=validate.Range(min=1, max=64))
 
 
+class CallerSchema(Schema):
+    """One internal service allowed to call the gateway: its keys, the connections it may use, its scopes."""
+
+    class Meta:
+        unknown = RAISE
+
+    key = SecretField(load_default=None)
+    #: several keys, so a key can be rotated without downtime: add the new one, move the caller, drop the old
+    keys = fields.List(SecretField(), load_default=list)
+    connections = fields.List(fields.String(validate=validate.Length(min=1)), load_default=lambda: ["*"],
+                              validate=validate.Length(min=1))
+    scopes = fields.List(fields.String(validate=validate.OneOf(sorted(SCOPES))), required=True,
+                         validate=validate.Length(min=1))
+
+    @validates_schema
+    def check_keys(self, data: dict, **_: Any) -> None:
+        """At least one key, each long enough to be a secret."""
+        keys = ([data["key"]] if data.get("key") is not None else []) + data["keys"]
+        if not keys:
+            raise ValidationError("Give the caller's API key (key) or keys.", field_name="keys")
+        if any(len(key.reveal()) < MIN_KEY_LENGTH for key in keys):
+            raise ValidationError(f"API keys are at least {MIN_KEY_LENGTH} characters.", field_name="keys")
+
+
 class GatewaySectionSchema(Schema):
     """The `[gateway]` table."""
 
@@ -183,6 +216,10 @@ class GatewaySectionSchema(Schema):
     max_bulk_items = fields.Integer(load_default=500, validate=validate.Range(min=1, max=100_000))
     #: a request's whole budget (one call, or every call of a bulk); below the server's own worker timeout
     request_timeout = fields.Float(load_default=60.0, validate=validate.Range(min=0.1, max=3600))
+    #: serve requests without an API key as the caller "anonymous", with every scope (never in production)
+    allow_anonymous = fields.Boolean(load_default=False)
+    #: /openapi.json and /docs without a key
+    open_docs = fields.Boolean(load_default=True)
 
 
 @dataclass(frozen=True)
@@ -210,6 +247,16 @@ class ConnectionSettings:
     status_map: Mapping[str, Any]
     webhooks: Mapping[str, Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CallerSettings:
+    """A caller: its API keys, the connections it may use (None: every one) and its scopes."""
+
+    name: str
+    keys: tuple[Secret, ...]
+    connections: frozenset[str] | None
+    scopes: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -246,9 +293,12 @@ class GatewaySettings:
     max_json_depth: int
     max_bulk_items: int
     request_timeout: float
+    allow_anonymous: bool
+    open_docs: bool
     connections: Mapping[str, ConnectionSettings]
     events: EventSettings
     subscribers: Mapping[str, SubscriberSettings] = field(default_factory=dict)
+    callers: Mapping[str, CallerSettings] = field(default_factory=dict)
 
 
 def _interpolate(value: Any, source: str, key: str) -> Any:
@@ -284,10 +334,10 @@ def _load_section(schema: Schema, data: Any, source: str, key: str) -> dict:
 def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, type]) -> GatewaySettings:
     """Validate a parsed configuration mapping against the generic and the per-backend schemas."""
     raw = _interpolate(raw, source, "")
-    unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers"})
+    unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers"})
     if unknown:
         raise ConfigError(source, unknown[0], "unknown section (expected [gateway], [connections.<name>], [events] "
-                                              "and [subscribers.<name>])")
+                                              "[subscribers.<name>] and [callers.<name>])")
     gateway = _load_section(GatewaySectionSchema(), raw.get("gateway", {}), source, "gateway")
     tables = raw.get("connections", {})
     if not isinstance(tables, Mapping) or not tables:
@@ -334,7 +384,11 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         loaded = _load_section(SubscriberSchema(), table, source, f"subscribers.{name}")
         subscribers[name] = SubscriberSettings(name=name, url=loaded["url"], types=tuple(loaded["types"]),
                                                secret=loaded["secret"])
+    callers = _load_callers(raw.get("callers", {}), source, connections)
     return GatewaySettings(
+        callers=callers,
+        allow_anonymous=gateway["allow_anonymous"],
+        open_docs=gateway["open_docs"],
         source=source,
         default_connection=default,
         max_body_bytes=gateway["max_body_bytes"],
@@ -345,6 +399,29 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         events=EventSettings(**events),
         subscribers=subscribers,
     )
+
+
+def _load_callers(tables: Any, source: str, connections: Mapping[str, ConnectionSettings]) -> dict:
+    """The [callers.<name>] tables; a key may belong to one caller only, connections must exist."""
+    if not isinstance(tables, Mapping):
+        raise ConfigError(source, "callers", "must be a table of [callers.<name>] tables")
+    callers, owners = {}, {}
+    for name, table in tables.items():
+        key = f"callers.{name}"
+        loaded = _load_section(CallerSchema(), table, source, key)
+        keys = tuple(([loaded["key"]] if loaded["key"] is not None else []) + loaded["keys"])
+        for secret in keys:
+            if secret.reveal() in owners:
+                raise ConfigError(source, f"{key}.keys", f"a key of caller {owners[secret.reveal()]!r} too: "
+                                                         "each key names one caller")
+            owners[secret.reveal()] = name
+        allowed = loaded["connections"]
+        unknown = [connection for connection in allowed if connection != "*" and connection not in connections]
+        if unknown:
+            raise ConfigError(source, f"{key}.connections", f"names no configured connection: {unknown[0]!r}")
+        callers[name] = CallerSettings(name=name, keys=keys, scopes=frozenset(loaded["scopes"]),
+                                       connections=None if "*" in allowed else frozenset(allowed))
+    return callers
 
 
 def read_config_file(path: str | os.PathLike, backends: Mapping[str, type]) -> GatewaySettings:

@@ -4,7 +4,8 @@
     ├── ConfigError                   ---  the configuration file is broken (stops start-up)
     ├── RequestProblem                4xx  the client's request cannot be served as sent
     │   ├── MalformedRequest          400  the body is not valid JSON, or not a JSON object
-    │   ├── Unauthorized              401  missing or wrong credentials (a webhook's vendor authentication)
+    │   ├── Unauthorized              401  no or an unknown API key, or a webhook's wrong vendor credentials
+    │   ├── Forbidden                 403  the caller's key lacks the scope or the connection
     │   ├── NotFound                  404  the gateway itself has no such resource
     │   │   ├── WebhookNotFound       404  no connection of that backend receives webhooks under that name
     │   │   └── EventNotFound         404  no stored event has that id
@@ -90,6 +91,24 @@ class Unauthorized(RequestProblem):
     def reply_headers(self) -> dict[str, str]:
         """The authentication challenge, when there is one."""
         return {"WWW-Authenticate": self.challenge} if self.challenge else {}
+
+
+class Forbidden(RequestProblem):
+    """The caller is known but not allowed this: `missing` names the scope or connection it lacks."""
+
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+    def __init__(self, detail: str, *, scope: str | None = None) -> None:
+        super().__init__(detail)
+        self.scope = scope
+
+    def reply_headers(self) -> dict[str, str]:
+        """RFC 6750's insufficient_scope challenge, when a scope is what is missing."""
+        if self.scope is None:
+            return {}
+        return {"WWW-Authenticate": f'Bearer realm="order gateway", error="insufficient_scope", scope="{self.scope}"'}
 
 
 class NotFound(RequestProblem):

@@ -97,6 +97,8 @@ class Scrubber:
                 pairs.append((connection.username, connection.password.reveal()))
             if webhooks.get("password") is not None and webhooks.get("username"):
                 pairs.append((webhooks["username"], webhooks["password"].reveal()))
+        for caller in settings.callers.values():
+            secrets += [key.reveal() for key in caller.keys]
         for subscriber in settings.subscribers.values():
             secret = subscriber.secret.reveal()
             secrets += [secret, secret.removeprefix("whsec_")]

@@ -229,7 +229,7 @@ def test_every_operation_classifies_bad_replies_alike(operation_case, reply, sta
 def test_a_transport_passed_to_the_app_carries_every_call(kind, tmp_path):
     key = next(key for key in OPERATIONS if key[0] == kind)
     transport = RecordingTransport(SUCCESS_REPLIES[key])
-    settings = {"connections": {"contract": settings_table(kind)},
+    settings = {"gateway": {"allow_anonymous": True}, "connections": {"contract": settings_table(kind)},
                 "events": {"database": str(tmp_path / "e.sqlite3"), "queue_database": str(tmp_path / "q.sqlite3")}}
     app = create_app(settings, transports={"contract": transport})
     try:

@@ -30,6 +30,10 @@ read_timeout = 12.5
 [connections.wh.status_map]
 packed = 425
 released = 310
+
+[callers.erp]
+key = "${TEST_ERP_KEY:-erp-key-0123456789}"
+scopes = ["orders:write"]
 """
 
 

@@ -378,9 +378,10 @@ def test_redeliver_makes_every_delivery_pending_again_and_keeps_the_history(stor
     store.record_attempt("evt_1", "shop", outcome="dead", status_code=400, error="HTTP 400", now=T0 + 10)
     assert store.pending_streams() == [("crm", ORDER)]
 
-    assert store.redeliver("evt_1", now=T0 + 100) == [("crm", ORDER), ("shop", ORDER)]
+    assert store.redeliver("evt_1", now=T0 + 100, requested_by="ops-console") == [("crm", ORDER), ("shop", ORDER)]
 
-    redelivered = {"attempt": 0, "at": T0 + 100, "outcome": "redeliver", "status_code": None, "error": None}
+    redelivered = {"attempt": 0, "at": T0 + 100, "outcome": "redeliver", "status_code": None, "error": None,
+                   "requested_by": "ops-console"}
     crm, shop = store.get_event("evt_1")["deliveries"]
     assert crm == {**pending("crm", T0 + 100), "history": [
         {"attempt": 1, "at": T0 + 1, "outcome": "delivered", "status_code": 200, "error": None}, redelivered]}

@@ -116,7 +116,18 @@ def test_setup_resets_every_sandbox_first():
 def test_the_environment_points_at_make_run():
     environment = json.loads(ENVIRONMENT_PATH.read_text(encoding="utf-8"))
     values = {value["key"]: value["value"] for value in environment["values"] if value.get("enabled", True)}
-    assert values == {"gateway_url": "http://127.0.0.1:8000", "sandbox_url": "http://127.0.0.1:8001"}
+    assert values == {"gateway_url": "http://127.0.0.1:8000", "sandbox_url": "http://127.0.0.1:8001",
+                      # the public demo keys of config/sandbox.toml's callers
+                      "api_key": "demo-caller-key-0000", "readonly_api_key": "demo-readonly-key-0000"}
+
+
+def test_the_collection_authenticates_with_the_environments_bearer_key():
+    collection = load_collection()
+    assert collection["auth"] == {"type": "bearer", "bearer": [{"key": "token", "value": "{{api_key}}",
+                                                                "type": "string"}]}
+    names = {item["name"] for _, item in requests_of(collection["item"])}
+    assert {"401 no API key", "401 unknown API key", "403 a dry-run key cannot send",
+            "403 a connection the key may not use", "403 a bulk on a connection the key may not use"} <= names
 
 
 def test_every_variable_used_is_defined():

@@ -292,7 +292,7 @@ def test_retries_only_where_provably_safe(make_gateway, kind, document, never_se
     table = (speed4trade_connection if kind == "speed4trade" else ongoing_connection)("http://127.0.0.1:9/")
     from gateway import create_app
 
-    app = create_app({"connections": {"o": table}, "events": {
+    app = create_app({"gateway": {"allow_anonymous": True}, "connections": {"o": table}, "events": {
         "database": str(tmp_path / "e.sqlite3"), "queue_database": str(tmp_path / "q.sqlite3")}},
         transports={"o": transport})
     try:

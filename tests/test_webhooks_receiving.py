@@ -230,7 +230,9 @@ def test_redeliver_puts_every_delivery_back_and_queues_it(client):
     queued_before = service.queue.huey.pending_count()
     reply = client.post(f"/events/{event_id}/redeliver")
     assert reply.status_code == 202
-    assert reply.get_json() == {"id": event_id, "redelivering_to": ["picker"]}
+    assert reply.get_json() == {"id": event_id, "redelivering_to": ["picker"], "requested_by": "anonymous"}
+    history = client.get(f"/events/{event_id}").get_json()["deliveries"][0]["history"]
+    assert history[-1]["outcome"] == "redeliver" and history[-1]["requested_by"] == "anonymous"
     delivery = client.get(f"/events/{event_id}").get_json()["deliveries"][0]
     assert (delivery["state"], delivery["attempts"]) == ("pending", 0)
     assert [entry["outcome"] for entry in delivery["history"]] == ["dead", "redeliver"]

@@ -255,7 +255,8 @@ class RedisEventStore(EventStore):
         """Every (subscriber, order_key) with at least one pending delivery, sorted."""
         return sorted(tuple(json.loads(stream)) for stream in self._redis.smembers(self._key("streams")))
 
-    def redeliver(self, event_id: str, *, now: float | None = None) -> list[tuple[str, str]] | None:
+    def redeliver(self, event_id: str, *, now: float | None = None,
+                  requested_by: str | None = None) -> list[tuple[str, str]] | None:
         """Make every delivery of the event pending and due now with 0 attempts; the streams to nudge, or None."""
         now = timestamp(now)
         event_key, deliveries_key = self._key("event:", event_id), self._key("deliveries:", event_id)
@@ -264,7 +265,7 @@ class RedisEventStore(EventStore):
             return None
 
         def update(pipe: redis.client.Pipeline) -> list[str]:
-            deliveries = {name: apply_redeliver(json.loads(raw), now)
+            deliveries = {name: apply_redeliver(json.loads(raw), now, requested_by)
                           for name, raw in pipe.hgetall(deliveries_key).items()}
             pipe.multi()
             for name, delivery in deliveries.items():

@@ -71,8 +71,10 @@ class EventStore(abc.ABC):
         """Every (subscriber, order_key) with at least one pending delivery, sorted."""
 
     @abc.abstractmethod
-    def redeliver(self, event_id: str, *, now: float | None = None) -> list[tuple[str, str]] | None:
-        """Make every delivery of the event pending and due now with 0 attempts; the streams to nudge, or None."""
+    def redeliver(self, event_id: str, *, now: float | None = None,
+                  requested_by: str | None = None) -> list[tuple[str, str]] | None:
+        """Make every delivery of the event pending and due now with 0 attempts, noting who asked in its history;
+        the streams to nudge, or None."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -174,11 +176,13 @@ def apply_attempt(delivery: dict, *, outcome: str, status_code: int | None, erro
     return updated
 
 
-def apply_redeliver(delivery: dict, now: float) -> dict:
-    """The delivery made pending again: due now, 0 attempts, errors cleared, its history kept and extended."""
+def apply_redeliver(delivery: dict, now: float, requested_by: str | None = None) -> dict:
+    """The delivery made pending again: due now, 0 attempts, errors cleared, its history kept and extended with
+    who asked for it."""
     return {**delivery, "state": PENDING, "attempts": 0, "next_attempt_at": now, "last_error": None,
             "delivered_at": None,
-            "history": [*delivery["history"], history_entry(0, now, REDELIVER, None, None)]}
+            "history": [*delivery["history"],
+                        {**history_entry(0, now, REDELIVER, None, None), "requested_by": requested_by}]}
 
 
 SCHEMA = """
@@ -227,7 +231,9 @@ CREATE TABLE IF NOT EXISTS delivery_history (
 );
 CREATE INDEX IF NOT EXISTS delivery_history_by_delivery ON delivery_history (event_seq, subscriber, line);
 """
-SCHEMA_VERSION = 1
+#: version 2: who asked for a redelivery (delivery_history.requested_by)
+MIGRATIONS = {2: "ALTER TABLE delivery_history ADD COLUMN requested_by TEXT"}
+SCHEMA_VERSION = 2
 #: how long a writer waits for another process's write to finish before giving up
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -245,10 +251,13 @@ class SqliteEventStore(EventStore):
         try:
             self._use_wal()
             with self._write() as db:
-                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
                     for statement in SCHEMA.split(";"):
                         if statement.strip():
                             db.execute(statement)
+                    for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                        db.execute(MIGRATIONS[target])
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self.close()
@@ -386,10 +395,12 @@ class SqliteEventStore(EventStore):
                 "delivered_at": row["delivered_at"], "history": [],
             }
         for row in db.execute(
-                "SELECT event_seq, subscriber, attempt, at, outcome, status_code, error FROM delivery_history"  # noqa: S608 - placeholders only
-                f" WHERE event_seq IN ({marks}) ORDER BY line", seqs):
-            deliveries[row["event_seq"]][row["subscriber"]]["history"].append(
-                history_entry(row["attempt"], row["at"], row["outcome"], row["status_code"], row["error"]))
+                "SELECT event_seq, subscriber, attempt, at, outcome, status_code, error, requested_by"  # noqa: S608 - placeholders only
+                f" FROM delivery_history WHERE event_seq IN ({marks}) ORDER BY line", seqs):
+            entry = history_entry(row["attempt"], row["at"], row["outcome"], row["status_code"], row["error"])
+            if row["outcome"] == REDELIVER:
+                entry["requested_by"] = row["requested_by"]
+            deliveries[row["event_seq"]][row["subscriber"]]["history"].append(entry)
         return [{"event": json.loads(row["body"]), "received_at": row["received_at"],
                  "deliveries": list(deliveries[row["seq"]].values())} for row in rows]
 
@@ -438,10 +449,10 @@ class SqliteEventStore(EventStore):
              delivery["delivered_at"], seq, delivery["subscriber"]),
         )
         db.executemany(
-            "INSERT INTO delivery_history (event_seq, subscriber, attempt, at, outcome, status_code, error)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO delivery_history (event_seq, subscriber, attempt, at, outcome, status_code, error,"
+            " requested_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(seq, delivery["subscriber"], line["attempt"], line["at"], line["outcome"], line["status_code"],
-              line["error"]) for line in delivery["history"]],
+              line["error"], line.get("requested_by")) for line in delivery["history"]],
         )
 
     def pending_streams(self) -> list[tuple[str, str]]:
@@ -451,7 +462,8 @@ class SqliteEventStore(EventStore):
             " ORDER BY subscriber, order_key").fetchall()
         return [(row["subscriber"], row["order_key"]) for row in rows]
 
-    def redeliver(self, event_id: str, *, now: float | None = None) -> list[tuple[str, str]] | None:
+    def redeliver(self, event_id: str, *, now: float | None = None,
+                  requested_by: str | None = None) -> list[tuple[str, str]] | None:
         """Make every delivery of the event pending and due now with 0 attempts; the streams to nudge, or None."""
         now = timestamp(now)
         with self._write() as db:
@@ -463,7 +475,7 @@ class SqliteEventStore(EventStore):
             for subscriber in subscribers:
                 # Only the new history line is passed on: _save_delivery appends, it never rewrites history.
                 self._save_delivery(db, event["seq"], apply_redeliver(
-                    {"subscriber": subscriber, "history": []}, now))
+                    {"subscriber": subscriber, "history": []}, now, requested_by))
         return [(subscriber, event["order_key"]) for subscriber in subscribers]
 
     def close(self) -> None:

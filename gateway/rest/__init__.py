@@ -3,7 +3,7 @@ API docs, and the last scrub of every JSON reply."""
 
 from flask import Flask, Response
 
-from gateway.rest import common, docs, events, limits, orders, problems, request_ids, webhooks
+from gateway.rest import auth, common, docs, events, limits, orders, problems, request_ids, webhooks
 
 SCRUBBED_MEDIA_TYPES = frozenset({"application/json", problems.PROBLEM_MEDIA_TYPE})
 
@@ -22,6 +22,7 @@ def init_app(app: Flask) -> None:
     """Attach the REST layer to the app."""
     app.before_request(common.start_request_budget)
     limits.init_app(app)
+    auth.init_app(app, app.config["GATEWAY_SETTINGS"])
     request_ids.init_app(app)
     problems.init_app(app)
     app.after_request(scrub_json_reply)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, jsonify
 
 from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import EventNotFound
+from gateway.rest.auth import current_caller
 from gateway.rest.common import REQUEST_ID
 from gateway.rest.openapi import documented
 from gateway.rest.queries import DELIVERY_STATES, EventListQuery, NoQuery, read_query
 from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
 
 blueprint = Blueprint("events", __name__)
+log = logging.getLogger("gateway.events")
 
 
 def _service():
@@ -85,9 +88,12 @@ def redeliver_event(event_id: str):
     """Send an event to its subscribers again (dead or delivered alike), in order with its order's other events."""
     read_query(NoQuery)
     service = _service()
-    streams = service.store.redeliver(event_id)
+    caller = current_caller().name
+    streams = service.store.redeliver(event_id, requested_by=caller)
     if streams is None:
         raise EventNotFound(f"No event {event_id!r}.")
     for subscriber, order_key in streams:
         service.queue.nudge(subscriber, order_key)
-    return jsonify({"id": event_id, "redelivering_to": sorted({subscriber for subscriber, _ in streams})}), 202
+    log.info("event %s redelivered at the request of caller %s", event_id, caller)
+    return jsonify({"id": event_id, "redelivering_to": sorted({subscriber for subscriber, _ in streams}),
+                    "requested_by": caller}), 202

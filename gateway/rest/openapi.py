@@ -36,6 +36,8 @@ class DocumentedOperation:
     parameters: list[dict] = field(default_factory=list)
     replies: Mapping[int, tuple[str, type[Schema] | None]] = field(default_factory=dict)
     problems: Mapping[int, str] = field(default_factory=dict)
+    #: None: the document-wide bearer key (and its 401/403); otherwise this operation's own schemes
+    security: list[dict] | None = None
 
 
 OPERATIONS: list[DocumentedOperation] = []
@@ -71,8 +73,16 @@ def build_openapi(version: str, connections: Any) -> dict:
         openapi_version="3.0.3",
         plugins=[plugin],
         info={"description": "One JSON REST API for updating orders in Ongoing WMS, Speed4Trade CONNECT and "
-                             "Rocket SellerCenter, and for the order events their webhooks become."},
+                             "Rocket SellerCenter, and for the order events their webhooks become. Every call "
+                             "but a backend's webhook carries `Authorization: Bearer <key>` (Authorize, above)."},
+        security=[{"bearerAuth": []}],
     )
+    spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("webhookBasic", {"type": "http", "scheme": "basic",
+                                                     "description": "a backend's webhook, HTTP Basic"})
+    spec.components.security_scheme("webhookToken", {"type": "apiKey", "in": "header", "name": "X-Webhook-Token",
+                                                     "description": "a backend's webhook, a static token header "
+                                                                    "(its name is the connection's setting)"})
     plugin.map_to_openapi_type(DateOrDateTime, "string", None)
     spec.components.schema("Problem", schema=ProblemSchema)
     for operation in OPERATIONS:
@@ -84,7 +94,11 @@ def build_openapi(version: str, connections: Any) -> dict:
             if schema is not None:
                 reply["content"] = {"application/json": {"schema": schema}}
             responses[str(status)] = reply
-        for status, description in operation.problems.items():
+        problems = dict(operation.problems)
+        if operation.security is None:
+            problems.setdefault(401, "no API key, or an unknown one")
+            problems.setdefault(403, "the key lacks the scope or the connection")
+        for status, description in sorted(problems.items()):
             responses[str(status)] = {
                 "description": description,
                 "headers": {"X-Request-ID": {"schema": {"type": "string"}}},
@@ -98,6 +112,8 @@ def build_openapi(version: str, connections: Any) -> dict:
             "parameters": operation.parameters,
             "responses": responses,
         }
+        if operation.security is not None:
+            document["security"] = operation.security
         if operation.body is not None:
             media: dict[str, Any] = {"schema": operation.body}
             if operation.body_examples is not None:

@@ -17,6 +17,7 @@ from gateway.canonical import (
 )
 from gateway.connections import Connection, PlannedUpdate
 from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
+from gateway.rest.auth import require_connection, require_scope
 from gateway.rest.common import REQUEST_ID, connections, read_json_body, request_budget
 from gateway.rest.openapi import documented
 from gateway.rest.problems import gateway_error_document
@@ -74,6 +75,13 @@ def bulk_examples(gateway_connections) -> dict:
     return examples
 
 
+def authorize(connection: str, dry_run: bool) -> None:
+    """403 unless the caller may use the connection, and may send (not only dry-run) when this is no dry run."""
+    if not dry_run:
+        require_scope("orders:write")
+    require_connection(connection)
+
+
 def order_result(connection: Connection, planned: PlannedUpdate, outcome: UpdateOutcome | None = None) -> dict:
     """The one success shape of every backend and operation; without an outcome, the dry run's."""
     update = planned.update
@@ -116,6 +124,7 @@ def update_order(order_id: str):
     except ValidationError as error:
         raise ValidationFailed(flatten_errors(error.messages)) from None
     connection = connections().resolve(update.connection)
+    authorize(connection.name, dry_run)
     planned = connection.check(update)
     if dry_run:
         (outbound,) = connection.dry_run([planned])
@@ -154,6 +163,7 @@ def update_orders():
     if len(items) > limit:
         raise PayloadTooLarge(f"A bulk update carries at most {limit} orders; this one has {len(items)}.")
     connection = connections().resolve(envelope.get("connection"))
+    authorize(connection.name, dry_run)  # the whole bulk is refused before any item is looked at
 
     results: list[dict | None] = [None] * len(items)
     valid: list[tuple[int, PlannedUpdate]] = []

@@ -141,6 +141,7 @@ class DeliveryAttemptSchema(Schema):
     outcome = fields.String(required=True)
     status_code = fields.Integer(allow_none=True)
     error = fields.String(allow_none=True)
+    requested_by = fields.String(allow_none=True, metadata={"description": "the caller who asked for a redelivery"})
 
 
 class DeliverySchema(Schema):
@@ -175,3 +176,4 @@ class RedeliveryReplySchema(Schema):
 
     id = fields.String(required=True)
     redelivering_to = fields.List(fields.String(), required=True)
+    requested_by = fields.String(required=True, metadata={"description": "the caller who asked"})

@@ -67,6 +67,7 @@ def is_authenticated(webhooks: dict) -> bool:
                 {"name": "connection", "in": "path", "required": True, "schema": {"type": "string"}}, REQUEST_ID],
     replies={202: ("stored and queued for the subscribers", WebhookAcceptedSchema),
              200: ("already received (a retry): acknowledged, not stored again", WebhookAcceptedSchema)},
+    security=[{"webhookBasic": []}, {"webhookToken": []}],
     problems={400: "the body is not JSON, or nested too deeply", 401: "missing or wrong webhook credentials",
               404: "no such webhook receiver", 413: "the body is too large", 415: "the body is not JSON",
               422: "the payload is invalid", 500: "the gateway failed", 503: "the event could not be stored"},

@@ -29,6 +29,7 @@ def gunicorn_port(tmp_path_factory):
     config = folder / "gateway.toml"
     config.write_text(f"""
 [gateway]
+allow_anonymous = true
 default_connection = "ongoing-demo"
 max_body_bytes = {MAX_BODY_BYTES}
 
