@@ -220,6 +220,8 @@ class GatewaySectionSchema(Schema):
     allow_anonymous = fields.Boolean(load_default=False)
     #: /openapi.json and /docs without a key
     open_docs = fields.Boolean(load_default=True)
+    #: how long a stored Idempotency-Key reply is replayed
+    idempotency_ttl_seconds = fields.Float(load_default=86400.0, validate=validate.Range(min=1, max=30 * 86400))
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,7 @@ class GatewaySettings:
     request_timeout: float
     allow_anonymous: bool
     open_docs: bool
+    idempotency_ttl_seconds: float
     connections: Mapping[str, ConnectionSettings]
     events: EventSettings
     subscribers: Mapping[str, SubscriberSettings] = field(default_factory=dict)
@@ -389,6 +392,7 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         callers=callers,
         allow_anonymous=gateway["allow_anonymous"],
         open_docs=gateway["open_docs"],
+        idempotency_ttl_seconds=gateway["idempotency_ttl_seconds"],
         source=source,
         default_connection=default,
         max_body_bytes=gateway["max_body_bytes"],

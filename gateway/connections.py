@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import pybreaker
@@ -47,6 +48,9 @@ from gateway.transport import HttpTransport, OutboundRequest, Transport
 
 #: the failures that say a backend is unwell and count towards opening its breaker (refusals do not)
 UNWELL = (BackendFailure, BackendUnavailable, BackendTimeout)
+#: when set (a list), every attempt to send a call is noted in it: whoever set it learns whether anything may
+#: have reached a backend (the REST layer stores an Idempotency-Key's reply only then)
+calls_attempted: ContextVar[list[str] | None] = ContextVar("calls_attempted", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +209,11 @@ class Connection:
 
     def _call(self, operation: Operation, updates: list[OrderUpdate],
               deadline: Deadline) -> list[UpdateOutcome | BackendError]:
-        reply = self.transport.send(operation.render(updates, self.credentials), deadline)
+        request = operation.render(updates, self.credentials)
+        attempted = calls_attempted.get()
+        if attempted is not None:
+            attempted.append(f"{self.name}:{operation.name}")
+        reply = self.transport.send(request, deadline)
         try:
             payload = read_reply(reply, operation.reply_format, self.name, max_depth=self.settings.max_reply_depth)
             outcomes = operation.parse(payload, updates)

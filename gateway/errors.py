@@ -9,11 +9,14 @@
     │   ├── NotFound                  404  the gateway itself has no such resource
     │   │   ├── WebhookNotFound       404  no connection of that backend receives webhooks under that name
     │   │   └── EventNotFound         404  no stored event has that id
+    │   ├── IdempotencyKeyInUse       409  a request with the same Idempotency-Key is still being served
+    │   ├── IdempotencyKeyReused      422  the Idempotency-Key was used for another request
     │   ├── UnsupportedMediaType      415  the body is not application/json
     │   ├── PayloadTooLarge           413  the body is larger than the configured limit
     │   └── ValidationFailed          422  invalid for the canonical schema or for the backend
     ├── TranslationError              500  the gateway rendered a document its own XSD refuses (a gateway bug)
     ├── StoreUnavailable              503  the event store could not take the event; the sender retries
+    ├── KeyStoreUnavailable           503  the Idempotency-Key store could not be reached; nothing was sent
     └── BackendError                  5xx  the backend did not do what was asked
         ├── OrderNotFound             404  the backend does not know the order
         ├── OrderStateConflict        409  the backend refused because of the order's state
@@ -133,6 +136,26 @@ class EventNotFound(NotFound):
     title = "Event not found"
 
 
+class IdempotencyKeyInUse(RequestProblem):
+    """A request with the same Idempotency-Key is still being served."""
+
+    status = 409
+    slug = "idempotency-key-in-use"
+    title = "Idempotency-Key in use"
+
+    def reply_headers(self) -> dict[str, str]:
+        """Ask again in a moment."""
+        return {"Retry-After": "1"}
+
+
+class IdempotencyKeyReused(RequestProblem):
+    """The Idempotency-Key was used for a different request."""
+
+    status = 422
+    slug = "idempotency-key-reused"
+    title = "Idempotency-Key reused for another request"
+
+
 class UnsupportedMediaType(RequestProblem):
     """The body was not sent as application/json."""
 
@@ -179,6 +202,18 @@ class StoreUnavailable(GatewayError):
     status = 503
     slug = "event-store-unavailable"
     title = "Event store unavailable"
+
+
+class KeyStoreUnavailable(GatewayError):
+    """The Idempotency-Key store could not be reached; nothing was sent, the client may retry with its key."""
+
+    status = 503
+    slug = "idempotency-store-unavailable"
+    title = "Idempotency-Key store unavailable"
+
+    def reply_headers(self) -> dict[str, str]:
+        """Ask again in a moment."""
+        return {"Retry-After": "1"}
 
 
 class BackendError(GatewayError):

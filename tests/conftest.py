@@ -143,6 +143,7 @@ def make_gateway(tmp_path):
     for app in apps:
         app.extensions["order_gateway"].close()
         app.extensions["order_events"].close()
+        app.extensions["order_gateway_idempotency"].close()
 
 
 @pytest.fixture

@@ -169,3 +169,27 @@ def test_a_breaker_opened_through_one_gateway_is_open_in_the_other(deployment):
     # the other connections of that gateway are not affected
     reply = requests.patch(f"{second}/orders/SO-1002", json={"waybill": "WB-FINE"}, timeout=10)
     assert reply.status_code == 200, reply.text
+
+
+def test_one_idempotency_key_sent_to_both_gateways_at_once_makes_one_backend_call(deployment):
+    assert requests.post(f"{deployment.sandbox_url}/ongoing/_reset", timeout=5).status_code == 204
+    start = threading.Barrier(2, timeout=10)
+    headers = {"Authorization": "Bearer demo-caller-key-0000", "Idempotency-Key": '"scale-out-once"'}
+
+    def send(gateway_url: str) -> requests.Response:
+        start.wait()
+        return requests.patch(f"{gateway_url}/orders/SO-1006", json={"waybill": "WB-ONCE"}, headers=headers,
+                              timeout=30)
+
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(send, deployment.gateway_urls))
+    statuses = sorted(reply.status_code for reply in replies)
+    assert statuses in ([200, 200], [200, 409]), [reply.text for reply in replies]
+    if statuses == [200, 200]:  # the second arrived after the first was answered: a replay
+        assert any(reply.headers.get("Idempotent-Replayed") == "true" for reply in replies)
+    assert deployment.demo_calls()["calls"] == 1
+    # and afterwards, through either gateway, the kept reply
+    later = requests.patch(f"{deployment.gateway_urls[1]}/orders/SO-1006", json={"waybill": "WB-ONCE"},
+                           headers=headers, timeout=30)
+    assert later.status_code == 200 and later.headers["Idempotent-Replayed"] == "true"
+    assert deployment.demo_calls()["calls"] == 1

@@ -3,7 +3,7 @@ API docs, and the last scrub of every JSON reply."""
 
 from flask import Flask, Response
 
-from gateway.rest import auth, common, docs, events, limits, orders, problems, request_ids, webhooks
+from gateway.rest import auth, common, docs, events, idempotency, limits, orders, problems, request_ids, webhooks
 
 SCRUBBED_MEDIA_TYPES = frozenset({"application/json", problems.PROBLEM_MEDIA_TYPE})
 
@@ -23,6 +23,7 @@ def init_app(app: Flask) -> None:
     app.before_request(common.start_request_budget)
     limits.init_app(app)
     auth.init_app(app, app.config["GATEWAY_SETTINGS"])
+    idempotency.init_app(app)
     request_ids.init_app(app)
     problems.init_app(app)
     app.after_request(scrub_json_reply)

@@ -53,6 +53,11 @@ def connections() -> Connections:
 
 
 
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 257},
+                   "description": "a structured-field string (e.g. \"8e03978e-40d5\"): a retry with the same key and "
+                                  "request gets the first reply again (Idempotent-Replayed: true) and sends nothing; "
+                                  "another request with the key is 422, one while the first runs 409"}
 REQUEST_ID = {"name": "X-Request-ID", "in": "header", "required": False,
               "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@/+=-]{1,128}$"},
               "description": "echoed on the reply; a new one is made when absent"}

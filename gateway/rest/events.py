@@ -10,7 +10,8 @@ from flask import Blueprint, current_app, jsonify
 from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import EventNotFound
 from gateway.rest.auth import current_caller
-from gateway.rest.common import REQUEST_ID
+from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID
+from gateway.rest.idempotency import idempotent
 from gateway.rest.openapi import documented
 from gateway.rest.queries import DELIVERY_STATES, EventListQuery, NoQuery, read_query
 from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
@@ -82,8 +83,11 @@ def show_event(event_id: str):
 
 @blueprint.post("/events/<event_id>/redeliver")
 @documented("/events/{event_id}/redeliver", "post", "Deliver an event again", tags=["events"],
-            parameters=[EVENT_ID, REQUEST_ID], replies={202: ("queued again", RedeliveryReplySchema)},
-            problems={404: "no such event", 422: "an unknown query parameter", 500: "the gateway failed"})
+            parameters=[EVENT_ID, IDEMPOTENCY_KEY, REQUEST_ID], replies={202: ("queued again", RedeliveryReplySchema)},
+            problems={404: "no such event", 409: "a redelivery with the same Idempotency-Key is still being served",
+                      422: "an unknown query parameter, or the Idempotency-Key was used for another request",
+                      500: "the gateway failed"})
+@idempotent
 def redeliver_event(event_id: str):
     """Send an event to its subscribers again (dead or delivered alike), in order with its order's other events."""
     read_query(NoQuery)

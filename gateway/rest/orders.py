@@ -18,7 +18,8 @@ from gateway.canonical import (
 from gateway.connections import Connection, PlannedUpdate
 from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
 from gateway.rest.auth import require_connection, require_scope
-from gateway.rest.common import REQUEST_ID, connections, read_json_body, request_budget
+from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID, connections, read_json_body, request_budget
+from gateway.rest.idempotency import idempotent
 from gateway.rest.openapi import documented
 from gateway.rest.problems import gateway_error_document
 from gateway.rest.queries import UpdateQuery, read_query
@@ -48,11 +49,13 @@ BACKEND_PROBLEMS = {
     503: "the backend could not be reached or rate-limited the gateway",
     504: "the backend did not answer in time",
 }
+IDEMPOTENCY_PROBLEMS = {409: "a request with the same Idempotency-Key is still being served"}
 REQUEST_PROBLEMS = {
     400: "the body is not JSON",
     413: "the body (or the batch) is too large",
     415: "the body is not application/json",
-    422: "invalid for the schema or for the connection's backend",
+    422: "invalid for the schema or for the connection's backend, or the Idempotency-Key was used for another "
+         "request",
     500: "the gateway failed (its own bug); nothing was sent",
 }
 
@@ -104,10 +107,12 @@ def order_result(connection: Connection, planned: PlannedUpdate, outcome: Update
     "/orders/{order_id}", "patch", "Update one order", tags=["orders"],
     body=OrderUpdateSchema, body_examples=per_backend_examples,
     parameters=[{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"},
-                 "description": "the order's id, read as the document's id_type says"}, DRY_RUN, REQUEST_ID],
+                 "description": "the order's id, read as the document's id_type says"}, DRY_RUN, IDEMPOTENCY_KEY,
+                REQUEST_ID],
     replies={200: ("updated; with dry_run, what would be sent", {"oneOf": [UpdateReplySchema, DryRunReplySchema]})},
-    problems={**REQUEST_PROBLEMS, **BACKEND_PROBLEMS},
+    problems={**REQUEST_PROBLEMS, **BACKEND_PROBLEMS, **IDEMPOTENCY_PROBLEMS},
 )
+@idempotent
 def update_order(order_id: str):
     """Update one order in the backend of the requested connection.
 
@@ -139,12 +144,14 @@ def update_order(order_id: str):
 @blueprint.patch("/orders")
 @documented(
     "/orders", "patch", "Update many orders of one connection", tags=["orders"],
-    body=BulkRequestSchema, body_examples=bulk_examples, parameters=[DRY_RUN, REQUEST_ID],
+    body=BulkRequestSchema, body_examples=bulk_examples, parameters=[DRY_RUN, IDEMPOTENCY_KEY, REQUEST_ID],
     replies={200: ("every item succeeded", BulkReplySchema), 207: ("some items failed", BulkReplySchema)},
     problems={400: REQUEST_PROBLEMS[400], 413: "more items than max_bulk_items, or too large a body",
-              415: REQUEST_PROBLEMS[415], 422: "the envelope is malformed or names an unknown connection",
-              500: REQUEST_PROBLEMS[500]},
+              415: REQUEST_PROBLEMS[415], 422: "the envelope is malformed or names an unknown connection, or the "
+                                               "Idempotency-Key was used for another request",
+              409: IDEMPOTENCY_PROBLEMS[409], 500: REQUEST_PROBLEMS[500]},
 )
+@idempotent
 def update_orders():
     """Update many orders of one connection; every item gets its own outcome (200 all done, 207 otherwise).
 

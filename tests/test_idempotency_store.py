@@ -1,0 +1,515 @@
+"""The idempotency store contract: SQLite and Redis stores behave alike, from threads and from processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import redis
+
+from gateway.idempotency import (
+    IN_PROGRESS,
+    MISMATCH,
+    NEW,
+    REPLAY,
+    Begun,
+    IdempotencyStore,
+    StoredResponse,
+    open_idempotency_store,
+)
+from gateway.idempotency.redis_store import RedisIdempotencyStore
+from gateway.idempotency.sqlite_store import SqliteIdempotencyStore
+from tests.servers import closed_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KEY = "shop-frontend:5f0c2a9e-6a54-4f0b-a1c1-0d1e8c7b9a11"
+FP_A = hashlib.sha256(b"POST /orders/1001/cancel {}").hexdigest()
+FP_B = hashlib.sha256(b"POST /orders/1002/cancel {}").hexdigest()
+LEASE = 30.0
+TTL = 24 * 3600.0
+#: real seconds for the tests of expiry, which Redis keeps on its own clock
+SHORT = 0.3
+#: long enough after SHORT for both kinds to have let the record go
+PAST_SHORT = 0.45
+RESPONSE = StoredResponse(201, (("Content-Type", "application/json"), ("Location", "/orders/1001")),
+                          b'{"status": "cancelled"}')
+OTHER_RESPONSE = StoredResponse(200, (("Content-Type", "text/plain"),), b"other")
+# Fractions of a second on purpose: the SQLite store must compare exactly the times it was given.
+T0 = 1_714_557_600.123456
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where a test's records live: an SQLite file, or a Redis URL and key prefix."""
+
+    kind: str
+    target: str
+    prefix: str = ""
+
+    def open(self) -> IdempotencyStore:
+        """A new store instance on these records."""
+        if self.kind == "sqlite":
+            return SqliteIdempotencyStore(self.target)
+        return RedisIdempotencyStore(self.target, prefix=self.prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def location(request, tmp_path) -> StoreLocation:
+    """A fresh place for a store: a file in a folder that does not exist yet, or an unused Redis prefix."""
+    if request.param == "sqlite":
+        return StoreLocation("sqlite", str(tmp_path / "not-yet-created" / "idempotency.sqlite3"))
+    return StoreLocation("redis", request.getfixturevalue("redis_url"), f"test:{uuid.uuid4().hex}:idempotency:")
+
+
+@pytest.fixture
+def open_store(location):
+    """Opens store instances on the test's records and closes them all afterwards."""
+    stores: list[IdempotencyStore] = []
+
+    def open_() -> IdempotencyStore:
+        stores.append(location.open())
+        return stores[-1]
+
+    yield open_
+    for opened in stores:
+        opened.close()
+
+
+@pytest.fixture
+def store(open_store) -> IdempotencyStore:
+    """A store on fresh records."""
+    return open_store()
+
+
+def begin(store: IdempotencyStore, fingerprint: str = FP_A, *, key: str = KEY, lease_seconds: float = LEASE,
+          now: float | None = None) -> Begun:
+    """begin() with the defaults most tests want."""
+    return store.begin(key, fingerprint, lease_seconds=lease_seconds, now=now)
+
+
+def completed(store: IdempotencyStore, response: StoredResponse = RESPONSE, fingerprint: str = FP_A, *,
+              key: str = KEY, ttl_seconds: float = TTL) -> None:
+    """Begin and complete a request on the key."""
+    assert begin(store, fingerprint, key=key) == Begun(NEW)
+    store.complete(key, fingerprint, response, ttl_seconds=ttl_seconds)
+
+
+# --- the transitions ----------------------------------------------------------------------------------------------
+
+def test_a_fresh_key_is_new_and_then_in_progress_for_the_same_request(store):
+    assert begin(store) == Begun(NEW)
+
+    assert begin(store) == Begun(IN_PROGRESS)
+    assert begin(store) == Begun(IN_PROGRESS)
+
+
+def test_another_request_on_an_in_progress_key_is_a_mismatch_and_changes_nothing(store):
+    begin(store, FP_A)
+
+    assert begin(store, FP_B) == Begun(MISMATCH)
+    assert begin(store, FP_A) == Begun(IN_PROGRESS)
+
+
+def test_a_completed_request_is_replayed_to_the_same_request_every_time(store):
+    completed(store)
+
+    assert begin(store) == Begun(REPLAY, RESPONSE)
+    assert begin(store) == Begun(REPLAY, RESPONSE)
+
+
+def test_another_request_on_a_completed_key_is_a_mismatch_and_changes_nothing(store):
+    completed(store)
+
+    assert begin(store, FP_B) == Begun(MISMATCH)
+    assert begin(store, FP_A) == Begun(REPLAY, RESPONSE)
+
+
+def test_keys_are_independent_however_alike_they_look(store):
+    # Callers' names are joined to the client's key, so keys that share a beginning must not collide.
+    keys = ["shop:abc", "shop:abc:1", "shop:ab", "shop-2:abc", "Shop:abc", "shop:abc "]
+    for number, key in enumerate(keys):
+        completed(store, StoredResponse(200, (), str(number).encode()), key=key)
+
+    assert [begin(store, key=key).response.body for key in keys] == [str(n).encode() for n in range(len(keys))]
+
+
+def test_a_long_non_ascii_key_is_kept_exactly(store):
+    key = "caller-with-a-long-name:" + "ключ✓-" * 46  # about 300 characters
+    assert len(key) >= 300
+    completed(store, key=key)
+
+    assert begin(store, key=key) == Begun(REPLAY, RESPONSE)
+    assert begin(store, key=key[:-1]) == Begun(NEW)
+
+
+@pytest.mark.parametrize("response", [
+    StoredResponse(200, (("Content-Type", "application/octet-stream"),), os.urandom(1024 * 1024)),
+    StoredResponse(503, (("Retry-After", "120"), ("Content-Type", "application/problem+json"),
+                         ("Link", "</a>; rel=a"), ("Link", "</b>; rel=b"), ("X-Note", "åäö ✓ \u00a0")),
+                   b'{"title": "unavailable"}\r\n'),
+    StoredResponse(204, (), b""),
+    StoredResponse(422, (("content-type", "text/plain; charset=utf-8"),), b"\x00\xff\x00trailing NUL\x00"),
+], ids=["1MB-binary", "headers-in-order", "empty", "nul-bytes"])
+def test_the_replayed_response_is_byte_for_byte_the_stored_one(store, response):
+    completed(store, response)
+
+    replayed = begin(store)
+
+    assert replayed.state == REPLAY
+    assert replayed.response.status == response.status
+    assert replayed.response.headers == response.headers
+    assert type(replayed.response.body) is bytes
+    assert replayed.response.body == response.body
+
+
+def test_a_replay_comes_from_another_store_instance_too(open_store):
+    completed(open_store())
+
+    other = open_store()
+
+    assert begin(other) == Begun(REPLAY, RESPONSE)
+    assert begin(other, FP_B) == Begun(MISMATCH)
+
+
+# --- complete and abandon -----------------------------------------------------------------------------------------
+
+def test_complete_with_a_foreign_fingerprint_does_nothing(store):
+    begin(store, FP_A)
+
+    store.complete(KEY, FP_B, OTHER_RESPONSE, ttl_seconds=TTL)
+
+    assert begin(store, FP_A) == Begun(IN_PROGRESS)
+    assert begin(store, FP_B) == Begun(MISMATCH)
+    store.complete(KEY, FP_A, RESPONSE, ttl_seconds=TTL)
+    assert begin(store, FP_A) == Begun(REPLAY, RESPONSE)
+
+
+def test_complete_of_a_key_nobody_began_does_nothing(store):
+    store.complete(KEY, FP_A, RESPONSE, ttl_seconds=TTL)
+
+    assert begin(store) == Begun(NEW)
+
+
+def test_completing_again_keeps_the_first_response(store):
+    completed(store)
+
+    store.complete(KEY, FP_A, OTHER_RESPONSE, ttl_seconds=TTL)
+
+    assert begin(store) == Begun(REPLAY, RESPONSE)
+
+
+def test_abandon_frees_the_key_for_any_request(store):
+    begin(store, FP_A)
+
+    store.abandon(KEY, FP_A)
+
+    assert begin(store, FP_B) == Begun(NEW)
+    assert begin(store, FP_A) == Begun(MISMATCH)
+
+
+def test_abandon_with_a_foreign_fingerprint_does_nothing(store):
+    begin(store, FP_A)
+
+    store.abandon(KEY, FP_B)
+
+    assert begin(store, FP_A) == Begun(IN_PROGRESS)
+
+
+def test_abandon_never_deletes_a_completed_record(store):
+    completed(store)
+
+    store.abandon(KEY, FP_A)
+    store.abandon(KEY, FP_B)
+
+    assert begin(store) == Begun(REPLAY, RESPONSE)
+
+
+def test_abandon_of_a_key_nobody_began_does_nothing(store):
+    store.abandon(KEY, FP_A)
+
+    assert begin(store) == Begun(NEW)
+
+
+# --- expiry, in real time -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fingerprint", [FP_A, FP_B], ids=["same-request", "another-request"])
+def test_an_expired_completed_record_lets_the_key_be_used_afresh(store, fingerprint):
+    completed(store, ttl_seconds=SHORT)
+    assert begin(store) == Begun(REPLAY, RESPONSE)
+
+    time.sleep(PAST_SHORT)
+
+    assert begin(store, fingerprint) == Begun(NEW)
+    assert begin(store, fingerprint) == Begun(IN_PROGRESS)
+
+
+def test_an_expired_lease_is_taken_over_by_the_same_request(store):
+    assert begin(store, lease_seconds=SHORT) == Begun(NEW)
+    assert begin(store) == Begun(IN_PROGRESS)
+
+    time.sleep(PAST_SHORT)
+
+    assert begin(store) == Begun(NEW)
+    assert begin(store) == Begun(IN_PROGRESS)
+
+
+def test_an_expired_lease_is_taken_over_by_another_request_and_the_first_one_cannot_complete(store):
+    assert begin(store, FP_A, lease_seconds=SHORT) == Begun(NEW)
+    assert begin(store, FP_B) == Begun(MISMATCH)
+
+    time.sleep(PAST_SHORT)
+
+    assert begin(store, FP_B) == Begun(NEW)
+    store.complete(KEY, FP_A, OTHER_RESPONSE, ttl_seconds=TTL)  # the crashed request wakes up too late
+    store.abandon(KEY, FP_A)
+    assert begin(store, FP_B) == Begun(IN_PROGRESS)
+    store.complete(KEY, FP_B, RESPONSE, ttl_seconds=TTL)
+    assert begin(store, FP_B) == Begun(REPLAY, RESPONSE)
+    assert begin(store, FP_A) == Begun(MISMATCH)
+
+
+def test_a_marker_whose_lease_ran_out_is_not_completed(store):
+    begin(store, lease_seconds=SHORT)
+
+    time.sleep(PAST_SHORT)
+    store.complete(KEY, FP_A, RESPONSE, ttl_seconds=TTL)
+
+    assert begin(store) == Begun(NEW)
+
+
+def test_complete_gives_the_record_its_own_lifetime_rather_than_the_lease(store):
+    begin(store, lease_seconds=SHORT)
+    store.complete(KEY, FP_A, RESPONSE, ttl_seconds=TTL)
+
+    time.sleep(PAST_SHORT)
+
+    assert begin(store) == Begun(REPLAY, RESPONSE)
+
+
+def test_purge_expired_deletes_the_expired_sqlite_rows_and_redis_needs_none(store, location):
+    begin(store, key="lease-over", lease_seconds=SHORT)
+    completed(store, key="life-over", ttl_seconds=SHORT)
+    begin(store, key="in-progress")
+    completed(store, key="completed")
+
+    time.sleep(PAST_SHORT)
+    purged = store.purge_expired()
+
+    if location.kind == "sqlite":
+        assert purged == 2
+        with sqlite3.connect(location.target) as db:
+            assert sorted(row[0] for row in db.execute("SELECT key FROM idempotency_keys")) == [
+                "completed", "in-progress"]
+        db.close()
+        assert store.purge_expired() == 0
+    else:
+        assert purged == 0
+        client = redis.Redis.from_url(location.target)
+        try:
+            assert sorted(client.scan_iter(match=location.prefix + "*")) == [
+                f"{location.prefix}{key}".encode() for key in ("completed", "in-progress")]
+        finally:
+            client.close()
+    assert begin(store, key="in-progress") == Begun(IN_PROGRESS)
+    assert begin(store, key="completed") == Begun(REPLAY, RESPONSE)
+    assert begin(store, key="lease-over") == Begun(NEW)
+    assert begin(store, key="life-over") == Begun(NEW)
+
+
+# --- concurrency --------------------------------------------------------------------------------------------------
+
+def test_twenty_threads_beginning_one_fresh_key_at_once_get_one_new(store):
+    threads, keys = 20, [f"race-{number}" for number in range(5)]
+    start = threading.Barrier(threads)
+
+    def race(_: int) -> list[str]:
+        states = []
+        for key in keys:
+            start.wait()
+            states.append(begin(store, key=key).state)
+        return states
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(pool.map(race, range(threads)))
+
+    for index in range(len(keys)):
+        states = sorted(result[index] for result in results)
+        assert states == sorted([NEW] + [IN_PROGRESS] * (threads - 1))
+
+
+RACER_PROCESS = """
+import json, os, sys, time
+from gateway.idempotency.redis_store import RedisIdempotencyStore
+from gateway.idempotency.sqlite_store import SqliteIdempotencyStore
+
+kind, target, prefix, name, keys, ready_dir, racers, fingerprint = sys.argv[1:]
+store = SqliteIdempotencyStore(target) if kind == "sqlite" else RedisIdempotencyStore(target, prefix=prefix)
+store.ping()
+# Start together with the other racers, each with its store open, so that their begin() calls overlap.
+open(os.path.join(ready_dir, name), "w").close()
+deadline = time.monotonic() + 30
+while len(os.listdir(ready_dir)) < int(racers) and time.monotonic() < deadline:
+    time.sleep(0.001)
+states = [store.begin(f"race-{index}", fingerprint, lease_seconds=60).state for index in range(int(keys))]
+store.close()
+print(json.dumps(states))
+"""
+
+
+def test_processes_racing_on_the_same_keys_get_one_new_each(location, store, tmp_path):
+    racers, keys = 4, 40
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    processes = [subprocess.Popen(
+        [sys.executable, "-c", RACER_PROCESS, location.kind, location.target, location.prefix, f"racer{number}",
+         str(keys), str(ready), str(racers), FP_A],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) for number in range(racers)]
+    outputs = [process.communicate(timeout=60) for process in processes]
+
+    assert [(process.returncode, err) for process, (_, err) in zip(processes, outputs, strict=True)] == [
+        (0, "")] * racers
+    results = [json.loads(out) for out, _ in outputs]
+    for index in range(keys):
+        assert sorted(result[index] for result in results) == sorted([NEW] + [IN_PROGRESS] * (racers - 1))
+        assert begin(store, key=f"race-{index}") == Begun(IN_PROGRESS)
+
+
+# --- reachability, arguments and configuration --------------------------------------------------------------------
+
+def test_ping_answers_when_the_storage_is_there(store):
+    store.ping()
+
+
+def test_ping_of_a_redis_that_is_not_there_raises():
+    store = RedisIdempotencyStore(f"redis://127.0.0.1:{closed_port()}/0")
+    try:
+        with pytest.raises(redis.ConnectionError):
+            store.ping()
+    finally:
+        store.close()
+
+
+def test_a_closed_sqlite_store_refuses_to_work(tmp_path):
+    store = SqliteIdempotencyStore(tmp_path / "idempotency.sqlite3")
+    store.close()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        store.ping()
+
+
+@pytest.mark.parametrize(("call", "problem"), [
+    (lambda store: store.begin("", FP_A, lease_seconds=LEASE), "key"),
+    (lambda store: store.begin(KEY, "", lease_seconds=LEASE), "fingerprint"),
+    (lambda store: store.begin(KEY, FP_A, lease_seconds=0), "lease_seconds"),
+    (lambda store: store.begin(KEY, FP_A, lease_seconds=float("nan")), "lease_seconds"),
+    (lambda store: store.complete(KEY, FP_A, RESPONSE, ttl_seconds=-1), "ttl_seconds"),
+    (lambda store: store.complete(KEY, FP_A, RESPONSE, ttl_seconds=float("inf")), "ttl_seconds"),
+    (lambda store: store.abandon(None, FP_A), "key"),
+])
+def test_unusable_arguments_are_refused_and_nothing_is_stored(store, call, problem):
+    with pytest.raises(ValueError, match=problem):
+        call(store)
+
+    assert begin(store) == Begun(NEW)
+
+
+def test_a_stored_response_keeps_its_headers_as_tuples_and_refuses_what_it_cannot_replay():
+    response = StoredResponse(200, [["Content-Type", "text/plain"], ("Retry-After", "5")], bytearray(b"ok"))
+
+    assert response == StoredResponse(200, (("Content-Type", "text/plain"), ("Retry-After", "5")), b"ok")
+    with pytest.raises(ValueError, match="status"):
+        StoredResponse(99, (), b"")
+    with pytest.raises(ValueError, match="status"):
+        StoredResponse(True, (), b"")
+    with pytest.raises(TypeError, match="pairs"):
+        StoredResponse(200, ("Content-Type: text/plain",), b"")
+    with pytest.raises(TypeError, match="pairs"):
+        StoredResponse(200, (("Retry-After", 5),), b"")
+    with pytest.raises(TypeError, match="body"):
+        StoredResponse(200, (), "text")
+
+
+def test_the_store_is_opened_in_redis_when_the_events_use_redis_and_beside_the_events_otherwise(tmp_path,
+                                                                                                 redis_url):
+    events = SimpleNamespace(database=tmp_path / "data" / "events.sqlite3", redis_url=None)
+    store = open_idempotency_store(SimpleNamespace(events=events))
+    try:
+        assert isinstance(store, SqliteIdempotencyStore)
+        assert store.path == tmp_path / "data" / "idempotency.sqlite3"
+        store.ping()
+    finally:
+        store.close()
+
+    store = open_idempotency_store(SimpleNamespace(events=SimpleNamespace(database=events.database,
+                                                                          redis_url=redis_url)))
+    try:
+        assert isinstance(store, RedisIdempotencyStore)
+        assert store.prefix == "gateway:idempotency:"
+        store.ping()
+    finally:
+        store.close()
+
+
+# --- what each kind keeps -----------------------------------------------------------------------------------------
+
+def test_the_sqlite_store_uses_wal_and_indexes_the_expiry_time(tmp_path):
+    path = tmp_path / "new-folder" / "idempotency.sqlite3"
+    SqliteIdempotencyStore(path).close()
+
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        indexes = db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'idempotency_keys'"
+                             " AND sql IS NOT NULL").fetchall()
+    db.close()
+    assert [row[0] for row in indexes] == [
+        "CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at)"]
+
+
+def test_the_sqlite_store_follows_the_clock_it_is_given(tmp_path):
+    store = SqliteIdempotencyStore(tmp_path / "idempotency.sqlite3")
+    try:
+        assert begin(store, lease_seconds=10, now=T0) == Begun(NEW)
+        assert begin(store, now=T0 + 9.999) == Begun(IN_PROGRESS)
+        assert begin(store, FP_B, now=T0 + 10) == Begun(NEW)  # the lease ends at T0 + 10 exactly
+
+        store.complete(KEY, FP_B, RESPONSE, ttl_seconds=60, now=T0 + 20)
+        assert begin(store, FP_B, now=T0 + 79.999) == Begun(REPLAY, RESPONSE)
+        assert store.purge_expired(now=T0 + 79.999) == 0
+        assert store.purge_expired(now=T0 + 80) == 1
+        assert begin(store, FP_A, now=T0 + 80) == Begun(NEW)
+
+        assert begin(store, key="late", lease_seconds=5, now=T0) == Begun(NEW)
+        store.complete("late", FP_A, RESPONSE, ttl_seconds=60, now=T0 + 5)  # the lease is over
+        assert begin(store, key="late", now=T0 + 6) == Begun(NEW)
+    finally:
+        store.close()
+
+
+def test_the_redis_store_keeps_one_expiring_hash_per_key_under_its_prefix(redis_url):
+    prefix = f"test:{uuid.uuid4().hex}:idempotency:"
+    store = RedisIdempotencyStore(redis_url, prefix=prefix)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        begin(store, key="in-progress", lease_seconds=LEASE)
+        completed(store, key="completed", ttl_seconds=TTL)
+
+        assert sorted(client.scan_iter(match="*")) == [f"{prefix}completed".encode(), f"{prefix}in-progress".encode()]
+        assert client.type(f"{prefix}completed") == b"hash"
+        assert 0 < client.pttl(f"{prefix}in-progress") <= LEASE * 1000
+        assert LEASE * 1000 < client.pttl(f"{prefix}completed") <= TTL * 1000
+    finally:
+        client.close()
+        store.close()
