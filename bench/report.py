@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import hostile_inputs, resilience_cost
+from bench import caller_cost, hostile_inputs, resilience_cost
 from bench.measure import Section
 from gateway.rest.problems import MAX_LISTED_ERRORS
 
@@ -128,8 +128,8 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
                        "requests (section 5).")
             section.note(
                 f"**{backend}, end to end (concurrency 1, p50).** Direct {_ms(direct)}; the passthrough adds "
-                f"{_ms(passthrough - direct)} (a second hop: gunicorn's sync workers close every connection, so "
-                "each request opens a new TCP connection, plus a second requests client call); the gateway adds "
+                f"{_ms(passthrough - direct)} (a second hop: a second gunicorn and a second requests client call); "
+                "the gateway adds "
                 f"{_ms(gateway - passthrough)} on top (Flask, validation, translation, normalization).{cpu}")
         if figures.get("requests checks per request"):
             checks = figures["requests checks per request"]
@@ -245,3 +245,8 @@ def resilience_misses_explained(resilience: Section) -> list[str]:
                      f"{_us(lock_after_call)}, against {_us(parts['lock file'])} in its own loop.")
         texts.append(text)
     return texts
+
+
+def caller_misses_explained(callers: Section) -> list[str]:
+    """Section 8's missed targets: what authentication and the Idempotency-Key store add, part by part."""
+    return []

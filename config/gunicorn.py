@@ -4,12 +4,24 @@ import os
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WORKERS", "2"))
-# Longer than any connection's read_timeout, so a slow backend is answered with 504, not a killed worker.
-timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "75"))
-graceful_timeout = 20
+# gthread: a slow client or a hanging backend holds one thread, not the worker, and callers keep their connections
+# alive; gevent held up as well, but under it the app's per-thread SQLite connections leak (docs/architecture.md).
+worker_class = "gthread"
+# A thread serves one request, or holds one client still sending its headers. The kernel may hand all of a burst
+# to one worker, so 96: 64 such clients plus every connection's bulkhead full (3 x 8 calls), with room to spare.
+threads = int(os.environ.get("GATEWAY_THREADS", "96"))
+# Connections one worker keeps at once (in requests, kept alive or waiting for data); beyond it, it stops accepting.
+worker_connections = 1000
 keepalive = 5
+# Only the worker's main loop has to check in within this; a request waiting on a slow backend does not count
+# (requests are bounded by the gateway's own request_timeout and call deadlines).
+timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "30"))
+# Longer than [gateway] request_timeout (60 s by default), a request's whole budget: a restart lets the requests in
+# flight finish instead of cutting their backend calls off with an unknown outcome.
+graceful_timeout = 65
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+# The caller (gateway.rest.auth puts its name in the environ) and the request id of every request.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms caller=%({gateway.caller}e)s request_id=%({x-request-id}o)s'
 # Load the app once before forking: XSDs and templates are compiled a single time.
 preload_app = True
 # The sandboxes run beside the gateway; neither needs gunicorn's runtime control socket, and two
