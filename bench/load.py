@@ -177,11 +177,12 @@ def run_end_to_end(deployment: Deployment, budget: Budget) -> Section:
     """Requests/s and latency of gateway, passthrough and direct, per backend and concurrency."""
     section = Section(
         "2. End to end over HTTP",
-        "The gateway (gunicorn, `config/gunicorn.py`: 2 gthread workers with keep-alive) beside the passthrough "
-        "app (same gunicorn settings, forwards a pre-rendered document with one pooled session) and direct calls "
-        "to the sandbox (gunicorn, 1 worker, 8 threads). The load generator runs in the benchmark's process: threads with their "
-        f"own keep-alive sessions, at most {budget.load_requests} requests or {budget.load_seconds:g} s per target "
-        f"and repetition, {budget.load_repetitions} repetition(s) in alternating target order after a warm-up. "
+        "The gateway (gunicorn, `config/gunicorn.py`: 2 gthread workers with keep-alive) beside the "
+        "passthrough app (same gunicorn settings, forwards a pre-rendered document with one pooled session) and "
+        "direct calls to the sandbox (gunicorn, 1 worker, 8 threads). The load generator runs in the benchmark's "
+        f"process: threads with their own keep-alive sessions, at most {budget.load_requests} requests or "
+        f"{budget.load_seconds:g} s per target and repetition, {budget.load_repetitions} repetition(s) in "
+        "alternating target order after a warm-up. "
         "Latency is the client's (request sent to reply read). Everything shares the machine's 2 cores.",
     )
     connection_headers = check_every_order_succeeds(deployment)
