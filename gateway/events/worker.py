@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 from gateway import load_gateway_settings
 from gateway.errors import ConfigError
 from gateway.events import EventService
+from gateway.events.heartbeat import Heartbeat
 
 
 def main() -> None:
@@ -22,6 +24,8 @@ def main() -> None:
         print(f"order gateway worker: configuration error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(78) from None
     service.queue.prepare_worker_start()
+    heartbeat, stop_beating = Heartbeat(service.settings), threading.Event()
+    heartbeat.keep_beating(stop_beating)
     consumer = service.queue.huey.create_consumer(
         workers=service.settings.events.worker_threads, worker_type="thread", periodic=True,
         initial_delay=0.05, max_delay=0.5, scheduler_interval=1,
@@ -29,6 +33,8 @@ def main() -> None:
     try:
         consumer.run()
     finally:
+        stop_beating.set()
+        heartbeat.close()
         service.close()
 
 

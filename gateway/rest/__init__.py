@@ -3,7 +3,19 @@ API docs, and the last scrub of every JSON reply."""
 
 from flask import Flask, Response
 
-from gateway.rest import auth, common, docs, events, idempotency, limits, orders, problems, request_ids, webhooks
+from gateway.rest import (
+    auth,
+    common,
+    docs,
+    events,
+    health,
+    idempotency,
+    limits,
+    orders,
+    problems,
+    request_ids,
+    webhooks,
+)
 
 SCRUBBED_MEDIA_TYPES = frozenset({"application/json", problems.PROBLEM_MEDIA_TYPE})
 
@@ -31,3 +43,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(events.blueprint)
     app.register_blueprint(docs.blueprint)
+    app.register_blueprint(health.blueprint)

@@ -31,6 +31,8 @@ POLICIES: dict[str, object] = {
     "events.show_event": ("events:read",),
     "events.redeliver_event": ("events:redeliver",),
     "webhooks.receive_webhook": OPEN,
+    "health.livez": OPEN,
+    "health.readyz": OPEN,
     "docs.openapi_document": DOCS,
     "docs.swagger_ui": DOCS,
     "docs.swagger_ui_asset": DOCS,

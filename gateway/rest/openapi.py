@@ -38,6 +38,8 @@ class DocumentedOperation:
     problems: Mapping[int, str] = field(default_factory=dict)
     #: None: the document-wide bearer key (and its 401/403); otherwise this operation's own schemes
     security: list[dict] | None = None
+    #: the media type of its replies
+    reply_media_type: str = "application/json"
 
 
 OPERATIONS: list[DocumentedOperation] = []
@@ -92,7 +94,7 @@ def build_openapi(version: str, connections: Any) -> dict:
                                      "headers": {"X-Request-ID": {"schema": {"type": "string"},
                                                                   "description": "the request's id"}}}
             if schema is not None:
-                reply["content"] = {"application/json": {"schema": schema}}
+                reply["content"] = {operation.reply_media_type: {"schema": schema}}
             responses[str(status)] = reply
         problems = dict(operation.problems)
         if operation.security is None:
