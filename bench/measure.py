@@ -29,6 +29,8 @@ class Budget:
     hostile_seconds: float  # for all cases together
     resilience_rounds: int  # timed calls per case
     resilience_seconds: float  # for all cases together
+    caller_rounds: int  # timed calls or requests per case
+    caller_seconds: float  # for all cases together
 
     @classmethod
     def from_command_line(cls, description: str) -> Budget:
@@ -39,13 +41,14 @@ class Budget:
 
     @classmethod
     def full(cls) -> Budget:
-        """The budget of `run_all.py`: about five minutes on a 2-core machine."""
+        """The budget of `run_all.py`: about six minutes on a 2-core machine."""
         return cls(quick=False, translation_rounds=20_000, translation_seconds=45.0,
                    load_requests=2_500, load_seconds=1.6, load_repetitions=4,
                    memory_checkpoints=(1_000, 4_000, 7_000, 10_000), memory_seconds=150.0,
                    bulk_items=500, bulk_repetitions=3, profile_seconds=3.0,
                    hostile_repetitions=7, hostile_seconds=40.0,
-                   resilience_rounds=5_000, resilience_seconds=40.0)
+                   resilience_rounds=5_000, resilience_seconds=40.0,
+                   caller_rounds=5_000, caller_seconds=40.0)
 
     @classmethod
     def smoke(cls) -> Budget:
@@ -55,7 +58,8 @@ class Budget:
                    memory_checkpoints=(200, 1_000), memory_seconds=30.0,
                    bulk_items=500, bulk_repetitions=1, profile_seconds=0.5,
                    hostile_repetitions=3, hostile_seconds=8.0,
-                   resilience_rounds=500, resilience_seconds=6.0)
+                   resilience_rounds=500, resilience_seconds=6.0,
+                   caller_rounds=500, caller_seconds=6.0)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -87,7 +87,8 @@ def _ms(seconds: float) -> str:
 
 
 def why_targets_were_missed(translation: Section, load: Section | None, profiles: Section | None,
-                            hostile: Section | None = None, resilience: Section | None = None) -> Section:
+                            hostile: Section | None = None, resilience: Section | None = None,
+                            callers: Section | None = None) -> Section:
     """For each missed target: by how much, and what the profiles and side-by-side figures say is why."""
     section = Section("Why targets were missed", "Derived from the figures of this run.")
     missed = {verdict.target for part in (translation, load) if part for verdict in part.verdicts
@@ -146,6 +147,9 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
             section.note(text)
     if resilience is not None:
         for text in resilience_misses_explained(resilience):
+            section.note(text)
+    if callers is not None:
+        for text in caller_misses_explained(callers):
             section.note(text)
     if not section.notes:
         section.note("No target was missed.")
@@ -248,5 +252,60 @@ def resilience_misses_explained(resilience: Section) -> list[str]:
 
 
 def caller_misses_explained(callers: Section) -> list[str]:
-    """Section 8's missed targets: what authentication and the Idempotency-Key store add, part by part."""
-    return []
+    """Section 8's missed targets: what authentication, the decorator and the Idempotency-Key store each add."""
+    missed = {verdict.target for verdict in callers.verdicts if not verdict.passed}
+    figures = callers.figures
+
+    def p50(key: str) -> float:
+        return figures[f"{key} p50 ns"]
+
+    def p90(key: str) -> float:
+        return figures[f"{key} p90 ns"]
+
+    texts = []
+    for name, target in (("embedded", caller_cost.SQLITE_TARGET), ("redis", caller_cost.REDIS_TARGET)):
+        if target not in missed:
+            continue
+        store = caller_cost.STORES[name]
+        authentication, decorator = p50(f"authentication {name}"), p50(f"decorator {name}")
+        within, alone = p50(f"store within {name}"), p50(f"begin complete {name}")
+        text = (
+            f"**Callers and idempotency ({store} store).** Together they add {_us(p50(f'both {name}'))} p50 to a "
+            f"PATCH that takes {_us(p50(f'anonymous {name}'))} anonymous (section 8). Authentication is the small "
+            f"part: (a) minus (c) is {_us(authentication)}, and timed alone the whole `authenticate` hook takes "
+            f"{_us(p50('authenticate'))}, of which `caller_for` {_us(p50('caller_for 2'))} with the sandbox's 2 keys "
+            f"({_us(p50('caller_for 50'))} with 50); the anonymous gateway runs the same hook but for `caller_for`. "
+            f"The Idempotency-Key decorator without storage, (d) minus (a), adds {_us(decorator)}: `read_key` + "
+            f"`fingerprint` take {_us(p50('read_key fingerprint'))} alone, the rest is its other work per request "
+            "(the StoredResponse built from the reply, the kept headers looked up, the context variable of attempted "
+            f"calls, one more request header). The store adds {_us(p50(f'store in request {name}'))}, (b) minus "
+            f"(d): inside each request ((e), taken apart) its `begin` + `complete` take {_us(within)} p50 (p90 "
+            f"{_us(p90(f'store within {name}'))})"
+            + (f", {within / alone:.1f}x the {_us(alone)} they take timed back to back." if within > 1.2 * alone
+               else f"; timed back to back, {_us(alone)}."))
+        if name == "embedded":
+            fsync = p50("fsync")
+            text += (
+                f" A fresh key costs the SQLite store two write transactions, the claim in `begin` "
+                f"({_us(p50('begin embedded'))} alone) and the reply in `complete` ({_us(p50('complete embedded'))}), "
+                "and with `PRAGMA synchronous = FULL` every commit waits for the disk to flush the WAL file: a small "
+                f"write + fsync in the same folder takes {_us(fsync)} p50 (p90 {_us(p90('fsync'))}) on this machine, "
+                f"so the two flushes alone are about {_us(2 * fsync)}; a replay's `begin` only reads and takes "
+                f"{_us(p50('begin replay embedded'))}.")
+        else:
+            text += (
+                f" A fresh key costs the Redis store two round trips, `begin`'s and `complete`'s Lua scripts "
+                f"({_us(p50('begin redis'))} and {_us(p50('complete redis'))} alone), and one `PING` round trip "
+                f"alone takes {_us(p50('redis ping'))}: most of each call is the trip to the redis-server process, "
+                "which shares the machine's cores with this one.")
+        slower = p50(f"rest slower {name}")
+        if slower > 0.05 * p50(f"keyed in memory {name}"):
+            text += (f" The rest of a request that waits for the store also runs {_us(slower)} slower than the same "
+                     "request with the store in memory ((e)'s rest minus (d)): it sleeps twice per request, and "
+                     "what runs on its core meanwhile probably leaves it colder caches.")
+        without_store = authentication + decorator
+        if without_store < caller_cost.TOTAL_TARGET_NS:
+            text += (f" Without the store's calls, authentication and the decorator add {_us(without_store)}, "
+                     f"within the {_us(caller_cost.TOTAL_TARGET_NS)}: the store accounts for the miss.")
+        texts.append(text)
+    return texts

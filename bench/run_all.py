@@ -2,7 +2,8 @@
 
 Sections: 1 translation in process (with zeep), 2 end to end over HTTP (gateway, passthrough, direct), 3 memory
 of one worker, 4 bulk against single updates, 5 profiles (bench/profiles/*.txt), 6 hostile inputs in process, 7
-the cost of the resilience mechanisms per backend call (in process, with a redis-server when one is installed).
+the cost of the resilience mechanisms per backend call (in process, with a redis-server when one is installed), 8
+what authenticating callers and Idempotency-Key handling add per request (in process, likewise with Redis).
 Every server is started on a free 127.0.0.1 port and stopped before the script ends, whatever happens.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bulk import run_bulk
+from bench.caller_cost import run_caller_cost
 from bench.hostile_inputs import run_hostile_inputs
 from bench.load import run_end_to_end
 from bench.measure import Budget
@@ -63,10 +65,11 @@ def main() -> None:
         memory = run_memory(deployment, budget)
     hostile = run_hostile_inputs(budget)
     resilience = run_resilience_cost(budget)
-    explanations = why_targets_were_missed(translation, load, profiles, hostile, resilience)
+    callers = run_caller_cost(budget)
+    explanations = why_targets_were_missed(translation, load, profiles, hostile, resilience, callers)
 
     seconds = time.monotonic() - started
-    sections = [translation, load, memory, bulk, profiles, hostile, resilience, explanations]
+    sections = [translation, load, memory, bulk, profiles, hostile, resilience, callers, explanations]
     options.output.write_text(results_document(sections, command=command_line(), started=started_at,
                                                seconds=seconds, quick=options.quick))
     print(f"\nwrote {options.output} after {seconds / 60:.1f} min", flush=True)
