@@ -11,6 +11,8 @@ from gateway import events, rest
 from gateway.backends import BACKENDS
 from gateway.config import GatewaySettings, load_settings, read_configured_settings
 from gateway.connections import Connections
+from gateway.journal import open_exchange_journal
+from gateway.journal.recorder import JournalRecorder
 from gateway.scrubbing import Scrubber, install_log_scrubbing
 from gateway.transport import Transport
 
@@ -34,7 +36,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
     app.json.sort_keys = False
     scrubber = app.extensions["order_gateway_scrubber"] = Scrubber.for_settings(settings)
     install_log_scrubbing(scrubber)
-    app.extensions["order_gateway"] = Connections(settings, BACKENDS, transports)
+    journal = settings.journal
+    recorder = app.extensions["order_gateway_journal"] = JournalRecorder(
+        open_exchange_journal(settings, max_age_seconds=journal.max_age_days * 86400, max_count=journal.max_count,
+                              record_bodies=journal.record_bodies),
+        record_bodies=journal.record_bodies, max_body_bytes=journal.max_body_bytes)
+    app.extensions["order_gateway"] = Connections(settings, BACKENDS, transports, recorder, scrubber)
     events.init_app(app, settings)
     rest.init_app(app)
     return app

@@ -29,6 +29,7 @@ SCOPES = {
     "orders:dry-run": "dry runs of order updates only: validate and translate, send nothing",
     "events:read": "list and show stored events (GET /events, GET /events/<id>)",
     "events:redeliver": "deliver an event again (POST /events/<id>/redeliver)",
+    "exchanges:read": "read the journal of backend exchanges (GET /exchanges, GET /exchanges/<id>)",
 }
 #: the shortest API key accepted: keys are random secrets, not passwords a person remembers
 MIN_KEY_LENGTH = 16
@@ -203,6 +204,19 @@ class CallerSchema(Schema):
             raise ValidationError(f"API keys are at least {MIN_KEY_LENGTH} characters.", field_name="keys")
 
 
+class JournalSectionSchema(Schema):
+    """The `[journal]` table: how long, how many and how much of each backend exchange is kept."""
+
+    class Meta:
+        unknown = RAISE
+
+    max_age_days = fields.Float(load_default=7.0, validate=validate.Range(min=0.001, max=3650))
+    max_count = fields.Integer(load_default=100_000, validate=validate.Range(min=1, max=100_000_000))
+    #: bodies hold customers' addresses: false keeps only the metadata of each exchange
+    record_bodies = fields.Boolean(load_default=True)
+    max_body_bytes = fields.Integer(load_default=65_536, validate=validate.Range(min=0, max=16_777_216))
+
+
 class GatewaySectionSchema(Schema):
     """The `[gateway]` table."""
 
@@ -249,6 +263,16 @@ class ConnectionSettings:
     status_map: Mapping[str, Any]
     webhooks: Mapping[str, Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    """The `[journal]` table."""
+
+    max_age_days: float = 7.0
+    max_count: int = 100_000
+    record_bodies: bool = True
+    max_body_bytes: int = 65_536
 
 
 @dataclass(frozen=True)
@@ -302,6 +326,7 @@ class GatewaySettings:
     events: EventSettings
     subscribers: Mapping[str, SubscriberSettings] = field(default_factory=dict)
     callers: Mapping[str, CallerSettings] = field(default_factory=dict)
+    journal: JournalSettings = field(default_factory=JournalSettings)
 
 
 def _interpolate(value: Any, source: str, key: str) -> Any:
@@ -337,10 +362,10 @@ def _load_section(schema: Schema, data: Any, source: str, key: str) -> dict:
 def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, type]) -> GatewaySettings:
     """Validate a parsed configuration mapping against the generic and the per-backend schemas."""
     raw = _interpolate(raw, source, "")
-    unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers"})
+    unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers", "journal"})
     if unknown:
         raise ConfigError(source, unknown[0], "unknown section (expected [gateway], [connections.<name>], [events] "
-                                              "[subscribers.<name>] and [callers.<name>])")
+                                              "[subscribers.<name>], [callers.<name>] and [journal])")
     gateway = _load_section(GatewaySectionSchema(), raw.get("gateway", {}), source, "gateway")
     tables = raw.get("connections", {})
     if not isinstance(tables, Mapping) or not tables:
@@ -388,7 +413,9 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         subscribers[name] = SubscriberSettings(name=name, url=loaded["url"], types=tuple(loaded["types"]),
                                                secret=loaded["secret"])
     callers = _load_callers(raw.get("callers", {}), source, connections)
+    journal = JournalSettings(**_load_section(JournalSectionSchema(), raw.get("journal", {}), source, "journal"))
     return GatewaySettings(
+        journal=journal,
         callers=callers,
         allow_anonymous=gateway["allow_anonymous"],
         open_docs=gateway["open_docs"],

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -43,8 +45,11 @@ from gateway.errors import (
     ConnectionBusy,
     ValidationFailed,
 )
+from gateway.journal import Exchange
+from gateway.journal.recorder import JournalRecorder, call_context
 from gateway.replies import read_reply, valid_retry_after
-from gateway.transport import HttpTransport, OutboundRequest, Transport
+from gateway.scrubbing import Scrubber
+from gateway.transport import BackendReply, HttpTransport, OutboundRequest, Transport
 
 #: the failures that say a backend is unwell and count towards opening its breaker (refusals do not)
 UNWELL = (BackendFailure, BackendUnavailable, BackendTimeout)
@@ -69,7 +74,8 @@ class Connection:
     """
 
     def __init__(self, settings: ConnectionSettings, backend_class: type[Backend],
-                 transport: Transport | None = None, coordination: Coordination | None = None) -> None:
+                 transport: Transport | None = None, coordination: Coordination | None = None,
+                 recorder: JournalRecorder | None = None, scrubber: Scrubber | None = None) -> None:
         self.name = settings.name
         self.settings = settings
         self.backend = backend_class(settings)
@@ -86,6 +92,8 @@ class Connection:
             verify_tls=settings.verify_tls,
             auth=self.auth,
         )
+        self.recorder = recorder
+        self.scrubber = scrubber or Scrubber()
         self.bulkhead = threading.BoundedSemaphore(settings.max_concurrent_calls)
         self.locks = coordination.locks if coordination is not None else None
         self.lock_name = self.backend.call_lock_name()
@@ -213,33 +221,85 @@ class Connection:
         attempted = calls_attempted.get()
         if attempted is not None:
             attempted.append(f"{self.name}:{operation.name}")
-        reply = self.transport.send(request, deadline)
+        started, reply, outcome, error_text = time.time(), None, "failed", None
         try:
-            payload = read_reply(reply, operation.reply_format, self.name, max_depth=self.settings.max_reply_depth)
-            outcomes = operation.parse(payload, updates)
-        except BackendUnavailable as error:
-            error.retry_after = error.retry_after or valid_retry_after(reply.headers.get("Retry-After"))
+            reply = self.transport.send(request, deadline)
+            try:
+                payload = read_reply(reply, operation.reply_format, self.name,
+                                     max_depth=self.settings.max_reply_depth)
+                outcomes = operation.parse(payload, updates)
+            except BackendUnavailable as error:
+                error.retry_after = error.retry_after or valid_retry_after(reply.headers.get("Retry-After"))
+                raise
+            if len(outcomes) != len(updates):
+                raise BackendFailure(f"{operation.name} gave {len(outcomes)} outcomes for {len(updates)} orders.",
+                                     connection=self.name)
+            refusals = [item for item in outcomes if isinstance(item, BackendError)]
+            outcome = "refused" if refusals else "ok"
+            error_text = refusals[0].detail if refusals else None
+            return outcomes
+        except BackendError as error:
+            outcome, error_text = _journal_outcome(error), error.detail
             raise
-        if len(outcomes) != len(updates):
-            raise BackendFailure(f"{operation.name} gave {len(outcomes)} outcomes for {len(updates)} orders.",
-                                 connection=self.name)
-        return outcomes
+        finally:
+            if self.recorder is not None:
+                self._record(operation, updates, request, reply, started, outcome, error_text)
+
+    def _record(self, operation: Operation, updates: list[OrderUpdate], request: OutboundRequest,
+                reply: BackendReply | None, started: float, outcome: str, error_text: str | None) -> None:
+        """Hand the exchange to the journal: the request as a dry run shows it, everything scrubbed."""
+        try:
+            shown = self.backend.dry_run_view(request)
+            context = call_context.get()
+            clean = self.scrubber
+            exchange = Exchange(
+                id=f"exc_{uuid.uuid4().hex}", at=started,
+                request_id=context.request_id if context else "", caller=context.caller if context else "",
+                connection=self.name, backend=self.kind, operation=operation.name,
+                order_ids=tuple(update.order_id for update in updates),
+                request=clean.scrub_document({"method": shown.method, "url": shown.url,
+                                              "headers": dict(shown.headers),
+                                              "body": self.recorder.body_text(shown.body)}),
+                reply=None if reply is None else clean.scrub_document({
+                    "status": reply.status, "headers": dict(reply.headers),
+                    "body": self.recorder.body_text(reply.body)}),
+                duration_ms=round((time.time() - started) * 1000, 3), outcome=outcome,
+                error=clean.scrub(error_text) if error_text else None,
+            )
+        except Exception:  # recording is never a reason for a call to fail
+            self.recorder.failed += 1
+            return
+        self.recorder.record(exchange)
 
     def close(self) -> None:
         """Release the connection's pooled HTTP connections."""
         self.transport.close()
 
 
+def _journal_outcome(error: BackendError) -> str:
+    """How the journal names a call that ended in `error`."""
+    if isinstance(error, BackendTimeout):
+        return "timeout"
+    if isinstance(error, BackendUnavailable) and error.never_sent:
+        return "unreachable"
+    if isinstance(error, BackendFailure | BackendUnavailable):
+        return "failed"
+    return "refused"
+
+
 class Connections:
     """The running gateway's connections by name, and the default one."""
 
     def __init__(self, settings: GatewaySettings, backends: Mapping[str, type[Backend]],
-                 transports: Mapping[str, Transport] | None = None) -> None:
+                 transports: Mapping[str, Transport] | None = None, recorder: JournalRecorder | None = None,
+                 scrubber: Scrubber | None = None) -> None:
         transports = transports or {}
         self.default = settings.default_connection
         self.coordination = Coordination(settings)
+        self.recorder = recorder
         self.by_name: dict[str, Connection] = {
-            name: Connection(connection, backends[connection.backend], transports.get(name), self.coordination)
+            name: Connection(connection, backends[connection.backend], transports.get(name), self.coordination,
+                             recorder, scrubber)
             for name, connection in settings.connections.items()
         }
         if self.default is None and len(self.by_name) == 1:
@@ -265,3 +325,5 @@ class Connections:
         for connection in self.by_name.values():
             connection.close()
         self.coordination.close()
+        if self.recorder is not None:
+            self.recorder.close()

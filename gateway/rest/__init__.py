@@ -8,6 +8,7 @@ from gateway.rest import (
     common,
     docs,
     events,
+    exchanges,
     health,
     idempotency,
     limits,
@@ -35,6 +36,7 @@ def init_app(app: Flask) -> None:
     app.before_request(common.start_request_budget)
     limits.init_app(app)
     auth.init_app(app, app.config["GATEWAY_SETTINGS"])
+    app.before_request(exchanges.note_call_context)
     idempotency.init_app(app)
     request_ids.init_app(app)
     problems.init_app(app)
@@ -44,3 +46,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(events.blueprint)
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(exchanges.blueprint)

@@ -31,6 +31,8 @@ POLICIES: dict[str, object] = {
     "events.show_event": ("events:read",),
     "events.redeliver_event": ("events:redeliver",),
     "webhooks.receive_webhook": OPEN,
+    "exchanges.list_exchanges": ("exchanges:read",),
+    "exchanges.show_exchange": ("exchanges:read",),
     "health.livez": OPEN,
     "health.readyz": OPEN,
     "docs.openapi_document": DOCS,

@@ -1,0 +1,91 @@
+"""Recording exchanges without slowing or failing a request: the call hands its exchange to a bounded queue and a
+background thread writes it to the journal.
+
+A full queue drops the exchange and counts it (`dropped`); a write that fails is counted too (`failed`) and
+logged — the request it belongs to has long been answered. The thread starts with the first exchange a process
+records, so a forked gunicorn worker starts its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from gateway.journal import Exchange, ExchangeJournal
+
+log = logging.getLogger("gateway.journal")
+QUEUE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who asked for the calls being made: the REST layer sets it per request, the recorder reads it."""
+
+    request_id: str
+    caller: str
+
+
+call_context: ContextVar[CallContext | None] = ContextVar("call_context", default=None)
+
+
+class JournalRecorder:
+    """A bounded queue in front of the journal, written by one daemon thread."""
+
+    def __init__(self, journal: ExchangeJournal, *, record_bodies: bool, max_body_bytes: int) -> None:
+        self.journal = journal
+        self.record_bodies = record_bodies
+        self.max_body_bytes = max_body_bytes
+        self.dropped = self.failed = self.recorded = 0
+        self._queue: queue.Queue[Exchange | None] = queue.Queue(QUEUE_SIZE)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def body_text(self, body: bytes | None) -> str | None:
+        """A body as the journal keeps it: text, cut at max_body_bytes, or None when bodies are not kept."""
+        if body is None or not self.record_bodies:
+            return None
+        text = body[:self.max_body_bytes].decode("utf-8", "replace")
+        return text + (f"… ({len(body) - self.max_body_bytes} more bytes)" if len(body) > self.max_body_bytes else "")
+
+    def record(self, exchange: Exchange) -> None:
+        """Queue an exchange for writing; never blocks, never raises."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._write, name="gateway-journal", daemon=True)
+                self._thread.start()
+        try:
+            self._queue.put_nowait(exchange)
+        except queue.Full:
+            self.dropped += 1
+            log.warning("the exchange journal's queue is full: exchange %s was not recorded", exchange.id)
+
+    def _write(self) -> None:
+        while True:
+            exchange = self._queue.get()
+            if exchange is None:
+                return
+            try:
+                self.journal.record(exchange)
+                self.recorded += 1
+            except Exception:  # a journal that fails must not take anything else with it
+                self.failed += 1
+                log.exception("the exchange journal could not record exchange %s", exchange.id)
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued exchange is written (for tests and shutdown); whether it happened in time."""
+        done = threading.Event()
+        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread and close the journal."""
+        if self._thread is not None and self._thread.is_alive():
+            self.flush()
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+        self.journal.close()

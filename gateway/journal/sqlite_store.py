@@ -1,0 +1,230 @@
+"""The exchange journal in one SQLite file (WAL), shared by the threads and processes of one machine.
+
+One row per exchange in `exchanges` (the request and reply as JSON), and one row per (order id, exchange) in
+`exchange_orders`, so that the order filter is an index lookup; both are written and pruned in the same
+BEGIN IMMEDIATE transaction. Every filter of list() has an index that leads with it and goes on with the time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gateway.journal import (
+    Exchange,
+    ExchangeJournal,
+    PruneSchedule,
+    check_exchange,
+    check_list,
+    check_retention,
+    encode_json,
+    timestamp,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS exchanges (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    at          REAL NOT NULL,  -- UNIX seconds, when the call started
+    request_id  TEXT NOT NULL,
+    caller      TEXT NOT NULL,
+    connection  TEXT NOT NULL,
+    backend     TEXT NOT NULL,
+    operation   TEXT NOT NULL,
+    order_ids   TEXT NOT NULL,  -- JSON ["1001", ...], as given (exchange_orders indexes them)
+    request     TEXT NOT NULL,  -- JSON {"method", "url", "headers", "body"}
+    reply       TEXT,           -- JSON {"status", "headers", "body"}, NULL when no reply came
+    duration_ms REAL NOT NULL,
+    outcome     TEXT NOT NULL,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS exchanges_by_time ON exchanges (at, id);
+CREATE INDEX IF NOT EXISTS exchanges_by_connection ON exchanges (connection, at);
+CREATE INDEX IF NOT EXISTS exchanges_by_outcome ON exchanges (outcome, at);
+CREATE INDEX IF NOT EXISTS exchanges_by_request ON exchanges (request_id, at);
+CREATE TABLE IF NOT EXISTS exchange_orders (
+    order_id     TEXT NOT NULL,
+    exchange_seq INTEGER NOT NULL REFERENCES exchanges (seq),
+    PRIMARY KEY (order_id, exchange_seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS exchange_orders_by_exchange ON exchange_orders (exchange_seq);
+"""
+SCHEMA_VERSION = 1
+#: how long a writer waits for another process's write to finish before giving up
+BUSY_TIMEOUT_SECONDS = 30.0
+SELECT_EXCHANGES = ("SELECT id, at, request_id, caller, connection, backend, operation, order_ids, request, reply,"
+                    " duration_ms, outcome, error FROM exchanges")
+INSERT_EXCHANGE = ("INSERT INTO exchanges (id, at, request_id, caller, connection, backend, operation, order_ids,"
+                   " request, reply, duration_ms, outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# The oldest first, the reverse of list()'s order; the same selection twice in one transaction picks the same rows.
+DELETE_ORDERS_OF_OLDEST = ("DELETE FROM exchange_orders WHERE exchange_seq IN"
+                           " (SELECT seq FROM exchanges ORDER BY at, id LIMIT ?)")
+DELETE_OLDEST = "DELETE FROM exchanges WHERE seq IN (SELECT seq FROM exchanges ORDER BY at, id LIMIT ?)"
+
+
+def exchange_row(exchange: Exchange) -> tuple:
+    """The exchange as the values INSERT_EXCHANGE takes."""
+    return (exchange.id, exchange.at, exchange.request_id, exchange.caller, exchange.connection, exchange.backend,
+            exchange.operation, encode_json(list(exchange.order_ids)), encode_json(exchange.request),
+            None if exchange.reply is None else encode_json(exchange.reply), exchange.duration_ms,
+            exchange.outcome, exchange.error)
+
+
+def exchange_of_row(row: sqlite3.Row) -> Exchange:
+    """The exchange a row of SELECT_EXCHANGES holds."""
+    return Exchange(
+        id=row["id"], at=row["at"], request_id=row["request_id"], caller=row["caller"],
+        connection=row["connection"], backend=row["backend"], operation=row["operation"],
+        order_ids=tuple(json.loads(row["order_ids"])), request=json.loads(row["request"]),
+        reply=None if row["reply"] is None else json.loads(row["reply"]), duration_ms=row["duration_ms"],
+        outcome=row["outcome"], error=row["error"],
+    )
+
+
+class SqliteExchangeJournal(ExchangeJournal):
+    """The exchanges in one SQLite file, used by threads through one connection each and by processes."""
+
+    def __init__(self, path: str | os.PathLike, *, max_age_seconds: float, max_count: int,
+                 record_bodies: bool) -> None:
+        self.max_age_seconds, self.max_count, self.record_bodies = check_retention(
+            max_age_seconds, max_count, record_bodies)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._schedule = PruneSchedule(self.max_count)
+        self._local = threading.local()
+        self._connections: list[tuple[int, sqlite3.Connection]] = []  # (opening process id, connection)
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        try:
+            self._use_wal()
+            with self._write() as db:
+                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _use_wal(self) -> None:
+        """Put the file in WAL mode (kept in the file), so readers carry on while one process writes."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            # Switching the journal mode does not wait for the busy timeout, and it fails (or quietly keeps the
+            # old mode) while another process is creating the same file; so wait here instead.
+            try:
+                if self._connection().execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                    return
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorname not in ("SQLITE_BUSY", "SQLITE_LOCKED") or time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError(f"{self.path}: could not switch to WAL mode")
+            time.sleep(0.01)
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (and again in a forked child, which must not share it)."""
+        if self._closed:
+            raise RuntimeError("the exchange journal is closed")
+        connection = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != os.getpid():
+            # isolation_level=None: transactions are begun explicitly, writes with BEGIN IMMEDIATE.
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                                         check_same_thread=False)
+            connection.row_factory = sqlite3.Row
+            # NORMAL: in WAL mode the file stays consistent; a power cut may lose the last few exchanges, which a
+            # journal can afford better than an fsync on every backend call.
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.connection, self._local.pid = connection, os.getpid()
+            with self._connections_lock:
+                self._connections.append((os.getpid(), connection))
+        return connection
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front, so no two writers ever decide on stale reads."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            # Also after a failed COMMIT: an open transaction would make this thread's next BEGIN fail.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def record(self, exchange: Exchange) -> None:
+        """Store the exchange (without bodies unless they are recorded), pruning now and then."""
+        exchange = check_exchange(exchange, record_bodies=self.record_bodies)
+        row = exchange_row(exchange)
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM exchanges WHERE id = ?", (exchange.id,)).fetchone() is not None:
+                raise ValueError(f"an exchange with id {exchange.id!r} is already recorded")
+            seq = db.execute(INSERT_EXCHANGE, row).lastrowid
+            # An order named twice in one exchange is indexed once.
+            db.executemany("INSERT INTO exchange_orders (order_id, exchange_seq) VALUES (?, ?)",
+                           [(order_id, seq) for order_id in dict.fromkeys(exchange.order_ids)])
+        if self._schedule.due():
+            self.prune()
+
+    def get(self, exchange_id: str) -> Exchange | None:
+        """The exchange with this id, or None if it is unknown (or pruned)."""
+        row = self._connection().execute(SELECT_EXCHANGES + " WHERE id = ?", (exchange_id,)).fetchone()
+        return None if row is None else exchange_of_row(row)
+
+    def list(self, *, order_id: str | None = None, connection: str | None = None, outcome: str | None = None,
+             request_id: str | None = None, since: float | None = None, limit: int = 100) -> list[Exchange]:
+        """Up to `limit` exchanges matching every filter given, newest first (ties in descending id order)."""
+        since = check_list(order_id=order_id, connection=connection, outcome=outcome, request_id=request_id,
+                           since=since, limit=limit)
+        conditions, parameters = [], []
+        for condition, value in (
+            ("seq IN (SELECT exchange_seq FROM exchange_orders WHERE order_id = ?)", order_id),
+            ("connection = ?", connection),
+            ("outcome = ?", outcome),
+            ("request_id = ?", request_id),
+            ("at >= ?", since),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                parameters.append(value)
+        # Only the fixed fragments above are joined into the SQL; every value is a parameter.
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
+        rows = self._connection().execute(SELECT_EXCHANGES + where + " ORDER BY at DESC, id DESC LIMIT ?",
+                                          (*parameters, limit)).fetchall()
+        return [exchange_of_row(row) for row in rows]
+
+    def prune(self, *, now: float | None = None) -> int:
+        """Delete the exchanges older than max_age_seconds, then the oldest beyond max_count; how many were deleted."""
+        cutoff = timestamp(now) - self.max_age_seconds
+        with self._write() as db:
+            db.execute("DELETE FROM exchange_orders WHERE exchange_seq IN (SELECT seq FROM exchanges WHERE at < ?)",
+                       (cutoff,))
+            deleted = db.execute("DELETE FROM exchanges WHERE at < ?", (cutoff,)).rowcount
+            excess = db.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0] - self.max_count
+            if excess > 0:
+                db.execute(DELETE_ORDERS_OF_OLDEST, (excess,))
+                deleted += db.execute(DELETE_OLDEST, (excess,)).rowcount
+        return deleted
+
+    def ping(self) -> None:
+        """Raise if the file cannot be read (or the journal is closed)."""
+        self._connection().execute("SELECT 1 FROM exchanges LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        """Close every thread's connection; the journal cannot be used afterwards."""
+        self._closed = True
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for pid, connection in connections:
+            # A connection inherited through fork belongs to the parent, which may still be using the file.
+            if pid == os.getpid():
+                connection.close()

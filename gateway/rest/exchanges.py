@@ -1,0 +1,108 @@
+"""GET /exchanges and GET /exchanges/<id>: the journal of backend calls — what went out, what came back.
+
+Every call the gateway makes to a backend is recorded (gateway/journal/): when, the request id and caller, the
+connection, backend and operation, the orders, the request as a dry run shows it and the reply, both with every
+credential masked, the duration and the outcome. A PATCH reply's `request_id` finds its exchanges
+(`?request_id=`). Reading it needs the scope `exchanges:read`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+from marshmallow import fields, validate
+
+from gateway.canonical.schema import Text
+from gateway.errors import NotFound
+from gateway.journal import Exchange
+from gateway.journal.recorder import CallContext, call_context
+from gateway.rest.auth import current_caller
+from gateway.rest.common import REQUEST_ID
+from gateway.rest.openapi import documented
+from gateway.rest.queries import AsciiInteger, NoQuery, QuerySchema, read_query
+from gateway.rest.request_ids import current_request_id
+
+blueprint = Blueprint("exchanges", __name__)
+OUTCOMES = ("ok", "refused", "failed", "timeout", "unreachable")
+
+
+class ExchangeNotFound(NotFound):
+    """No recorded exchange has that id (or it is past the journal's retention)."""
+
+    slug = "exchange-not-found"
+    title = "Exchange not found"
+
+
+class ExchangeListQuery(QuerySchema):
+    """GET /exchanges."""
+
+    order_id = Text(validate=validate.Length(min=1, max=255))
+    connection = Text(validate=validate.Length(min=1, max=100))
+    outcome = fields.String(validate=validate.OneOf(OUTCOMES, error="One of: {choices}."))
+    request_id = Text(validate=validate.Length(min=1, max=128))
+    since = fields.AwareDateTime(format="iso", default_timezone=UTC)
+    limit = AsciiInteger(load_default=100, validate=validate.Range(min=1, max=1000, error="An integer from 1 to 1000."))
+
+
+def describe(exchange: Exchange) -> dict[str, Any]:
+    """An exchange as the API shows it: its time in ISO 8601 (UTC)."""
+    document = dataclasses.asdict(exchange)
+    document["at"] = datetime.fromtimestamp(exchange.at, UTC).isoformat()
+    document["order_ids"] = list(exchange.order_ids)
+    return document
+
+
+def _journal():
+    recorder = current_app.extensions["order_gateway_journal"]
+    recorder.flush(timeout=1.0)  # what this process just recorded is readable at once
+    return recorder.journal
+
+
+def note_call_context() -> None:
+    """Tell the connections who asks for the calls this request makes (for the journal)."""
+    call_context.set(CallContext(request_id=current_request_id(), caller=current_caller().name))
+
+
+EXCHANGE_ID = {"name": "exchange_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+@blueprint.get("/exchanges")
+@documented(
+    "/exchanges", "get", "List recorded backend exchanges", tags=["operations"],
+    parameters=[
+        {"name": "order_id", "in": "query", "schema": {"type": "string"}, "description": "an order id of the call"},
+        {"name": "connection", "in": "query", "schema": {"type": "string"}},
+        {"name": "outcome", "in": "query", "schema": {"type": "string", "enum": list(OUTCOMES)}},
+        {"name": "request_id", "in": "query", "schema": {"type": "string"},
+         "description": "the request_id of the reply that made the calls"},
+        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        REQUEST_ID,
+    ],
+    replies={200: ("exchanges, newest first", None)},
+    problems={422: "an invalid filter, or an unknown query parameter", 500: "the gateway failed"},
+)
+def list_exchanges():
+    """Recorded exchanges, newest first, filtered by order, connection, outcome, request id and time."""
+    query = read_query(ExchangeListQuery)
+    since = query.get("since")
+    exchanges = _journal().list(order_id=query.get("order_id"), connection=query.get("connection"),
+                                outcome=query.get("outcome"), request_id=query.get("request_id"),
+                                since=since.timestamp() if since else None, limit=query["limit"])
+    return jsonify({"exchanges": [describe(exchange) for exchange in exchanges], "count": len(exchanges)})
+
+
+@blueprint.get("/exchanges/<exchange_id>")
+@documented("/exchanges/{exchange_id}", "get", "Show one recorded backend exchange", tags=["operations"],
+            parameters=[EXCHANGE_ID, REQUEST_ID], replies={200: ("the exchange", None)},
+            problems={404: "no such exchange", 422: "an unknown query parameter", 500: "the gateway failed"})
+def show_exchange(exchange_id: str):
+    """One exchange with its request and reply."""
+    read_query(NoQuery)
+    exchange = _journal().get(exchange_id)
+    if exchange is None:
+        raise ExchangeNotFound(f"No exchange {exchange_id!r} (exchanges are kept for the journal's retention).")
+    return jsonify(describe(exchange))
