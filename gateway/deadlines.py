@@ -73,6 +73,17 @@ class Watchdog:
         """Forget a registered call (a no-op once it ran)."""
         with self._condition:
             self._cancelled.add(handle)
+            # Cancelled calls wait in the heap until their time; most calls are cancelled long before it, so
+            # the heap is compacted once they are the greater part, and stays as small as the calls in flight.
+            if len(self._cancelled) > 64 and 2 * len(self._cancelled) > len(self._due):
+                self._due = [entry for entry in self._due if entry[1] not in self._cancelled]
+                heapq.heapify(self._due)
+                self._cancelled.clear()
+
+    def pending(self) -> int:
+        """How many calls are registered and not yet run or cancelled (for tests and health views)."""
+        with self._condition:
+            return sum(1 for entry in self._due if entry[1] not in self._cancelled)
 
     def _run(self) -> None:
         while True:
