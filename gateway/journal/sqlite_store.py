@@ -10,11 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 from gateway.journal import (
     Exchange,
@@ -26,6 +21,7 @@ from gateway.journal import (
     encode_json,
     timestamp,
 )
+from gateway.sqlite_file import SqliteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -56,8 +52,6 @@ CREATE TABLE IF NOT EXISTS exchange_orders (
 CREATE INDEX IF NOT EXISTS exchange_orders_by_exchange ON exchange_orders (exchange_seq);
 """
 SCHEMA_VERSION = 1
-#: how long a writer waits for another process's write to finish before giving up
-BUSY_TIMEOUT_SECONDS = 30.0
 SELECT_EXCHANGES = ("SELECT id, at, request_id, caller, connection, backend, operation, order_ids, request, reply,"
                     " duration_ms, outcome, error FROM exchanges")
 INSERT_EXCHANGE = ("INSERT INTO exchanges (id, at, request_id, caller, connection, backend, operation, order_ids,"
@@ -87,79 +81,18 @@ def exchange_of_row(row: sqlite3.Row) -> Exchange:
     )
 
 
-class SqliteExchangeJournal(ExchangeJournal):
+class SqliteExchangeJournal(SqliteFile, ExchangeJournal):
     """The exchanges in one SQLite file, used by threads through one connection each and by processes."""
 
     def __init__(self, path: str | os.PathLike, *, max_age_seconds: float, max_count: int,
                  record_bodies: bool) -> None:
         self.max_age_seconds, self.max_count, self.record_bodies = check_retention(
             max_age_seconds, max_count, record_bodies)
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._schedule = PruneSchedule(self.max_count)
-        self._local = threading.local()
-        self._connections: list[tuple[int, sqlite3.Connection]] = []  # (opening process id, connection)
-        self._connections_lock = threading.Lock()
-        self._closed = False
-        try:
-            self._use_wal()
-            with self._write() as db:
-                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                    for statement in SCHEMA.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            self.close()
-            raise
-
-    def _use_wal(self) -> None:
-        """Put the file in WAL mode (kept in the file), so readers carry on while one process writes."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
-        while True:
-            # Switching the journal mode does not wait for the busy timeout, and it fails (or quietly keeps the
-            # old mode) while another process is creating the same file; so wait here instead.
-            try:
-                if self._connection().execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
-                    return
-            except sqlite3.OperationalError as error:
-                if error.sqlite_errorname not in ("SQLITE_BUSY", "SQLITE_LOCKED") or time.monotonic() > deadline:
-                    raise
-            if time.monotonic() > deadline:
-                raise sqlite3.OperationalError(f"{self.path}: could not switch to WAL mode")
-            time.sleep(0.01)
-
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (and again in a forked child, which must not share it)."""
-        if self._closed:
-            raise RuntimeError("the exchange journal is closed")
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
-            # isolation_level=None: transactions are begun explicitly, writes with BEGIN IMMEDIATE.
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                                         check_same_thread=False)
-            connection.row_factory = sqlite3.Row
-            # NORMAL: in WAL mode the file stays consistent; a power cut may lose the last few exchanges, which a
-            # journal can afford better than an fsync on every backend call.
-            connection.execute("PRAGMA synchronous = NORMAL")
-            self._local.connection, self._local.pid = connection, os.getpid()
-            with self._connections_lock:
-                self._connections.append((os.getpid(), connection))
-        return connection
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the write lock up front, so no two writers ever decide on stale reads."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            # Also after a failed COMMIT: an open transaction would make this thread's next BEGIN fail.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        # NORMAL: in WAL mode the file stays consistent; a power cut may lose the last few exchanges, which a
+        # journal can afford better than an fsync on every backend call.
+        self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="NORMAL",
+                        what="exchange journal")
 
     def record(self, exchange: Exchange) -> None:
         """Store the exchange (without bodies unless they are recorded), pruning now and then."""
@@ -221,10 +154,4 @@ class SqliteExchangeJournal(ExchangeJournal):
 
     def close(self) -> None:
         """Close every thread's connection; the journal cannot be used afterwards."""
-        self._closed = True
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for pid, connection in connections:
-            # A connection inherited through fork belongs to the parent, which may still be using the file.
-            if pid == os.getpid():
-                connection.close()
+        self._close_file()
