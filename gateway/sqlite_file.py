@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,11 +29,15 @@ class SqliteFile:
     _synchronous: str
 
     def _open_file(self, path: str | os.PathLike, *, schema: str, schema_version: int, synchronous: str,
-                   what: str) -> None:
-        """Open (and if need be create) the file with its schema; `what` names the store in errors."""
+                   what: str, migrations: Mapping[int, str] | None = None, pragmas: tuple[str, ...] = ()) -> None:
+        """Open (and if need be create) the file with its schema; `what` names the store in errors.
+
+        A file of an older version gets the statements of `migrations` (version -> SQL) it has not had yet;
+        `pragmas` are run on every new connection.
+        """
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._what, self._synchronous = what, synchronous
+        self._what, self._synchronous, self._pragmas = what, synchronous, pragmas
         self._local = threading.local()
         self._connections: list[tuple[int, sqlite3.Connection]] = []  # (opening process id, connection)
         self._connections_lock = threading.Lock()
@@ -41,10 +45,15 @@ class SqliteFile:
         try:
             self._use_wal()
             with self._write() as db:
-                if db.execute("PRAGMA user_version").fetchone()[0] < schema_version:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version < schema_version:
                     for statement in schema.split(";"):
                         if statement.strip():
                             db.execute(statement)
+                    # The schema is of its first version; a file made now gets every migration, an older one
+                    # the ones it lacks.
+                    for target in range(max(version, 1) + 1, schema_version + 1):
+                        db.execute((migrations or {})[target])
                     db.execute(f"PRAGMA user_version = {schema_version}")
         except BaseException:
             self._close_file()
@@ -77,6 +86,8 @@ class SqliteFile:
                                          check_same_thread=False)
             connection.row_factory = sqlite3.Row
             connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            for pragma in self._pragmas:
+                connection.execute(f"PRAGMA {pragma}")
             self._local.connection, self._local.pid = connection, os.getpid()
             with self._connections_lock:
                 self._connections.append((os.getpid(), connection))

@@ -18,11 +18,10 @@ import abc
 import json
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
+
+from gateway.sqlite_file import SqliteFile
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 DELIVERY_STATES = (PENDING, DELIVERED, DEAD)
@@ -234,92 +233,15 @@ CREATE INDEX IF NOT EXISTS delivery_history_by_delivery ON delivery_history (eve
 #: version 2: who asked for a redelivery (delivery_history.requested_by)
 MIGRATIONS = {2: "ALTER TABLE delivery_history ADD COLUMN requested_by TEXT"}
 SCHEMA_VERSION = 2
-#: how long a writer waits for another process's write to finish before giving up
-BUSY_TIMEOUT_SECONDS = 30.0
 
 
-class SqliteEventStore(EventStore):
+class SqliteEventStore(SqliteFile, EventStore):
     """The event store in one SQLite file (WAL), shared by threads through one connection each and by processes."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[tuple[int, sqlite3.Connection]] = []  # (opening process id, connection)
-        self._connections_lock = threading.Lock()
-        self._closed = False
-        try:
-            self._use_wal()
-            with self._write() as db:
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version < SCHEMA_VERSION:
-                    for statement in SCHEMA.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-                        db.execute(MIGRATIONS[target])
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            self.close()
-            raise
-
-    def _use_wal(self) -> None:
-        """Put the file in WAL mode (kept in the file), so readers carry on while one process writes."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
-        while True:
-            # Switching the journal mode does not wait for the busy timeout, and it fails (or quietly keeps the
-            # old mode) while another process is creating the same file; so wait here instead.
-            try:
-                if self._connection().execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
-                    return
-            except sqlite3.OperationalError as error:
-                if error.sqlite_errorname not in ("SQLITE_BUSY", "SQLITE_LOCKED") or time.monotonic() > deadline:
-                    raise
-            if time.monotonic() > deadline:
-                raise sqlite3.OperationalError(f"{self.path}: could not switch to WAL mode")
-            time.sleep(0.01)
-
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (and again in a forked child, which must not share it)."""
-        if self._closed:
-            raise RuntimeError("the event store is closed")
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
-            # isolation_level=None: transactions are begun explicitly, writes with BEGIN IMMEDIATE.
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                                         check_same_thread=False)
-            connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA foreign_keys = ON")
-            # FULL: an event is on disk before the webhook is answered, even if the machine loses power.
-            connection.execute("PRAGMA synchronous = FULL")
-            self._local.connection, self._local.pid = connection, os.getpid()
-            with self._connections_lock:
-                self._connections.append((os.getpid(), connection))
-        return connection
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the write lock up front, so no two writers ever decide on stale reads."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            # Also after a failed COMMIT: an open transaction would make this thread's next BEGIN fail.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: one consistent snapshot for several SELECTs."""
-        db = self._connection()
-        db.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            db.execute("COMMIT")
+        # FULL: an event is on disk before the webhook is answered, even if the machine loses power.
+        self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="FULL", what="event store",
+                        migrations=MIGRATIONS, pragmas=("foreign_keys = ON",))
 
     def add_event(self, event: dict, *, dedupe_key: str, order_key: str, subscribers: Sequence[str],
                   now: float | None = None) -> tuple[str, bool]:
@@ -480,11 +402,5 @@ class SqliteEventStore(EventStore):
 
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
-        self._closed = True
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
-        for pid, connection in connections:
-            # A connection inherited through fork belongs to the parent, which may still be using the file.
-            if pid == os.getpid():
-                connection.close()
+        self._close_file()
 
