@@ -1,8 +1,23 @@
 """Gunicorn settings for the gateway (`gunicorn -c config/gunicorn.py wsgi:app`); flags override them."""
 
 import os
+import shutil
+from pathlib import Path
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+
+# Prometheus metrics: every worker writes its figures under this directory and a scrape sums them
+# (prometheus-client's multiprocess mode). It must be set before the app, and so prometheus_client, is loaded. One
+# fresh directory per server (named by its master's pid), so no figure of an earlier run counts and servers side by
+# side keep their own; those of servers no longer running are removed.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    _metrics_root = Path("var") / "metrics"
+    for _old in _metrics_root.glob("*"):
+        if not _old.name.isdigit() or not Path(f"/proc/{_old.name}").exists() or int(_old.name) == os.getpid():
+            shutil.rmtree(_old, ignore_errors=True)
+    _metrics_dir = _metrics_root / str(os.getpid())
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir.resolve())
 workers = int(os.environ.get("WORKERS", "2"))
 # gthread: a slow client or a hanging backend holds one thread, not the worker, and callers keep their connections
 # alive; gevent held up as well, but under it the app's per-thread SQLite connections leak (docs/architecture.md).
@@ -35,3 +50,10 @@ def pre_fork(server, worker):
     import gc
 
     gc.freeze()
+
+
+def child_exit(server, worker):
+    """A worker that is gone keeps its counters in the sums, but its gauges no longer count."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

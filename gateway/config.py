@@ -30,6 +30,7 @@ SCOPES = {
     "events:read": "list and show stored events (GET /events, GET /events/<id>)",
     "events:redeliver": "deliver an event again (POST /events/<id>/redeliver)",
     "exchanges:read": "read the journal of backend exchanges (GET /exchanges, GET /exchanges/<id>)",
+    "metrics:read": "read the Prometheus metrics (GET /metrics)",
 }
 #: the shortest API key accepted: keys are random secrets, not passwords a person remembers
 MIN_KEY_LENGTH = 16
@@ -234,6 +235,8 @@ class GatewaySectionSchema(Schema):
     allow_anonymous = fields.Boolean(load_default=False)
     #: /openapi.json and /docs without a key
     open_docs = fields.Boolean(load_default=True)
+    #: /metrics without a key (a scraper on a trusted network); otherwise the scope metrics:read
+    open_metrics = fields.Boolean(load_default=False)
     #: how long a stored Idempotency-Key reply is replayed
     idempotency_ttl_seconds = fields.Float(load_default=86400.0, validate=validate.Range(min=1, max=30 * 86400))
 
@@ -321,6 +324,7 @@ class GatewaySettings:
     request_timeout: float
     allow_anonymous: bool
     open_docs: bool
+    open_metrics: bool
     idempotency_ttl_seconds: float
     connections: Mapping[str, ConnectionSettings]
     events: EventSettings
@@ -419,6 +423,7 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         callers=callers,
         allow_anonymous=gateway["allow_anonymous"],
         open_docs=gateway["open_docs"],
+        open_metrics=gateway["open_metrics"],
         idempotency_ttl_seconds=gateway["idempotency_ttl_seconds"],
         source=source,
         default_connection=default,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import pybreaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_random_exponential
 
+from gateway import metrics
 from gateway.backends import Backend, Credentials, Operation
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.config import ConnectionSettings, GatewaySettings
@@ -242,6 +243,8 @@ class Connection:
             outcome, error_text = _journal_outcome(error), error.detail
             raise
         finally:
+            metrics.backend_calls.labels(self.name, self.kind, operation.name, outcome).inc()
+            metrics.backend_call_duration.labels(self.name, self.kind, operation.name).observe(time.time() - started)
             if self.recorder is not None:
                 self._record(operation, updates, request, reply, started, outcome, error_text)
 
@@ -268,6 +271,7 @@ class Connection:
             )
         except Exception:  # recording is never a reason for a call to fail
             self.recorder.failed += 1
+            metrics.journal_failures.inc()
             return
         self.recorder.record(exchange)
 

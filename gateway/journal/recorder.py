@@ -14,6 +14,7 @@ import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from gateway import metrics
 from gateway.journal import Exchange, ExchangeJournal
 
 log = logging.getLogger("gateway.journal")
@@ -60,6 +61,7 @@ class JournalRecorder:
             self._queue.put_nowait(exchange)
         except queue.Full:
             self.dropped += 1
+            metrics.journal_failures.inc()
             log.warning("the exchange journal's queue is full: exchange %s was not recorded", exchange.id)
 
     def _write(self) -> None:
@@ -72,6 +74,7 @@ class JournalRecorder:
                 self.recorded += 1
             except Exception:  # a journal that fails must not take anything else with it
                 self.failed += 1
+                metrics.journal_failures.inc()
                 log.exception("the exchange journal could not record exchange %s", exchange.id)
             finally:
                 self._queue.task_done()

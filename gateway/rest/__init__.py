@@ -1,4 +1,4 @@
-"""The REST layer: body limits, request ids, problem+json errors, the order endpoints, webhooks, events, the
+"""The REST layer: body limits, request ids, problem+json errors, metrics, the order endpoints, webhooks, events, the
 API docs, and the last scrub of every JSON reply."""
 
 from flask import Flask, Response
@@ -12,6 +12,7 @@ from gateway.rest import (
     health,
     idempotency,
     limits,
+    metrics,
     orders,
     problems,
     request_ids,
@@ -33,6 +34,7 @@ def scrub_json_reply(response: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     """Attach the REST layer to the app."""
+    metrics.init_app(app)
     app.before_request(common.start_request_budget)
     limits.init_app(app)
     auth.init_app(app, app.config["GATEWAY_SETTINGS"])

@@ -20,6 +20,7 @@ from gateway.errors import ConfigError, Forbidden, Unauthorized
 
 OPEN = "open"  # authenticated otherwise (the webhook receiver: the vendor's own credentials)
 DOCS = "docs"  # open when [gateway] open_docs says so
+METRICS = "metrics"  # open when [gateway] open_metrics says so; the scope metrics:read otherwise
 CHALLENGE = 'Bearer realm="order gateway"'
 ENVIRON_KEY = "gateway.caller"
 
@@ -35,6 +36,7 @@ POLICIES: dict[str, object] = {
     "exchanges.show_exchange": ("exchanges:read",),
     "health.livez": OPEN,
     "health.readyz": OPEN,
+    "metrics.show_metrics": METRICS,
     "docs.openapi_document": DOCS,
     "docs.swagger_ui": DOCS,
     "docs.swagger_ui_asset": DOCS,
@@ -63,6 +65,7 @@ class Authenticator:
     def __init__(self, settings: GatewaySettings) -> None:
         self.allow_anonymous = settings.allow_anonymous
         self.open_docs = settings.open_docs
+        self.open_metrics = settings.open_metrics
         self.keys = [(_digest(key.reveal()), Caller(caller.name, caller.scopes, caller.connections))
                      for caller in settings.callers.values() for key in caller.keys]
 
@@ -86,8 +89,11 @@ def authenticate() -> None:
     """Establish the caller before any view runs; 401 without a known key, 403 without any of the scopes."""
     policy = POLICIES.get(request.endpoint) if request.endpoint else OPEN  # no route: the 404 or 405 as usual
     authenticator: Authenticator = current_app.extensions["order_gateway_auth"]
-    if policy == OPEN or (policy == DOCS and authenticator.open_docs):
+    if policy == OPEN or (policy == DOCS and authenticator.open_docs) or (policy == METRICS
+                                                                          and authenticator.open_metrics):
         return
+    if policy == METRICS:
+        policy = ("metrics:read",)
     key = _bearer_key()
     if key is None and not request.headers.get("Authorization") and authenticator.allow_anonymous:
         caller: Caller | None = ANONYMOUS

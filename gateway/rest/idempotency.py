@@ -27,6 +27,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, make_response, request
 
+from gateway import metrics
 from gateway.connections import calls_attempted
 from gateway.errors import (
     GatewayError,
@@ -106,6 +107,7 @@ def idempotent(view: Callable) -> Callable:
             raise KeyStoreUnavailable("The Idempotency-Key store could not be reached; nothing was sent. Send the "
                                       "request again with the same key.") from None
         if begun.state == REPLAY:
+            metrics.idempotency_replays.inc()
             return _replay(begun.response)
         if begun.state == IN_PROGRESS:
             raise IdempotencyKeyInUse(f"A request with the Idempotency-Key {key!r} is still being served; "

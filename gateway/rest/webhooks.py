@@ -8,8 +8,9 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request
 
+from gateway import metrics
 from gateway.backends import BACKENDS
-from gateway.errors import StoreUnavailable, Unauthorized, WebhookNotFound
+from gateway.errors import GatewayError, StoreUnavailable, Unauthorized, WebhookNotFound
 from gateway.rest.common import REQUEST_ID, connections, read_json_body
 from gateway.rest.openapi import documented
 from gateway.rest.queries import NoQuery, read_query
@@ -80,8 +81,26 @@ def receive_webhook(kind: str, connection: str):
     """
     receiver = connections().by_name.get(connection)
     webhooks = receiver.settings.webhooks if receiver is not None and receiver.kind == kind else None
-    if webhooks is None:
+    if webhooks is None:  # counted under one label: the path's name is the sender's to choose
+        metrics.webhooks_received.labels("unknown", "not_found").inc()
         raise WebhookNotFound(f"No connection {connection!r} of backend {kind!r} receives webhooks.")
+    try:
+        reply, created = _store_webhook(receiver, webhooks, connection)
+    except StoreUnavailable:
+        metrics.webhooks_received.labels(connection, "not_stored").inc()
+        raise
+    except Unauthorized:
+        metrics.webhooks_received.labels(connection, "unauthorized").inc()
+        raise
+    except GatewayError:
+        metrics.webhooks_received.labels(connection, "rejected").inc()
+        raise
+    metrics.webhooks_received.labels(connection, "stored" if created else "duplicate").inc()
+    return reply, 202 if created else 200
+
+
+def _store_webhook(receiver, webhooks: dict, connection: str):
+    """Authenticate, validate, store and queue one webhook: its reply body, and whether it was new."""
     if not is_authenticated(webhooks):
         challenge = f'Basic realm="order gateway webhooks ({connection})"' if webhooks["auth"] == "basic" else None
         raise Unauthorized("The webhook's credentials are missing or wrong.", challenge=challenge)
@@ -102,4 +121,4 @@ def receive_webhook(kind: str, connection: str):
             except Exception:  # stored is safe: the worker resumes pending streams on its own
                 log.exception("could not queue event %s for %s; the worker will resume it", event_id, subscriber)
     body = {"id": event_id, "type": event.type, "duplicate": not created, "subscribers": subscribers if created else []}
-    return jsonify(body), 202 if created else 200
+    return jsonify(body), created
