@@ -19,12 +19,24 @@ from gateway.config import SCOPES, GatewaySettings
 from gateway.errors import ConfigError, Forbidden, Unauthorized
 
 OPEN = "open"  # authenticated otherwise (the webhook receiver: the vendor's own credentials)
-DOCS = "docs"  # open when [gateway] open_docs says so
-METRICS = "metrics"  # open when [gateway] open_metrics says so; the scope metrics:read otherwise
+
+
+@dataclass(frozen=True)
+class OpenWhen:
+    """Open when the [gateway] setting of this name is true; otherwise a known caller with one of `scopes` (none
+    given: any known caller)."""
+
+    setting: str
+    scopes: tuple[str, ...] = ()
+
+
+DOCS = OpenWhen("open_docs")
+METRICS = OpenWhen("open_metrics", ("metrics:read",))
 CHALLENGE = 'Bearer realm="order gateway"'
 ENVIRON_KEY = "gateway.caller"
 
-#: endpoint -> OPEN, DOCS, or the scopes of which the caller needs one (views may ask for more, e.g. a dry run)
+#: endpoint -> OPEN, an OpenWhen (DOCS, METRICS), or the scopes of which the caller needs one (views may ask
+#: for more, e.g. a dry run)
 POLICIES: dict[str, object] = {
     "orders.update_order": ("orders:write", "orders:dry-run"),
     "orders.update_orders": ("orders:write", "orders:dry-run"),
@@ -64,8 +76,7 @@ class Authenticator:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.allow_anonymous = settings.allow_anonymous
-        self.open_docs = settings.open_docs
-        self.open_metrics = settings.open_metrics
+        self.opened = frozenset(policy.setting for policy in (DOCS, METRICS) if getattr(settings, policy.setting))
         self.keys = [(_digest(key.reveal()), Caller(caller.name, caller.scopes, caller.connections))
                      for caller in settings.callers.values() for key in caller.keys]
 
@@ -89,11 +100,12 @@ def authenticate() -> None:
     """Establish the caller before any view runs; 401 without a known key, 403 without any of the scopes."""
     policy = POLICIES.get(request.endpoint) if request.endpoint else OPEN  # no route: the 404 or 405 as usual
     authenticator: Authenticator = current_app.extensions["order_gateway_auth"]
-    if policy == OPEN or (policy == DOCS and authenticator.open_docs) or (policy == METRICS
-                                                                          and authenticator.open_metrics):
+    if isinstance(policy, OpenWhen):
+        if policy.setting in authenticator.opened:
+            return
+        policy = policy.scopes or None
+    if policy == OPEN:
         return
-    if policy == METRICS:
-        policy = ("metrics:read",)
     key = _bearer_key()
     if key is None and not request.headers.get("Authorization") and authenticator.allow_anonymous:
         caller: Caller | None = ANONYMOUS
