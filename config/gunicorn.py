@@ -1,19 +1,36 @@
 """Gunicorn settings for the gateway (`gunicorn -c config/gunicorn.py wsgi:app`); flags override them."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
 
-# Prometheus metrics: every worker writes its figures under this directory and a scrape sums them
-# (prometheus-client's multiprocess mode). It must be set before the app, and so prometheus_client, is loaded. One
-# fresh directory per server (named by its master's pid), so no figure of an earlier run counts and servers side by
-# side keep their own; those of servers no longer running are removed.
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id runs (as gateway.metrics.process_running: the app is not loaded yet)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
+# Prometheus metrics: every worker writes its figures under this directory and a scrape sums them, with those of
+# the event workers beside it (prometheus-client's multiprocess mode, gateway/metrics.py). It must be set before the
+# app, and so prometheus_client, is loaded. One fresh directory per server under the metrics root (named by its
+# master's pid), so no figure of an earlier run counts and servers side by side keep their own; the directories of
+# servers and event workers (`worker-<pid>`) no longer running are removed, never a running one's.
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    _metrics_root = Path("var") / "metrics"
+    _metrics_root = Path(os.environ.get("GATEWAY_METRICS_DIR") or Path("var") / "metrics")
     for _old in _metrics_root.glob("*"):
-        if not _old.name.isdigit() or not Path(f"/proc/{_old.name}").exists() or int(_old.name) == os.getpid():
+        _pid = re.fullmatch(r"(?:worker-)?([0-9]+)", _old.name)
+        if _pid and (int(_pid[1]) == os.getpid() or not _running(int(_pid[1]))):
             shutil.rmtree(_old, ignore_errors=True)
     _metrics_dir = _metrics_root / str(os.getpid())
     _metrics_dir.mkdir(parents=True, exist_ok=True)
@@ -35,8 +52,9 @@ timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "30"))
 # flight finish instead of cutting their backend calls off with an unknown outcome.
 graceful_timeout = 65
 accesslog = "-"
-# The caller (gateway.rest.auth puts its name in the environ) and the request id of every request.
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms caller=%({gateway.caller}e)s request_id=%({x-request-id}o)s'
+# One JSON object per line (GATEWAY_LOG_FORMAT=text for a terminal) for gunicorn's records, the app's and each
+# request's access line, which carries the request id, caller, trace id, connection, order ids, status and durations.
+logger_class = "gateway.logs.GunicornLogger"
 # Load the app once before forking: XSDs and templates are compiled a single time.
 preload_app = True
 # The sandboxes run beside the gateway; neither needs gunicorn's runtime control socket, and two
@@ -50,6 +68,21 @@ def pre_fork(server, worker):
     import gc
 
     gc.freeze()
+
+
+def post_fork(server, worker):
+    """Spans are exported by a thread of each worker's own (when OTEL_EXPORTER_OTLP_ENDPOINT is set): threads do
+    not survive a fork, so it starts here."""
+    from gateway import tracing
+
+    tracing.configure_from_environment("order-gateway")
+
+
+def worker_exit(server, worker):
+    """Export the spans a stopping worker still holds."""
+    from gateway import tracing
+
+    tracing.shutdown()
 
 
 def child_exit(server, worker):

@@ -21,18 +21,20 @@ The REST layer never needs to know which backend it talks to.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pybreaker
+from opentelemetry.trace import SpanKind
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_random_exponential
 
-from gateway import metrics
+from gateway import logs, metrics, tracing
 from gateway.backends import Backend, Credentials, Operation
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.config import ConnectionSettings, GatewaySettings
@@ -51,6 +53,8 @@ from gateway.journal.recorder import JournalRecorder, call_context
 from gateway.replies import read_reply, valid_retry_after
 from gateway.scrubbing import Scrubber
 from gateway.transport import BackendReply, HttpTransport, OutboundRequest, Transport
+
+log = logging.getLogger("gateway.backends")
 
 #: the failures that say a backend is unwell and count towards opening its breaker (refusals do not)
 UNWELL = (BackendFailure, BackendUnavailable, BackendTimeout)
@@ -218,7 +222,16 @@ class Connection:
 
     def _call(self, operation: Operation, updates: list[OrderUpdate],
               deadline: Deadline) -> list[UpdateOutcome | BackendError]:
-        request = operation.render(updates, self.credentials)
+        with tracing.span(f"{self.kind} {operation.name}", kind=SpanKind.CLIENT, attributes={
+                "gateway.connection": self.name, "gateway.backend": self.kind, "gateway.operation": operation.name,
+                "gateway.order_count": len(updates)}):
+            return self._traced_call(operation, updates, deadline)
+
+    def _traced_call(self, operation: Operation, updates: list[OrderUpdate],
+                     deadline: Deadline) -> list[UpdateOutcome | BackendError]:
+        rendered = operation.render(updates, self.credentials)
+        # the trace goes on to the backend: its span is this call's
+        request = replace(rendered, headers={**rendered.headers, **tracing.outbound_headers()})
         attempted = calls_attempted.get()
         if attempted is not None:
             attempted.append(f"{self.name}:{operation.name}")
@@ -243,10 +256,25 @@ class Connection:
             outcome, error_text = _journal_outcome(error), error.detail
             raise
         finally:
+            took = time.time() - started
             metrics.backend_calls.labels(self.name, self.kind, operation.name, outcome).inc()
-            metrics.backend_call_duration.labels(self.name, self.kind, operation.name).observe(time.time() - started)
+            metrics.backend_call_duration.labels(self.name, self.kind, operation.name).observe(took)
+            self._log_call(operation, updates, reply, outcome, took)
             if self.recorder is not None:
                 self._record(operation, updates, request, reply, started, outcome, error_text)
+
+    def _log_call(self, operation: Operation, updates: list[OrderUpdate], reply: BackendReply | None, outcome: str,
+                  took: float) -> None:
+        """One log line per call, and the call's fields added to the request's (its access line names them)."""
+        fields = {"connection": self.name, "backend": self.kind, "operation": operation.name,
+                  "order_ids": [update.order_id for update in updates[:logs.MAX_ORDER_IDS]],
+                  "backend_duration_ms": round(took * 1000, 3)}
+        logs.note(**fields)
+        tracing.annotate({"gateway.outcome": outcome, "http.response.status_code": reply.status if reply else None},
+                         error=None if outcome in ("ok", "refused") else outcome)
+        log.log(logging.INFO if outcome in ("ok", "refused") else logging.WARNING,
+                "%s on %s: %s in %.1f ms", operation.name, self.name, outcome, took * 1000,
+                extra={**fields, "outcome": outcome, "backend_status": reply.status if reply is not None else None})
 
     def _record(self, operation: Operation, updates: list[OrderUpdate], request: OutboundRequest,
                 reply: BackendReply | None, started: float, outcome: str, error_text: str | None) -> None:

@@ -130,6 +130,13 @@ def _scrubbed_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
     return record
 
 
+def scrub_log_text(text: str) -> str:
+    """A formatted log line scrubbed by every registered Scrubber (fields a record factory never sees included)."""
+    for scrubber in list(_log_scrubbers):
+        text = scrubber.scrub(text)
+    return text
+
+
 def install_log_scrubbing(scrubber: Scrubber) -> None:
     """Scrub every log record made in this process with `scrubber` (for as long as it lives)."""
     _log_scrubbers.add(scrubber)

@@ -11,7 +11,8 @@ import sandbox
 from gateway import create_app
 from gateway.events.redis_store import RedisEventStore
 from gateway.events.store import SqliteEventStore
-from tests.processes import SERVER_LOGS
+from tests.log_lines import unchecked_problems
+from tests.processes import SERVER_KINDS, SERVER_LOGS
 from tests.redis_server import run_redis_server
 from tests.servers import serve_wsgi
 
@@ -48,6 +49,15 @@ def no_unexpected_tracebacks(request, caplog):
             if TRACEBACK in text:
                 found.append(f"{path.name}: {text[text.index(TRACEBACK):][:1500]}")
     assert not found, "unexpected tracebacks were logged:\n" + "\n".join(found)
+
+
+@pytest.fixture(autouse=True)
+def server_logs_are_json_without_secrets():
+    """Every line the gateway and worker processes of the suite print, checked after each test: a JSON object with
+    time, level, logger and message, holding none of the secrets its configuration names."""
+    yield
+    problems = unchecked_problems(SERVER_KINDS)
+    assert not problems, "server log lines that are not clean JSON:\n" + "\n".join(problems[:20])
 
 
 def ongoing_connection(url: str, **overrides) -> dict:

@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 #: the output of every server process this run started; tests/conftest.py scans it for tracebacks
 SERVER_LOGS: list[Path] = []
+#: log -> (what the server is: "gateway", "worker" or "sandbox", the environment it was started with); the gateway's
+#: and the worker's output is checked line by line: JSON objects naming no configured secret (tests/log_lines.py)
+SERVER_KINDS: dict[Path, tuple[str, dict[str, str]]] = {}
 _LOG_FOLDER = Path(tempfile.mkdtemp(prefix="order-gateway-test-servers-"))
 _log_numbers = itertools.count(1)
 
@@ -58,6 +61,9 @@ def start(command: list[str], env: dict[str, str], log: Path | None = None) -> s
     if log is None:
         log = _LOG_FOLDER / f"{next(_log_numbers)}-{Path(command[-1]).name.replace(':', '_')}.log"
     SERVER_LOGS.append(log)
+    kind = ("gateway" if "wsgi:app" in command else "worker" if "gateway.events.worker" in command
+            else "sandbox" if any(part.startswith("sandbox:") for part in command) else "other")
+    SERVER_KINDS[log] = (kind, dict(env))
     with open(log, "ab") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -74,7 +80,7 @@ def start_sandbox(port: int, env: dict[str, str], log: Path | None = None) -> su
 def start_gateway(port: int, env: dict[str, str], workers: int = 2, log: Path | None = None) -> subprocess.Popen:
     """The gateway under gunicorn with the project's gunicorn settings."""
     return start([str(BIN / "gunicorn"), "--config", "config/gunicorn.py", "--workers", str(workers), "--bind",
-                  f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "wsgi:app"], env, log)
+                  f"127.0.0.1:{port}", "wsgi:app"], env, log)
 
 
 def start_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Popen:

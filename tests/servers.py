@@ -45,17 +45,19 @@ class ScriptedBackend:
 
 
 class RecordingMiddleware:
-    """Wraps a WSGI app (a sandbox), recording every request body; `fail_when(body)` may answer instead."""
+    """Wraps a WSGI app (a sandbox), recording every POST's body and headers; `fail_when(body)` may answer instead."""
 
     def __init__(self, app, fail_when=None) -> None:
         self.app, self.fail_when = app, fail_when
         self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
 
     def __call__(self, environ, start_response):
         request = Request(environ)
         body = request.get_data()
         if request.method == "POST":
             self.bodies.append(body)
+            self.headers.append(dict(request.headers))
             if self.fail_when is not None and self.fail_when(body):
                 return Response("<html>Bad Gateway</html>", status=502, content_type="text/html")(
                     environ, start_response)

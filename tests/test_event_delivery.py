@@ -8,6 +8,7 @@ import time
 
 import pytest
 import requests
+from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -179,6 +180,60 @@ def test_a_subscriber_no_longer_configured_parks_its_deliveries(make_dispatcher,
     dispatcher = make_dispatcher(f"{subscriber_url}/subscriber/events")
     assert dispatcher.drain_stream("gone", "c:1004") is None
     assert event_store.get_event("evt_0001")["deliveries"][0]["state"] == "dead"
+
+
+def figure(name: str, **labels: str) -> float:
+    """One sample of this process's metrics (0 while nothing was counted)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def delivery_figures(subscriber: str) -> dict[str, float]:
+    """The attempts counted for a subscriber by outcome, and its lag histogram's count, sum and two buckets."""
+    figures = {outcome: figure("order_gateway_event_deliveries_total", subscriber=subscriber, outcome=outcome)
+               for outcome in ("delivered", "failed", "dead")}
+    lag = "order_gateway_event_delivery_lag_seconds"
+    figures.update(lag_count=figure(f"{lag}_count", subscriber=subscriber),
+                   lag_sum=figure(f"{lag}_sum", subscriber=subscriber),
+                   lag_within_1s=figure(f"{lag}_bucket", subscriber=subscriber, le="1.0"),
+                   lag_within_2_5s=figure(f"{lag}_bucket", subscriber=subscriber, le="2.5"))
+    return figures
+
+
+def grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before}
+
+
+def test_every_attempt_is_counted_by_outcome_and_a_delivery_observes_its_lag(make_dispatcher, event_store,
+                                                                            subscriber_url):
+    clock = Clock()
+    dispatcher = make_dispatcher(f"{subscriber_url}/subscriber/events", clock=clock)
+    add(event_store, 1)  # stored at the clock's start
+    before = delivery_figures("demo")
+    behave(subscriber_url, "down")
+    assert dispatcher.drain_stream("demo", "c:1004") == 2.0
+    assert grown(before, delivery_figures("demo")) == {"delivered": 0, "failed": 1, "dead": 0, "lag_count": 0,
+                                                        "lag_sum": 0, "lag_within_1s": 0, "lag_within_2_5s": 0}
+    clock.now += 2.0
+    behave(subscriber_url, "up")
+    assert dispatcher.drain_stream("demo", "c:1004") is None
+    # two seconds from storing the event to delivering it, the failed attempt and its wait included
+    assert grown(before, delivery_figures("demo")) == {"delivered": 1, "failed": 1, "dead": 0, "lag_count": 1,
+                                                        "lag_sum": 2.0, "lag_within_1s": 0, "lag_within_2_5s": 1}
+
+    add(event_store, 2)
+    refused = make_dispatcher(f"{subscriber_url}/subscriber/events", secret="whsec_" + "d3Jvbmc=", clock=clock)
+    assert refused.drain_stream("demo", "c:1004") is None
+    assert grown(before, delivery_figures("demo"))["dead"] == 1
+    assert grown(before, delivery_figures("demo"))["lag_count"] == 1  # a dead delivery has no lag
+
+
+def test_a_delivery_parked_for_a_subscriber_no_longer_configured_counts_as_dead(make_dispatcher, event_store,
+                                                                               subscriber_url):
+    add(event_store, 1, subscribers=("gone",))
+    before = delivery_figures("gone")
+    assert make_dispatcher(f"{subscriber_url}/subscriber/events").drain_stream("gone", "c:1004") is None
+    assert grown(before, delivery_figures("gone")) == {"delivered": 0, "failed": 0, "dead": 1, "lag_count": 0,
+                                                        "lag_sum": 0, "lag_within_1s": 0, "lag_within_2_5s": 0}
 
 
 def test_the_standard_webhooks_library_verifies_our_signature():

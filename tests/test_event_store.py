@@ -257,7 +257,7 @@ def test_a_stream_goes_out_by_occurred_at_then_by_insertion(store):
     add(store, make_event("evt_other_order", occurred_at="2024-05-01T09:00:00Z"), order_key=OTHER_ORDER)
 
     assert store.next_delivery("crm", ORDER) == {"event_id": "evt_early_a", "event": store.get_event(
-        "evt_early_a")["event"], "attempts": 0, "next_attempt_at": T0}
+        "evt_early_a")["event"], "received_at": T0, "attempts": 0, "next_attempt_at": T0}
     assert drain_in_order(store, "crm", ORDER) == ["evt_early_a", "evt_early_b", "evt_late"]
     # Each subscriber and each order is a stream of its own.
     assert store.next_delivery("shop", ORDER)["event_id"] == "evt_early_a"
@@ -369,6 +369,33 @@ def test_pending_streams_lists_each_stream_with_something_pending_once(store):
     assert store.pending_streams() == []
 
 
+def test_pending_counts_follow_every_change_of_state(store):
+    assert store.pending_counts(["crm", "shop"]) == {"crm": 0, "shop": 0}
+    add(store, make_event("evt_1"), subscribers=["crm", "shop"])
+    add(store, make_event("evt_2"), subscribers=["crm", "shop"])
+    add(store, make_event("evt_3"), order_key=OTHER_ORDER, subscribers=["crm"])
+    assert store.pending_counts(["crm", "shop", "nobody"]) == {"crm": 3, "shop": 2, "nobody": 0}
+
+    store.record_attempt("evt_1", "crm", outcome="failed", error="HTTP 500", next_attempt_at=T0 + 60, now=T0 + 1)
+    store.record_attempt("evt_3", "crm", outcome="delivered", now=T0 + 1)
+    store.record_attempt("evt_1", "shop", outcome="dead", error="gone", now=T0 + 1)
+    assert store.pending_counts(["crm", "shop"]) == {"crm": 2, "shop": 1}
+
+    store.redeliver("evt_3", now=T0 + 2)
+    store.redeliver("evt_1", now=T0 + 2)
+    assert store.pending_counts(["shop", "crm"]) == {"shop": 2, "crm": 3}
+    drain_in_order(store, "crm", ORDER, now=T0 + 3)
+    assert store.pending_counts(["crm"]) == {"crm": 1}
+
+
+def test_pending_counts_count_no_further_than_the_limit(store):
+    for number in range(5):
+        add(store, make_event(f"evt_{number}"), subscribers=["crm"])
+    assert store.pending_counts(["crm", "shop"], limit=3) == {"crm": 3, "shop": 0}
+    assert store.pending_counts(["crm"], limit=5) == {"crm": 5}
+    assert store.pending_counts([]) == {}
+
+
 def test_redeliver_makes_every_delivery_pending_again_and_keeps_the_history(store):
     add(store, make_event("evt_1", occurred_at="2024-05-01T10:00:00Z"))
     add(store, make_event("evt_2", occurred_at="2024-05-01T10:00:01Z"), subscribers=["crm"])
@@ -389,9 +416,9 @@ def test_redeliver_makes_every_delivery_pending_again_and_keeps_the_history(stor
         {"attempt": 1, "at": T0 + 1, "outcome": "failed", "status_code": 502, "error": "HTTP 502"},
         {"attempt": 2, "at": T0 + 10, "outcome": "dead", "status_code": 400, "error": "HTTP 400"}, redelivered]}
     assert store.pending_streams() == [("crm", ORDER), ("shop", ORDER)]
-    # The redelivered event is older than evt_2, so it goes out first again.
+    # The redelivered event is older than evt_2, so it goes out first again; it was received when it was.
     assert store.next_delivery("crm", ORDER) == {"event_id": "evt_1", "event": make_event(
-        "evt_1", occurred_at="2024-05-01T10:00:00Z"), "attempts": 0, "next_attempt_at": T0 + 100}
+        "evt_1", occurred_at="2024-05-01T10:00:00Z"), "received_at": T0, "attempts": 0, "next_attempt_at": T0 + 100}
     assert drain_in_order(store, "crm", ORDER, now=T0 + 101) == ["evt_1", "evt_2"]
 
 
@@ -419,6 +446,7 @@ def test_everything_survives_closing_and_reopening_the_store(open_store):
 
     assert reopened.list_events() == before
     assert reopened.pending_streams() == [("crm", ORDER), ("shop", ORDER)]
+    assert reopened.pending_counts(["crm", "shop"]) == {"crm": 1, "shop": 2}
     assert reopened.next_delivery("crm", ORDER)["event_id"] == "evt_2"
     assert reopened.next_delivery("shop", ORDER)["event_id"] == "evt_1"
     assert add(reopened, make_event("evt_again"), dedupe_key="hook-1") == ("evt_1", False)

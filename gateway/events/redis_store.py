@@ -10,6 +10,7 @@ Keys, all under one prefix (default "gateway:events:"):
     type:<type>              zset    event ids of that type, by seq
     order:<order id>         zset    event ids whose backend_order_id or order_number is that string, by seq
     state:<state>            zset    event ids with at least one delivery in that state, by seq
+    pending:<subscriber>     zset    event ids whose delivery to that subscriber is pending, by seq
     stream:<stream>          zset    ranks of the stream's pending deliveries, all scored 0 so Redis sorts them
                                      by rank: occurred_at NUL seq (20 digits) NUL event id, i.e. in event order
     streams                  set     every <stream> whose zset is not empty
@@ -29,6 +30,7 @@ import redis
 from gateway.events.store import (
     DELIVERY_STATES,
     PENDING,
+    PENDING_COUNT_LIMIT,
     DeliveryNotFound,
     EventStore,
     EventStoreError,
@@ -44,7 +46,8 @@ from gateway.events.store import (
     unique_subscribers,
 )
 
-# KEYS: dedupe, seq, event, deliveries, events, type index, state:pending, streams, <order indexes>, <streams>.
+# KEYS: dedupe, seq, event, deliveries, events, type index, state:pending, streams, <order indexes>, then per
+#       subscriber: its stream, its pending index.
 # ARGV: dedupe_key, event id, body, received_at, order_key, occurred_at, number of order indexes,
 #       then per subscriber: name, delivery JSON, stream id (in the same order as the stream keys).
 # Returns {id, 1} when stored, {existing id, 0} for a known dedupe_key, {id, -1} when the id is taken.
@@ -67,10 +70,11 @@ for i = 1, order_indexes do
     redis.call('ZADD', KEYS[8 + i], seq, ARGV[2])
 end
 local first_stream = 9 + order_indexes
-for i = 0, #KEYS - first_stream do
+for i = 0, (#KEYS - first_stream + 1) / 2 - 1 do
     local arg = 8 + 3 * i
     redis.call('HSET', KEYS[4], ARGV[arg], ARGV[arg + 1])
-    redis.call('ZADD', KEYS[first_stream + i], 0, rank)
+    redis.call('ZADD', KEYS[first_stream + 2 * i], 0, rank)
+    redis.call('ZADD', KEYS[first_stream + 2 * i + 1], seq, ARGV[2])
     redis.call('SADD', KEYS[8], ARGV[arg + 2])
 end
 if #KEYS >= first_stream then
@@ -125,7 +129,7 @@ class RedisEventStore(EventStore):
         args = [dedupe_key, event_id, body, repr(now), order_key, event["occurred_at"], len(index_keys)]
         for name in names:
             stream = stream_id(name, order_key)
-            keys.append(self._key("stream:", stream))
+            keys += [self._key("stream:", stream), self._key("pending:", name)]
             args += [name, encode(new_delivery(name, now)), stream]
         stored_id, created = self._add_event_script(keys=keys, args=args)
         if created == -1:
@@ -182,10 +186,11 @@ class RedisEventStore(EventStore):
         return found[:limit]
 
     def next_delivery(self, subscriber: str, order_key: str) -> dict | None:
-        """The pending delivery that heads this stream in event order, due or not; None if nothing is pending."""
+        """The pending delivery that heads this stream in event order, due or not, with its event's received_at;
+        None if nothing is pending."""
         stream_key = self._key("stream:", stream_id(subscriber, order_key))
 
-        def read_head(pipe: redis.client.Pipeline) -> tuple[str, str, str] | None:
+        def read_head(pipe: redis.client.Pipeline) -> tuple[str, str, str, str] | None:
             ranks = pipe.zrange(stream_key, 0, 0)
             if not ranks:
                 return None
@@ -193,18 +198,18 @@ class RedisEventStore(EventStore):
             deliveries_key = self._key("deliveries:", event_id)
             # EXEC fails, and the read is repeated, if the head or its delivery changed while being read.
             pipe.watch(deliveries_key)
-            body = pipe.hget(self._key("event:", event_id), "body")
+            body, received_at = pipe.hmget(self._key("event:", event_id), "body", "received_at")
             delivery = pipe.hget(deliveries_key, subscriber)
             pipe.multi()
-            return event_id, body, delivery
+            return event_id, body, received_at, delivery
 
         head = self._redis.transaction(read_head, stream_key, value_from_callable=True)
         if head is None:
             return None
-        event_id, body, raw_delivery = head
+        event_id, body, received_at, raw_delivery = head
         delivery = json.loads(raw_delivery)
-        return {"event_id": event_id, "event": json.loads(body), "attempts": delivery["attempts"],
-                "next_attempt_at": delivery["next_attempt_at"]}
+        return {"event_id": event_id, "event": json.loads(body), "received_at": float(received_at),
+                "attempts": delivery["attempts"], "next_attempt_at": delivery["next_attempt_at"]}
 
     def record_attempt(self, event_id: str, subscriber: str, *, outcome: str, status_code: int | None = None,
                        error: str | None = None, next_attempt_at: float | None = None,
@@ -233,8 +238,10 @@ class RedisEventStore(EventStore):
             if delivery["state"] == PENDING:
                 pipe.zadd(stream_key, {rank: 0})
                 pipe.sadd(self._key("streams"), stream)
+                pipe.zadd(self._key("pending:", subscriber), {event_id: int(seq)})
             else:
                 pipe.zrem(stream_key, rank)
+                pipe.zrem(self._key("pending:", subscriber), event_id)
                 if others_queued == 0:
                     pipe.srem(self._key("streams"), stream)
 
@@ -255,6 +262,15 @@ class RedisEventStore(EventStore):
         """Every (subscriber, order_key) with at least one pending delivery, sorted."""
         return sorted(tuple(json.loads(stream)) for stream in self._redis.smembers(self._key("streams")))
 
+    def pending_counts(self, subscribers: Sequence[str], *, limit: int = PENDING_COUNT_LIMIT) -> dict[str, int]:
+        """How many deliveries to each of these subscribers are pending, each counted up to `limit`."""
+        names = unique_subscribers(subscribers)
+        with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(self._key("pending:", name))
+            counts = pipe.execute()
+        return {name: min(count, max(limit, 0)) for name, count in zip(names, counts, strict=True)}
+
     def redeliver(self, event_id: str, *, now: float | None = None,
                   requested_by: str | None = None) -> list[tuple[str, str]] | None:
         """Make every delivery of the event pending and due now with 0 attempts; the streams to nudge, or None."""
@@ -273,6 +289,7 @@ class RedisEventStore(EventStore):
                 pipe.hset(deliveries_key, name, encode(delivery))
                 pipe.zadd(self._key("stream:", stream), {rank: 0})
                 pipe.sadd(self._key("streams"), stream)
+                pipe.zadd(self._key("pending:", name), {event_id: int(seq)})
             self._queue_state_indexes(pipe, event_id, seq, deliveries)
             return sorted(deliveries)
 

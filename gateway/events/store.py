@@ -28,6 +28,8 @@ DELIVERY_STATES = (PENDING, DELIVERED, DEAD)
 #: the outcomes record_attempt accepts; "redeliver" appears in histories only, written by redeliver()
 ATTEMPT_OUTCOMES = ("delivered", "failed", "dead")
 REDELIVER = "redeliver"
+#: pending_counts counts no further: enough to see a backlog grow, bounded in what a scrape costs
+PENDING_COUNT_LIMIT = 100_000
 
 
 class EventStoreError(ValueError):
@@ -57,7 +59,8 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     def next_delivery(self, subscriber: str, order_key: str) -> dict | None:
-        """The pending delivery that heads this stream in event order, due or not; None if nothing is pending."""
+        """The pending delivery that heads this stream in event order, due or not, with its event's received_at;
+        None if nothing is pending."""
 
     @abc.abstractmethod
     def record_attempt(self, event_id: str, subscriber: str, *, outcome: str, status_code: int | None = None,
@@ -68,6 +71,11 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def pending_streams(self) -> list[tuple[str, str]]:
         """Every (subscriber, order_key) with at least one pending delivery, sorted."""
+
+    @abc.abstractmethod
+    def pending_counts(self, subscribers: Sequence[str], *, limit: int = PENDING_COUNT_LIMIT) -> dict[str, int]:
+        """How many deliveries to each of these subscribers are pending, each counted up to `limit` (so a backlog
+        of millions costs no more than `limit` to count)."""
 
     @abc.abstractmethod
     def redeliver(self, event_id: str, *, now: float | None = None,
@@ -327,17 +335,18 @@ class SqliteEventStore(SqliteFile, EventStore):
                  "deliveries": list(deliveries[row["seq"]].values())} for row in rows]
 
     def next_delivery(self, subscriber: str, order_key: str) -> dict | None:
-        """The pending delivery that heads this stream in event order, due or not; None if nothing is pending."""
+        """The pending delivery that heads this stream in event order, due or not, with its event's received_at;
+        None if nothing is pending."""
         row = self._connection().execute(
-            "SELECT e.id, e.body, d.attempts, d.next_attempt_at FROM deliveries AS d JOIN events AS e ON e.seq ="
-            " d.event_seq WHERE d.subscriber = ? AND d.order_key = ? AND d.state = 'pending'"
+            "SELECT e.id, e.body, e.received_at, d.attempts, d.next_attempt_at FROM deliveries AS d JOIN events AS e"
+            " ON e.seq = d.event_seq WHERE d.subscriber = ? AND d.order_key = ? AND d.state = 'pending'"
             " ORDER BY d.occurred_at, d.event_seq LIMIT 1",
             (subscriber, order_key),
         ).fetchone()
         if row is None:
             return None
-        return {"event_id": row["id"], "event": json.loads(row["body"]), "attempts": row["attempts"],
-                "next_attempt_at": row["next_attempt_at"]}
+        return {"event_id": row["id"], "event": json.loads(row["body"]), "received_at": row["received_at"],
+                "attempts": row["attempts"], "next_attempt_at": row["next_attempt_at"]}
 
     def record_attempt(self, event_id: str, subscriber: str, *, outcome: str, status_code: int | None = None,
                        error: str | None = None, next_attempt_at: float | None = None,
@@ -383,6 +392,16 @@ class SqliteEventStore(SqliteFile, EventStore):
             "SELECT DISTINCT subscriber, order_key FROM deliveries WHERE state = 'pending'"
             " ORDER BY subscriber, order_key").fetchall()
         return [(row["subscriber"], row["order_key"]) for row in rows]
+
+    def pending_counts(self, subscribers: Sequence[str], *, limit: int = PENDING_COUNT_LIMIT) -> dict[str, int]:
+        """How many deliveries to each of these subscribers are pending, each counted up to `limit`."""
+        db = self._connection()
+        # INDEXED BY: each count walks this subscriber's part of the partial index of pending deliveries, never
+        # the other subscribers', and no further than `limit` entries.
+        return {subscriber: db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries INDEXED BY pending_deliveries_in_stream_order"
+            " WHERE subscriber = ? AND state = 'pending' LIMIT ?)",
+            (subscriber, max(limit, 0))).fetchone()[0] for subscriber in unique_subscribers(subscribers)}
 
     def redeliver(self, event_id: str, *, now: float | None = None,
                   requested_by: str | None = None) -> list[tuple[str, str]] | None:

@@ -1,5 +1,5 @@
-"""The REST layer: body limits, request ids, problem+json errors, metrics, the order endpoints, webhooks, events, the
-API docs, and the last scrub of every JSON reply."""
+"""The REST layer: body limits, request ids, trace context, problem+json errors, metrics, the order endpoints,
+webhooks, events, the API docs, and the last scrub of every JSON reply."""
 
 from flask import Flask, Response
 
@@ -16,6 +16,7 @@ from gateway.rest import (
     orders,
     problems,
     request_ids,
+    traces,
     webhooks,
 )
 
@@ -35,6 +36,8 @@ def scrub_json_reply(response: Response) -> Response:
 def init_app(app: Flask) -> None:
     """Attach the REST layer to the app."""
     metrics.init_app(app)
+    traces.init_app(app)
+    request_ids.init_logging(app)
     app.before_request(common.start_request_budget)
     limits.init_app(app)
     auth.init_app(app, app.config["GATEWAY_SETTINGS"])

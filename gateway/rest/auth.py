@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app, g, request
 
+from gateway import logs
 from gateway.config import SCOPES, GatewaySettings
 from gateway.errors import ConfigError, Forbidden, Unauthorized
 
@@ -116,6 +117,7 @@ def authenticate() -> None:
                            else "The API key is not known.", challenge=CHALLENGE)
     g.caller = caller
     request.environ[ENVIRON_KEY] = caller.name
+    logs.note(caller=caller.name)
     if isinstance(policy, tuple):
         require_scope(*policy)
 

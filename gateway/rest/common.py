@@ -61,3 +61,11 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
 REQUEST_ID = {"name": "X-Request-ID", "in": "header", "required": False,
               "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@/+=-]{1,128}$"},
               "description": "echoed on the reply; a new one is made when absent"}
+#: W3C trace context: the trace this request belongs to, continued on every backend call and event delivery
+TRACE_CONTEXT = [
+    {"name": "traceparent", "in": "header", "required": False,
+     "schema": {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
+     "description": "W3C trace context; a new trace is started when absent or malformed"},
+    {"name": "tracestate", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 512},
+     "description": "W3C vendor trace state, passed on with traceparent"},
+]

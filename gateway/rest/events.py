@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, jsonify
 from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import EventNotFound
 from gateway.rest.auth import current_caller
-from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID
+from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID, TRACE_CONTEXT
 from gateway.rest.idempotency import idempotent
 from gateway.rest.openapi import documented
 from gateway.rest.queries import DELIVERY_STATES, EventListQuery, NoQuery, read_query
@@ -83,7 +83,8 @@ def show_event(event_id: str):
 
 @blueprint.post("/events/<event_id>/redeliver")
 @documented("/events/{event_id}/redeliver", "post", "Deliver an event again", tags=["events"],
-            parameters=[EVENT_ID, IDEMPOTENCY_KEY, REQUEST_ID], replies={202: ("queued again", RedeliveryReplySchema)},
+            parameters=[EVENT_ID, IDEMPOTENCY_KEY, REQUEST_ID, *TRACE_CONTEXT],
+            replies={202: ("queued again", RedeliveryReplySchema)},
             problems={404: "no such event", 409: "a redelivery with the same Idempotency-Key is still being served",
                       422: "an unknown query parameter, or the Idempotency-Key was used for another request",
                       500: "the gateway failed"})

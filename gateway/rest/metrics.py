@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
 from gateway import metrics
 from gateway.rest.openapi import documented
@@ -46,6 +46,10 @@ def init_app(app: Flask) -> None:
                                                           {"type": "string"})},
             problems={401: "no valid API key", 403: "the key lacks the scope metrics:read", 500: "the gateway failed"})
 def show_metrics():
-    """Requests, backend calls, webhooks, Idempotency-Key replays and journal failures, summed over the workers."""
-    body, media_type = metrics.exposition()
+    """Requests, backend calls, webhooks, Idempotency-Key replays, journal failures and the event worker's
+    deliveries, summed over the processes; pending deliveries and breaker states as the stores say now."""
+    events = current_app.extensions["order_events"]
+    current = metrics.CurrentStateCollector(events.store, list(events.settings.subscribers),
+                                            current_app.extensions["order_gateway"].by_name)
+    body, media_type = metrics.exposition(current)
     return Response(body, status=200, headers={"Content-Type": media_type})

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from marshmallow import ValidationError
 
+from gateway import logs
 from gateway.canonical import (
     OrderUpdateSchema,
     UpdateOutcome,
@@ -18,7 +19,14 @@ from gateway.canonical import (
 from gateway.connections import Connection, PlannedUpdate
 from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
 from gateway.rest.auth import require_connection, require_scope
-from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID, connections, read_json_body, request_budget
+from gateway.rest.common import (
+    IDEMPOTENCY_KEY,
+    REQUEST_ID,
+    TRACE_CONTEXT,
+    connections,
+    read_json_body,
+    request_budget,
+)
 from gateway.rest.idempotency import idempotent
 from gateway.rest.openapi import documented
 from gateway.rest.problems import gateway_error_document
@@ -108,7 +116,7 @@ def order_result(connection: Connection, planned: PlannedUpdate, outcome: Update
     body=OrderUpdateSchema, body_examples=per_backend_examples,
     parameters=[{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"},
                  "description": "the order's id, read as the document's id_type says"}, DRY_RUN, IDEMPOTENCY_KEY,
-                REQUEST_ID],
+                REQUEST_ID, *TRACE_CONTEXT],
     replies={200: ("updated; with dry_run, what would be sent", {"oneOf": [UpdateReplySchema, DryRunReplySchema]})},
     problems={**REQUEST_PROBLEMS, **BACKEND_PROBLEMS, **IDEMPOTENCY_PROBLEMS},
 )
@@ -122,6 +130,7 @@ def update_order(order_id: str):
     ProcessOrder (OrderOperation Remove, alone) and Speed4Trade's updateOrderStatus CANCELED; SellerCenter,
     whose UpdateOrderInformation carries addresses only, refuses it with a 422.
     """
+    logs.note(order_ids=[order_id])
     dry_run = read_query(UpdateQuery)["dry_run"]
     document = read_json_body()
     try:
@@ -144,7 +153,8 @@ def update_order(order_id: str):
 @blueprint.patch("/orders")
 @documented(
     "/orders", "patch", "Update many orders of one connection", tags=["orders"],
-    body=BulkRequestSchema, body_examples=bulk_examples, parameters=[DRY_RUN, IDEMPOTENCY_KEY, REQUEST_ID],
+    body=BulkRequestSchema, body_examples=bulk_examples,
+    parameters=[DRY_RUN, IDEMPOTENCY_KEY, REQUEST_ID, *TRACE_CONTEXT],
     replies={200: ("every item succeeded", BulkReplySchema), 207: ("some items failed", BulkReplySchema)},
     problems={400: REQUEST_PROBLEMS[400], 413: "more items than max_bulk_items, or too large a body",
               415: REQUEST_PROBLEMS[415], 422: "the envelope is malformed or names an unknown connection, or the "

@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify, request
 from gateway import metrics
 from gateway.backends import BACKENDS
 from gateway.errors import GatewayError, StoreUnavailable, Unauthorized, WebhookNotFound
-from gateway.rest.common import REQUEST_ID, connections, read_json_body
+from gateway.rest.common import REQUEST_ID, TRACE_CONTEXT, connections, read_json_body
 from gateway.rest.openapi import documented
 from gateway.rest.queries import NoQuery, read_query
 from gateway.rest.schemas import WebhookAcceptedSchema
@@ -65,7 +65,8 @@ def is_authenticated(webhooks: dict) -> bool:
     body={"oneOf": list(WEBHOOK_BACKENDS.values())},
     parameters=[{"name": "backend", "in": "path", "required": True,
                  "schema": {"type": "string", "enum": sorted(WEBHOOK_BACKENDS)}},
-                {"name": "connection", "in": "path", "required": True, "schema": {"type": "string"}}, REQUEST_ID],
+                {"name": "connection", "in": "path", "required": True, "schema": {"type": "string"}}, REQUEST_ID,
+                *TRACE_CONTEXT],
     replies={202: ("stored and queued for the subscribers", WebhookAcceptedSchema),
              200: ("already received (a retry): acknowledged, not stored again", WebhookAcceptedSchema)},
     security=[{"webhookBasic": []}, {"webhookToken": []}],

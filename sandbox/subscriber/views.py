@@ -50,6 +50,9 @@ def _record(verified: bool, event: object, error: str | None) -> dict:
     """One delivery as the subscriber keeps it."""
     return {
         "webhook_id": request.headers.get("webhook-id"),
+        # W3C trace context, as a service tracing its work would read it
+        "traceparent": request.headers.get("traceparent"),
+        "tracestate": request.headers.get("tracestate"),
         "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "verified": verified,
         "event": event,

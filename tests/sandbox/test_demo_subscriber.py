@@ -45,6 +45,15 @@ def set_behaviour(client, **document):
     return client.post("/subscriber/_behaviour", json=document)
 
 
+def test_a_deliverys_trace_context_is_recorded(client):
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    body = json.dumps(order_event("SO-1006", "picked")).encode()
+    client.post(EVENTS, data=body, headers={**signed_headers(body, "msg_trace"), "traceparent": traceparent,
+                                            "tracestate": "gw=1"})
+    (record,) = records(client)["received"]
+    assert (record["traceparent"], record["tracestate"]) == (traceparent, "gw=1")
+
+
 def test_signed_delivery_is_recorded(client):
     response = deliver(client, order_event("SO-1006", "picked"), msg_id="msg_2Xv9")
 
@@ -57,6 +66,8 @@ def test_signed_delivery_is_recorded(client):
     assert abs(datetime.now(UTC) - received_at) < timedelta(seconds=5)
     assert record == {
         "webhook_id": "msg_2Xv9",
+        "traceparent": None,
+        "tracestate": None,
         "verified": True,
         "event": order_event("SO-1006", "picked"),
         "error": None,
