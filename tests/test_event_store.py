@@ -257,7 +257,7 @@ def test_a_stream_goes_out_by_occurred_at_then_by_insertion(store):
     add(store, make_event("evt_other_order", occurred_at="2024-05-01T09:00:00Z"), order_key=OTHER_ORDER)
 
     assert store.next_delivery("crm", ORDER) == {"event_id": "evt_early_a", "event": store.get_event(
-        "evt_early_a")["event"], "received_at": T0, "attempts": 0, "next_attempt_at": T0}
+        "evt_early_a")["event"], "received_at": T0, "trace_context": {}, "attempts": 0, "next_attempt_at": T0}
     assert drain_in_order(store, "crm", ORDER) == ["evt_early_a", "evt_early_b", "evt_late"]
     # Each subscriber and each order is a stream of its own.
     assert store.next_delivery("shop", ORDER)["event_id"] == "evt_early_a"
@@ -418,7 +418,8 @@ def test_redeliver_makes_every_delivery_pending_again_and_keeps_the_history(stor
     assert store.pending_streams() == [("crm", ORDER), ("shop", ORDER)]
     # The redelivered event is older than evt_2, so it goes out first again; it was received when it was.
     assert store.next_delivery("crm", ORDER) == {"event_id": "evt_1", "event": make_event(
-        "evt_1", occurred_at="2024-05-01T10:00:00Z"), "received_at": T0, "attempts": 0, "next_attempt_at": T0 + 100}
+        "evt_1", occurred_at="2024-05-01T10:00:00Z"), "received_at": T0, "trace_context": {}, "attempts": 0,
+        "next_attempt_at": T0 + 100}
     assert drain_in_order(store, "crm", ORDER, now=T0 + 101) == ["evt_1", "evt_2"]
 
 
@@ -620,3 +621,46 @@ def test_redis_stores_with_different_prefixes_do_not_see_each_other(store_redis_
         assert {key.split(":")[2] for key in client.scan_iter(match=prefix + "*")} == {"one", "two"}
     finally:
         client.close()
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_the_trace_context_an_event_was_received_in_comes_back_with_its_deliveries(store):
+    store.add_event(make_event("evt_traced"), dedupe_key="dedupe:evt_traced", order_key=ORDER, subscribers=["crm"],
+                    now=T0, trace_context={"traceparent": TRACEPARENT, "tracestate": "gw=1"})
+    assert store.next_delivery("crm", ORDER)["trace_context"] == {"traceparent": TRACEPARENT, "tracestate": "gw=1"}
+    store.record_attempt("evt_traced", "crm", outcome="dead", status_code=400, error="HTTP 400", now=T0 + 1)
+    store.redeliver("evt_traced", now=T0 + 2)
+    # a redelivery continues the trace the event came in with
+    assert store.next_delivery("crm", ORDER)["trace_context"] == {"traceparent": TRACEPARENT, "tracestate": "gw=1"}
+
+
+@pytest.mark.parametrize("given", [
+    None, {}, {"tracestate": "gw=1"}, {"traceparent": ""}, {"traceparent": "x" * 56}, {"traceparent": 7},
+], ids=["none", "empty", "state-alone", "blank", "oversized", "not-text"])
+def test_no_usable_traceparent_keeps_no_trace_context(store, given):
+    store.add_event(make_event("evt_untraced"), dedupe_key="dedupe:evt_untraced", order_key=ORDER,
+                    subscribers=["crm"], now=T0, trace_context=given)
+    assert store.next_delivery("crm", ORDER)["trace_context"] == {}
+
+
+def test_only_the_trace_headers_are_kept_each_within_its_bound(store):
+    store.add_event(make_event("evt_extra"), dedupe_key="dedupe:evt_extra", order_key=ORDER, subscribers=["crm"],
+                    now=T0, trace_context={"traceparent": TRACEPARENT, "tracestate": "s" * 513, "baggage": "a=b"})
+    assert store.next_delivery("crm", ORDER)["trace_context"] == {"traceparent": TRACEPARENT}
+
+
+def test_an_event_file_of_the_previous_version_gains_the_trace_context_column(tmp_path):
+    path = tmp_path / "old-events.sqlite3"
+    SqliteEventStore(path).close()
+    with sqlite3.connect(path) as db:  # as version 2 left it: no trace_context column
+        db.execute("ALTER TABLE events DROP COLUMN trace_context")
+        db.execute("PRAGMA user_version = 2")
+    db.close()
+    reopened = SqliteEventStore(path)
+    try:
+        add(reopened, make_event("evt_after_upgrade"), subscribers=["crm"])
+        assert reopened.next_delivery("crm", ORDER)["trace_context"] == {}
+    finally:
+        reopened.close()

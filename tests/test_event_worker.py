@@ -149,3 +149,18 @@ def test_a_crash_right_after_accepting_loses_nothing_and_doubles_nothing(deploym
     for order in (5000, 5001, 5002):
         numbers = [r["event"]["raw"]["webhookEventId"] for r in records if r["event"]["raw"]["orderId"] == order]
         assert numbers == sorted(numbers), f"order {order} delivered out of order: {numbers}"
+
+
+def test_the_trace_a_webhook_came_in_with_reaches_the_subscriber(deployment):
+    deployment.start_gateway_and_worker()
+    trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    reply = requests.post(f"{deployment.gateway_url}/webhooks/ongoing/ongoing-demo", auth=WEBHOOK_AUTH, timeout=10,
+                          json=webhook(901, order=6001), headers={"traceparent": f"00-{trace_id}-{caller_span}-01",
+                                                                  "tracestate": "vendor=wms"})
+    assert reply.status_code == 202, reply.text
+    (record,) = deployment.wait_for(lambda: [r for r in deployment.subscriber()["received"]
+                                             if r["webhook_id"] == reply.json()["id"]])
+    version, sent_trace, parent, flags = record["traceparent"].split("-")
+    assert (version, sent_trace, flags) == ("00", trace_id, "01")
+    assert parent not in (caller_span, "0" * 16)  # the delivery's own span
+    assert record["tracestate"] == "vendor=wms"

@@ -7,6 +7,7 @@ import logging
 import re
 
 import pytest
+import requests
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -131,3 +132,31 @@ def test_an_otlp_endpoint_switches_the_sdk_on(monkeypatch):
         provider = tracing._provider
         tracing.use_provider(None)
         provider.shutdown()
+
+
+def test_a_delivery_is_a_span_of_the_trace_its_webhook_came_in_with(make_gateway, sandbox_url, exported):
+    config = gateway_config(**{"ongoing-demo": ongoing_connection(
+        sandbox_url + ONGOING_SERVICE_PATH,
+        webhooks={"auth": "basic", "username": "ongoing-webhooks", "password": "webhook-demo-password"})})
+    config["subscribers"] = {"demo": {"url": f"{sandbox_url}/subscriber/events",
+                                      "secret": "whsec_b3JkZXItZ2F0ZXdheS1kZW1vLXN1YnNjcmliZXItc2VjcmV0"}}
+    app = make_gateway(config)
+    reply = app.test_client().post(
+        "/webhooks/ongoing/ongoing-demo", auth=("ongoing-webhooks", "webhook-demo-password"),
+        headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+        json={"webhookEventId": 77, "system": "trace-test", "timestamp": "2026-11-23T12:00:00", "orderId": 1004,
+              "orderNumber": "SO-1004", "webhookTemplate": "OrderStatusChanged", "orderStatus": {"number": 300}})
+    assert reply.status_code == 202, reply.get_data(as_text=True)
+    service = app.extensions["order_events"]
+    for subscriber, order_key in service.store.pending_streams():
+        service.dispatcher.drain_stream(subscriber, order_key)
+    spans = exported.get_finished_spans()
+    (server,) = [span for span in spans if span.kind == SpanKind.SERVER]
+    (delivery,) = [span for span in spans if span.kind == SpanKind.PRODUCER]
+    assert delivery.name == "deliver order.status_changed"
+    assert delivery.context.trace_id == server.context.trace_id == int(TRACE_ID, 16)
+    assert delivery.parent.span_id == server.context.span_id
+    assert (delivery.attributes["gateway.subscriber"], delivery.attributes["gateway.outcome"],
+            delivery.attributes["http.response.status_code"]) == ("demo", "delivered", 204)
+    (received,) = requests.get(f"{sandbox_url}/subscriber/events", timeout=5).json()["received"]
+    assert received["traceparent"] == f"00-{TRACE_ID}-{format(delivery.context.span_id, '016x')}-01"

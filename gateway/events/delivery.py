@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Mapping
 
 import requests
+from opentelemetry.trace import SpanKind
 from requests.adapters import HTTPAdapter
 
-from gateway import metrics
+from gateway import logs, metrics, tracing
 from gateway.config import EventSettings, SubscriberSettings
 from gateway.events.signing import sign_delivery
-from gateway.events.store import EventStore
+from gateway.events.store import EventStore, order_ids
 
 log = logging.getLogger("gateway.events")
 
@@ -51,11 +52,29 @@ class Dispatcher:
         bound = min(self.settings.backoff_max_seconds, self.settings.backoff_base_seconds * 2 ** max(attempts - 1, 0))
         return self.jitter(bound)
 
-    def send(self, subscriber: SubscriberSettings, event: dict) -> tuple[str, int | None, str | None]:
-        """POST one event; returns (outcome "delivered" | "retry" | "reject", HTTP status, error text)."""
+    def send(self, subscriber: SubscriberSettings, event: dict,
+             trace_context: Mapping[str, str] | None = None) -> tuple[str, int | None, str | None]:
+        """POST one event, in a span of the trace the event was received in (`trace_context`, its W3C headers);
+        returns (outcome "delivered" | "retry" | "reject", HTTP status, error text)."""
+        with tracing.span(f"deliver {event.get('type')}", kind=SpanKind.PRODUCER,
+                          parent=tracing.incoming_context(trace_context or {}),
+                          attributes={"gateway.subscriber": subscriber.name, "gateway.event_id": event["id"]}):
+            started = time.perf_counter()
+            outcome, status, error = self._post(subscriber, event)
+            took_ms = round((time.perf_counter() - started) * 1000, 3)
+            tracing.annotate({"gateway.outcome": outcome, "http.response.status_code": status},
+                             error=error if outcome != "delivered" else None)
+            log.log(logging.INFO if outcome == "delivered" else logging.WARNING,
+                    "event %s to %s: %s in %.1f ms%s", event["id"], subscriber.name, outcome, took_ms,
+                    f" ({error})" if error else "",
+                    extra={"outcome": outcome, "status": status, "duration_ms": took_ms,
+                           "trace_id": tracing.current_trace_id()})
+            return outcome, status, error
+
+    def _post(self, subscriber: SubscriberSettings, event: dict) -> tuple[str, int | None, str | None]:
         body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         # Signed with the wall clock, whatever clock schedules retries: subscribers check the timestamp's age.
-        headers = {"Content-Type": "application/json",
+        headers = {"Content-Type": "application/json", **tracing.outbound_headers(),
                    **sign_delivery(subscriber.secret.reveal(), event["id"], int(time.time()), body)}
         timeout = self.settings.delivery_timeout
         try:
@@ -93,7 +112,9 @@ class Dispatcher:
                 continue
             if head["next_attempt_at"] is not None and head["next_attempt_at"] > now:
                 return head["next_attempt_at"] - now
-            outcome, status, error = self.send(subscriber, head["event"])
+            with logs.bound(subscriber=subscriber_name, event_id=head["event_id"],
+                            order_ids=order_ids(head["event"]) or None):
+                outcome, status, error = self.send(subscriber, head["event"], head.get("trace_context"))
             attempts = head["attempts"] + 1
             now = self.clock()
             if outcome == "delivered":

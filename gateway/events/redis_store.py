@@ -4,7 +4,7 @@ Keys, all under one prefix (default "gateway:events:"):
 
     seq                      string  the insertion sequence (INCR), so no caller decides the order
     dedupe                   hash    dedupe_key -> event id
-    event:<id>               hash    body (the event as JSON), received_at, seq, order_key, rank
+    event:<id>               hash    body (the event as JSON), received_at, seq, order_key, rank, trace_context
     deliveries:<id>          hash    subscriber -> the delivery as JSON (state, attempts, times, history)
     events                   zset    every event id, scored by seq
     type:<type>              zset    event ids of that type, by seq
@@ -23,7 +23,7 @@ WATCH/MULTI transactions, so all JSON and every float is written by Python, exac
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import redis
 
@@ -39,6 +39,8 @@ from gateway.events.store import (
     check_event,
     check_outcome,
     check_state,
+    decode_trace_context,
+    encode_trace_context,
     matches_filters,
     new_delivery,
     order_ids,
@@ -48,7 +50,7 @@ from gateway.events.store import (
 
 # KEYS: dedupe, seq, event, deliveries, events, type index, state:pending, streams, <order indexes>, then per
 #       subscriber: its stream, its pending index.
-# ARGV: dedupe_key, event id, body, received_at, order_key, occurred_at, number of order indexes,
+# ARGV: dedupe_key, event id, body, received_at, order_key, occurred_at, number of order indexes, trace context,
 #       then per subscriber: name, delivery JSON, stream id (in the same order as the stream keys).
 # Returns {id, 1} when stored, {existing id, 0} for a known dedupe_key, {id, -1} when the id is taken.
 ADD_EVENT_SCRIPT = """
@@ -62,7 +64,8 @@ end
 local seq = string.format('%d', redis.call('INCR', KEYS[2]))
 local rank = ARGV[6] .. '\\0' .. string.rep('0', 20 - #seq) .. seq .. '\\0' .. ARGV[2]
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[3], 'body', ARGV[3], 'received_at', ARGV[4], 'seq', seq, 'order_key', ARGV[5], 'rank', rank)
+redis.call('HSET', KEYS[3], 'body', ARGV[3], 'received_at', ARGV[4], 'seq', seq, 'order_key', ARGV[5], 'rank', rank,
+           'trace_context', ARGV[8])
 redis.call('ZADD', KEYS[5], seq, ARGV[2])
 redis.call('ZADD', KEYS[6], seq, ARGV[2])
 local order_indexes = tonumber(ARGV[7])
@@ -71,7 +74,7 @@ for i = 1, order_indexes do
 end
 local first_stream = 9 + order_indexes
 for i = 0, (#KEYS - first_stream + 1) / 2 - 1 do
-    local arg = 8 + 3 * i
+    local arg = 9 + 3 * i
     redis.call('HSET', KEYS[4], ARGV[arg], ARGV[arg + 1])
     redis.call('ZADD', KEYS[first_stream + 2 * i], 0, rank)
     redis.call('ZADD', KEYS[first_stream + 2 * i + 1], seq, ARGV[2])
@@ -116,7 +119,7 @@ class RedisEventStore(EventStore):
         return self.prefix + "".join(parts)
 
     def add_event(self, event: dict, *, dedupe_key: str, order_key: str, subscribers: Sequence[str],
-                  now: float | None = None) -> tuple[str, bool]:
+                  now: float | None = None, trace_context: Mapping[str, str] | None = None) -> tuple[str, bool]:
         """Store the event and one due delivery per subscriber at once; (existing id, False) if dedupe_key is known."""
         body = check_event(event)
         names = unique_subscribers(subscribers)
@@ -126,7 +129,8 @@ class RedisEventStore(EventStore):
         keys = [self._key("dedupe"), self._key("seq"), self._key("event:", event_id),
                 self._key("deliveries:", event_id), self._key("events"), self._key("type:", event["type"]),
                 self._key("state:", PENDING), self._key("streams"), *index_keys]
-        args = [dedupe_key, event_id, body, repr(now), order_key, event["occurred_at"], len(index_keys)]
+        args = [dedupe_key, event_id, body, repr(now), order_key, event["occurred_at"], len(index_keys),
+                encode_trace_context(trace_context)]
         for name in names:
             stream = stream_id(name, order_key)
             keys += [self._key("stream:", stream), self._key("pending:", name)]
@@ -190,7 +194,7 @@ class RedisEventStore(EventStore):
         None if nothing is pending."""
         stream_key = self._key("stream:", stream_id(subscriber, order_key))
 
-        def read_head(pipe: redis.client.Pipeline) -> tuple[str, str, str, str] | None:
+        def read_head(pipe: redis.client.Pipeline) -> tuple[str, str, str, str | None, str] | None:
             ranks = pipe.zrange(stream_key, 0, 0)
             if not ranks:
                 return None
@@ -198,17 +202,18 @@ class RedisEventStore(EventStore):
             deliveries_key = self._key("deliveries:", event_id)
             # EXEC fails, and the read is repeated, if the head or its delivery changed while being read.
             pipe.watch(deliveries_key)
-            body, received_at = pipe.hmget(self._key("event:", event_id), "body", "received_at")
+            body, received_at, trace = pipe.hmget(self._key("event:", event_id), "body", "received_at", "trace_context")
             delivery = pipe.hget(deliveries_key, subscriber)
             pipe.multi()
-            return event_id, body, received_at, delivery
+            return event_id, body, received_at, trace, delivery
 
         head = self._redis.transaction(read_head, stream_key, value_from_callable=True)
         if head is None:
             return None
-        event_id, body, received_at, raw_delivery = head
+        event_id, body, received_at, trace, raw_delivery = head
         delivery = json.loads(raw_delivery)
         return {"event_id": event_id, "event": json.loads(body), "received_at": float(received_at),
+                "trace_context": decode_trace_context(trace),
                 "attempts": delivery["attempts"], "next_attempt_at": delivery["next_attempt_at"]}
 
     def record_attempt(self, event_id: str, subscriber: str, *, outcome: str, status_code: int | None = None,

@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway.sqlite_file import SqliteFile
 
@@ -45,8 +45,10 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     def add_event(self, event: dict, *, dedupe_key: str, order_key: str, subscribers: Sequence[str],
-                  now: float | None = None) -> tuple[str, bool]:
-        """Store the event and one due delivery per subscriber at once; (existing id, False) if dedupe_key is known."""
+                  now: float | None = None, trace_context: Mapping[str, str] | None = None) -> tuple[str, bool]:
+        """Store the event and one due delivery per subscriber at once; (existing id, False) if dedupe_key is known.
+
+        `trace_context` (W3C traceparent and tracestate headers) is the trace the event's deliveries continue."""
 
     @abc.abstractmethod
     def get_event(self, event_id: str) -> dict | None:
@@ -59,8 +61,8 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     def next_delivery(self, subscriber: str, order_key: str) -> dict | None:
-        """The pending delivery that heads this stream in event order, due or not, with its event's received_at;
-        None if nothing is pending."""
+        """The pending delivery that heads this stream in event order, due or not, with its event's received_at and
+        trace_context (a dict, empty when none was stored); None if nothing is pending."""
 
     @abc.abstractmethod
     def record_attempt(self, event_id: str, subscriber: str, *, outcome: str, status_code: int | None = None,
@@ -109,6 +111,30 @@ def check_event(event: dict) -> str:
         return json.dumps(event, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise EventStoreError(f"an event must be JSON-able: {error}") from None
+
+
+#: the trace context headers an event keeps, and the most of each it keeps (W3C: traceparent is 55 characters,
+#: tracestate at most 512)
+TRACE_HEADERS = {"traceparent": 55, "tracestate": 512}
+
+
+def encode_trace_context(trace_context: Mapping[str, str] | None) -> str:
+    """The trace context headers as the stores keep them: JSON text, "" for none."""
+    kept = {name: value for name, value in (trace_context or {}).items()
+            if name in TRACE_HEADERS and isinstance(value, str) and 0 < len(value) <= TRACE_HEADERS[name]}
+    return json.dumps(kept, separators=(",", ":")) if "traceparent" in kept else ""
+
+
+def decode_trace_context(text: str | None) -> dict[str, str]:
+    """The trace context headers a store kept (empty for an event stored without, or before they were kept)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return {name: item for name, item in value.items() if name in TRACE_HEADERS and isinstance(item, str)} \
+        if isinstance(value, dict) else {}
 
 
 def check_outcome(outcome: str) -> None:
@@ -239,8 +265,9 @@ CREATE TABLE IF NOT EXISTS delivery_history (
 CREATE INDEX IF NOT EXISTS delivery_history_by_delivery ON delivery_history (event_seq, subscriber, line);
 """
 #: version 2: who asked for a redelivery (delivery_history.requested_by)
-MIGRATIONS = {2: "ALTER TABLE delivery_history ADD COLUMN requested_by TEXT"}
-SCHEMA_VERSION = 2
+MIGRATIONS = {2: "ALTER TABLE delivery_history ADD COLUMN requested_by TEXT",
+              3: "ALTER TABLE events ADD COLUMN trace_context TEXT"}
+SCHEMA_VERSION = 3
 
 
 class SqliteEventStore(SqliteFile, EventStore):
@@ -252,9 +279,10 @@ class SqliteEventStore(SqliteFile, EventStore):
                         migrations=MIGRATIONS, pragmas=("foreign_keys = ON",))
 
     def add_event(self, event: dict, *, dedupe_key: str, order_key: str, subscribers: Sequence[str],
-                  now: float | None = None) -> tuple[str, bool]:
+                  now: float | None = None, trace_context: Mapping[str, str] | None = None) -> tuple[str, bool]:
         """Store the event and one due delivery per subscriber at once; (existing id, False) if dedupe_key is known."""
         body = check_event(event)
+        trace = encode_trace_context(trace_context)
         names = unique_subscribers(subscribers)
         now = timestamp(now)
         with self._write() as db:
@@ -264,9 +292,9 @@ class SqliteEventStore(SqliteFile, EventStore):
             try:
                 seq = db.execute(
                     "INSERT INTO events (id, dedupe_key, order_key, type, occurred_at, backend_order_id,"
-                    " order_number, body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " order_number, body, received_at, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (event["id"], dedupe_key, order_key, event["type"], event["occurred_at"],
-                     *order_id_columns(event), body, now),
+                     *order_id_columns(event), body, now, trace),
                 ).lastrowid
             except sqlite3.IntegrityError:
                 raise EventStoreError(f"an event with id {event['id']!r} is already stored") from None
@@ -338,7 +366,8 @@ class SqliteEventStore(SqliteFile, EventStore):
         """The pending delivery that heads this stream in event order, due or not, with its event's received_at;
         None if nothing is pending."""
         row = self._connection().execute(
-            "SELECT e.id, e.body, e.received_at, d.attempts, d.next_attempt_at FROM deliveries AS d JOIN events AS e"
+            "SELECT e.id, e.body, e.received_at, e.trace_context, d.attempts, d.next_attempt_at"
+            " FROM deliveries AS d JOIN events AS e"
             " ON e.seq = d.event_seq WHERE d.subscriber = ? AND d.order_key = ? AND d.state = 'pending'"
             " ORDER BY d.occurred_at, d.event_seq LIMIT 1",
             (subscriber, order_key),
@@ -346,6 +375,7 @@ class SqliteEventStore(SqliteFile, EventStore):
         if row is None:
             return None
         return {"event_id": row["id"], "event": json.loads(row["body"]), "received_at": row["received_at"],
+                "trace_context": decode_trace_context(row["trace_context"]),
                 "attempts": row["attempts"], "next_attempt_at": row["next_attempt_at"]}
 
     def record_attempt(self, event_id: str, subscriber: str, *, outcome: str, status_code: int | None = None,

@@ -8,7 +8,7 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request
 
-from gateway import metrics
+from gateway import logs, metrics, tracing
 from gateway.backends import BACKENDS
 from gateway.errors import GatewayError, StoreUnavailable, Unauthorized, WebhookNotFound
 from gateway.rest.common import REQUEST_ID, TRACE_CONTEXT, connections, read_json_body
@@ -110,8 +110,10 @@ def _store_webhook(receiver, webhooks: dict, connection: str):
     service = current_app.extensions["order_events"]
     subscribers = service.subscribers_for(event.type)
     try:
+        # the deliveries continue this request's trace: their spans are children of its span
         event_id, created = service.store.add_event(event.to_document(), dedupe_key=event.dedupe_key,
-                                                    order_key=event.order_key, subscribers=subscribers)
+                                                    order_key=event.order_key, subscribers=subscribers,
+                                                    trace_context=tracing.outbound_headers())
     except Exception:
         log.exception("could not store a webhook of connection %s", connection)
         raise StoreUnavailable("The event could not be stored; send it again later.") from None
@@ -121,5 +123,6 @@ def _store_webhook(receiver, webhooks: dict, connection: str):
                 service.queue.nudge(subscriber, event.order_key)
             except Exception:  # stored is safe: the worker resumes pending streams on its own
                 log.exception("could not queue event %s for %s; the worker will resume it", event_id, subscriber)
+    logs.note(connection=connection, event_id=event_id)
     body = {"id": event_id, "type": event.type, "duplicate": not created, "subscribers": subscribers if created else []}
     return jsonify(body), created
