@@ -160,3 +160,52 @@ def test_a_delivery_is_a_span_of_the_trace_its_webhook_came_in_with(make_gateway
             delivery.attributes["http.response.status_code"]) == ("demo", "delivered", 204)
     (received,) = requests.get(f"{sandbox_url}/subscriber/events", timeout=5).json()["received"]
     assert received["traceparent"] == f"00-{TRACE_ID}-{format(delivery.context.span_id, '016x')}-01"
+
+
+class FakeCollector:
+    """An OTLP/HTTP trace collector: keeps the spans each export request carried."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, int]] = []  # (service.name, span name, kind)
+
+    def __call__(self, environ, start_response):
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        from werkzeug.wrappers import Request, Response
+
+        request = Request(environ)
+        if request.path == "/v1/traces" and request.method == "POST":
+            export = ExportTraceServiceRequest.FromString(request.get_data())
+            for resource_spans in export.resource_spans:
+                service = next(attribute.value.string_value for attribute in resource_spans.resource.attributes
+                               if attribute.key == "service.name")
+                self.spans += [(service, span.name, span.kind) for scope in resource_spans.scope_spans
+                               for span in scope.spans]
+        return Response(b"", status=200, content_type="application/x-protobuf")(environ, start_response)
+
+
+def test_under_gunicorn_each_worker_exports_its_spans_over_otlp(tmp_path, sandbox_url):
+    import os
+    import time
+
+    from tests.processes import start_gateway, stop, wait_until_serving, write_sandbox_config_copy
+    from tests.servers import closed_port
+
+    collector = FakeCollector()
+    with serve_wsgi(collector) as collector_url:
+        port = closed_port()
+        env = {**os.environ, "GATEWAY_CONFIG": write_sandbox_config_copy(tmp_path),
+               "ONGOING_URL": sandbox_url + ONGOING_SERVICE_PATH,
+               "OTEL_EXPORTER_OTLP_ENDPOINT": collector_url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        gateway = start_gateway(port, env, workers=2)
+        try:
+            wait_until_serving(f"http://127.0.0.1:{port}/livez", gateway)
+            reply = requests.patch(f"http://127.0.0.1:{port}/orders/SO-1006", json={"waybill": "OTLP-1"}, timeout=10)
+            assert reply.status_code == 200, reply.text
+            wanted = {("order-gateway", "PATCH /orders/<path:order_id>", 2),
+                      ("order-gateway", "ongoing UpdateOrder", 3)}
+            deadline = time.monotonic() + 10
+            while not wanted <= set(collector.spans) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop(gateway)
+    assert wanted <= set(collector.spans), collector.spans  # SPAN_KIND_SERVER is 2, SPAN_KIND_CLIENT 3
