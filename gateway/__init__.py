@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from gateway import events, rest
+from gateway import console, events, rest
 from gateway.backends import BACKENDS
 from gateway.config import GatewaySettings, load_settings, read_configured_settings
 from gateway.connections import Connections
@@ -44,4 +44,5 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
     app.extensions["order_gateway"] = Connections(settings, BACKENDS, transports, recorder, scrubber)
     events.init_app(app, settings)
     rest.init_app(app)
+    console.init_app(app, settings)
     return app

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
 from gateway.canonical import flatten_errors
 from gateway.canonical.events import EVENT_TYPES
@@ -31,9 +31,12 @@ SCOPES = {
     "events:redeliver": "deliver an event again (POST /events/<id>/redeliver)",
     "exchanges:read": "read the journal of backend exchanges (GET /exchanges, GET /exchanges/<id>)",
     "metrics:read": "read the Prometheus metrics (GET /metrics)",
+    "console": "use the operator's web console (GET /console): connections, an order's exchanges and events, "
+               "deliveries (redelivering needs events:redeliver too)",
 }
 #: the shortest API key accepted: keys are random secrets, not passwords a person remembers
 MIN_KEY_LENGTH = 16
+MIN_CONSOLE_SECRET_LENGTH = 32
 CONFIG_VARIABLE = "GATEWAY_CONFIG"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -218,6 +221,25 @@ class JournalSectionSchema(Schema):
     max_body_bytes = fields.Integer(load_default=65_536, validate=validate.Range(min=0, max=16_777_216))
 
 
+class ConsoleSectionSchema(Schema):
+    """The `[console]` table: the operator's web console and its login session."""
+
+    class Meta:
+        unknown = RAISE
+
+    #: signs the session cookie; every gateway process (and machine) serving the console needs the same one
+    session_secret = SecretField(load_default=None)
+    session_minutes = fields.Integer(load_default=480, validate=validate.Range(min=1, max=7 * 24 * 60))
+    #: false only for plain HTTP beyond localhost (browsers keep a Secure cookie for https and 127.0.0.1/localhost)
+    secure_cookie = fields.Boolean(load_default=True)
+
+    @validates("session_secret")
+    def _long_enough(self, value: Secret | None, **kwargs: Any) -> None:
+        """A secret worth the name."""
+        if value is not None and len(value.reveal()) < MIN_CONSOLE_SECRET_LENGTH:
+            raise ValidationError(f"At least {MIN_CONSOLE_SECRET_LENGTH} characters.")
+
+
 class GatewaySectionSchema(Schema):
     """The `[gateway]` table."""
 
@@ -279,6 +301,15 @@ class JournalSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The `[console]` table (no session_secret: one made at start, so sessions end with the server)."""
+
+    session_secret: Secret | None = None
+    session_minutes: int = 480
+    secure_cookie: bool = True
+
+
+@dataclass(frozen=True)
 class CallerSettings:
     """A caller: its API keys, the connections it may use (None: every one) and its scopes."""
 
@@ -331,6 +362,7 @@ class GatewaySettings:
     subscribers: Mapping[str, SubscriberSettings] = field(default_factory=dict)
     callers: Mapping[str, CallerSettings] = field(default_factory=dict)
     journal: JournalSettings = field(default_factory=JournalSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
 
 def _interpolate(value: Any, source: str, key: str) -> Any:
@@ -366,10 +398,10 @@ def _load_section(schema: Schema, data: Any, source: str, key: str) -> dict:
 def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, type]) -> GatewaySettings:
     """Validate a parsed configuration mapping against the generic and the per-backend schemas."""
     raw = _interpolate(raw, source, "")
-    unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers", "journal"})
+    unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers", "journal", "console"})
     if unknown:
         raise ConfigError(source, unknown[0], "unknown section (expected [gateway], [connections.<name>], [events] "
-                                              "[subscribers.<name>], [callers.<name>] and [journal])")
+                                              "[subscribers.<name>], [callers.<name>], [journal] and [console])")
     gateway = _load_section(GatewaySectionSchema(), raw.get("gateway", {}), source, "gateway")
     tables = raw.get("connections", {})
     if not isinstance(tables, Mapping) or not tables:
@@ -418,7 +450,9 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
                                                secret=loaded["secret"])
     callers = _load_callers(raw.get("callers", {}), source, connections)
     journal = JournalSettings(**_load_section(JournalSectionSchema(), raw.get("journal", {}), source, "journal"))
+    console = ConsoleSettings(**_load_section(ConsoleSectionSchema(), raw.get("console", {}), source, "console"))
     return GatewaySettings(
+        console=console,
         journal=journal,
         callers=callers,
         allow_anonymous=gateway["allow_anonymous"],

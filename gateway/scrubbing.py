@@ -3,12 +3,13 @@
 A backend may echo what it was sent — a password in a fault code, the Authorization header in a fault string, an
 API key in an error code — so whatever reaches a reply or a log line first passes through a Scrubber. Its forms
 of each secret: the secret itself, URL-encoded (`quote` and `quote_plus`), JSON-escaped (as Flask writes
-non-ASCII), and for every user/password pair the base64 an HTTP Basic header carries. Scrubbing happens before
-anything is truncated, so no cut can leave part of a secret in clear.
+non-ASCII), HTML-escaped (as a page shows it), and for every user/password pair the base64 an HTTP Basic header
+carries. Scrubbing happens before anything is truncated, so no cut can leave part of a secret in clear.
 
 Where it applies: `gateway.rest.problems` scrubs every problem document, an `after_request` hook scrubs every JSON
-reply as a last line, and a log record factory (`install_log_scrubbing`) scrubs each record's message and
-traceback when the record is made, so every handler — gunicorn's, pytest's, a JSON formatter — sees it clean.
+reply as a last line, the console scrubs every page it serves, and a log record factory (`install_log_scrubbing`)
+scrubs each record's message and traceback when the record is made, so every handler — gunicorn's, pytest's, a JSON
+formatter — sees it clean; the gateway's log formatters scrub each finished line too.
 Secrets shorter than MIN_SECRET_LENGTH are not scrubbed: masking every "a" in every text would make replies
 unreadable and say which character the secret is.
 """
@@ -16,6 +17,7 @@ unreadable and say which character the secret is.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import logging
 import re
@@ -32,7 +34,7 @@ MIN_SECRET_LENGTH = 4
 def _forms(secret: str) -> set[str]:
     """The secret and the encodings it may come back in."""
     return {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1],
-            json.dumps(secret, ensure_ascii=False)[1:-1]}
+            json.dumps(secret, ensure_ascii=False)[1:-1], html.escape(secret)}
 
 
 def basic_credentials(username: str, password: str) -> str:
@@ -99,6 +101,8 @@ class Scrubber:
                 pairs.append((webhooks["username"], webhooks["password"].reveal()))
         for caller in settings.callers.values():
             secrets += [key.reveal() for key in caller.keys]
+        if settings.console.session_secret is not None:
+            secrets.append(settings.console.session_secret.reveal())
         for subscriber in settings.subscribers.values():
             secret = subscriber.secret.reveal()
             secrets += [secret, secret.removeprefix("whsec_")]

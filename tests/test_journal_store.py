@@ -18,9 +18,16 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from gateway.journal import Exchange, ExchangeJournal, open_exchange_journal
+from gateway.journal import (
+    MAX_LAST_AT_OUTCOMES,
+    TIMINGS_LIMIT,
+    Exchange,
+    ExchangeJournal,
+    open_exchange_journal,
+    redis_store,
+)
 from gateway.journal.redis_store import RedisExchangeJournal
-from gateway.journal.sqlite_store import SqliteExchangeJournal
+from gateway.journal.sqlite_store import SELECT_LAST_AT, SELECT_TIMINGS, SqliteExchangeJournal
 from tests.servers import closed_port
 
 DAY = 24 * 3600.0
@@ -342,6 +349,202 @@ def test_only_exchanges_are_recorded(journal):
     assert journal.list() == []
 
 
+# --- timings and last_at -----------------------------------------------------------------------------------------
+
+# (connection, outcome, duration_ms) of exchange n, which starts at n * 10 seconds
+TIMING_SET = [
+    ("ongoing-demo", "ok", 120.5),
+    ("ongoing-demo", "failed", 2000.0),
+    ("s4t-main", "ok", 80.25),
+    ("ongoing-demo", "timeout", 30_000.0),
+    ("s4t-main", "unreachable", 0.0),
+    ("ongoing-demo", "ok", 95.0),
+    ("ongoing-demo", "refused", 310.75),
+    ("s4t-main", "failed", 450.0),
+]
+
+
+def timing(item: Exchange) -> tuple[float, float, str]:
+    """What timings() says of this exchange."""
+    return (item.at, item.duration_ms, item.outcome)
+
+
+@pytest.fixture(params=[True, False], ids=["bodies", "no-bodies"])
+def timing_set(request, open_journal) -> tuple[ExchangeJournal, list[Exchange], float]:
+    """A journal (keeping bodies or not) holding TIMING_SET in a shuffled order; the exchanges and the first `at`."""
+    journal = open_journal(record_bodies=request.param)
+    start = moment() - 1000
+    exchanges = [exchange(start + 10 * number, connection=connection, outcome=outcome, duration_ms=duration_ms)
+                 for number, (connection, outcome, duration_ms) in enumerate(TIMING_SET)]
+    for number in (4, 1, 7, 0, 6, 2, 5, 3):
+        journal.record(exchanges[number])
+    return journal, exchanges, start
+
+
+@pytest.mark.parametrize(("connection", "since", "limit", "expected"), [
+    ("ongoing-demo", 0, TIMINGS_LIMIT, [6, 5, 3, 1, 0]),
+    ("s4t-main", 0, TIMINGS_LIMIT, [7, 4, 2]),
+    ("ongoing-demo", 30, TIMINGS_LIMIT, [6, 5, 3]),
+    ("ongoing-demo", 31, TIMINGS_LIMIT, [6, 5]),
+    ("ongoing-demo", -1000, TIMINGS_LIMIT, [6, 5, 3, 1, 0]),
+    ("ongoing-demo", 61, TIMINGS_LIMIT, []),
+    ("ongoing-demo", 0, 2, [6, 5]),
+    ("ongoing-demo", 10, 1, [6]),
+    ("s4t-main", 25, 5, [7, 4]),
+    ("ongoing", 0, TIMINGS_LIMIT, []),
+    ("unknown", 0, TIMINGS_LIMIT, []),
+])
+def test_timings_are_the_connections_exchanges_from_since_on_newest_first(timing_set, connection, since, limit,
+                                                                           expected):
+    journal, exchanges, start = timing_set
+
+    assert journal.timings(connection, since=start + since, limit=limit) == [
+        timing(exchanges[number]) for number in expected]
+
+
+def test_timings_since_is_inclusive_to_the_exact_float_and_the_values_are_floats(timing_set):
+    journal, exchanges, _ = timing_set
+    at = exchanges[3].at
+
+    found = journal.timings("ongoing-demo", since=at)
+    assert found == [timing(exchanges[6]), timing(exchanges[5]), timing(exchanges[3])]
+    assert all(type(at) is float and type(duration) is float and type(outcome) is str
+               for at, duration, outcome in found)
+    assert journal.timings("ongoing-demo", since=math.nextafter(at, math.inf)) == [
+        timing(exchanges[6]), timing(exchanges[5])]
+    assert journal.timings("ongoing-demo", since=int(exchanges[0].at) + 1) == journal.timings(
+        "ongoing-demo", since=exchanges[1].at)
+
+
+def test_timings_of_exchanges_that_started_at_the_same_moment_come_in_descending_id_order(journal):
+    at = moment()
+    for suffix, duration_ms in (("b", 2.0), ("a", 1.0), ("d", 4.0), ("c", 3.0)):
+        journal.record(exchange(at, id=f"exc_{suffix}", duration_ms=duration_ms))
+
+    assert journal.timings("ongoing-demo", since=at) == [(at, 4.0, "ok"), (at, 3.0, "ok"), (at, 2.0, "ok"),
+                                                         (at, 1.0, "ok")]
+    # The limit cuts where list() does.
+    assert journal.timings("ongoing-demo", since=at, limit=2) == [(at, 4.0, "ok"), (at, 3.0, "ok")]
+    assert ids(journal.list(connection="ongoing-demo", limit=2)) == ["exc_d", "exc_c"]
+
+
+def test_timings_sample_a_busy_connection_by_its_most_recent_calls_beyond_what_list_returns(journal):
+    start = moment() - 2000
+    exchanges = [exchange(start + number * 0.5, connection="busy" if number % 4 else "quiet",
+                          duration_ms=float(number % 97), outcome="failed" if number % 13 == 0 else "ok",
+                          request={**REQUEST, "body": ""}, reply=None)
+                 for number in range(1600)]
+    for item in exchanges:
+        journal.record(item)
+    busy = [timing(item) for item in exchanges[::-1] if item.connection == "busy"]
+    assert len(busy) == 1200
+
+    assert journal.timings("busy", since=start) == busy
+    assert journal.timings("busy", since=start, limit=1100) == busy[:1100]
+    assert journal.timings("busy", since=start + 700) == [item for item in busy if item[0] >= start + 700]
+    assert journal.timings("quiet", since=start, limit=5) == [
+        timing(item) for item in exchanges[::-1] if item.connection == "quiet"][:5]
+
+
+def test_timings_and_last_at_leave_out_what_is_pruned(open_journal):
+    journal = open_journal(max_age_seconds=3600)
+    start = moment()
+    old_failure, failure, success = (exchange(start - 3000, outcome="failed"), exchange(start - 2000, outcome="failed"),
+                                     exchange(start - 1000))
+    for item in (old_failure, failure, success):
+        journal.record(item)
+    assert journal.last_at("ongoing-demo", {"failed"}) == failure.at
+
+    assert journal.prune(now=start + 1700) == 2
+
+    assert journal.timings("ongoing-demo", since=start - DAY) == [timing(success)]
+    assert journal.last_at("ongoing-demo", {"failed"}) is None
+    assert journal.last_at("ongoing-demo", {"ok", "failed"}) == success.at
+
+
+def test_an_empty_journal_has_no_timings_and_no_last_exchange(journal):
+    assert journal.timings("ongoing-demo", since=0) == []
+    assert journal.last_at("ongoing-demo", ("ok", "failed")) is None
+
+
+@pytest.mark.parametrize(("connection", "outcomes", "expected"), [
+    ("ongoing-demo", {"ok"}, 5),
+    ("ongoing-demo", ["failed"], 1),
+    ("ongoing-demo", ("failed", "timeout", "refused", "unreachable"), 6),
+    ("ongoing-demo", ["failed", "timeout"], 3),
+    ("ongoing-demo", ["timeout", "failed", "timeout"], 3),
+    ("ongoing-demo", frozenset({"ok", "failed"}), 5),
+    ("ongoing-demo", {"failed": 1, "ok": 2}.keys(), 5),
+    ("ongoing-demo", ["unreachable"], None),
+    ("ongoing-demo", ["Ok"], None),
+    ("ongoing-demo", [], None),
+    ("s4t-main", ["ok"], 2),
+    ("s4t-main", ["failed", "unreachable"], 7),
+    ("s4t-main", ["timeout", "refused"], None),
+    ("unknown", ["ok"], None),
+], ids=lambda value: None if isinstance(value, str | int) or value is None else repr(sorted(value)))
+def test_last_at_is_when_the_connections_latest_exchange_with_one_of_the_outcomes_started(timing_set, connection,
+                                                                                         outcomes, expected):
+    journal, exchanges, _ = timing_set
+
+    assert journal.last_at(connection, outcomes) == (None if expected is None else exchanges[expected].at)
+
+
+def test_last_at_finds_an_old_match_under_many_newer_exchanges_page_after_page(journal, monkeypatch):
+    monkeypatch.setattr(redis_store, "LAST_AT_PAGE_SIZE", 3)
+    start = moment() - 1000
+    # The connection's one failure lies under its 40 newer successes; other connections fail often.
+    exchanges = [exchange(start, connection="a", outcome="failed")] + [
+        exchange(start + 1 + number, connection="a" if number % 3 else "b", outcome="ok" if number % 3 else "failed")
+        for number in range(60)]
+    for item in random.Random(11).sample(exchanges, len(exchanges)):
+        journal.record(item)
+    last_success = max(item.at for item in exchanges if item.connection == "a" and item.outcome == "ok")
+
+    assert journal.last_at("a", ["failed"]) == start
+    assert journal.last_at("a", ["ok", "failed"]) == last_success
+    assert journal.last_at("a", ["failed", "ok"]) == last_success
+    assert journal.last_at("b", ["ok"]) is None
+    assert journal.last_at("a", ["timeout", "failed"]) == start
+
+
+@pytest.mark.parametrize(("arguments", "error"), [
+    ({"connection": ""}, ValueError), ({"connection": None}, TypeError), ({"connection": 7}, TypeError),
+    ({"since": math.nan}, ValueError), ({"since": math.inf}, ValueError), ({"since": -math.inf}, ValueError),
+    ({"since": None}, ValueError), ({"since": "an hour ago"}, ValueError), ({"since": True}, ValueError),
+    ({"limit": 0}, ValueError), ({"limit": -1}, ValueError), ({"limit": TIMINGS_LIMIT + 1}, ValueError),
+    ({"limit": True}, ValueError), ({"limit": 10.0}, ValueError), ({"limit": "10"}, ValueError),
+])
+def test_unusable_timings_arguments_are_refused(journal, arguments, error):
+    journal.record(exchange(moment()))
+    arguments = {"connection": "ongoing-demo", "since": 0.0, **arguments}
+
+    with pytest.raises(error):
+        journal.timings(arguments.pop("connection"), **arguments)
+
+
+def test_timings_take_a_whole_number_since_and_the_largest_limit(journal):
+    item = exchange(moment())
+    journal.record(item)
+
+    assert journal.timings("ongoing-demo", since=int(item.at) - 1, limit=TIMINGS_LIMIT) == [timing(item)]
+    assert journal.timings("ongoing-demo", since=item.at) == journal.timings("ongoing-demo", since=item.at, limit=1)
+
+
+@pytest.mark.parametrize(("connection", "outcomes", "error"), [
+    ("", ["ok"], ValueError), (None, ["ok"], TypeError), (b"ongoing-demo", ["ok"], TypeError),
+    ("ongoing-demo", "ok", TypeError), ("ongoing-demo", b"ok", TypeError), ("ongoing-demo", None, TypeError),
+    ("ongoing-demo", 7, TypeError), ("ongoing-demo", (outcome for outcome in ["ok"]), TypeError),
+    ("ongoing-demo", ["ok", 1], TypeError), ("ongoing-demo", [None], TypeError),
+    ("ongoing-demo", [f"outcome-{number}" for number in range(MAX_LAST_AT_OUTCOMES + 1)], ValueError),
+], ids=lambda value: repr(value)[:30] if not isinstance(value, type) else None)
+def test_unusable_last_at_arguments_are_refused(journal, connection, outcomes, error):
+    journal.record(exchange(moment()))
+
+    with pytest.raises(error):
+        journal.last_at(connection, outcomes)
+
+
 # --- bodies -------------------------------------------------------------------------------------------------------
 
 def test_without_record_bodies_only_the_metadata_is_kept(open_journal, location):
@@ -564,7 +767,97 @@ def test_the_sqlite_journal_uses_wal_and_indexes_every_filter_and_the_time(tmp_p
         "exchanges_by_outcome": "CREATE INDEX exchanges_by_outcome ON exchanges (outcome, at)",
         "exchanges_by_request": "CREATE INDEX exchanges_by_request ON exchanges (request_id, at)",
         "exchange_orders_by_exchange": "CREATE INDEX exchange_orders_by_exchange ON exchange_orders (exchange_seq)",
+        "exchanges_timings_by_connection": "CREATE INDEX exchanges_timings_by_connection"
+                                           " ON exchanges (connection, at, id, duration_ms, outcome)",
+        "exchanges_by_connection_and_outcome": "CREATE INDEX exchanges_by_connection_and_outcome"
+                                               " ON exchanges (connection, outcome, at)",
     }
+
+
+def test_the_sqlite_timings_and_last_at_read_covering_indexes_alone(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    SqliteExchangeJournal(path, max_age_seconds=MAX_AGE, max_count=MAX_COUNT, record_bodies=True).close()
+
+    with sqlite3.connect(path) as db:
+        plans = [[row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, parameters)]
+                 for sql, parameters in ((SELECT_TIMINGS, ("ongoing-demo", 0.0, 10)),
+                                         (SELECT_LAST_AT, ("ongoing-demo", "ok")))]
+    db.close()
+    # A covering index never reads a row of `exchanges`, where the bodies are; and no sort: the index is in order.
+    assert plans == [
+        ["SEARCH exchanges USING COVERING INDEX exchanges_timings_by_connection (connection=? AND at>?)"],
+        ["SEARCH exchanges USING COVERING INDEX exchanges_by_connection_and_outcome (connection=? AND outcome=?)"],
+    ]
+
+
+def test_an_sqlite_journal_of_the_first_version_gains_the_timing_indexes_and_keeps_its_exchanges(tmp_path):
+    path = tmp_path / "old-journal.sqlite3"
+    at = moment() - 10
+    kept = [exchange(at, outcome="failed", duration_ms=30.5), exchange(at + 1)]
+    journal = SqliteExchangeJournal(path, max_age_seconds=MAX_AGE, max_count=MAX_COUNT, record_bodies=True)
+    for item in kept:
+        journal.record(item)
+    journal.close()
+    with sqlite3.connect(path) as db:  # as version 1 left it: no timing indexes
+        db.execute("DROP INDEX exchanges_timings_by_connection")
+        db.execute("DROP INDEX exchanges_by_connection_and_outcome")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+
+    reopened = SqliteExchangeJournal(path, max_age_seconds=MAX_AGE, max_count=MAX_COUNT, record_bodies=True)
+    try:
+        assert reopened.list() == kept[::-1]
+        assert reopened.timings("ongoing-demo", since=at) == [(at + 1, 123.5, "ok"), (at, 30.5, "failed")]
+        assert reopened.last_at("ongoing-demo", {"failed"}) == at
+    finally:
+        reopened.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    db.close()
+    assert {"exchanges_timings_by_connection", "exchanges_by_connection_and_outcome"} <= names
+
+
+def test_the_redis_timings_come_from_a_small_field_beside_the_exchange_not_from_its_json(redis_url):
+    prefix = f"test:{uuid.uuid4().hex}:journal:"
+    journal = RedisExchangeJournal(redis_url, prefix=prefix, max_age_seconds=MAX_AGE, max_count=MAX_COUNT,
+                                   record_bodies=True)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        at = moment() - 10
+        journal.record(exchange(at, id="exc_1", duration_ms=42.25, outcome="timeout"))
+
+        assert client.hgetall(prefix + "exchange:exc_1").keys() == {"exchange", "indexes", "timing"}
+        assert json.loads(client.hget(prefix + "exchange:exc_1", "timing")) == [42.25, "timeout"]
+        # The bodies are in the JSON: unreadable JSON shows timings() does not read it.
+        client.hset(prefix + "exchange:exc_1", "exchange", "not JSON")
+        assert journal.timings("ongoing-demo", since=at) == [(at, 42.25, "timeout")]
+    finally:
+        client.close()
+        journal.close()
+
+
+def test_redis_exchanges_recorded_before_the_timing_field_existed_have_their_timings_too(redis_url):
+    prefix = f"test:{uuid.uuid4().hex}:journal:"
+    journal = RedisExchangeJournal(redis_url, prefix=prefix, max_age_seconds=MAX_AGE, max_count=MAX_COUNT,
+                                   record_bodies=False)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        at = moment() - 100
+        exchanges = [exchange(at + number, duration_ms=10.0 + number, outcome=("ok", "failed")[number % 2])
+                     for number in range(6)]
+        for item in exchanges:
+            journal.record(item)
+        expected = journal.timings("ongoing-demo", since=at)
+        for item in exchanges[::2]:  # as recorded by the previous version: every other one
+            client.hdel(prefix + "exchange:" + item.id, "timing")
+
+        assert journal.timings("ongoing-demo", since=at) == expected
+        assert expected == [(item.at, item.duration_ms, item.outcome) for item in exchanges[::-1]]
+        assert journal.last_at("ongoing-demo", ["failed"]) == exchanges[5].at
+    finally:
+        client.close()
+        journal.close()
 
 
 def test_the_redis_journal_keeps_its_keys_under_its_prefix_and_leaves_none_behind(redis_url):

@@ -52,7 +52,7 @@ def test_every_route_is_documented(all_backends_app, document):
                   for path, operations in document["paths"].items() for method in operations}
     routes = set()
     for rule in all_backends_app.url_map.iter_rules():
-        if rule.rule in UNDOCUMENTED:
+        if rule.rule in UNDOCUMENTED or rule.rule.startswith("/console"):  # the console's pages are not the API
             continue
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", rule.rule).replace("<kind>", "<backend>")
         routes |= {(path, method) for method in rule.methods - {"HEAD", "OPTIONS"}}

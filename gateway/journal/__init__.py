@@ -9,6 +9,10 @@ An `Exchange` is one backend call: when it started, who asked for it (request id
 credentials already masked), how long it took and how it ended. It answers "what exactly did we send for order X
 at 10:32, and what did it answer?".
 
+timings() and last_at() answer "how has this connection been doing?" (calls, failures and latency per minute,
+the last success and failure) from the times, durations and outcomes alone: they never read a body, so they stay
+cheap however large the bodies are.
+
 Retention is bounded twice: by age (`max_age_seconds`) and by number (`max_count`, the oldest go first). prune()
 applies both; record() also prunes now and then by itself, so the journal stays bounded even if nobody calls
 prune(). With `record_bodies=False` the bodies (which hold customers' addresses) are never stored, only the rest.
@@ -26,7 +30,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -39,6 +43,11 @@ if TYPE_CHECKING:
 SQLITE_FILE_NAME = "journal.sqlite3"
 #: the most exchanges one list() returns
 MAX_LIST_LIMIT = 1000
+#: the most (and by default the number of) timings one timings() returns: a bound on its work, so a busy hour is
+#: sampled by its most recent calls
+TIMINGS_LIMIT = 20_000
+#: the most outcomes one last_at() looks for
+MAX_LAST_AT_OUTCOMES = 100
 #: record() prunes after this many records of one process (fewer when max_count is small) ...
 PRUNE_EVERY_RECORDS = 100
 #: ... and at least this often, so old exchanges go even when few are recorded
@@ -104,6 +113,16 @@ class ExchangeJournal(abc.ABC):
     def list(self, *, order_id: str | None = None, connection: str | None = None, outcome: str | None = None,
              request_id: str | None = None, since: float | None = None, limit: int = 100) -> list[Exchange]:
         """Up to `limit` exchanges matching every filter given, newest first (ties in descending id order)."""
+
+    @abc.abstractmethod
+    def timings(self, connection: str, *, since: float, limit: int = TIMINGS_LIMIT) -> list[tuple[float, float, str]]:
+        """(at, duration_ms, outcome) of the connection's exchanges that started at `since` or later, newest first
+        (ties in descending id order), at most `limit` (a bound on the work: a busy hour is sampled by its most
+        recent calls); no body is read."""
+
+    @abc.abstractmethod
+    def last_at(self, connection: str, outcomes: Collection[str]) -> float | None:
+        """When the connection's most recent exchange with one of these outcomes started (None: none kept)."""
 
     @abc.abstractmethod
     def prune(self, *, now: float | None = None) -> int:
@@ -178,6 +197,38 @@ def check_list(*, order_id: str | None, connection: str | None, outcome: str | N
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
         raise ValueError(f"limit must be an int from 1 to {MAX_LIST_LIMIT}, not {limit!r}")
     return None if since is None else finite_number("since", since)
+
+
+def check_connection(connection: str) -> str:
+    """A connection's name: a non-empty string."""
+    if not isinstance(connection, str):
+        raise TypeError(f"a connection is named by a string, not {type(connection).__name__}")
+    if not connection:
+        raise ValueError("a connection's name cannot be empty")
+    return connection
+
+
+def check_timings(connection: str, *, since: float, limit: int) -> float:
+    """Refuse an unusable connection, a `since` that is not a finite number and a limit outside 1..TIMINGS_LIMIT;
+    `since` as a float."""
+    check_connection(connection)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= TIMINGS_LIMIT:
+        raise ValueError(f"limit must be an int from 1 to {TIMINGS_LIMIT}, not {limit!r}")
+    return finite_number("since", since)
+
+
+def check_last_at(connection: str, outcomes: Collection[str]) -> tuple[str, ...]:
+    """Refuse an unusable connection and outcomes that are not a collection of at most MAX_LAST_AT_OUTCOMES
+    strings; the outcomes, each once."""
+    check_connection(connection)
+    # A string is a collection of strings too, but "failed" means one outcome, not six letters.
+    if isinstance(outcomes, str | bytes) or not isinstance(outcomes, Collection):
+        raise TypeError(f"outcomes are a collection of strings, not {type(outcomes).__name__}")
+    if len(outcomes) > MAX_LAST_AT_OUTCOMES:
+        raise ValueError(f"at most {MAX_LAST_AT_OUTCOMES} outcomes, not {len(outcomes)}")
+    if not all(isinstance(outcome, str) for outcome in outcomes):
+        raise TypeError("outcomes are a collection of strings")
+    return tuple(dict.fromkeys(outcomes))
 
 
 def encode_json(value: Any) -> str:

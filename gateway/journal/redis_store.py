@@ -2,8 +2,10 @@
 
 Keys, all under one prefix (default "gateway:journal:"):
 
-    exchange:<id>          hash  exchange (the exchange as JSON) and indexes (JSON: the names, without the prefix,
-                                 of the index zsets below that list it, so pruning need not read the bodies)
+    exchange:<id>          hash  exchange (the exchange as JSON), indexes (JSON: the names, without the prefix,
+                                 of the index zsets below that list it, so pruning need not read the bodies) and
+                                 timing (JSON [duration_ms, outcome], so timings() need not read them either;
+                                 an exchange recorded before there was a timing field is decoded instead)
     exchanges              zset  every exchange id, scored by `at`
     order:<order id>       zset  the ids of the exchanges about that order, by `at`
     connection:<name>      zset  the ids of the exchanges with that connection, by `at`
@@ -14,22 +16,30 @@ An exchange and all its index entries are added in one MULTI (its hash WATCHed, 
 deleted in one MULTI; an index zset that loses its last member is gone with it. Retention by age is a range of
 `exchanges` by score, retention by number a range by rank. Redis orders members of equal score by their bytes,
 so exchanges that started at the same moment come in id order, as in SQLite.
+
+timings() is one range of `connection:<name>` by score (the score is `at`) and one pipeline of HGET timing.
+last_at() looks, for each outcome, for the newest id that both `connection:<name>` and `outcome:<outcome>` hold:
+it walks the one of the two with fewer ids newer than what an earlier outcome found, newest first, a page at a
+time, asking the other which of the page it holds (ZMSCORE).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import redis
 
 from gateway.journal import (
+    TIMINGS_LIMIT,
     Exchange,
     ExchangeJournal,
     PruneSchedule,
     check_exchange,
+    check_last_at,
     check_list,
     check_retention,
+    check_timings,
     decode_exchange,
     encode_exchange,
     encode_json,
@@ -40,6 +50,8 @@ from gateway.journal import (
 LIST_PAGE_SIZE = 200
 #: how many exchanges prune() deletes per MULTI, so that no single transaction holds Redis up for long
 PRUNE_BATCH_SIZE = 500
+#: how many ids last_at() reads from an index per round trip (the one it looks for is usually among the first)
+LAST_AT_PAGE_SIZE = 500
 
 
 def index_names(exchange: Exchange) -> list[str]:
@@ -47,6 +59,17 @@ def index_names(exchange: Exchange) -> list[str]:
     names = [f"order:{order_id}" for order_id in dict.fromkeys(exchange.order_ids)]
     return [*names, f"connection:{exchange.connection}", f"outcome:{exchange.outcome}",
             f"request:{exchange.request_id}"]
+
+
+def encode_timing(exchange: Exchange) -> str:
+    """The exchange's timing field: [duration_ms, outcome] as JSON."""
+    return encode_json([exchange.duration_ms, exchange.outcome])
+
+
+def decode_timing(text: str) -> tuple[float, str]:
+    """(duration_ms, outcome) of a timing field."""
+    duration_ms, outcome = json.loads(text)
+    return float(duration_ms), outcome
 
 
 class RedisExchangeJournal(ExchangeJournal):
@@ -75,7 +98,8 @@ class RedisExchangeJournal(ExchangeJournal):
             if pipe.exists(exchange_key):
                 raise ValueError(f"an exchange with id {exchange.id!r} is already recorded")
             pipe.multi()
-            pipe.hset(exchange_key, mapping={"exchange": text, "indexes": encode_json(indexes)})
+            pipe.hset(exchange_key, mapping={"exchange": text, "indexes": encode_json(indexes),
+                                             "timing": encode_timing(exchange)})
             for index in ("exchanges", *indexes):
                 pipe.zadd(self._key(index), {exchange.id: exchange.at})
 
@@ -122,6 +146,71 @@ class RedisExchangeJournal(ExchangeJournal):
             texts = pipe.execute()
         # One pruned since its index names were read is left out.
         return [decode_exchange(text) for text in texts if text is not None]
+
+    def timings(self, connection: str, *, since: float, limit: int = TIMINGS_LIMIT) -> list[tuple[float, float, str]]:
+        """(at, duration_ms, outcome) of the connection's exchanges that started at `since` or later, newest first
+        (ties in descending id order), at most `limit`; the bodies are not read."""
+        since = check_timings(connection, since=since, limit=limit)
+        # Newest first, and equal scores in descending member order: list()'s order, so the limit cuts alike.
+        members = self._redis.zrange(self._key("connection:", connection), "+inf", since, desc=True, byscore=True,
+                                     offset=0, num=limit, withscores=True)
+        exchange_ids = [exchange_id for exchange_id, _ in members]
+        timings = self._fields_of(exchange_ids, "timing")
+        untimed = [exchange_id for exchange_id, text in zip(exchange_ids, timings, strict=True) if text is None]
+        # Recorded before the timing field existed (or pruned meanwhile): the timing is in the exchange's JSON.
+        decoded = {exchange_id: decode_exchange(text)
+                   for exchange_id, text in zip(untimed, self._fields_of(untimed, "exchange"), strict=True)
+                   if text is not None}
+        found = []
+        for (exchange_id, at), text in zip(members, timings, strict=True):
+            if text is not None:
+                found.append((at, *decode_timing(text)))
+            elif exchange_id in decoded:
+                found.append((at, decoded[exchange_id].duration_ms, decoded[exchange_id].outcome))
+        return found
+
+    def last_at(self, connection: str, outcomes: Collection[str]) -> float | None:
+        """When the connection's most recent exchange with one of these outcomes started (None: none kept)."""
+        outcomes = check_last_at(connection, outcomes)
+        latest: float | None = None
+        for outcome in outcomes:
+            # Only what is newer than the best so far can change the answer.
+            lowest = "-inf" if latest is None else f"({latest!r}"
+            at = self._newest_in_both(self._key("connection:", connection), self._key("outcome:", outcome), lowest)
+            if at is not None:
+                latest = at
+        return latest
+
+    def _newest_in_both(self, first: str, second: str, lowest: float | str) -> float | None:
+        """The score of the newest id, from `lowest` on, that both zsets hold (None if there is none)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(first, lowest, "+inf")
+            pipe.zcount(second, lowest, "+inf")
+            counts = pipe.execute()
+        if min(counts) == 0:
+            return None
+        walked, asked = (first, second) if counts[0] <= counts[1] else (second, first)
+        offset = 0
+        while True:
+            page = self._redis.zrange(walked, "+inf", lowest, desc=True, byscore=True, offset=offset,
+                                      num=LAST_AT_PAGE_SIZE, withscores=True)
+            if not page:
+                return None
+            # An id recorded meanwhile moves the rest down, so some may be read twice, but none is passed over.
+            offset += len(page)
+            held = self._redis.zmscore(asked, [exchange_id for exchange_id, _ in page])
+            for (_, at), score in zip(page, held, strict=True):
+                if score is not None:
+                    return at
+
+    def _fields_of(self, exchange_ids: Sequence[str], field: str) -> list[str | None]:
+        """One field of each of these exchanges' hashes (None for one that is not recorded or lacks it)."""
+        if not exchange_ids:
+            return []
+        with self._redis.pipeline(transaction=False) as pipe:
+            for exchange_id in exchange_ids:
+                pipe.hget(self._key("exchange:", exchange_id), field)
+            return pipe.execute()
 
     def _smallest_index(self, names: Sequence[str], lowest: float | str) -> str | None:
         """Of these index zsets, the one with the fewest ids from `lowest` on; None if one of them has none."""

@@ -3,6 +3,9 @@
 One row per exchange in `exchanges` (the request and reply as JSON), and one row per (order id, exchange) in
 `exchange_orders`, so that the order filter is an index lookup; both are written and pruned in the same
 BEGIN IMMEDIATE transaction. Every filter of list() has an index that leads with it and goes on with the time.
+
+timings() and last_at() read covering indexes only: a row of `exchanges` holds the bodies (often several pages of
+overflow), so even reading its duration and outcome would cost a page read or more per exchange.
 """
 
 from __future__ import annotations
@@ -10,14 +13,18 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Collection
 
 from gateway.journal import (
+    TIMINGS_LIMIT,
     Exchange,
     ExchangeJournal,
     PruneSchedule,
     check_exchange,
+    check_last_at,
     check_list,
     check_retention,
+    check_timings,
     encode_json,
     timestamp,
 )
@@ -51,7 +58,14 @@ CREATE TABLE IF NOT EXISTS exchange_orders (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS exchange_orders_by_exchange ON exchange_orders (exchange_seq);
 """
-SCHEMA_VERSION = 1
+#: version 2: timings() from an index alone (in list()'s order, so ties and the limit pick the same exchanges);
+#: version 3: last_at() as one index lookup per outcome
+MIGRATIONS = {
+    2: "CREATE INDEX IF NOT EXISTS exchanges_timings_by_connection"
+       " ON exchanges (connection, at, id, duration_ms, outcome)",
+    3: "CREATE INDEX IF NOT EXISTS exchanges_by_connection_and_outcome ON exchanges (connection, outcome, at)",
+}
+SCHEMA_VERSION = 3
 SELECT_EXCHANGES = ("SELECT id, at, request_id, caller, connection, backend, operation, order_ids, request, reply,"
                     " duration_ms, outcome, error FROM exchanges")
 INSERT_EXCHANGE = ("INSERT INTO exchanges (id, at, request_id, caller, connection, backend, operation, order_ids,"
@@ -60,6 +74,9 @@ INSERT_EXCHANGE = ("INSERT INTO exchanges (id, at, request_id, caller, connectio
 DELETE_ORDERS_OF_OLDEST = ("DELETE FROM exchange_orders WHERE exchange_seq IN"
                            " (SELECT seq FROM exchanges ORDER BY at, id LIMIT ?)")
 DELETE_OLDEST = "DELETE FROM exchanges WHERE seq IN (SELECT seq FROM exchanges ORDER BY at, id LIMIT ?)"
+SELECT_TIMINGS = ("SELECT at, duration_ms, outcome FROM exchanges WHERE connection = ? AND at >= ?"
+                  " ORDER BY at DESC, id DESC LIMIT ?")
+SELECT_LAST_AT = "SELECT MAX(at) FROM exchanges WHERE connection = ? AND outcome = ?"
 
 
 def exchange_row(exchange: Exchange) -> tuple:
@@ -92,7 +109,7 @@ class SqliteExchangeJournal(SqliteFile, ExchangeJournal):
         # NORMAL: in WAL mode the file stays consistent; a power cut may lose the last few exchanges, which a
         # journal can afford better than an fsync on every backend call.
         self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="NORMAL",
-                        what="exchange journal")
+                        what="exchange journal", migrations=MIGRATIONS)
 
     def record(self, exchange: Exchange) -> None:
         """Store the exchange (without bodies unless they are recorded), pruning now and then."""
@@ -134,6 +151,20 @@ class SqliteExchangeJournal(SqliteFile, ExchangeJournal):
         rows = self._connection().execute(SELECT_EXCHANGES + where + " ORDER BY at DESC, id DESC LIMIT ?",
                                           (*parameters, limit)).fetchall()
         return [exchange_of_row(row) for row in rows]
+
+    def timings(self, connection: str, *, since: float, limit: int = TIMINGS_LIMIT) -> list[tuple[float, float, str]]:
+        """(at, duration_ms, outcome) of the connection's exchanges that started at `since` or later, newest first
+        (ties in descending id order), at most `limit`; read from exchanges_timings_by_connection alone."""
+        since = check_timings(connection, since=since, limit=limit)
+        rows = self._connection().execute(SELECT_TIMINGS, (connection, since, limit)).fetchall()
+        return [(row["at"], row["duration_ms"], row["outcome"]) for row in rows]
+
+    def last_at(self, connection: str, outcomes: Collection[str]) -> float | None:
+        """When the connection's most recent exchange with one of these outcomes started (None: none kept)."""
+        outcomes = check_last_at(connection, outcomes)
+        with self._read() as db:
+            found = [db.execute(SELECT_LAST_AT, (connection, outcome)).fetchone()[0] for outcome in outcomes]
+        return max((at for at in found if at is not None), default=None)
 
     def prune(self, *, now: float | None = None) -> int:
         """Delete the exchanges older than max_age_seconds, then the oldest beyond max_count; how many were deleted."""

@@ -20,6 +20,7 @@ from gateway.config import SCOPES, GatewaySettings
 from gateway.errors import ConfigError, Forbidden, Unauthorized
 
 OPEN = "open"  # authenticated otherwise (the webhook receiver: the vendor's own credentials)
+SESSION = "session"  # a browser's console login (gateway.console checks its session cookie and the scope)
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ METRICS = OpenWhen("open_metrics", ("metrics:read",))
 CHALLENGE = 'Bearer realm="order gateway"'
 ENVIRON_KEY = "gateway.caller"
 
-#: endpoint -> OPEN, an OpenWhen (DOCS, METRICS), or the scopes of which the caller needs one (views may ask
-#: for more, e.g. a dry run)
+#: endpoint -> OPEN, SESSION, an OpenWhen (DOCS, METRICS), or the scopes of which the caller needs one (views may
+#: ask for more, e.g. a dry run)
 POLICIES: dict[str, object] = {
     "orders.update_order": ("orders:write", "orders:dry-run"),
     "orders.update_orders": ("orders:write", "orders:dry-run"),
@@ -53,6 +54,14 @@ POLICIES: dict[str, object] = {
     "docs.openapi_document": DOCS,
     "docs.swagger_ui": DOCS,
     "docs.swagger_ui_asset": DOCS,
+    # the console's pages check their session cookie and the scope console themselves (gateway.console.views)
+    "console.login_form": SESSION,
+    "console.log_in": SESSION,
+    "console.log_out": SESSION,
+    "console.static": SESSION,
+    "console.overview": SESSION,
+    "console.order_timeline": SESSION,
+    "console.redeliver": SESSION,
 }
 
 
@@ -78,8 +87,14 @@ class Authenticator:
     def __init__(self, settings: GatewaySettings) -> None:
         self.allow_anonymous = settings.allow_anonymous
         self.opened = frozenset(policy.setting for policy in (DOCS, METRICS) if getattr(settings, policy.setting))
-        self.keys = [(_digest(key.reveal()), Caller(caller.name, caller.scopes, caller.connections))
+        self.by_name = {caller.name: Caller(caller.name, caller.scopes, caller.connections)
+                        for caller in settings.callers.values()}
+        self.keys = [(_digest(key.reveal()), self.by_name[caller.name])
                      for caller in settings.callers.values() for key in caller.keys]
+
+    def caller_named(self, name: str) -> Caller | None:
+        """The configured caller of this name (a console session names its caller), or None."""
+        return self.by_name.get(name)
 
     def caller_for(self, key: str) -> Caller | None:
         """The caller whose key this is; every key is compared, so the time taken says nothing about which."""
@@ -105,7 +120,7 @@ def authenticate() -> None:
         if policy.setting in authenticator.opened:
             return
         policy = policy.scopes or None
-    if policy == OPEN:
+    if policy in (OPEN, SESSION):
         return
     key = _bearer_key()
     if key is None and not request.headers.get("Authorization") and authenticator.allow_anonymous:

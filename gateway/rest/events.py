@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, make_response
 
 from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import EventNotFound
@@ -92,6 +92,17 @@ def show_event(event_id: str):
 def redeliver_event(event_id: str):
     """Send an event to its subscribers again (dead or delivered alike), in order with its order's other events."""
     read_query(NoQuery)
+    return queue_redelivery(event_id)
+
+
+def redelivery_request(event_id: str) -> tuple[str, str]:
+    """(method, path) of the API's redelivery of this event: the request the console's redeliver button stands
+    for, so that an Idempotency-Key means the same whichever sent it."""
+    return "POST", f"/events/{event_id}/redeliver"
+
+
+def queue_redelivery(event_id: str) -> Response:
+    """Make every delivery of the event pending again and wake the worker: the 202 reply (404 when unknown)."""
     service = _service()
     caller = current_caller().name
     streams = service.store.redeliver(event_id, requested_by=caller)
@@ -100,5 +111,5 @@ def redeliver_event(event_id: str):
     for subscriber, order_key in streams:
         service.queue.nudge(subscriber, order_key)
     log.info("event %s redelivered at the request of caller %s", event_id, caller)
-    return jsonify({"id": event_id, "redelivering_to": sorted({subscriber for subscriber, _ in streams}),
-                    "requested_by": caller}), 202
+    return make_response(jsonify({"id": event_id, "redelivering_to": sorted({subscriber for subscriber, _ in streams}),
+                                  "requested_by": caller}), 202)

@@ -72,12 +72,17 @@ def read_key() -> str | None:
 def fingerprint() -> str:
     """What makes two requests the same request: method, path, query (without dry_run) and the body's JSON."""
     query = sorted((name, value) for name, value in request.args.items(multi=True) if name != "dry_run")
-    raw = request.get_data(cache=True)
+    return request_fingerprint(request.method, request.path, query, request.get_data(cache=True))
+
+
+def request_fingerprint(method: str, path: str, query: list[tuple[str, str]], raw: bytes) -> str:
+    """The fingerprint of a request given by its parts (the console's redelivery is the API's, so it has its
+    fingerprint)."""
     try:
         body = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (ValueError, RecursionError):
         body = raw.decode("utf-8", "replace")  # the view refuses it; its fingerprint still tells it apart
-    text = json.dumps([request.method, request.path, query, body], ensure_ascii=False)
+    text = json.dumps([method, path, query, body], ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -97,47 +102,52 @@ def idempotent(view: Callable) -> Callable:
         key = read_key()
         if key is None or request.args.get("dry_run", "").lower() in ("1", "true", "yes", "on"):
             return view(*args, **kwargs)
-        settings = current_app.config["GATEWAY_SETTINGS"]
-        store = current_app.extensions["order_gateway_idempotency"]
-        scoped, print_ = f"{current_caller().name}:{key}", fingerprint()
-        try:
-            begun = store.begin(scoped, print_, lease_seconds=settings.request_timeout + LEASE_MARGIN_SECONDS)
-        except Exception:
-            log.exception("the Idempotency-Key store could not be reached")
-            raise KeyStoreUnavailable("The Idempotency-Key store could not be reached; nothing was sent. Send the "
-                                      "request again with the same key.") from None
-        if begun.state == REPLAY:
-            metrics.idempotency_replays.inc()
-            return _replay(begun.response)
-        if begun.state == IN_PROGRESS:
-            raise IdempotencyKeyInUse(f"A request with the Idempotency-Key {key!r} is still being served; "
-                                      "ask again when it has been answered.")
-        if begun.state == MISMATCH:
-            raise IdempotencyKeyReused(f"The Idempotency-Key {key!r} was used for another request; use a new key "
-                                       "for a new request.")
-        attempted: list[str] = []
-        token = calls_attempted.set(attempted)
-        try:
-            response = make_response(view(*args, **kwargs))
-        except GatewayError as error:  # the problem reply it becomes is this request's reply: kept like any other
-            response = gateway_error_response(error)
-        except BaseException:
-            if not attempted:
-                store.abandon(scoped, print_)
-            # An unforeseen failure after a call was attempted keeps the marker until its lease ends: the outcome
-            # is unknown, so a retry must not send again before then.
-            raise
-        finally:
-            calls_attempted.reset(token)
-        if attempted or response.status_code < 400:
-            headers = tuple((name, response.headers[name]) for name in KEPT_HEADERS if name in response.headers)
-            store.complete(scoped, print_, StoredResponse(response.status_code, headers, response.get_data()),
-                           ttl_seconds=settings.idempotency_ttl_seconds)
-        else:
-            store.abandon(scoped, print_)
-        return response
+        return run_idempotently(key, fingerprint(), lambda: make_response(view(*args, **kwargs)))
 
     return with_idempotency_key
+
+
+def run_idempotently(key: str, print_: str, produce: Callable[[], Response]) -> Response:
+    """The reply `produce` makes, once per caller, key and fingerprint: a repeat gets the kept reply again."""
+    settings = current_app.config["GATEWAY_SETTINGS"]
+    store = current_app.extensions["order_gateway_idempotency"]
+    scoped = f"{current_caller().name}:{key}"
+    try:
+        begun = store.begin(scoped, print_, lease_seconds=settings.request_timeout + LEASE_MARGIN_SECONDS)
+    except Exception:
+        log.exception("the Idempotency-Key store could not be reached")
+        raise KeyStoreUnavailable("The Idempotency-Key store could not be reached; nothing was sent. Send the "
+                                  "request again with the same key.") from None
+    if begun.state == REPLAY:
+        metrics.idempotency_replays.inc()
+        return _replay(begun.response)
+    if begun.state == IN_PROGRESS:
+        raise IdempotencyKeyInUse(f"A request with the Idempotency-Key {key!r} is still being served; "
+                                  "ask again when it has been answered.")
+    if begun.state == MISMATCH:
+        raise IdempotencyKeyReused(f"The Idempotency-Key {key!r} was used for another request; use a new key "
+                                   "for a new request.")
+    attempted: list[str] = []
+    token = calls_attempted.set(attempted)
+    try:
+        response = produce()
+    except GatewayError as error:  # the problem reply it becomes is this request's reply: kept like any other
+        response = gateway_error_response(error)
+    except BaseException:
+        if not attempted:
+            store.abandon(scoped, print_)
+        # An unforeseen failure after a call was attempted keeps the marker until its lease ends: the outcome
+        # is unknown, so a retry must not send again before then.
+        raise
+    finally:
+        calls_attempted.reset(token)
+    if attempted or response.status_code < 400:
+        headers = tuple((name, response.headers[name]) for name in KEPT_HEADERS if name in response.headers)
+        store.complete(scoped, print_, StoredResponse(response.status_code, headers, response.get_data()),
+                       ttl_seconds=settings.idempotency_ttl_seconds)
+    else:
+        store.abandon(scoped, print_)
+    return response
 
 
 def init_app(app: Flask) -> None:

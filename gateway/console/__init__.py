@@ -1,0 +1,38 @@
+"""The operator's console: server-rendered pages (Flask's Jinja2; every asset is the gateway's own, no CDN, no
+script) to see each connection's health, follow one order through its backend exchanges and events, and redeliver
+dead deliveries.
+
+Access is a login form: an API key of a caller with the scope `console` starts a session, Flask's signed cookie
+(HttpOnly, SameSite=Strict, Secure unless `[console] secure_cookie = false`, path /console, `session_minutes`
+long) holding the caller's name, when it began and a CSRF token every form carries back. Each request checks that
+the caller is still configured with the scope. The cookie is signed with `[console] session_secret`, which every
+process serving the console must share; without it each server makes one at start (its workers share it, as the
+app is loaded before they fork), so a restart ends every session.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from flask import Flask
+
+from gateway.config import GatewaySettings
+from gateway.console import views
+
+COOKIE_NAME = "order_gateway_console"
+
+
+def init_app(app: Flask, settings: GatewaySettings) -> None:
+    """Serve the console under /console with its session cookie."""
+    console = settings.console
+    app.secret_key = console.session_secret.reveal() if console.session_secret else secrets.token_urlsafe(48)
+    app.config.update(
+        SESSION_COOKIE_NAME=COOKIE_NAME,
+        SESSION_COOKIE_PATH="/console",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=console.secure_cookie,
+        PERMANENT_SESSION_LIFETIME=timedelta(minutes=console.session_minutes),
+    )
+    app.register_blueprint(views.blueprint)

@@ -1,0 +1,370 @@
+"""The console's pages and forms: log in and out, the overview, an order's timeline, redeliver.
+
+Pages read what the gateway already keeps — the exchange journal, the event store, the breakers — and never hold
+a secret: the journal's requests are masked as dry runs show them, and every page passes the scrubber last.
+A store that cannot be read leaves its part of a page saying so, never the page failing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from lxml import etree
+
+from gateway import logs
+from gateway.console import charts
+from gateway.errors import GatewayError
+from gateway.journal import Exchange
+from gateway.rest import auth
+from gateway.rest.events import queue_redelivery, redelivery_request
+from gateway.rest.idempotency import request_fingerprint, run_idempotently
+from gateway.safexml import UnsafeXML, parse_untrusted_xml
+
+blueprint = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
+                      static_folder="static")
+log = logging.getLogger("gateway.console")
+
+SCOPE = "console"
+REDELIVER_SCOPE = "events:redeliver"
+#: what a page lists at most: dead and pending deliveries, an order's exchanges and its events
+LIST_LIMIT = 50
+TIMELINE_LIMIT = 200
+MAX_KEY_CHARS = 512
+MAX_ORDER_ID_CHARS = 200
+#: endpoints served without a session: the login form and the stylesheet
+PUBLIC_ENDPOINTS = frozenset({"console.login_form", "console.log_in", "console.static"})
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+T = TypeVar("T")
+
+
+# -- the session ---------------------------------------------------------------------------------------------------
+
+def _csrf_token() -> str:
+    """The session's CSRF token (a session without a login has one too: the login form carries it)."""
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def _form_is_ours() -> bool:
+    sent, expected = request.form.get("csrf_token", ""), session.get("csrf", "")
+    return bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
+
+
+def _session_caller() -> auth.Caller | None:
+    """The logged-in caller, if it is still configured with the console scope."""
+    name = session.get("caller")
+    if not isinstance(name, str):
+        return None
+    caller = current_app.extensions["order_gateway_auth"].caller_named(name)
+    return caller if caller is not None and SCOPE in caller.scopes else None
+
+
+def _safe_next(target: str | None) -> str | None:
+    """A place in the console to go back to: a path under /console, nothing else (no open redirect)."""
+    if not target or len(target) > 2048:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/console") or target.startswith("//") \
+            or "\\" in target:
+        return None
+    return target
+
+
+@blueprint.before_request
+def require_login() -> Response | None:
+    """Every console page but the login form needs a session; every form needs its CSRF token."""
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    caller = _session_caller()
+    if caller is None:
+        session.pop("caller", None)
+        target = request.full_path if request.method == "GET" else None
+        return redirect(url_for("console.login_form", next=target.rstrip("?") if target else None), 303)
+    g.caller = caller
+    request.environ[auth.ENVIRON_KEY] = caller.name
+    logs.note(caller=caller.name)
+    if request.method == "POST" and not _form_is_ours():
+        return _page("console/refused.html", 403, reason="This form has expired or did not come from this console. "
+                                                         "Reload the page and try again.")
+    return None
+
+
+@blueprint.after_request
+def harden(response: Response) -> Response:
+    """No framing, no caching, no outside resources; and no secret, ever, whatever a page shows."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if response.mimetype == "text/html" and not response.direct_passthrough:
+        data = response.get_data()
+        clean = current_app.extensions["order_gateway_scrubber"].scrub_bytes(data)
+        if clean != data:
+            response.set_data(clean)
+    return response
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    body = render_template(template, caller=g.get("caller"), csrf_token=_csrf_token(), **context)
+    return Response(body, status=status, mimetype="text/html")
+
+
+@blueprint.get("/login")
+def login_form() -> Response:
+    """The login form: an API key of a caller with the console scope."""
+    if _session_caller() is not None:
+        return redirect(_safe_next(request.args.get("next")) or url_for("console.overview"), 303)
+    return _page("console/login.html", next=_safe_next(request.args.get("next")) or "")
+
+
+@blueprint.post("/login")
+def log_in() -> Response:
+    """Start a session for the caller whose key this is."""
+    target = _safe_next(request.form.get("next")) or ""
+    if not _form_is_ours():
+        return _page("console/login.html", 403, next=target,
+                     error="The login form expired. Log in again.")
+    key = request.form.get("key", "").strip()
+    caller = current_app.extensions["order_gateway_auth"].caller_for(key) if 0 < len(key) <= MAX_KEY_CHARS else None
+    if caller is None:
+        log.warning("console login refused: an unknown key")
+        return _page("console/login.html", 401, next=target, error="That key is not known.")
+    if SCOPE not in caller.scopes:
+        log.warning("console login refused: caller %s lacks the scope console", caller.name)
+        return _page("console/login.html", 403, next=target,
+                     error=f"The caller {caller.name} lacks the scope {SCOPE}.")
+    session.clear()  # a new session: nothing of one started before the login carries over
+    session.permanent = True
+    session.update(caller=caller.name, csrf=secrets.token_urlsafe(32), since=time.time())
+    log.info("console session started by caller %s", caller.name)
+    return redirect(target or url_for("console.overview"), 303)
+
+
+@blueprint.post("/logout")
+def log_out() -> Response:
+    """End the session."""
+    log.info("console session ended by caller %s", g.caller.name)
+    session.clear()
+    return redirect(url_for("console.login_form"), 303)
+
+
+# -- reading what the gateway keeps --------------------------------------------------------------------------------
+
+def _read(what: str, read: Callable[[], T], unavailable: list[str]) -> T | None:
+    """`read()`, or None with `what` noted as unavailable (named by its kind only: an error's text may hold a URL)."""
+    try:
+        return read()
+    except Exception as error:
+        log.warning("the console could not read %s (%s)", what, type(error).__name__)
+        unavailable.append(what)
+        return None
+
+
+def _journal():
+    recorder = current_app.extensions["order_gateway_journal"]
+    recorder.flush(timeout=1.0)  # what this process just recorded is shown at once
+    return recorder.journal
+
+
+def _visible_connections() -> dict:
+    caller: auth.Caller = g.caller
+    return {name: connection for name, connection in current_app.extensions["order_gateway"].by_name.items()
+            if caller.connections is None or name in caller.connections}
+
+
+def _at(seconds: float | None) -> str:
+    return "never" if seconds is None else datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _connection_summary(name: str, connection: Any, now: float, unavailable: list[str]) -> dict:
+    journal = _journal()
+    timings = _read(f"the journal of {name}", lambda: journal.timings(name, since=now - 3600), unavailable) or []
+    per_minute = charts.minutes(timings, now)
+    breaker = _read(f"the breaker of {name}", connection.breaker_state, unavailable)
+    return {
+        "name": name,
+        "backend": connection.kind,
+        "breaker": breaker["state"] if breaker else "unknown",
+        "failures_in_a_row": breaker["failures"] if breaker else None,
+        "calls": sum(minute.calls for minute in per_minute),
+        "failed": sum(minute.failures for minute in per_minute),
+        "last_success": _at(_read(f"the journal of {name}", lambda: journal.last_at(name, ["ok"]), unavailable)),
+        "last_failure": _at(_read(f"the journal of {name}",
+                                  lambda: journal.last_at(name, sorted(charts.FAILED_OUTCOMES)), unavailable)),
+        "chart": charts.latency_chart(per_minute, label=f"{name}: latency over the last hour"),
+    }
+
+
+def _delivery_rows(events: list[dict], states: set[str]) -> list[dict]:
+    rows = []
+    for stored in events:
+        for delivery in stored["deliveries"]:
+            if delivery["state"] in states:
+                rows.append({"event": stored["event"], "received_at": _at(stored["received_at"]),
+                             "subscriber": delivery["subscriber"], "state": delivery["state"],
+                             "attempts": delivery["attempts"], "last_error": delivery["last_error"],
+                             "next_attempt_at": _at(delivery["next_attempt_at"]) if delivery["next_attempt_at"]
+                             else None})
+    return rows
+
+
+def _events_visible(events: list[dict]) -> list[dict]:
+    caller: auth.Caller = g.caller
+    if caller.connections is None:
+        return events
+    return [stored for stored in events if stored["event"].get("source", {}).get("connection") in caller.connections]
+
+
+@blueprint.get("")
+def overview() -> Response:
+    """Connections (state, calls, latency), the order search, and the deliveries that need a look."""
+    now, unavailable = time.time(), []
+    summaries = [_connection_summary(name, connection, now, unavailable)
+                 for name, connection in _visible_connections().items()]
+    store = current_app.extensions["order_events"].store
+    dead = _read("the dead deliveries", lambda: store.list_events(state="dead", limit=LIST_LIMIT), unavailable)
+    pending = _read("the pending deliveries", lambda: store.list_events(state="pending", limit=LIST_LIMIT),
+                    unavailable)
+    return _page("console/overview.html", connections=summaries,
+                 dead=_delivery_rows(_events_visible(dead or []), {"dead"}),
+                 pending=_delivery_rows(_events_visible(pending or []), {"pending"}),
+                 unavailable=sorted(set(unavailable)), can_redeliver=REDELIVER_SCOPE in g.caller.scopes,
+                 new_key=lambda: secrets.token_urlsafe(16), here=url_for("console.overview"),
+                 connection_names=list(_visible_connections()))
+
+
+# -- an order's timeline -------------------------------------------------------------------------------------------
+
+def pretty_body(text: str | None) -> str:
+    """A body as people read it: XML and JSON indented; anything else (a body cut short, say) as it is."""
+    if not text:
+        return ""
+    stripped = text.lstrip()
+    if stripped.startswith("<"):
+        try:
+            return etree.tostring(parse_untrusted_xml(stripped.encode("utf-8")), pretty_print=True,
+                                  encoding="unicode")
+        except (UnsafeXML, etree.XMLSyntaxError, ValueError):
+            return text
+    if stripped[:1] in ("{", "["):
+        try:
+            return json.dumps(json.loads(stripped), indent=2, ensure_ascii=False)
+        except (ValueError, RecursionError):
+            return text
+    return text
+
+
+def _exchange_entry(exchange: Exchange) -> dict:
+    request_part, reply = exchange.request, exchange.reply
+    return {
+        "kind": "exchange", "at": exchange.at, "when": _at(exchange.at), "exchange": exchange,
+        "request_head": f"{request_part.get('method', '')} {request_part.get('url', '')}",
+        "request_headers": request_part.get("headers") or {},
+        "request_body": pretty_body(request_part.get("body")),
+        "reply_status": reply.get("status") if reply else None,
+        "reply_headers": (reply.get("headers") or {}) if reply else {},
+        "reply_body": pretty_body(reply.get("body")) if reply else "",
+    }
+
+
+@blueprint.get("/orders")
+def order_timeline() -> Response:
+    """Every exchange with a backend and every event of one order, in the order they happened."""
+    order_id = request.args.get("order_id", "").strip()
+    connection = request.args.get("connection", "").strip() or None
+    visible = _visible_connections()
+    problems = []
+    if not order_id:
+        return redirect(url_for("console.overview"), 303)
+    if len(order_id) > MAX_ORDER_ID_CHARS:
+        problems.append(f"An order id has at most {MAX_ORDER_ID_CHARS} characters.")
+    if connection is not None and connection not in visible:
+        problems.append(f"Unknown connection {connection!r}; one of: {', '.join(visible)}.")
+    if problems:
+        return _page("console/order.html", 422, order_id=order_id[:MAX_ORDER_ID_CHARS], connection=connection,
+                     entries=[], problems=problems, unavailable=[], connection_names=list(visible),
+                     can_redeliver=False, new_key=lambda: "", here="")
+    unavailable: list[str] = []
+    journal = _journal()
+    exchanges = _read("the exchange journal", lambda: journal.list(order_id=order_id, connection=connection,
+                                                                   limit=TIMELINE_LIMIT), unavailable) or []
+    store = current_app.extensions["order_events"].store
+    events = _read("the event store", lambda: store.list_events(order_id=order_id, limit=TIMELINE_LIMIT),
+                   unavailable) or []
+    entries = [_exchange_entry(exchange) for exchange in exchanges if exchange.connection in visible]
+    entries += [{"kind": "event", "at": stored["received_at"], "when": _at(stored["received_at"]),
+                 "event": stored["event"],
+                 "deliveries": [{**delivery, "history": [{**item, "when": _at(item["at"])}
+                                                         for item in delivery["history"]]}
+                                for delivery in stored["deliveries"]]}
+                for stored in _events_visible(events)
+                if connection is None or stored["event"].get("source", {}).get("connection") == connection]
+    entries.sort(key=lambda entry: entry["at"])
+    return _page("console/order.html", order_id=order_id, connection=connection, entries=entries, problems=[],
+                 unavailable=unavailable, connection_names=list(visible),
+                 can_redeliver=REDELIVER_SCOPE in g.caller.scopes, new_key=lambda: secrets.token_urlsafe(16),
+                 here=request.full_path)
+
+
+# -- redelivery ------------------------------------------------------------------------------------------------------
+
+@blueprint.post("/events/<event_id>/redeliver")
+def redeliver(event_id: str) -> Response:
+    """The API's POST /events/<id>/redeliver, from a button: the same rules, its Idempotency-Key the form's."""
+    back = _safe_next(request.form.get("next")) or url_for("console.overview")
+    if REDELIVER_SCOPE not in g.caller.scopes:
+        flash(f"The caller {g.caller.name} lacks the scope {REDELIVER_SCOPE}: nothing was redelivered.", "error")
+        return redirect(back, 303)
+    key = request.form.get("idempotency_key", "")
+    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+        flash("This form has no usable Idempotency-Key; reload the page and try again.", "error")
+        return redirect(back, 303)
+    method, path = redelivery_request(event_id)
+    try:
+        reply = run_idempotently(key, request_fingerprint(method, path, [], b""),
+                                 lambda: queue_redelivery(event_id))
+    except GatewayError as error:
+        flash(error.detail, "error")
+        return redirect(back, 303)
+    if reply.status_code != 202:
+        flash(_reply_detail(reply), "error")
+    elif reply.headers.get("Idempotent-Replayed") == "true":
+        flash(f"Event {event_id} was already queued again by this button; it was not queued a second time.", "info")
+    else:
+        subscribers = ", ".join(json.loads(reply.get_data())["redelivering_to"]) or "no subscriber"
+        flash(f"Event {event_id} is queued again for {subscribers}.", "info")
+    return redirect(back, 303)
+
+
+def _reply_detail(reply: Response) -> str:
+    try:
+        return str(json.loads(reply.get_data()).get("detail") or f"HTTP {reply.status_code}")
+    except ValueError:
+        return f"HTTP {reply.status_code}"
