@@ -19,11 +19,12 @@ install: $(VENV)/.installed
 run: install
 	WORKERS=$(WORKERS) VENV=$(VENV) scripts/run-local
 
-## Debian packages the tests need (redis-server, chromium), installed when missing.
+## Debian packages the tests need (redis-server, chromium, chromium-driver), installed when missing.
 system-packages:
 	scripts/install-system-packages
 
-## Lint, then every test: pytest (with schemathesis and headless Chromium), then the Postman collection in newman.
+## Lint, then every test: pytest (with schemathesis and headless Chromium, through Selenium for the console), then
+## the Postman collection in newman.
 test: install system-packages lint
 	$(BIN)/pytest --cov --cov-report=term
 	VENV=$(VENV) scripts/run-newman

@@ -335,3 +335,37 @@ def test_the_chart_draws_lines_breaks_them_where_no_call_was_and_marks_failures(
     assert "a &lt;b&gt;" in svg and "<b>" not in svg
     empty = str(charts.latency_chart([quiet] * 60, label="idle"))
     assert "no calls in the last hour" in empty and "<polyline" not in empty
+
+
+@pytest.mark.parametrize("path", [
+    "/console/orders?order_id=%00%ff%fe", "/console/orders?order_id=" + "%F0%9F%98%80" * 60,
+    "/console/orders?order_id=SO-1&connection=%00", "/console/orders?order_id=%20%20",
+    "/console/orders?order_id=SO-1&order_id=SO-2", "/console/login?next=%00//x", "/console/static/..%2f..%2fsetup.cfg",
+    "/console/nowhere",
+])
+def test_hostile_queries_get_a_page_never_a_500(ops, path):
+    reply = ops.get(path)
+    assert reply.status_code in (200, 303, 404, 422), (path, reply.status_code)
+    reply.close()
+
+
+@pytest.mark.parametrize("form", [
+    {"idempotency_key": "ключ"}, {"idempotency_key": "x" * 300}, {"idempotency_key": ""}, {"next": "//evil"},
+    {"next": "\x00"}, {"idempotency_key": "k\x07"},
+])
+def test_hostile_redeliver_forms_are_refused_with_a_message(ops, app, form):
+    event_id = store_dead_event(app)
+    html = ops.get("/console").get_data(as_text=True)
+    sent = {**redeliver_form(html, event_id), **form}
+    reply = ops.post(f"/console/events/{event_id}/redeliver", data=sent)
+    assert reply.status_code == 303 and reply.headers["Location"] == "/console"
+    state = app.extensions["order_events"].store.get_event(event_id)["deliveries"][0]["state"]
+    assert state == ("pending" if set(form) == {"next"} else "dead")
+
+
+def test_a_long_event_id_is_an_unknown_event(ops):
+    html = ops.get("/console").get_data(as_text=True)
+    reply = ops.post("/console/events/" + "e" * 5000 + "/redeliver",
+                     data={"csrf_token": csrf_of(html), "idempotency_key": "k-long", "next": "/console"})
+    assert reply.status_code == 303
+    assert "No event" in ops.get("/console").get_data(as_text=True)
