@@ -91,13 +91,15 @@ class _ReplyReader:
             root = parse_untrusted_xml(self.reply.body)
         except UnsafeXML as error:
             raise self.failure(f"The backend sent an unusable reply ({_describe(self.reply)}): {error}.") from None
-        if etree.QName(root).namespace not in ENVELOPE_NAMESPACES or etree.QName(root).localname != "Envelope":
+        root_name = etree.QName(root)
+        if root_name.namespace not in ENVELOPE_NAMESPACES or root_name.localname != "Envelope":
             raise self.failure(f"The backend's reply is not a SOAP envelope ({_describe(self.reply)}).")
         body = child_element(root, "Body")
         payload = next((child for child in body if isinstance(child.tag, str)), None) if body is not None else None
         if payload is None:
             raise self.failure(f"The backend's SOAP reply has an empty Body ({_describe(self.reply)}).")
-        if etree.QName(payload).localname == "Fault" and etree.QName(payload).namespace in ENVELOPE_NAMESPACES:
+        payload_name = etree.QName(payload)
+        if payload_name.localname == "Fault" and payload_name.namespace in ENVELOPE_NAMESPACES:
             code, reason = read_fault(payload)
             # Not cut here: the problem document bounds it after scrubbing, so no cut can split a secret.
             raise BackendFailure(f"The backend answered with a SOAP fault: {reason}",

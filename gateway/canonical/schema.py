@@ -7,6 +7,7 @@ no backend documents a limit, 255); which fields and values a connection accepts
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
@@ -231,6 +232,15 @@ ROUTING_FIELDS = ("connection", "id_type")
 #: fields that help find the order rather than change it
 IDENTIFICATION_FIELDS = ("order_number_prefix", "mandator_id")
 _SCHEMA = OrderUpdateSchema()
+_DECLARED = frozenset(_SCHEMA.fields)
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_of(present: frozenset[str]) -> OrderUpdateSchema:
+    """The schema limited to the fields a document gives (`only`): marshmallow's work grows with the fields sent,
+    not with every field of every backend. A name the document gives that no backend knows stays unknown (refused
+    as before); at most 256 such schemas are kept, whatever combinations are sent."""
+    return OrderUpdateSchema(only=sorted(present)) if present else _SCHEMA
 
 
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -267,7 +277,7 @@ def load_order_update(order_id: str, document: Any) -> OrderUpdate:
         check_text(order_id)
     except ValidationError as error:
         raise ValidationError({"id": error.messages}) from None
-    data = _SCHEMA.load(document)
+    data = _schema_of(_DECLARED.intersection(document)).load(document)
     changes = {name: value for name, value in data.items()
                if name not in ROUTING_FIELDS and name not in IDENTIFICATION_FIELDS}
     return OrderUpdate(

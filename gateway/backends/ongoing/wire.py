@@ -8,6 +8,7 @@ or "state conflict" is configured per connection, since the vendor does not docu
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -32,8 +33,9 @@ ID_TYPES = {
 }
 
 
+@functools.cache
 def wsi(localname: str) -> str:
-    """A name in Ongoing's namespace."""
+    """A name in Ongoing's namespace (made once per name: every call of every request asks for the same few)."""
     return f"{{{ns.ONGOING_WSI}}}{localname}"
 
 
@@ -54,19 +56,33 @@ def soap_request(url: str, operation: str, envelope: etree._Element) -> Outbound
     )
 
 
+def _text_of(element: etree._Element | None) -> str:
+    """An element's own text, stripped ("" for none), as findtext() read it."""
+    return (element.text or "").strip() if element is not None else ""
+
+
 def read_result(payload: etree._Element, operation: str, backend: Backend) -> tuple[bool, str, str | None]:
     """(success, message, backend order id) of `<operation>Response/<operation>Result`.
 
     The refusal text is read from ErrorMessage where the result type has one (ProcessOrder's FileResultClass),
     else from Message; an OrderId of 0, nil or anything but an xs:int means no order.
     """
-    result = payload.find(wsi(f"{operation}Result")) if payload.tag == wsi(f"{operation}Response") else None
-    success = result.findtext(wsi("Success")) if result is not None else None
+    result = None
+    if payload.tag == wsi(f"{operation}Response"):
+        result_tag = wsi(f"{operation}Result")
+        result = next((child for child in payload if child.tag == result_tag), None)
+    # one pass over the result's children (the first of each name counts, as find() would have it)
+    children: dict[str, etree._Element] = {}
+    for child in result if result is not None else ():
+        if isinstance(child.tag, str):
+            children.setdefault(child.tag, child)
+    success_element = children.get(wsi("Success"))
+    success = (success_element.text or "") if success_element is not None else None
     if success is None or success.strip() not in ("true", "false", "1", "0"):
         raise BackendFailure(f"The backend's reply has no {operation}Response with a Success flag.",
                              connection=backend.name)
-    message = (result.findtext(wsi("ErrorMessage")) or "").strip() or (result.findtext(wsi("Message")) or "").strip()
-    order_id = result.find(wsi("OrderId"))
+    message = _text_of(children.get(wsi("ErrorMessage"))) or _text_of(children.get(wsi("Message")))
+    order_id = children.get(wsi("OrderId"))
     system_id = None
     if order_id is not None and order_id.get(f"{{{ns.XSI}}}nil") not in ("true", "1"):
         system_id = parse_ascii_int(order_id.text, max_digits=10)  # xs:int; anything else names no order
