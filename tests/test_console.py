@@ -369,3 +369,12 @@ def test_a_long_event_id_is_an_unknown_event(ops):
                      data={"csrf_token": csrf_of(html), "idempotency_key": "k-long", "next": "/console"})
     assert reply.status_code == 303
     assert "No event" in ops.get("/console").get_data(as_text=True)
+
+
+def test_the_console_cookie_opens_nothing_of_the_api_and_the_api_sets_no_cookie(app):
+    client = app.test_client()
+    cookie = log_in(client).headers["Set-Cookie"].split(";", 1)[0]
+    reply = app.test_client().get("/events", headers={"Cookie": cookie})
+    assert reply.status_code == 401
+    assert "Set-Cookie" not in reply.headers
+    assert "Set-Cookie" not in app.test_client().get("/events", headers={"Authorization": f"Bearer {OPS_KEY}"}).headers

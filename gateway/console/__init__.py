@@ -15,12 +15,25 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 
-from flask import Flask
+from flask import Flask, Request
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 
 from gateway.config import GatewaySettings
 from gateway.console import views
 
 COOKIE_NAME = "order_gateway_console"
+PATH = "/console"
+
+
+class ConsoleSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions for the console's pages only: an API request has no session to open (nor any
+    cookie it could be given), and skips the signing work."""
+
+    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        """The console's session; a null session everywhere else."""
+        if request.path != PATH and not request.path.startswith(PATH + "/"):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 def init_app(app: Flask, settings: GatewaySettings) -> None:
@@ -29,10 +42,11 @@ def init_app(app: Flask, settings: GatewaySettings) -> None:
     app.secret_key = console.session_secret.reveal() if console.session_secret else secrets.token_urlsafe(48)
     app.config.update(
         SESSION_COOKIE_NAME=COOKIE_NAME,
-        SESSION_COOKIE_PATH="/console",
+        SESSION_COOKIE_PATH=PATH,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=console.secure_cookie,
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=console.session_minutes),
     )
+    app.session_interface = ConsoleSessionInterface()
     app.register_blueprint(views.blueprint)
