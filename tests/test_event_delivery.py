@@ -243,3 +243,21 @@ def test_the_standard_webhooks_library_verifies_our_signature():
     tampered = body.replace(b"SO-1004", b"SO-1005")
     with pytest.raises(WebhookVerificationError):
         Webhook(SECRET).verify(tampered, headers)
+
+
+def test_the_embedded_queue_commits_without_waiting_for_the_disk(tmp_path):
+    """The queue only wakes the worker (the event store is durable): NORMAL in WAL, not FULL, and not OFF."""
+    from gateway.config import EventSettings
+    from gateway.events.queue import make_huey
+
+    huey = make_huey(EventSettings(database=tmp_path / "events.sqlite3", queue_database=tmp_path / "queue.sqlite3",
+                                   redis_url=None, max_attempts=3, backoff_base_seconds=1.0, backoff_max_seconds=10.0,
+                                   delivery_timeout=5.0, worker_threads=1))
+    try:
+        huey.storage.enqueue(b"task", 0)
+        with huey.storage.db() as cursor:
+            assert cursor.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+            assert cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert huey.storage.dequeue() == b"task"
+    finally:
+        huey.storage.close()
