@@ -29,9 +29,11 @@ test: install system-packages lint
 	$(BIN)/pytest --cov --cov-report=term
 	VENV=$(VENV) scripts/run-newman
 
-## The benchmarks: translation against zeep, HTTP load against passthrough and direct, memory, bulk, profiles;
-## figures in bench/RESULTS.md.
+## The benchmarks: translation against zeep, HTTP load (wrk) against passthrough and direct, memory, bulk,
+## profiles; figures in bench/RESULTS.md. Installs wrk (and the test suite's Debian packages) when missing, and the
+## bench extra (zeep, pyinstrument, psutil, matplotlib).
 bench: install
+	scripts/install-system-packages bench
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/run_all.py
 

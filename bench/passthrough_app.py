@@ -4,6 +4,10 @@
 sandbox with one pooled requests session, and returns the sandbox's reply as it came: no validation, no
 translation, no normalization. Served by gunicorn with the gateway's own settings (`config/gunicorn.py`); the
 documents come from the JSON file named by BENCH_PASSTHROUGH_DOCUMENTS (written by bench/servers.py).
+
+Ongoing serves one goods owner's calls one after another, so its calls are sent one at a time, as the gateway
+sends them: under a lock file beside the documents, shared by the app's workers (filelock, as the gateway's own
+call lock). The passthrough is then the bound of a gateway that keeps Ongoing's rule.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 from typing import Any
 
+import filelock
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
@@ -19,6 +24,8 @@ from requests.auth import HTTPBasicAuth
 from gateway.backends.sellercenter.signing import SellerCenterSignature
 
 TIMEOUT = (3.05, 30.0)
+#: backends whose calls go one at a time (Ongoing: per goods owner; the benchmark uses one)
+ONE_CALL_AT_A_TIME = frozenset({"ongoing"})
 
 
 def transport_auth(description: dict) -> requests.auth.AuthBase | None:
@@ -42,7 +49,7 @@ def pooled_session() -> requests.Session:
 class PassthroughApp:
     """Forwards a pre-rendered request per order and answers with the backend's reply."""
 
-    def __init__(self, documents: dict[str, Any]) -> None:
+    def __init__(self, documents: dict[str, Any], lock_folder: str | None = None) -> None:
         self.routes = {
             (backend, order_id): (request, transport_auth(entry["auth"]))
             for backend, entry in documents.items()
@@ -51,6 +58,9 @@ class PassthroughApp:
         for request, _ in self.routes.values():
             request["body"] = request["body"].encode("utf-8")
         self.session = pooled_session()
+        self.locks = {backend: filelock.FileLock(os.path.join(lock_folder, f"{backend}.lock"), thread_local=True,
+                                                 is_singleton=False)
+                      for backend in ONE_CALL_AT_A_TIME if lock_folder is not None}
 
     def __call__(self, environ: dict, start_response: Any) -> list[bytes]:
         """Answer GET with a liveness line; forward PATCH /<backend>/<order id>."""
@@ -64,13 +74,21 @@ class PassthroughApp:
         if route is None:
             return self._answer(start_response, "404 Not Found", "text/plain", b"no pre-rendered document\n")
         request, auth = route
+        lock = self.locks.get(backend)
         try:
-            reply = self.session.request(request["method"], request["url"], headers=request["headers"],
-                                         data=request["body"], auth=auth, timeout=TIMEOUT, allow_redirects=False)
-        except requests.RequestException as error:
+            if lock is None:
+                reply = self._forward(request, auth)
+            else:
+                with lock.acquire(timeout=TIMEOUT[1], poll_interval=0.005):
+                    reply = self._forward(request, auth)
+        except (requests.RequestException, filelock.Timeout) as error:
             return self._answer(start_response, "502 Bad Gateway", "text/plain", f"{error}\n".encode())
         status = f"{reply.status_code} {reply.reason or ''}".strip()
         return self._answer(start_response, status, reply.headers.get("Content-Type", "text/plain"), reply.content)
+
+    def _forward(self, request: dict, auth: Any) -> requests.Response:
+        return self.session.request(request["method"], request["url"], headers=request["headers"],
+                                    data=request["body"], auth=auth, timeout=TIMEOUT, allow_redirects=False)
 
     @staticmethod
     def _answer(start_response: Any, status: str, content_type: str, body: bytes) -> list[bytes]:
@@ -80,8 +98,9 @@ class PassthroughApp:
 
 def create_app() -> PassthroughApp:
     """The app with the documents named by BENCH_PASSTHROUGH_DOCUMENTS."""
-    with open(os.environ["BENCH_PASSTHROUGH_DOCUMENTS"], encoding="utf-8") as handle:
-        return PassthroughApp(json.load(handle))
+    documents = os.environ["BENCH_PASSTHROUGH_DOCUMENTS"]
+    with open(documents, encoding="utf-8") as handle:
+        return PassthroughApp(json.load(handle), lock_folder=os.path.dirname(os.path.abspath(documents)))
 
 
 app = create_app() if "BENCH_PASSTHROUGH_DOCUMENTS" in os.environ else None

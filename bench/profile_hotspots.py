@@ -35,6 +35,7 @@ from gateway.safexml import load_xsd, parse_untrusted_xml
 from gateway.transport import BackendReply, OutboundRequest
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
+WEBHOOK_AUTH = ("ongoing-webhooks", "webhook-demo-password")
 SAMPLE_INTERVAL = 0.0001  # seconds: calls take tens of microseconds
 MAX_CALLS = 200_000
 TOP = 8
@@ -240,7 +241,8 @@ def run_profiles(sandbox_url: str, budget: Budget) -> Section:
         "5. Profiles",
         f"pyinstrument (sampling every {SAMPLE_INTERVAL * 1e6:.0f} µs) over {budget.profile_seconds:g} s of "
         "calls each: the in-process Ongoing round of section 1, and `PATCH /orders/<id>` through Flask's test "
-        "client of a gateway app built from the same configuration, sending to the running sandbox. *Self time* "
+        "client of a gateway app built from the same configuration, sending to the running sandbox, and an "
+        "Ongoing webhook (`POST /webhooks/ongoing/ongoing-demo`, each one new: stored and queued). *Self time* "
         "is time in the function's own code (C calls it makes, such as lxml's, included); *total time* includes "
         "everything it calls. Profiling inflates per-call times; the shares are what matter. First, without a "
         "profiler, the CPU of one request taken apart: the gateway through the test client with each backend "
@@ -272,6 +274,22 @@ def run_profiles(sandbox_url: str, budget: Budget) -> Section:
                     patch_one()
                 profiler, calls = profile_calls(patch_one, budget.profile_seconds)
                 summarize_profile(section, f"gateway_request_{backend}", profiler, calls)
+            webhook_ids = itertools.count(1)
+            anonymous = app.test_client()
+
+            def receive_one() -> None:
+                number = next(webhook_ids)
+                reply = anonymous.post("/webhooks/ongoing/ongoing-demo", auth=WEBHOOK_AUTH, json={
+                    "webhookEventId": number, "system": "profile", "timestamp": "2026-11-23T12:00:00",
+                    "orderId": 700_000 + number, "orderNumber": f"SO-P{number}", "webhookTemplate":
+                    "OrderStatusChanged", "orderStatus": {"number": 300}})
+                if reply.status_code != 202:
+                    raise RuntimeError(f"webhook: HTTP {reply.status_code}: {reply.get_data()!r}")
+
+            for _ in range(20):
+                receive_one()
+            profiler, calls = profile_calls(receive_one, budget.profile_seconds)
+            summarize_profile(section, "webhook_intake", profiler, calls)
         finally:
             app.extensions["order_gateway"].close()
             app.extensions["order_events"].close()

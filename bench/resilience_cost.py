@@ -259,7 +259,8 @@ def mechanism_cases(embedded: Guarded, shared: Guarded | None) -> list[Case]:
         Case("baseline", "the timing loop around a function that returns at once", _return_at_once),
         Case("bulkhead", "bulkhead: `BoundedSemaphore.acquire(timeout=queue_timeout)` + `release()`",
              embedded.bulkhead),
-        Case("lock file", "call lock, file (`FileCallLocks.hold`, filelock): entered and exited", embedded.hold_lock),
+        Case("lock file", "call lock, file (`FileCallLocks.hold`, flock on a kept descriptor): entered and exited",
+             embedded.hold_lock),
     ]
     if shared is not None:
         cases.append(Case("lock redis", "call lock, Redis (`RedisCallLocks.hold`, redis-py `Lock`): entered and "
@@ -330,7 +331,8 @@ def file_lock_parts(folder: Path) -> list[Case]:
             os.close(descriptor)
 
     return [
-        Case("filelock new", "`filelock.FileLock(...)`: a new lock object (FileCallLocks makes one per call)",
+        Case("filelock new", "`filelock.FileLock(...)`: a new lock object (what the gateway used before, for "
+             "comparison)",
              new_lock),
         Case("filelock acquire release", "`acquire()` + `release()` of a kept FileLock", acquire_and_release),
         Case("flock system calls", "the system calls alone: `open`, `flock(LOCK_EX)`, `flock(LOCK_UN)`, `close`",

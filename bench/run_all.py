@@ -1,9 +1,11 @@
 """Run every benchmark in one go and write bench/RESULTS.md: `python bench/run_all.py [--quick]`.
 
-Sections: 1 translation in process (with zeep), 2 end to end over HTTP (gateway, passthrough, direct), 3 memory
-of one worker, 4 bulk against single updates, 5 profiles (bench/profiles/*.txt), 6 hostile inputs in process, 7
-the cost of the resilience mechanisms per backend call (in process, with a redis-server when one is installed), 8
-what authenticating callers and Idempotency-Key handling add per request (in process, likewise with Redis).
+Sections: 1 translation in process (with zeep), 2 end to end over HTTP (gateway, passthrough, direct; wrk), with
+the scaling chart bench/scaling.png, 3 memory of one worker, 4 bulk against single updates, 5 profiles
+(bench/profiles/*.txt), 6 hostile inputs in process, 7 the cost of the resilience mechanisms per backend call (in
+process, with a redis-server when one is installed), 8 what authenticating callers and Idempotency-Key handling add
+per request (in process, likewise with Redis), 9 the event pipeline (webhook intake, delivery, lag, a backlog's
+drain; SQLite and Redis), 10 every production feature together and each alone (in process).
 Every server is started on a free 127.0.0.1 port and stopped before the script ends, whatever happens.
 """
 
@@ -21,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bulk import run_bulk
 from bench.caller_cost import run_caller_cost
+from bench.chart import draw_scaling_chart
+from bench.events import run_event_pipeline
+from bench.features_cost import run_features_cost
 from bench.hostile_inputs import run_hostile_inputs
 from bench.load import run_end_to_end
 from bench.measure import Budget
@@ -33,6 +38,7 @@ from bench.translate import run_translation
 from bench.workload import ROOT
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+CHART = RESULTS.with_name("scaling.png")
 
 
 def command_line() -> str:
@@ -66,10 +72,17 @@ def main() -> None:
     hostile = run_hostile_inputs(budget)
     resilience = run_resilience_cost(budget)
     callers = run_caller_cost(budget)
-    explanations = why_targets_were_missed(translation, load, profiles, hostile, resilience, callers)
+    events = run_event_pipeline(budget)
+    features = run_features_cost(budget)
+    chart = draw_scaling_chart(load, options.output.with_name(CHART.name))
+    load.note(f"The chart `{chart.name}` beside this file draws the table above: throughput and p99 against "
+              "concurrency for the gateway, the passthrough and direct calls.")
+    explanations = why_targets_were_missed(translation, load, profiles, hostile, resilience, callers, events,
+                                           features)
 
     seconds = time.monotonic() - started
-    sections = [translation, load, memory, bulk, profiles, hostile, resilience, callers, explanations]
+    sections = [translation, load, memory, bulk, profiles, hostile, resilience, callers, events, features,
+                explanations]
     options.output.write_text(results_document(sections, command=command_line(), started=started_at,
                                                seconds=seconds, quick=options.quick))
     print(f"\nwrote {options.output} after {seconds / 60:.1f} min", flush=True)
