@@ -75,8 +75,9 @@ def main() -> None:
     events = run_event_pipeline(budget)
     features = run_features_cost(budget)
     chart = draw_scaling_chart(load, options.output.with_name(CHART.name))
-    load.note(f"The chart `{chart.name}` beside this file draws the table above: throughput and p99 against "
-              "concurrency for the gateway, the passthrough and direct calls.")
+    load.note(f"![throughput and p99 against concurrency]({chart.name})\n\nThe chart `{chart.name}` beside this "
+              "file draws the table above: throughput and p99 against concurrency for the gateway, the passthrough "
+              "and direct calls.")
     explanations = why_targets_were_missed(translation, load, profiles, hostile, resilience, callers, events,
                                            features)
 
