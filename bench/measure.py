@@ -141,6 +141,8 @@ class Section:
     notes: list[str] = field(default_factory=list)
     #: named figures other sections' explanations refer to (seconds, or nanoseconds where the name says so)
     figures: dict[str, float] = field(default_factory=dict)
+    #: per profile, the gateway's functions by total time: (function, µs per call), most first
+    hot_spots: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
     def table(self, caption: str, columns: Sequence[str]) -> Table:
         """Start a new table in this section."""

@@ -101,6 +101,7 @@ def summarize_profile(section: Section, name: str, profiler: Profiler, calls: in
                     key=lambda item: -item[1])
     for rank, (where, seconds) in enumerate(ranked[:TOP], 1):
         own.add(rank, f"{seconds / wall:.1%}", f"{seconds / calls * 1e6:.1f}", where)
+    section.hot_spots[name] = [(where, seconds / calls * 1e6) for where, seconds in ranked[:TOP]] if calls else []
 
 
 class CannedTransport:

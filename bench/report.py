@@ -159,6 +159,15 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
                 if not verdict.passed:
                     section.note(f"**{part.title}: {verdict.target}** — {verdict.detail}; the section's own "
                                  "tables take the request apart.")
+    spots = profiles.hot_spots.get("webhook_intake") if profiles is not None else None
+    if events is not None and spots and any(not verdict.passed and "intake" in verdict.target
+                                            for verdict in events.verdicts):
+        named = ", ".join(f"`{where.split(' (')[0]}` {micros:.0f} µs" for where, micros in spots[1:6])
+        section.note(f"**Webhook intake, profiled** (section 5, `webhook_intake`, µs per webhook under the profiler, "
+                     f"which inflates them; the shares are what count): `{spots[0][0].split(' (')[0]}` takes "
+                     f"{spots[0][1]:.0f} µs in all; below it {named}. Storing the event waits for one durable "
+                     "SQLite commit (an fsync, section 8's figure); the baseline app stores nothing, so at "
+                     "concurrency 16 the gateway's intake is bounded by those commits, one at a time per database.")
     if features is not None and any(not verdict.passed for verdict in features.verdicts):
         store = callers.figures if callers is not None else {}
         fsync, ping = store.get("fsync p50 ns"), store.get("redis ping p50 ns")
