@@ -162,9 +162,9 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
     spots = profiles.hot_spots.get("webhook_intake") if profiles is not None else None
     if events is not None and spots and any(not verdict.passed and "intake" in verdict.target
                                             for verdict in events.verdicts):
-        named = ", ".join(f"`{where.split(' (')[0]}` {micros:.0f} µs" for where, micros in spots[1:6])
+        named = ", ".join(f"{where.split(' (')[0]} {micros:.0f} µs" for where, micros in spots[1:6])
         section.note(f"**Webhook intake, profiled** (section 5, `webhook_intake`, µs per webhook under the profiler, "
-                     f"which inflates them; the shares are what count): `{spots[0][0].split(' (')[0]}` takes "
+                     f"which inflates them; the shares are what count): {spots[0][0].split(' (')[0]} takes "
                      f"{spots[0][1]:.0f} µs in all; below it {named}. Storing the event waits for one durable "
                      "SQLite commit (an fsync, section 8's figure); the baseline app stores nothing, so at "
                      "concurrency 16 the gateway's intake is bounded by those commits, one at a time per database.")
