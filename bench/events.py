@@ -31,7 +31,7 @@ from bench.measure import Budget, Section, milliseconds, percentile
 from bench.resilience_cost import RedisServer, running_redis_server
 from bench.servers import Server, start_gunicorn
 from bench.workload import ROOT, environment_without_backend_urls, sandbox_urls, write_config_copy
-from bench.wrk import DONE, MARK, WrkResult, run_wrk
+from bench.wrk import WrkResult, run_wrk, write_script
 from gateway.backends import BACKENDS
 from gateway.config import read_config_file
 from gateway.connections import Connection
@@ -103,48 +103,13 @@ def webhook_body(webhook_id: int, order_id: int) -> bytes:
     return (TEMPLATE % (webhook_id, order_id, order_id)).encode("utf-8")
 
 
-# As wrk.py's unique bodies, with one number more: a webhook's id and its order differ.
-LUA_WEBHOOKS = """
-local counter = 0
-local step = 1
-local threads = {}
-function setup(thread)
-  thread:set("first", #threads + 1)
-  table.insert(threads, thread)
-  for _, t in ipairs(threads) do t:set("step", #threads) end
-end
-function init(args)
-  counter = (first or 1) - (step or 1)
-end
-function request()
-  counter = counter + (step or 1)
-  local id = FIRST_ID + counter
-  local order = FIRST_ORDER + id % ORDERS
-  return wrk.format("POST", PATH, HEADERS, string.format(TEMPLATE, id, order, order))
-end
-"""
-
-
-def _lua_long_string(text: str) -> str:
-    if "]==]" in text or "\n" in text:
-        raise ValueError(f"cannot quote {text!r} as a Lua long string")
-    return f"[==[{text}]==]"
-
-
 def write_webhook_script(folder: Path, *, first_id: int, first_order: int) -> Path:
     """A wrk script of webhooks with ids above `first_id`, unique across wrk's connections, spread over ORDERS
     orders from `first_order` on."""
-    headers = {"Content-Type": "application/json", "Authorization": basic_authorization()}
-    # a space after "[": "[[" would open a Lua long string
-    quoted_headers = ", ".join(f"[ {_lua_long_string(name)} ] = {_lua_long_string(value)}"
-                               for name, value in headers.items())
-    lines = [f"MARK = {_lua_long_string(MARK)}", f"PATH = {_lua_long_string(WEBHOOK_PATH)}",
-             f"HEADERS = {{{quoted_headers}}}", f"TEMPLATE = {_lua_long_string(TEMPLATE)}",
-             f"FIRST_ID = {int(first_id)}", f"FIRST_ORDER = {int(first_order)}", f"ORDERS = {ORDERS}",
-             LUA_WEBHOOKS, DONE]
-    script = Path(tempfile.mkstemp(prefix="webhooks-", suffix=".lua", dir=folder)[1])
-    script.write_text("\n".join(lines))
-    return script
+    order = f"{int(first_order)} + n % {ORDERS}"
+    return write_script(folder, body_template=TEMPLATE, method="POST", path=WEBHOOK_PATH,
+                        headers={"Content-Type": "application/json", "Authorization": basic_authorization()},
+                        unique_base=first_id, values=f"n, {order}, {order}")
 
 
 class Identifiers:

@@ -1,11 +1,13 @@
 """HTTP load from wrk (Debian's `wrk` package): a C load generator that costs the measured servers nothing but its
 own CPU time, scripted in Lua for the requests each benchmark sends.
 
-`run_wrk(url, requests=[...])` writes a Lua script that sends the given requests in turn (each connection starts
-at its own place in the list), or `body_template=` for bodies that must differ every time (a `%d` becomes a
-number unique across the run's connections: webhook ids); wrk's `done()` hook prints the figures as one JSON
-line, which is parsed into a `WrkResult`. wrk is pinned to one CPU with taskset when `cpu` is given (on a
-2-core machine the servers still share that CPU: the report says so).
+`write_script(folder, requests=[...])` writes a Lua script that sends the given requests in turn (each wrk thread
+starts at its own place in the list), or `body_template=` for bodies that must differ every time: each `%d` is
+filled from `values`, Lua expressions of `n`, a number unique across the run's connections (each wrk thread
+counts from its own million above `unique_base`; by default `n` itself: webhook ids). `run_wrk(url, script, ...)`
+runs it; wrk's `done()` hook prints the figures as one JSON line, which is parsed into a `WrkResult`. wrk is
+pinned to one CPU with taskset when `cpu` is given (on a 2-core machine the servers still share that CPU: the
+report says so).
 
 Run alone as a smoke test: `python -m bench.wrk URL`.
 """
@@ -108,30 +110,32 @@ function request()
 end
 """
 
-UNIQUE = """
+#: each wrk thread numbers its requests from its own million on: setup() gives a thread its start before that
+#: thread runs (changing a running thread's Lua state is a race), so no later call has to reach it
+THREAD_STRIDE = 1_000_000
+
+UNIQUE = f"""
 local counter = 0
-local step = 1
-local threads = {}
+local threads = {{}}
 function setup(thread)
-  thread:set("first", #threads + 1)
+  thread:set("first", #threads * {THREAD_STRIDE})
   table.insert(threads, thread)
-  for _, t in ipairs(threads) do t:set("step", #threads) end
 end
 function init(args)
-  counter = (first or 1) - (step or 1)
+  counter = first or 0
 end
 function request()
-  counter = counter + (step or 1)
-  return wrk.format(METHOD, PATH, HEADERS, string.format(TEMPLATE, UNIQUE_BASE + counter))
+  counter = counter + 1
+  return wrk.format(METHOD, PATH, HEADERS, string.format(TEMPLATE, VALUES(UNIQUE_BASE + counter)))
 end
 """
 
 
 def write_script(folder: Path, *, requests: Sequence[WrkRequest] | None = None,
                  body_template: str | None = None, method: str = "POST", path: str = "/",
-                 headers: Mapping[str, str] | None = None, unique_base: int = 0) -> Path:
-    """The Lua script of a load: a rotation of `requests`, or one request whose body is `body_template` with a
-    unique number in place of its `%d`."""
+                 headers: Mapping[str, str] | None = None, unique_base: int = 0, values: str = "n") -> Path:
+    """The Lua script of a load: a rotation of `requests`, or one request whose body is `body_template` with its
+    `%d`s filled by `values` (comma-separated Lua expressions of the unique number `n`, one per `%d`)."""
     lines = [f"MARK = {_lua_string(MARK)}"]
     if requests is not None:
         if not requests:
@@ -141,11 +145,11 @@ def write_script(folder: Path, *, requests: Sequence[WrkRequest] | None = None,
         lines.append(f"REQUESTS = {{\n  {rows}\n}}")
         lines.append(ROTATION)
     elif body_template is not None:
-        if body_template.count("%d") != 1 or "%" in body_template.replace("%d", ""):
-            raise ValueError("body_template holds exactly one %d and no other %")
+        if body_template.count("%d") != values.count(",") + 1 or "%" in body_template.replace("%d", ""):
+            raise ValueError("body_template holds one %d per value and no other %")
         lines += [f"METHOD = {_lua_string(method)}", f"PATH = {_lua_string(path)}",
                   f"HEADERS = {_lua_headers(headers or {})}", f"TEMPLATE = {_lua_string(body_template)}",
-                  f"UNIQUE_BASE = {int(unique_base)}", UNIQUE]
+                  f"UNIQUE_BASE = {int(unique_base)}", f"function VALUES(n) return {values} end", UNIQUE]
     else:
         raise ValueError("give requests or body_template")
     lines.append(DONE)
