@@ -184,15 +184,33 @@ class LoadTargets:
         #: (target, concurrency, calls refused) of each Ongoing run measured again
         self.overlapping_runs: list[tuple[str, int, int]] = []
 
+    def requests(self, backend: str, target: str) -> list[WrkRequest]:
+        """The rotation of requests wrk sends the target (direct ones freshly signed)."""
+        if target == "direct":
+            return direct_requests(self.documents, backend)
+        return (gateway_requests if target == "gateway" else passthrough_requests)(backend)
+
     def script(self, backend: str, target: str) -> Path:
         """The target's script; direct gets a freshly signed one every time."""
         if target == "direct":
-            return write_script(self.folder, requests=direct_requests(self.documents, backend))
+            return write_script(self.folder, requests=self.requests(backend, target))
         key = backend, target
         if key not in self.scripts:
-            build = gateway_requests if target == "gateway" else passthrough_requests
-            self.scripts[key] = write_script(self.folder, requests=build(backend))
+            self.scripts[key] = write_script(self.folder, requests=self.requests(backend, target))
         return self.scripts[key]
+
+    def check_every_request_succeeds(self) -> None:
+        """Each request of every rotation answers 2xx from its target before anything is measured: a baseline that
+        answers errors (an app that fails fast) would make any comparison with it meaningless."""
+        with keep_alive_session() as session:
+            for backend in REPEATABLE:
+                for target in TARGETS:
+                    for request in self.requests(backend, target):
+                        reply = session.request(request.method, self.urls[target] + request.path, data=request.body,
+                                                headers=dict(request.headers or {}), timeout=REQUEST_TIMEOUT)
+                        if not 200 <= reply.status_code < 300:
+                            raise RuntimeError(f"{backend}, {target}: {request.method} {request.path} answered "
+                                               f"HTTP {reply.status_code}: {reply.text[:500]}")
 
     def run(self, backend: str, target: str, *, connections: int, seconds: int) -> WrkResult:
         """One wrk run against the target, then the time its servers need to finish what wrk left in flight.
@@ -405,6 +423,7 @@ def run_end_to_end(deployment: Deployment, budget: Budget) -> Section:
                      "opens a new TCP connection; direct calls reuse theirs (the sandbox runs gthread workers).")
     with tempfile.TemporaryDirectory(prefix="wrk-", dir=deployment.folder) as scratch:
         targets = LoadTargets(deployment, Path(scratch))
+        targets.check_every_request_succeeds()
         results = measure_targets(targets, plan)
     record_figures(section, results)
     section.figures["ongoing overlapping runs"] = float(len(targets.overlapping_runs))

@@ -6,8 +6,9 @@ translation, no normalization. Served by gunicorn with the gateway's own setting
 documents come from the JSON file named by BENCH_PASSTHROUGH_DOCUMENTS (written by bench/servers.py).
 
 Ongoing serves one goods owner's calls one after another, so its calls are sent one at a time, as the gateway
-sends them: under a lock file beside the documents, shared by the app's workers (filelock, as the gateway's own
-call lock). The passthrough is then the bound of a gateway that keeps Ongoing's rule.
+sends them: under a lock file beside the documents, shared by the app's workers — the gateway's own file call
+lock (`FileCallLocks`, flock on a descriptor each thread keeps, opened again after gunicorn forks its workers).
+The passthrough is then the bound of a gateway that keeps Ongoing's rule.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import json
 import os
 from typing import Any
 
-import filelock
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
 
 from gateway.backends.sellercenter.signing import SellerCenterSignature
+from gateway.coordination.locks import FileCallLocks, LockTimeout
 
 TIMEOUT = (3.05, 30.0)
 #: backends whose calls go one at a time (Ongoing: per goods owner; the benchmark uses one)
@@ -58,9 +59,7 @@ class PassthroughApp:
         for request, _ in self.routes.values():
             request["body"] = request["body"].encode("utf-8")
         self.session = pooled_session()
-        self.locks = {backend: filelock.FileLock(os.path.join(lock_folder, f"{backend}.lock"), thread_local=True,
-                                                 is_singleton=False)
-                      for backend in ONE_CALL_AT_A_TIME if lock_folder is not None}
+        self.locks = FileCallLocks(lock_folder) if lock_folder is not None else None
 
     def __call__(self, environ: dict, start_response: Any) -> list[bytes]:
         """Answer GET with a liveness line; forward PATCH /<backend>/<order id>."""
@@ -74,14 +73,13 @@ class PassthroughApp:
         if route is None:
             return self._answer(start_response, "404 Not Found", "text/plain", b"no pre-rendered document\n")
         request, auth = route
-        lock = self.locks.get(backend)
         try:
-            if lock is None:
+            if self.locks is None or backend not in ONE_CALL_AT_A_TIME:
                 reply = self._forward(request, auth)
             else:
-                with lock.acquire(timeout=TIMEOUT[1], poll_interval=0.005):
+                with self.locks.hold(backend, timeout=TIMEOUT[1]):
                     reply = self._forward(request, auth)
-        except (requests.RequestException, filelock.Timeout) as error:
+        except (requests.RequestException, LockTimeout) as error:
             return self._answer(start_response, "502 Bad Gateway", "text/plain", f"{error}\n".encode())
         status = f"{reply.status_code} {reply.reason or ''}".strip()
         return self._answer(start_response, status, reply.headers.get("Content-Type", "text/plain"), reply.content)
