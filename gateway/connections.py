@@ -21,6 +21,7 @@ The REST layer never needs to know which backend it talks to.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -49,7 +50,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.journal import Exchange
-from gateway.journal.recorder import JournalRecorder, call_context
+from gateway.journal.recorder import CallContext, JournalRecorder, call_context
 from gateway.replies import read_reply, valid_retry_after
 from gateway.scrubbing import Scrubber
 from gateway.transport import BackendReply, HttpTransport, OutboundRequest, Transport
@@ -278,30 +279,30 @@ class Connection:
 
     def _record(self, operation: Operation, updates: list[OrderUpdate], request: OutboundRequest,
                 reply: BackendReply | None, started: float, outcome: str, error_text: str | None) -> None:
-        """Hand the exchange to the journal: the request as a dry run shows it, everything scrubbed."""
-        try:
-            shown = self.backend.dry_run_view(request)
-            context = call_context.get()
-            clean = self.scrubber
-            exchange = Exchange(
-                id=f"exc_{uuid.uuid4().hex}", at=started,
-                request_id=context.request_id if context else "", caller=context.caller if context else "",
-                connection=self.name, backend=self.kind, operation=operation.name,
-                order_ids=tuple(update.order_id for update in updates),
-                request=clean.scrub_document({"method": shown.method, "url": shown.url,
-                                              "headers": dict(shown.headers),
-                                              "body": self.recorder.body_text(shown.body)}),
-                reply=None if reply is None else clean.scrub_document({
-                    "status": reply.status, "headers": dict(reply.headers),
-                    "body": self.recorder.body_text(reply.body)}),
-                duration_ms=round((time.time() - started) * 1000, 3), outcome=outcome,
-                error=clean.scrub(error_text) if error_text else None,
-            )
-        except Exception:  # recording is never a reason for a call to fail
-            self.recorder.failed += 1
-            metrics.journal_failures.inc()
-            return
-        self.recorder.record(exchange)
+        """Hand the exchange to the journal, to be made (the request as a dry run shows it, everything scrubbed)
+        and written on the journal's thread."""
+        context = call_context.get()
+        self.recorder.record(functools.partial(
+            self._exchange, operation.name, tuple(update.order_id for update in updates), request,
+            None if reply is None else (reply.status, dict(reply.headers), reply.body), started,
+            round((time.time() - started) * 1000, 3), outcome, error_text, context))
+
+    def _exchange(self, operation: str, order_ids: tuple[str, ...], request: OutboundRequest,
+                  reply: tuple[int, dict[str, str], bytes] | None, started: float, duration_ms: float,
+                  outcome: str, error_text: str | None, context: CallContext | None) -> Exchange:
+        """The exchange as the journal keeps it (on the journal's thread)."""
+        shown = self.backend.dry_run_view(request)
+        clean = self.scrubber
+        return Exchange(
+            id=f"exc_{uuid.uuid4().hex}", at=started,
+            request_id=context.request_id if context else "", caller=context.caller if context else "",
+            connection=self.name, backend=self.kind, operation=operation, order_ids=order_ids,
+            request=clean.scrub_document({"method": shown.method, "url": shown.url, "headers": dict(shown.headers),
+                                          "body": self.recorder.body_text(shown.body)}),
+            reply=None if reply is None else clean.scrub_document({
+                "status": reply[0], "headers": reply[1], "body": self.recorder.body_text(reply[2])}),
+            duration_ms=duration_ms, outcome=outcome, error=clean.scrub(error_text) if error_text else None,
+        )
 
     def close(self) -> None:
         """Release the connection's pooled HTTP connections."""

@@ -205,10 +205,8 @@ class HttpTransport:
 
     def _exchange(self, request: OutboundRequest, timeouts: tuple[float, float]) -> BackendReply:
         with map_transport_errors(self.connection, *self.timeout):
-            response = self.session.request(
-                request.method, request.url, headers=dict(request.headers), data=request.body,
-                timeout=timeouts, stream=True, allow_redirects=False,
-            )
+            response = self.session.send(self._prepared(request), timeout=timeouts, stream=True,
+                                         allow_redirects=False, verify=self.session.verify, proxies={}, cert=None)
             try:
                 declared = parse_ascii_int(response.headers.get("Content-Length"))
                 if declared is not None and declared > self.max_reply_bytes:
@@ -221,6 +219,27 @@ class HttpTransport:
                 raise
             response.raw.release_conn()  # read to the end: the connection goes back to the pool
         return BackendReply(status=response.status_code, headers=response.headers, body=body)
+
+    def _prepared(self, request: OutboundRequest) -> requests.PreparedRequest:
+        """The request as requests sends it, prepared here rather than by `Session.request`.
+
+        `Session.request` merges the session's settings into every call (cookies, hooks, environment, proxies,
+        each through runtime protocol checks), which cost a call about 0.3 ms (bench section 2's profile) for
+        nothing: the session holds none of them but its authentication. So the method, URL and headers are
+        checked as requests checks them, the body (always bytes) is set with its length, and the connection's
+        authentication is applied. Cookies a backend sets are never sent back: calls of different callers share
+        a session, and no backend needs them.
+        """
+        prepared = requests.PreparedRequest()
+        prepared.prepare_method(request.method)
+        prepared.prepare_url(request.url, None)
+        prepared.prepare_headers(request.headers)
+        prepared.body = request.body
+        prepared.headers["Content-Length"] = str(len(request.body))
+        prepared.prepare_hooks({})
+        if self.session.auth is not None:
+            prepared.prepare_auth(self.session.auth)
+        return prepared
 
     def _too_large(self) -> BackendFailure:
         return BackendFailure(

@@ -119,3 +119,36 @@ def test_a_journal_that_fails_never_fails_the_request(client, monkeypatch):
     reply = client.patch("/orders/SO-1003", json={"waybill": "WB-3"}, headers=auth())
     assert reply.status_code == 200
     assert recorder.flush() and recorder.failed == 1
+
+
+@pytest.mark.expected_traceback  # the failure is logged with its traceback, as it should be
+def test_an_exchange_that_cannot_be_made_never_fails_the_request(client, monkeypatch):
+    recorder = client.application.extensions["order_gateway_journal"]
+    connection = client.application.extensions["order_gateway"].resolve("ongoing")
+
+    def broken(request):
+        raise ValueError("cannot mask this")
+
+    monkeypatch.setattr(connection.backend, "dry_run_view", broken)
+    reply = client.patch("/orders/SO-1003", json={"waybill": "WB-3"}, headers=auth())
+    assert reply.status_code == 200
+    assert recorder.flush() and recorder.failed == 1 and recorder.recorded == 0
+
+
+def test_the_exchange_is_masked_and_scrubbed_on_the_journals_thread_not_the_requests(client, monkeypatch):
+    import threading
+
+    connection = client.application.extensions["order_gateway"].resolve("ongoing")
+    made_on = []
+    view = connection.backend.dry_run_view
+
+    def noting_thread(request):
+        made_on.append(threading.current_thread().name)
+        return view(request)
+
+    monkeypatch.setattr(connection.backend, "dry_run_view", noting_thread)
+    assert client.patch("/orders/SO-1003", json={"waybill": "WB-4"}, headers=auth()).status_code == 200
+    assert client.application.extensions["order_gateway_journal"].flush()
+    assert made_on == ["gateway-journal"]
+    (exchange, *_) = exchanges_of(client)
+    assert exchange["order_ids"] == ["SO-1003"] and "demo-password" not in str(exchange)

@@ -10,7 +10,7 @@ import urllib3.exceptions
 
 from gateway.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
 from gateway.transport import TRANSPORT_ERROR_MAP, HttpTransport, OutboundRequest, map_transport_errors
-from tests.servers import serve_keep_alive
+from tests.servers import ScriptedBackend, serve_keep_alive, serve_wsgi
 
 
 def all_subclasses(base: type) -> set[type]:
@@ -102,3 +102,58 @@ def test_connections_are_reused_from_the_pool():
     assert [reply.body for reply in replies] == [b"<ok/>"] * 3
     assert len(client_ports) == 3
     assert len(set(client_ports)) == 1, "every request should travel on the same pooled connection"
+
+
+class SetsACookie(ScriptedBackend):
+    """A backend that sets a cookie on every reply."""
+
+    def __call__(self, environ, start_response):
+        def with_cookie(status, headers, exc_info=None):
+            return start_response(status, [*headers, ("Set-Cookie", "session=backend-set; Path=/")], exc_info)
+
+        return super().__call__(environ, with_cookie)
+
+
+def test_the_request_goes_out_as_rendered_with_its_length_and_the_connections_authentication():
+    backend = ScriptedBackend(b"<ok/>")
+    with serve_wsgi(backend) as url:
+        transport = HttpTransport(connection="demo", connect_timeout=1, read_timeout=1, max_reply_bytes=1024,
+                                  auth=requests.auth.HTTPBasicAuth("user", "pass"))
+        try:
+            reply = transport.send(OutboundRequest("POST", url + "/soap?x=1", {"Content-Type": "text/xml",
+                                                                               "SOAPAction": '"urn:a"'}, b"<x/>"))
+        finally:
+            transport.close()
+    assert reply.status == 200 and reply.body == b"<ok/>"
+    headers, body = backend.requests[0]
+    assert body == b"<x/>"
+    assert headers["Content-Length"] == "4"
+    assert headers["Content-Type"] == "text/xml" and headers["Soapaction"] == '"urn:a"'
+    assert headers["Authorization"] == "Basic dXNlcjpwYXNz"
+
+
+def test_cookies_a_backend_sets_are_never_sent_back():
+    backend = SetsACookie(b"<ok/>")
+    with serve_wsgi(backend) as url:
+        transport = HttpTransport(connection="demo", connect_timeout=1, read_timeout=1, max_reply_bytes=1024)
+        try:
+            for _ in range(2):
+                transport.send(OutboundRequest("POST", url + "/", {"Content-Type": "text/xml"}, b"<x/>"))
+        finally:
+            transport.close()
+    assert len(backend.requests) == 2
+    assert all("Cookie" not in headers for headers, _ in backend.requests)
+
+
+@pytest.mark.parametrize("name, value", [("X-Injected", "a\r\nX-Other: b"), ("X-Split\r\nX-Other", "v"),
+                                         ("X-Lead", " v")])
+def test_a_header_that_would_split_the_request_is_refused_before_sending(name, value):
+    backend = ScriptedBackend(b"<ok/>")
+    with serve_wsgi(backend) as url:
+        transport = HttpTransport(connection="demo", connect_timeout=1, read_timeout=1, max_reply_bytes=1024)
+        try:
+            with pytest.raises(BackendError):
+                transport.send(OutboundRequest("POST", url + "/", {name: value}, b"<x/>"))
+        finally:
+            transport.close()
+    assert backend.requests == []

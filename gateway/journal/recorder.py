@@ -1,9 +1,12 @@
-"""Recording exchanges without slowing or failing a request: the call hands its exchange to a bounded queue and a
-background thread writes it to the journal.
+"""Recording exchanges without slowing or failing a request: the call hands what it sent and received to a bounded
+queue, and a background thread makes the exchange of it (the dry-run view of the request, every part scrubbed)
+and writes it to the journal.
 
-A full queue drops the exchange and counts it (`dropped`); a write that fails is counted too (`failed`) and
-logged — the request it belongs to has long been answered. The thread starts with the first exchange a process
-records, so a forked gunicorn worker starts its own.
+So the request pays for queueing its parts, not for masking, scrubbing, encoding and storing them; the thread
+does that while the request thread waits on a backend or a client. A full queue drops the exchange and counts it
+(`dropped`); an exchange that cannot be made or written is counted too (`failed`) and logged — the request it
+belongs to has long been answered. The thread starts with the first exchange a process records, so a forked
+gunicorn worker starts its own.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -40,7 +44,7 @@ class JournalRecorder:
         self.record_bodies = record_bodies
         self.max_body_bytes = max_body_bytes
         self.dropped = self.failed = self.recorded = 0
-        self._queue: queue.Queue[Exchange | None] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[Exchange | Callable[[], Exchange] | None] = queue.Queue(QUEUE_SIZE)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -51,8 +55,9 @@ class JournalRecorder:
         text = body[:self.max_body_bytes].decode("utf-8", "replace")
         return text + (f"… ({len(body) - self.max_body_bytes} more bytes)" if len(body) > self.max_body_bytes else "")
 
-    def record(self, exchange: Exchange) -> None:
-        """Queue an exchange for writing; never blocks, never raises."""
+    def record(self, exchange: Exchange | Callable[[], Exchange]) -> None:
+        """Queue an exchange, or a function that makes it on the journal's thread, for writing; never blocks, never
+        raises."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._write, name="gateway-journal", daemon=True)
@@ -62,20 +67,24 @@ class JournalRecorder:
         except queue.Full:
             self.dropped += 1
             metrics.journal_failures.inc()
-            log.warning("the exchange journal's queue is full: exchange %s was not recorded", exchange.id)
+            log.warning("the exchange journal's queue is full: an exchange (%s) was not recorded",
+                        exchange.id if isinstance(exchange, Exchange) else "not made yet")
 
     def _write(self) -> None:
         while True:
-            exchange = self._queue.get()
-            if exchange is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            exchange = item if isinstance(item, Exchange) else None
             try:
+                exchange = exchange or item()
                 self.journal.record(exchange)
                 self.recorded += 1
             except Exception:  # a journal that fails must not take anything else with it
                 self.failed += 1
                 metrics.journal_failures.inc()
-                log.exception("the exchange journal could not record exchange %s", exchange.id)
+                log.exception("the exchange journal could not record exchange %s",
+                              exchange.id if exchange is not None else "(it could not be made)")
             finally:
                 self._queue.task_done()
 
