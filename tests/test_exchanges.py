@@ -112,10 +112,10 @@ def test_reading_the_journal_needs_its_scope(client):
 def test_a_journal_that_fails_never_fails_the_request(client, monkeypatch):
     recorder = client.application.extensions["order_gateway_journal"]
 
-    def broken(exchange):
+    def broken(exchanges):
         raise OSError("disk full")
 
-    monkeypatch.setattr(recorder.journal, "record", broken)
+    monkeypatch.setattr(recorder.journal, "record_many", broken)
     reply = client.patch("/orders/SO-1003", json={"waybill": "WB-3"}, headers=auth())
     assert reply.status_code == 200
     assert recorder.flush() and recorder.failed == 1

@@ -202,6 +202,40 @@ def test_an_id_is_recorded_once(journal):
     assert journal.list(order_id="2002") == []
 
 
+def test_record_many_stores_them_all_in_one_go(open_journal):
+    start = moment() - 10
+    batch = [exchange(start + number, order_ids=(f"30{number}",)) for number in range(5)]
+    journal = open_journal()
+
+    journal.record_many(batch)
+    journal.record_many([])
+
+    reader = open_journal()
+    assert reader.list() == batch[::-1]
+    assert [reader.get(item.id) for item in batch] == batch
+    assert reader.list(order_id="303") == [batch[3]]
+
+
+@pytest.mark.parametrize("spoil", ["already recorded", "named twice", "not an exchange"])
+def test_record_many_stores_none_when_one_cannot_be_stored(journal, spoil):
+    start = moment() - 10
+    earlier = exchange(start - 5)
+    journal.record(earlier)
+    batch: list = [exchange(start + number, order_ids=("4001",)) for number in range(3)]
+    if spoil == "already recorded":
+        batch.insert(1, dataclasses.replace(earlier, order_ids=("4001",)))
+    elif spoil == "named twice":
+        batch.append(dataclasses.replace(batch[0], at=start + 9))
+    else:
+        batch.append({"id": "exc_1"})
+
+    with pytest.raises((ValueError, TypeError)):
+        journal.record_many(batch)
+
+    assert journal.list() == [earlier]
+    assert journal.list(order_id="4001") == []
+
+
 def test_an_exchange_holds_its_order_ids_as_a_tuple_and_refuses_what_it_cannot_store():
     at = moment()
     assert exchange(at, order_ids=["1001", "1002"]).order_ids == ("1001", "1002")
@@ -888,3 +922,80 @@ def test_the_redis_journal_keeps_its_keys_under_its_prefix_and_leaves_none_behin
     finally:
         client.close()
         journal.close()
+
+
+# --- the recorder: a queue in front of the journal, written by one thread -----------------------------------------
+
+class ListJournal:
+    """A journal in a list that notes each batch it is given; record_many can be held until released."""
+
+    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
+        self.batches: list[list[str]] = []
+        self.stored: list[Exchange] = []
+        self.refuse = refuse
+        self.held = threading.Event()
+        self.held.set()
+
+    def record_many(self, exchanges):
+        self.held.wait(5)
+        if self.refuse & {item.id for item in exchanges}:
+            raise ValueError("refused")
+        self.batches.append(ids(exchanges))
+        self.stored.extend(exchanges)
+
+    def record(self, item):
+        self.record_many([item])
+
+    def close(self):
+        pass
+
+
+def a_recorder(journal: ListJournal):
+    from gateway.journal.recorder import JournalRecorder
+
+    return JournalRecorder(journal, record_bodies=True, max_body_bytes=1000)
+
+
+def test_the_recorder_writes_what_queued_up_meanwhile_in_one_batch():
+    journal = ListJournal()
+    recorder = a_recorder(journal)
+    start = moment()
+    journal.held.clear()
+    recorder.record(exchange(start))
+    deadline = time.monotonic() + 5
+    while not recorder._queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.005)  # the writer has taken the first and waits in record_many
+    waiting = [exchange(start + number) for number in range(1, 6)]
+    for item in waiting:
+        recorder.record(lambda item=item: item)  # made on the writer's thread
+    journal.held.set()
+
+    assert recorder.flush()
+    recorder.close()
+    assert [len(batch) for batch in journal.batches] == [1, 5]
+    assert journal.stored[1:] == waiting and recorder.recorded == 6 and recorder.failed == 0
+
+
+@pytest.mark.expected_traceback  # each failure is logged with its traceback
+def test_in_a_batch_only_the_exchanges_that_fail_are_lost_and_each_is_counted():
+    start = moment()
+    items = [exchange(start + number) for number in range(4)]
+    journal = ListJournal(refuse=frozenset({items[2].id}))
+    recorder = a_recorder(journal)
+    journal.held.clear()
+    recorder.record(items[0])
+    deadline = time.monotonic() + 5
+    while not recorder._queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+    def cannot_be_made():
+        raise RuntimeError("the dry-run view failed")
+
+    for item in (items[1], cannot_be_made, items[2], items[3]):
+        recorder.record(item)
+    journal.held.set()
+
+    assert recorder.flush()
+    recorder.close()
+    assert journal.stored == [items[0], items[1], items[3]]
+    assert recorder.recorded == 3 and recorder.failed == 2

@@ -30,7 +30,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -101,9 +101,14 @@ class Exchange:
 class ExchangeJournal(abc.ABC):
     """Keeps exchanges for a bounded time and number; every method is safe across threads and processes."""
 
-    @abc.abstractmethod
     def record(self, exchange: Exchange) -> None:
         """Store the exchange (without bodies unless they are recorded), pruning now and then."""
+        self.record_many([exchange])
+
+    @abc.abstractmethod
+    def record_many(self, exchanges: Sequence[Exchange]) -> None:
+        """Store the exchanges as `record` does, all of them or (raising) none: in one transaction, so a writer
+        that has several waiting pays for one commit."""
 
     @abc.abstractmethod
     def get(self, exchange_id: str) -> Exchange | None:
@@ -267,12 +272,12 @@ class PruneSchedule:
         self._records = 0
         self._next_at = 0.0  # time.monotonic(): the first record prunes, whatever was left from before
 
-    def due(self) -> bool:
-        """Count one record; whether it should be followed by a prune."""
+    def due(self, records: int = 1) -> bool:
+        """Count `records` more records; whether they should be followed by a prune."""
         if self._pid != os.getpid():
             self._reset()
         with self._lock:
-            self._records += 1
+            self._records += records
             if self._records < self.every and time.monotonic() < self._next_at:
                 return False
             self._records = 0

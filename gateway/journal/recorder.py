@@ -23,6 +23,8 @@ from gateway.journal import Exchange, ExchangeJournal
 
 log = logging.getLogger("gateway.journal")
 QUEUE_SIZE = 1000
+#: exchanges written in one transaction at most, when that many are waiting
+BATCH_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -72,21 +74,58 @@ class JournalRecorder:
 
     def _write(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            exchange = item if isinstance(item, Exchange) else None
+            items = [self._queue.get()]
+            # What queued up meanwhile is written with it, in one transaction (up to BATCH_SIZE).
+            while items[-1] is not None and len(items) < BATCH_SIZE:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = items[-1] is None
             try:
-                exchange = exchange or item()
+                self._write_batch([item for item in items if item is not None])
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+            if stop:
+                return
+
+    def _write_batch(self, items: list[Exchange | Callable[[], Exchange]]) -> None:
+        """Make the exchanges and write them together; if that fails, one at a time, so only the failing ones are
+        lost (and counted)."""
+        exchanges = [exchange for exchange in map(self._made, items) if exchange is not None]
+        if not exchanges:
+            return
+        try:
+            self.journal.record_many(exchanges)
+            self.recorded += len(exchanges)
+            return
+        except Exception:  # each one is tried again below, where a failure is counted and logged
+            if len(exchanges) == 1:
+                self._count_failure(exchanges[0].id)
+                return
+        for exchange in exchanges:
+            try:
                 self.journal.record(exchange)
                 self.recorded += 1
             except Exception:  # a journal that fails must not take anything else with it
-                self.failed += 1
-                metrics.journal_failures.inc()
-                log.exception("the exchange journal could not record exchange %s",
-                              exchange.id if exchange is not None else "(it could not be made)")
-            finally:
-                self._queue.task_done()
+                self._count_failure(exchange.id)
+
+    def _made(self, item: Exchange | Callable[[], Exchange]) -> Exchange | None:
+        """The exchange of a queued item (made now if it is a function); None, counted, if it cannot be made."""
+        if isinstance(item, Exchange):
+            return item
+        try:
+            return item()
+        except Exception:
+            self._count_failure("(it could not be made)")
+            return None
+
+    def _count_failure(self, exchange_id: str) -> None:
+        """Count and log (with the exception being handled) an exchange that was not recorded."""
+        self.failed += 1
+        metrics.journal_failures.inc()
+        log.exception("the exchange journal could not record exchange %s", exchange_id)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued exchange is written (for tests and shutdown); whether it happened in time."""

@@ -88,23 +88,28 @@ class RedisExchangeJournal(ExchangeJournal):
         """A key under this journal's prefix."""
         return self.prefix + "".join(parts)
 
-    def record(self, exchange: Exchange) -> None:
-        """Store the exchange (without bodies unless they are recorded), pruning now and then."""
-        exchange = check_exchange(exchange, record_bodies=self.record_bodies)
-        text, indexes = encode_exchange(exchange), index_names(exchange)
-        exchange_key = self._key("exchange:", exchange.id)
+    def record_many(self, exchanges: Sequence[Exchange]) -> None:
+        """Store the exchanges in one MULTI/EXEC (none of them if one cannot be), pruning now and then."""
+        checked = [check_exchange(item, record_bodies=self.record_bodies) for item in exchanges]
+        if len({exchange.id for exchange in checked}) < len(checked):
+            raise ValueError("the exchanges to record name one id twice")
+        entries = [(self._key("exchange:", exchange.id), exchange, encode_exchange(exchange), index_names(exchange))
+                   for exchange in checked]
 
         def add(pipe: redis.client.Pipeline) -> None:
-            if pipe.exists(exchange_key):
-                raise ValueError(f"an exchange with id {exchange.id!r} is already recorded")
+            for exchange_key, exchange, _, _ in entries:
+                if pipe.exists(exchange_key):
+                    raise ValueError(f"an exchange with id {exchange.id!r} is already recorded")
             pipe.multi()
-            pipe.hset(exchange_key, mapping={"exchange": text, "indexes": encode_json(indexes),
-                                             "timing": encode_timing(exchange)})
-            for index in ("exchanges", *indexes):
-                pipe.zadd(self._key(index), {exchange.id: exchange.at})
+            for exchange_key, exchange, text, indexes in entries:
+                pipe.hset(exchange_key, mapping={"exchange": text, "indexes": encode_json(indexes),
+                                                 "timing": encode_timing(exchange)})
+                for index in ("exchanges", *indexes):
+                    pipe.zadd(self._key(index), {exchange.id: exchange.at})
 
-        self._redis.transaction(add, exchange_key)
-        if self._schedule.due():
+        if entries:
+            self._redis.transaction(add, *(entry[0] for entry in entries))
+        if self._schedule.due(len(entries)):
             self.prune()
 
     def get(self, exchange_id: str) -> Exchange | None:

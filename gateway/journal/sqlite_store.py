@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from gateway.journal import (
     TIMINGS_LIMIT,
@@ -111,18 +111,21 @@ class SqliteExchangeJournal(SqliteFile, ExchangeJournal):
         self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="NORMAL",
                         what="exchange journal", migrations=MIGRATIONS)
 
-    def record(self, exchange: Exchange) -> None:
-        """Store the exchange (without bodies unless they are recorded), pruning now and then."""
-        exchange = check_exchange(exchange, record_bodies=self.record_bodies)
-        row = exchange_row(exchange)
+    def record_many(self, exchanges: Sequence[Exchange]) -> None:
+        """Store the exchanges in one transaction (none of them if one cannot be), pruning now and then."""
+        rows = [(exchange, exchange_row(exchange))
+                for exchange in (check_exchange(item, record_bodies=self.record_bodies) for item in exchanges)]
+        if len({exchange.id for exchange, _ in rows}) < len(rows):
+            raise ValueError("the exchanges to record name one id twice")
         with self._write() as db:
-            if db.execute("SELECT 1 FROM exchanges WHERE id = ?", (exchange.id,)).fetchone() is not None:
-                raise ValueError(f"an exchange with id {exchange.id!r} is already recorded")
-            seq = db.execute(INSERT_EXCHANGE, row).lastrowid
-            # An order named twice in one exchange is indexed once.
-            db.executemany("INSERT INTO exchange_orders (order_id, exchange_seq) VALUES (?, ?)",
-                           [(order_id, seq) for order_id in dict.fromkeys(exchange.order_ids)])
-        if self._schedule.due():
+            for exchange, row in rows:
+                if db.execute("SELECT 1 FROM exchanges WHERE id = ?", (exchange.id,)).fetchone() is not None:
+                    raise ValueError(f"an exchange with id {exchange.id!r} is already recorded")
+                seq = db.execute(INSERT_EXCHANGE, row).lastrowid
+                # An order named twice in one exchange is indexed once.
+                db.executemany("INSERT INTO exchange_orders (order_id, exchange_seq) VALUES (?, ?)",
+                               [(order_id, seq) for order_id in dict.fromkeys(exchange.order_ids)])
+        if self._schedule.due(len(rows)):
             self.prune()
 
     def get(self, exchange_id: str) -> Exchange | None:
