@@ -96,10 +96,29 @@ class LoadPlan:
 
 
 @dataclass(frozen=True)
+class MeasuredRun:
+    """One wrk run and the CPU time the servers spent meanwhile (the drain after it included)."""
+
+    load: WrkResult
+    server_cpu: float  # seconds, the target's gunicorn workers (the sandbox's for direct)
+    sandbox_cpu: float  # seconds, the sandbox's worker
+
+
+@dataclass(frozen=True)
 class TargetFigures:
     """One (backend, concurrency, target) over its repetitions."""
 
-    runs: tuple[WrkResult, ...]
+    measured: tuple[MeasuredRun, ...]
+
+    @property
+    def runs(self) -> tuple[WrkResult, ...]:
+        """wrk's figures of each run."""
+        return tuple(run.load for run in self.measured)
+
+    def cpu_per_request(self, which: str = "server") -> float:
+        """Seconds of CPU per completed request: the target's workers ("server") or the sandbox's ("sandbox")."""
+        spent = sum(run.server_cpu if which == "server" else run.sandbox_cpu for run in self.measured)
+        return spent / self.requests if self.requests else 0.0
 
     @property
     def requests(self) -> int:
@@ -179,6 +198,9 @@ class LoadTargets:
         self.documents = json.loads(deployment.documents.read_text())
         self.urls = {"gateway": deployment.gateway.url, "passthrough": deployment.passthrough.url,
                      "direct": deployment.sandbox.url}
+        self.servers = {"gateway": deployment.gateway, "passthrough": deployment.passthrough,
+                        "direct": deployment.sandbox}
+        self.sandbox = deployment.sandbox
         self.scripts: dict[tuple[str, str], Path] = {}
         self.sandbox_url = deployment.sandbox.url
         #: (target, concurrency, calls refused) of each Ongoing run measured again
@@ -212,22 +234,26 @@ class LoadTargets:
                             raise RuntimeError(f"{backend}, {target}: {request.method} {request.path} answered "
                                                f"HTTP {reply.status_code}: {reply.text[:500]}")
 
-    def run(self, backend: str, target: str, *, connections: int, seconds: int) -> WrkResult:
-        """One wrk run against the target, then the time its servers need to finish what wrk left in flight.
+    def run(self, backend: str, target: str, *, connections: int, seconds: int) -> MeasuredRun:
+        """One wrk run against the target, then the time its servers need to finish what wrk left in flight, with
+        the CPU time the target's workers and the sandbox's spent over both.
 
         An Ongoing run during which the sandbox refused overlapping calls is measured again (OVERLAP_REPEATS).
         """
         attempt = 0
         while True:
             before = self.ongoing_overlaps() if backend == "ongoing" else 0
+            server_before, sandbox_before = self.servers[target].workers_cpu(), self.sandbox.workers_cpu()
             result = run_wrk(self.urls[target], self.script(backend, target), connections=connections,
                              seconds=seconds, threads=1, cpu=load_cpu())
             time.sleep(min(result.p90, DRAIN_SECONDS))
+            measured = MeasuredRun(result, self.servers[target].workers_cpu() - server_before,
+                                   self.sandbox.workers_cpu() - sandbox_before)
             refused = self.refused_since(before) if backend == "ongoing" else 0
             if refused:
                 self.overlapping_runs.append((target, connections, refused))
             if not refused or attempt == OVERLAP_REPEATS:
-                return result
+                return measured
             attempt += 1
 
     def ongoing_overlaps(self) -> int:
@@ -258,7 +284,7 @@ def measure_targets(targets: LoadTargets, plan: LoadPlan) -> dict[tuple[str, int
             for target in WARMED_TARGETS:
                 targets.run(backend, target, connections=max(plan.concurrencies), seconds=plan.warmup_seconds)
         for concurrency in plan.concurrencies:
-            runs: dict[str, list[WrkResult]] = {target: [] for target in TARGETS}
+            runs: dict[str, list[MeasuredRun]] = {target: [] for target in TARGETS}
             for repetition in range(plan.repetitions):
                 for target in TARGETS if repetition % 2 == 0 else tuple(reversed(TARGETS)):
                     runs[target].append(targets.run(backend, target, connections=concurrency,
@@ -410,6 +436,8 @@ def record_figures(section: Section, results: dict[tuple[str, int, str], TargetF
             section.figures[f"{prefix} {name}"] = result.latency(name)
         section.figures[f"{prefix} requests"] = float(result.requests)
         section.figures[f"{prefix} errors"] = float(result.errors)
+        section.figures[f"{prefix} cpu per request"] = result.cpu_per_request()
+        section.figures[f"{prefix} sandbox cpu per request"] = result.cpu_per_request("sandbox")
 
 
 def run_end_to_end(deployment: Deployment, budget: Budget) -> Section:
@@ -428,11 +456,14 @@ def run_end_to_end(deployment: Deployment, budget: Budget) -> Section:
     record_figures(section, results)
     section.figures["ongoing overlapping runs"] = float(len(targets.overlapping_runs))
 
-    table = section.table("throughput and latency (wrk)",
-                          ["backend", "concurrency", "target", "requests", "errors", "req/s", "p50 ms", "p99 ms"])
+    table = section.table("throughput and latency (wrk), and the CPU time the servers spent per request",
+                          ["backend", "concurrency", "target", "requests", "errors", "req/s", "p50 ms", "p99 ms",
+                           "target's workers CPU ms/request", "sandbox CPU ms/request"])
     for (backend, concurrency, target), result in results.items():
         table.add(backend, concurrency, target, result.requests, result.errors, f"{result.rate:.0f}",
-                  milliseconds(result.latency("p50")), milliseconds(result.latency("p99")))
+                  milliseconds(result.latency("p50")), milliseconds(result.latency("p99")),
+                  "(the sandbox)" if target == "direct" else milliseconds(result.cpu_per_request()),
+                  milliseconds(result.cpu_per_request("sandbox")))
         if result.errors:
             kinds = ", ".join(f"{sum(getattr(run, kind) for run in result.runs)} {kind.replace('_', ' ')}"
                               for kind in ("non_2xx", "socket_errors", "timeouts"))
@@ -440,7 +471,8 @@ def run_end_to_end(deployment: Deployment, budget: Budget) -> Section:
 
     bounds = section.table("the gateway against its bounds",
                            ["backend", "concurrency", "gateway req/s ÷ passthrough req/s",
-                            "gateway p50 - passthrough p50 (ms)", "gateway p50 - direct p50 (ms)"])
+                            "gateway p50 - passthrough p50 (ms)", "gateway p50 - direct p50 (ms)",
+                            "gateway CPU - passthrough CPU (ms/request)"])
     for backend in REPEATABLE:
         for concurrency in plan.concurrencies:
             gateway, passthrough, direct = (results[backend, concurrency, target] for target in TARGETS)
@@ -449,7 +481,8 @@ def run_end_to_end(deployment: Deployment, budget: Budget) -> Section:
             section.figures[f"{backend} {concurrency} gateway share"] = share
             section.figures[f"{backend} {concurrency} gateway added p50"] = added
             bounds.add(backend, concurrency, f"{share:.0%}",
-                       milliseconds(gateway.latency("p50") - passthrough.latency("p50")), milliseconds(added))
+                       milliseconds(gateway.latency("p50") - passthrough.latency("p50")), milliseconds(added),
+                       milliseconds(gateway.cpu_per_request() - passthrough.cpu_per_request()))
 
     section.note(
         "Ongoing serves one goods owner's calls one after another, and the gateway holds a lock per goods owner "

@@ -129,11 +129,25 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
                        f"JSON endpoint, of which the translation round is {_us(figures[f'{backend} round ns'])} "
                        f"timed alone (section 1) and {_us(figures[f'{backend} in-process round ns'])} timed between "
                        "requests (section 5).")
+            spent = ""
+            if f"{backend} 1 gateway cpu per request" in load.figures:
+                own, bound, sandbox = (load.figures[f"{backend} 1 {target} cpu per request"]
+                                       for target in ("gateway", "passthrough", "direct"))
+                spent = (f" Measured during the same runs, the gateway's worker spent {_ms(own)} of CPU per request "
+                         f"and the passthrough's {_ms(bound)} (the sandbox {_ms(sandbox)} per direct call)")
+                if gateway > passthrough:
+                    spent += (f": the gateway's {_ms(own - bound)} more CPU is "
+                              f"{(own - bound) / (gateway - passthrough):.0%} of its added latency, so the request "
+                              "is not waiting on a lock, a queue or a timer, it is running Python (the profiles of "
+                              "section 5 say which).")
+                else:
+                    spent += "."
             section.note(
                 f"**{backend}, end to end (concurrency 1, p50).** Direct {_ms(direct)}; the passthrough adds "
                 f"{_ms(passthrough - direct)} (a second hop: a second gunicorn and a second requests client call); "
                 "the gateway adds "
-                f"{_ms(gateway - passthrough)} on top (Flask, validation, translation, normalization).{cpu}")
+                f"{_ms(gateway - passthrough)} on top (Flask, validation, translation, normalization, the "
+                f"journal, breaker, lock, logs and metrics).{spent}{cpu}")
         if figures.get("requests checks per request"):
             checks = figures["requests checks per request"]
             cost = figures.get("part requests checks ns", 0.0)
@@ -143,7 +157,22 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
                 f"outgoing request, {_us(cost)} in all (section 5).")
         section.note("At concurrency 16 the three processes (load generator, gateway or passthrough workers, "
                      "sandbox) share 2 cores, so throughput is CPU-bound: the gateway's extra CPU per request "
-                     "above is what separates it from the passthrough.")
+                     "above (section 2's bounds table has it at every concurrency) is what separates it from the "
+                     "passthrough; Ongoing's calls go one at a time besides, so its rate is one over a call's whole "
+                     "time, lock included.")
+        highest = max((int(key.split()[1]) for key in load.figures if key.endswith(" gateway cpu per request")),
+                      default=1)
+        if highest > 1:
+            grown = [(backend, load.figures[f"{backend} 1 gateway cpu per request"],
+                      load.figures[f"{backend} {highest} gateway cpu per request"])
+                     for backend in ("ongoing", "speed4trade", "sellercenter")]
+            grows = any(high > 1.1 * low for _, low, high in grown)
+            section.note(
+                f"The gateway's CPU per request {'grows' if grows else 'stays about the same'} with concurrency ("
+                + "; ".join(f"{backend} {_ms(low)} at 1, {_ms(high)} at {highest}" for backend, low, high in grown)
+                + ")" + (": a worker's request threads take turns at the interpreter lock, the journal's thread "
+                         "with them, and each hand-over costs CPU the passthrough, with less Python per request, "
+                         "pays less of." if grows else "."))
     if hostile is not None:
         for text in hostile_misses_explained(hostile):
             section.note(text)

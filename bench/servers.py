@@ -69,6 +69,15 @@ class Server:
         """The pids of gunicorn's worker processes."""
         return [child.pid for child in psutil.Process(self.process.pid).children()]
 
+    def workers_cpu(self) -> float:
+        """Seconds of CPU (user + system) gunicorn's worker processes have spent so far, threads included."""
+        spent = 0.0
+        for child in psutil.Process(self.process.pid).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = child.cpu_times()
+                spent += times.user + times.system
+        return spent
+
     def wait_until_serving(self, path: str, seconds: float = 30.0) -> None:
         """Poll `path` until the server answers; fail with the end of its log if it exits or never answers."""
         deadline = time.monotonic() + seconds
