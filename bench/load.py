@@ -30,6 +30,7 @@ from pathlib import Path
 
 import requests
 
+from bench import live_profile
 from bench.measure import Budget, Section, milliseconds, percentile
 from bench.passthrough_app import transport_auth
 from bench.servers import Deployment
@@ -56,6 +57,8 @@ FULL_REPETITIONS = 2
 #: their threads and connection pools exist before anything is measured
 WARMUP_SECONDS = 1
 WARMED_TARGETS = ("gateway", "passthrough")
+#: the gateway's own functions the live profile lists
+LIVE_TOP = 12
 #: After a run the servers finish the requests wrk left in flight: at most `concurrency` of them, done in about
 #: one typical latency (Little's law), so the wait is the run's p90, at most this.
 DRAIN_SECONDS = 1.5
@@ -453,6 +456,7 @@ def run_end_to_end(deployment: Deployment, budget: Budget) -> Section:
         targets = LoadTargets(deployment, Path(scratch))
         targets.check_every_request_succeeds()
         results = measure_targets(targets, plan)
+        live = profile_live_workers(deployment, targets, live_profile.SECONDS if not budget.quick else 1)
     record_figures(section, results)
     section.figures["ongoing overlapping runs"] = float(len(targets.overlapping_runs))
 
@@ -519,7 +523,60 @@ def run_end_to_end(deployment: Deployment, budget: Budget) -> Section:
             f"{milliseconds(direct.latency('p50'))} ms; {milliseconds(added - ADDED_LATENCY_TARGET)} ms "
             "against the target)",
         )
+    describe_live_profiles(section, live)
     return section
+
+
+def profile_live_workers(deployment: Deployment, targets: LoadTargets,
+                         seconds: int) -> dict[tuple[str, str], live_profile.LiveProfile | str]:
+    """(backend, "gateway") -> py-spy's profile of the gateway's workers under wrk at concurrency 1 for `seconds`
+    (not counted in the figures above), or why there is none."""
+    live_profile.PROFILES.mkdir(exist_ok=True)
+    profiles: dict[tuple[str, str], live_profile.LiveProfile | str] = {}
+    server = targets.servers["gateway"]
+    for backend in REPEATABLE:
+        profile = profiles[backend, "gateway"] = live_profile.record_while(
+            server.process.pid, seconds, targets.folder / f"live_gateway_{backend}.raw",
+            lambda backend=backend: targets.run(backend, "gateway", connections=1, seconds=seconds))
+        if isinstance(profile, live_profile.LiveProfile):
+            (live_profile.PROFILES / f"live_gateway_{backend}.txt").write_text(live_profile.report_text(
+                profile, f"the gateway's workers under wrk at concurrency 1, {backend}"))
+    return profiles
+
+
+def describe_live_profiles(section: Section, profiles: dict[tuple[str, str], live_profile.LiveProfile | str]) -> None:
+    """The live profiles' layers, threads and the gateway's own functions, as tables of the section."""
+    failed = {why for why in profiles.values() if isinstance(why, str)}
+    for why in sorted(failed):
+        section.note(f"No live profile: {why}.")
+    for backend in REPEATABLE:
+        gateway = profiles.get((backend, "gateway"))
+        if not isinstance(gateway, live_profile.LiveProfile) or not gateway.samples:
+            continue
+        layers = section.table(
+            f"{backend}: where the gateway workers' CPU goes under wrk at concurrency 1 (py-spy, {gateway.samples} "
+            f"samples of a thread holding the interpreter lock; report: bench/profiles/live_gateway_{backend}.txt)",
+            ["layer (innermost frame)", "share"])
+        for name, share in gateway.by_layer():
+            layers.add(name, f"{share:.1%}")
+        threads = section.table(f"{backend}: the gateway's samples by thread", ["thread", "share"])
+        for name, share in gateway.by_thread():
+            threads.add(name, f"{share:.1%}")
+        own = section.table(f"{backend}: the gateway's own functions by share of the samples",
+                            ["rank", "inclusive share", "function", "self share", "function"])
+        inclusive, itself = gateway.gateway_functions(LIVE_TOP), gateway.gateway_self_time(LIVE_TOP)
+        for rank in range(max(len(inclusive), len(itself))):
+            wide = inclusive[rank] if rank < len(inclusive) else ("", 0.0)
+            narrow = itself[rank] if rank < len(itself) else ("", 0.0)
+            own.add(rank + 1, f"{wide[1]:.1%}", wide[0], f"{narrow[1]:.1%}", narrow[0])
+        section.figures[f"{backend} live top self share"] = itself[0][1] if itself else 0.0
+        if itself:
+            section.hot_spots[f"live_{backend}"] = [(name, share) for name, share in itself]
+        section.figures[f"{backend} live samples"] = float(gateway.samples)
+        for name, share in gateway.by_layer():
+            section.figures[f"{backend} live layer {name}"] = share
+        for name, share in gateway.by_thread():
+            section.figures[f"{backend} live thread {name}"] = share
 
 
 def main(arguments: Sequence[str] | None = None) -> None:

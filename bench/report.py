@@ -142,6 +142,19 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
                               "section 5 say which).")
                 else:
                     spent += "."
+            if f"{backend} live samples" in load.figures:
+                layers = {key.split(" live layer ", 1)[1]: share for key, share in load.figures.items()
+                          if key.startswith(f"{backend} live layer ")}
+                named = ", ".join(f"{name} {share:.0%}" for name, share in
+                                  sorted(layers.items(), key=lambda item: -item[1])[:5])
+                top = load.hot_spots.get(f"live_{backend}", [])
+                spent += (f" The live profile of the gateway's workers (section 2, py-spy) puts the samples in: "
+                          f"{named}.")
+                if top:
+                    spent += (f" Its busiest own function, {top[0][0]}, holds {top[0][1]:.1%} of them by itself: "
+                              "the extra CPU is spread over the many steps of a request (authentication, "
+                              "validation, rendering and its checks, the lock, the breaker's shared state, the "
+                              "journal, logs, metrics and trace context), not one hot spot.")
             section.note(
                 f"**{backend}, end to end (concurrency 1, p50).** Direct {_ms(direct)}; the passthrough adds "
                 f"{_ms(passthrough - direct)} (a second hop: a second gunicorn and a second requests client call); "

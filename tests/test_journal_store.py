@@ -956,7 +956,8 @@ def a_recorder(journal: ListJournal):
     return JournalRecorder(journal, record_bodies=True, max_body_bytes=1000)
 
 
-def test_the_recorder_writes_what_queued_up_meanwhile_in_one_batch():
+def test_the_recorder_writes_what_queued_up_meanwhile_in_one_batch(monkeypatch):
+    monkeypatch.setattr("gateway.journal.recorder.LINGER_SECONDS", 0.0)
     journal = ListJournal()
     recorder = a_recorder(journal)
     start = moment()
@@ -976,8 +977,37 @@ def test_the_recorder_writes_what_queued_up_meanwhile_in_one_batch():
     assert journal.stored[1:] == waiting and recorder.recorded == 6 and recorder.failed == 0
 
 
+def test_exchanges_recorded_within_the_linger_are_written_in_one_transaction():
+    journal = ListJournal()
+    recorder = a_recorder(journal)
+    start = moment()
+    items = [exchange(start + number) for number in range(5)]
+    for item in items:
+        recorder.record(item)
+
+    assert recorder.flush()
+    recorder.close()
+    assert journal.batches == [ids(items)]
+
+
+def test_a_flush_writes_at_once_whatever_the_linger(monkeypatch):
+    monkeypatch.setattr("gateway.journal.recorder.LINGER_SECONDS", 30.0)
+    journal = ListJournal()
+    recorder = a_recorder(journal)
+    assert recorder.flush(timeout=0.5), "nothing queued, no writer: nothing to wait for"
+    item = exchange(moment())
+    recorder.record(item)
+
+    started = time.monotonic()
+    assert recorder.flush(timeout=5)
+    assert time.monotonic() - started < 2
+    assert journal.stored == [item]
+    recorder.close()
+
+
 @pytest.mark.expected_traceback  # each failure is logged with its traceback
-def test_in_a_batch_only_the_exchanges_that_fail_are_lost_and_each_is_counted():
+def test_in_a_batch_only_the_exchanges_that_fail_are_lost_and_each_is_counted(monkeypatch):
+    monkeypatch.setattr("gateway.journal.recorder.LINGER_SECONDS", 0.0)
     start = moment()
     items = [exchange(start + number) for number in range(4)]
     journal = ListJournal(refuse=frozenset({items[2].id}))
