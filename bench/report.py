@@ -104,6 +104,12 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
                 f"`load_order_update` + the connection's `check`), render {_us(render)}, parse {_us(parse)}. "
                 f"zeep's round takes {_us(zeep)}, so {SPEEDUP_TARGET:g}x would need the whole round at "
                 f"{_us(zeep / SPEEDUP_TARGET)}.")
+        gap = whole - validate - render - parse
+        if gap > 0:
+            text += (f" The round takes {_us(gap)} more than its three parts' medians: each part is timed in blocks "
+                     "of 50 calls of its own, which keeps its code and data in the processor's caches, while the "
+                     "round runs the three one after another, as a request does, and makes three parts' garbage per "
+                     "call; that reading is not measured apart.")
         if "part ongoing render ns" in figures:
             copied, block, checked, written, parsed, whole_render = (
                 figures[f"part ongoing {part} ns"]

@@ -98,3 +98,48 @@ def write_sandbox_config_copy(folder: Path) -> str:
     path = folder / "gateway.toml"
     path.write_text(text)
     return str(path)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (gunicorn's workers of its master), from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+def established_connections(pids: list[int], port: int) -> dict[int, int]:
+    """Per process, how many established TCP connections to 127.0.0.1:`port` it holds open (from /proc)."""
+    return sockets_held(pids, port, "01")  # 01: ESTABLISHED
+
+
+def listening_sockets(pids: list[int], port: int) -> dict[int, int]:
+    """Per process, how many sockets listening on 127.0.0.1:`port` it holds open (from /proc)."""
+    return sockets_held(pids, port, "0A")  # 0A: LISTEN
+
+
+def sockets_held(pids: list[int], port: int, state: str) -> dict[int, int]:
+    """Per process, how many TCP sockets of 127.0.0.1:`port` in `state` (/proc/net/tcp's code) it holds open."""
+    local = f"0100007F:{port:04X}"
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        columns = line.split()
+        if columns[1] == local and columns[3] == state:
+            inodes.add(columns[9])
+    counts = {}
+    for pid in pids:
+        held = 0
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(descriptor)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held += 1
+        counts[pid] = held
+    return counts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,6 +13,9 @@ import requests
 from tests.processes import (
     BIN,
     ROOT,
+    child_pids,
+    established_connections,
+    listening_sockets,
     start_gateway,
     start_sandbox,
     stop,
@@ -21,6 +25,15 @@ from tests.processes import (
 from tests.servers import closed_port
 
 GUNICORN = str(BIN / "gunicorn")
+
+
+class Deployment(tuple):
+    """(gateway URL, sandbox URL), with the gateway's gunicorn master process as `gateway`."""
+
+    def __new__(cls, gateway_url: str, sandbox_url: str, gateway: subprocess.Popen) -> Deployment:
+        made = super().__new__(cls, (gateway_url, sandbox_url))
+        made.gateway = gateway
+        return made
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +51,7 @@ def deployment(tmp_path_factory):
     try:
         wait_until_serving(f"http://127.0.0.1:{sandbox_port}/ongoing/orders", sandbox)
         wait_until_serving(f"http://127.0.0.1:{gateway_port}/", gateway)
-        yield f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{sandbox_port}"
+        yield Deployment(f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{sandbox_port}", gateway)
     finally:
         stop(gateway)
         stop(sandbox)
@@ -128,3 +141,53 @@ def test_a_broken_configuration_stops_start_up_with_a_clear_message(tmp_path):
     assert (f"order gateway: configuration error: {config}: connections.wh.password: "
             "environment variable TEST_NEVER_SET_PASSWORD is not set") in stderr
     assert "Traceback" not in stderr
+
+
+def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread_over_them(deployment):
+    """reuse_port: the kernel spreads new connections over the workers' own sockets, so a burst of kept-alive
+    connections is not all taken by the one worker that woke first."""
+    gateway_url, _ = deployment
+    port = int(gateway_url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the three workers boot one after another
+        workers = child_pids(deployment.gateway.pid)
+        listening = listening_sockets([deployment.gateway.pid, *workers], port)
+        if len(workers) == 3 and sum(listening.values()) >= 3:
+            break
+        time.sleep(0.1)
+    assert listening == {deployment.gateway.pid: 0, **{worker: 1 for worker in workers}}
+    sessions = [requests.Session() for _ in range(24)]
+    try:
+        for session in sessions:
+            assert session.get(f"{gateway_url}/livez", timeout=10).status_code == 200
+        held = established_connections(workers, port)
+    finally:
+        for session in sessions:
+            session.close()
+    assert len(held) == 3 and sum(held.values()) == 24, held
+    # 24 connections hashed over 3 sockets: a worker with none would happen about once in 10,000 runs
+    assert min(held.values()) >= 1, held
+
+
+def refused_start(bind: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GATEWAY_CONFIG": str(ROOT / "config" / "sandbox.toml")}
+    return subprocess.run([GUNICORN, "--config", "config/gunicorn.py", "--bind", bind, "wsgi:app"], cwd=ROOT, env=env,
+                          capture_output=True, timeout=30, check=False)
+
+
+def test_a_port_another_server_listens_on_stops_start_up_with_a_clear_message(deployment):
+    gateway_url, _ = deployment
+    port = gateway_url.rsplit(":", 1)[1]
+    # the running gateway's own workers listen there with SO_REUSEPORT, which a second gateway could share
+    result = refused_start(f"127.0.0.1:{port}")
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in output
+    assert "Traceback" not in output and "Booting worker" not in output
+
+
+def test_port_0_stops_start_up_with_a_clear_message():
+    result = refused_start("127.0.0.1:0")
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode != 0
+    assert "cannot listen on 127.0.0.1:0: each worker would listen on a port of its own" in output
