@@ -16,8 +16,8 @@ from bench.measure import Section
 from bench.translate import SPEEDUP_TARGET
 from gateway.rest.problems import MAX_LISTED_ERRORS
 
-PACKAGES = ("lxml", "marshmallow", "requests", "gunicorn", "zeep", "Flask", "Werkzeug", "pyinstrument", "psutil",
-            "filelock", "pybreaker", "tenacity", "redis")
+PACKAGES = ("lxml", "marshmallow", "requests", "gunicorn", "zeep", "Flask", "Werkzeug", "pyinstrument", "py-spy",
+            "psutil", "filelock", "pybreaker", "tenacity", "redis")
 
 
 def cpu_model() -> str:
