@@ -111,6 +111,37 @@ def test_a_wait_beyond_the_timeout_raises_lock_timeout_promptly(locks):
     assert 0.3 - 0.01 <= waited < 0.3 + SLACK
 
 
+def test_threads_of_one_process_wait_for_their_turn_without_polling_the_shared_lock(locks, lock_spec, monkeypatch):
+    """Only the thread whose turn it is polls the file or Redis lock; the others wait on a threading lock."""
+    polls = []
+    if lock_spec[0] == "file":
+        import gateway.coordination.locks as module
+
+        flock = module.fcntl.flock
+        monkeypatch.setattr(module.fcntl, "flock", lambda *arguments: (polls.append(1), flock(*arguments))[1])
+    else:
+        do_acquire = redis.lock.Lock.do_acquire
+        monkeypatch.setattr(redis.lock.Lock, "do_acquire",
+                            lambda self, token: (polls.append(1), do_acquire(self, token))[1])
+    done = []
+
+    def waiter() -> None:
+        with locks.hold("ongoing:demo", 10.0):
+            done.append(1)
+
+    with locks.hold("ongoing:demo", 1.0):
+        threads = [threading.Thread(target=waiter) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        polled_while_held = len(polls)
+    for thread in threads:
+        thread.join(timeout=20)
+    assert len(done) == 8
+    # one poller every 5 ms for 0.5 s is about 100 polls; eight pollers would be about 800
+    assert polled_while_held < 250, polled_while_held
+
+
 def test_different_names_do_not_block_each_other(locks):
     with locks.hold("ongoing:http://a/:DEMO", 1.0):
         got_it, waited = try_hold(locks, "ongoing:http://b/:DEMO", 1.0)
