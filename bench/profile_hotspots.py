@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import requests
 from flask import Flask, request
 from lxml import etree
 from pyinstrument import Profiler
@@ -30,7 +29,6 @@ from gateway import create_app
 from gateway.backends.ongoing.update_order import XSD_PATH as UPDATE_ORDER_XSD
 from gateway.canonical import OrderUpdateSchema
 from gateway.canonical.schema import load_order_update
-from gateway.connections import Connection
 from gateway.safexml import load_xsd, parse_untrusted_xml
 from gateway.transport import BackendReply, OutboundRequest
 
@@ -162,37 +160,15 @@ def time_request_without_network(section: Section, folder: Path, rounds: dict[st
                   microseconds(gateway - bare - round_))
 
 
-def count_key_value_checks(connection: Connection, outbound: OutboundRequest) -> int:
-    """How often requests' `to_key_val_list` runs while the gateway's transport sends one request."""
-    calls = 0
-    original = requests.utils.to_key_val_list
-
-    def counted(value: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        return original(value)
-
-    modules = (requests.sessions, requests.models)
-    for module in modules:
-        module.to_key_val_list = counted
-    try:
-        connection.transport.send(outbound)
-    finally:
-        for module in modules:
-            module.to_key_val_list = original
-    return calls
-
-
 def time_parts(section: Section, rounds: dict[str, GatewayRound], budget: Budget) -> None:
     """The cost of the parts the profiles point at, timed without a profiler."""
-    ongoing, sellercenter = rounds["ongoing"].connection, rounds["sellercenter"].connection
+    sellercenter = rounds["sellercenter"].connection
     ongoing_planned = rounds["ongoing"].validate()
     ongoing_update = ongoing_planned.update
     ongoing_request = rounds["ongoing"].render(ongoing_planned)
     envelope = etree.fromstring(ongoing_request.body)
     sellercenter_planned = rounds["sellercenter"].validate()
     sellercenter_document = json.loads(rounds["sellercenter"].render(sellercenter_planned).body)
-    checks_per_request = count_key_value_checks(ongoing, ongoing_request)
     update_order = ongoing_planned.operation
     update_order_information = sellercenter_planned.operation
     skeleton, block_templates = update_order.template
@@ -221,8 +197,6 @@ def time_parts(section: Section, rounds: dict[str, GatewayRound], budget: Budget
                                lambda: update_order_information.document_schema.load(sellercenter_document), 1),
         "sellercenter signing": ("SellerCenter signing of the URL (`signed_url`, at send time)",
                                  lambda: sellercenter.auth.signed_url(update_order_information.url), 1),
-        "requests checks": (f"requests {requests.__version__}: `to_key_val_list` (a typing.Protocol isinstance check)",
-                            lambda: requests.utils.to_key_val_list({"Content-Type": "text/xml"}), checks_per_request),
     }
     timings = time_cases_interleaved({key: part for key, (_, part, _) in parts.items()},
                                      rounds=max(500, budget.translation_rounds // 4),
@@ -233,7 +207,6 @@ def time_parts(section: Section, rounds: dict[str, GatewayRound], budget: Budget
         cost = percentile(timings[key], 0.5)
         table.add(label, microseconds(cost), per_request, microseconds(cost * per_request))
         section.figures[f"part {key} ns"] = cost * per_request
-    section.figures["requests checks per request"] = checks_per_request
 
 
 def run_profiles(sandbox_url: str, budget: Budget) -> Section:

@@ -167,13 +167,6 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
                 "the gateway adds "
                 f"{_ms(gateway - passthrough)} on top (Flask, validation, translation, normalization, the "
                 f"journal, breaker, lock, logs and metrics).{spent}{cpu}")
-        if figures.get("requests checks per request"):
-            checks = figures["requests checks per request"]
-            cost = figures.get("part requests checks ns", 0.0)
-            section.note(
-                f"Both the gateway and the passthrough pay requests' own per-call overhead; in this requests "
-                f"version `to_key_val_list` does a `typing.Protocol` isinstance check, {checks:.0f} times per "
-                f"outgoing request, {_us(cost)} in all (section 5).")
         section.note("At concurrency 16 the three processes (load generator, gateway or passthrough workers, "
                      "sandbox) share 2 cores, so throughput is CPU-bound: the gateway's extra CPU per request "
                      "above (section 2's bounds table has it at every concurrency) is what separates it from the "

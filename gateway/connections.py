@@ -283,13 +283,13 @@ class Connection:
         and written on the journal's thread."""
         context = call_context.get()
         self.recorder.record(functools.partial(
-            self._exchange, operation.name, tuple(update.order_id for update in updates), request,
+            self._make_exchange, operation.name, tuple(update.order_id for update in updates), request,
             None if reply is None else (reply.status, dict(reply.headers), reply.body), started,
             round((time.time() - started) * 1000, 3), outcome, error_text, context))
 
-    def _exchange(self, operation: str, order_ids: tuple[str, ...], request: OutboundRequest,
-                  reply: tuple[int, dict[str, str], bytes] | None, started: float, duration_ms: float,
-                  outcome: str, error_text: str | None, context: CallContext | None) -> Exchange:
+    def _make_exchange(self, operation: str, order_ids: tuple[str, ...], request: OutboundRequest,
+                       reply: tuple[int, dict[str, str], bytes] | None, started: float, duration_ms: float,
+                       outcome: str, error_text: str | None, context: CallContext | None) -> Exchange:
         """The exchange as the journal keeps it (on the journal's thread)."""
         shown = self.backend.dry_run_view(request)
         clean = self.scrubber

@@ -187,12 +187,6 @@ def _read(what: str, read: Callable[[], T], unavailable: list[str]) -> T | None:
         return None
 
 
-def _journal():
-    recorder = current_app.extensions["order_gateway_journal"]
-    recorder.flush(timeout=1.0)  # what this process just recorded is shown at once
-    return recorder.journal
-
-
 def _visible_connections() -> dict:
     caller: auth.Caller = g.caller
     return {name: connection for name, connection in current_app.extensions["order_gateway"].by_name.items()
@@ -204,7 +198,7 @@ def _at(seconds: float | None) -> str:
 
 
 def _connection_summary(name: str, connection: Any, now: float, unavailable: list[str]) -> dict:
-    journal = _journal()
+    journal = current_app.extensions["order_gateway_journal"].flushed_journal()
     timings = _read(f"the journal of {name}", lambda: journal.timings(name, since=now - 3600), unavailable) or []
     per_minute = charts.minutes(timings, now)
     breaker = _read(f"the breaker of {name}", connection.breaker_state, unavailable)
@@ -312,7 +306,7 @@ def order_timeline() -> Response:
                      entries=[], problems=problems, unavailable=[], connection_names=list(visible),
                      can_redeliver=False, new_key=lambda: "", here="")
     unavailable: list[str] = []
-    journal = _journal()
+    journal = current_app.extensions["order_gateway_journal"].flushed_journal()
     exchanges = _read("the exchange journal", lambda: journal.list(order_id=order_id, connection=connection,
                                                                    limit=TIMELINE_LIMIT), unavailable) or []
     store = current_app.extensions["order_events"].store

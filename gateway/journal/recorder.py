@@ -150,6 +150,12 @@ class JournalRecorder:
         threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
         return done.wait(timeout)
 
+    def flushed_journal(self, timeout: float = 1.0) -> ExchangeJournal:
+        """The journal, once what this process has queued is written (within `timeout`): for readers, so a call
+        just made shows at once."""
+        self.flush(timeout=timeout)
+        return self.journal
+
     def close(self) -> None:
         """Write what is queued, stop the thread and close the journal."""
         if self._thread is not None and self._thread.is_alive():

@@ -55,12 +55,6 @@ def describe(exchange: Exchange) -> dict[str, Any]:
     return document
 
 
-def _journal():
-    recorder = current_app.extensions["order_gateway_journal"]
-    recorder.flush(timeout=1.0)  # what this process just recorded is readable at once
-    return recorder.journal
-
-
 def note_call_context() -> None:
     """Tell the connections who asks for the calls this request makes (for the journal)."""
     call_context.set(CallContext(request_id=current_request_id(), caller=current_caller().name))
@@ -89,9 +83,10 @@ def list_exchanges():
     """Recorded exchanges, newest first, filtered by order, connection, outcome, request id and time."""
     query = read_query(ExchangeListQuery)
     since = query.get("since")
-    exchanges = _journal().list(order_id=query.get("order_id"), connection=query.get("connection"),
-                                outcome=query.get("outcome"), request_id=query.get("request_id"),
-                                since=since.timestamp() if since else None, limit=query["limit"])
+    journal = current_app.extensions["order_gateway_journal"].flushed_journal()
+    exchanges = journal.list(order_id=query.get("order_id"), connection=query.get("connection"),
+                             outcome=query.get("outcome"), request_id=query.get("request_id"),
+                             since=since.timestamp() if since else None, limit=query["limit"])
     return jsonify({"exchanges": [describe(exchange) for exchange in exchanges], "count": len(exchanges)})
 
 
@@ -102,7 +97,7 @@ def list_exchanges():
 def show_exchange(exchange_id: str):
     """One exchange with its request and reply."""
     read_query(NoQuery)
-    exchange = _journal().get(exchange_id)
+    exchange = current_app.extensions["order_gateway_journal"].flushed_journal().get(exchange_id)
     if exchange is None:
         raise ExchangeNotFound(f"No exchange {exchange_id!r} (exchanges are kept for the journal's retention).")
     return jsonify(describe(exchange))
