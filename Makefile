@@ -3,21 +3,38 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 WORKERS ?= 2
+# What the virtualenv holds: one lock file of requirements/ (exact versions and hashes, made by scripts/lock from
+# setup.cfg's ranges). `make bench` builds a virtualenv of its own from requirements/bench.txt.
+LOCK ?= requirements/dev.txt
+BENCH_VENV ?= .venv-bench
 
-.PHONY: run test bench lint install system-packages clean
+.PHONY: run test bench lint install lock upgrade system-packages clean
 
-## The virtualenv with the gateway, the sandboxes and the dev tools; rebuilt when setup.cfg changes.
-$(VENV)/.installed: setup.cfg
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
+## The virtualenv holds exactly build.txt and $(LOCK) (pip freeze equals them, checked) and the project itself,
+## installed without its dependencies; it is made anew whenever a lock changes, so nothing unlocked stays in it.
+$(VENV)/.installed: $(LOCK) requirements/build.txt
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/build.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python scripts/lock --check-installed $(LOCK)
+	echo $(LOCK) > $@
 
 install: $(VENV)/.installed
 
-## Start the sandboxes on 127.0.0.1:8001, the gateway on 127.0.0.1:8000 and its event worker (Ctrl-C stops all).
+## After editing setup.cfg's requirements: relock, keeping every locked version its ranges still allow.
+lock: install
+	$(BIN)/python scripts/lock
+
+## The newest versions setup.cfg's ranges allow (it prints what changed, for CHANGES.md); then `make test` decides.
+upgrade: install
+	$(BIN)/python scripts/lock --upgrade
+
+## Start the sandboxes on 127.0.0.1:8001, the gateway on 127.0.0.1:8000 and its event worker. Ctrl-C or SIGTERM to make
+## stops all three: the recipe execs scripts/run-local, so make's forwarded SIGTERM reaches it.
 run: install
-	WORKERS=$(WORKERS) VENV=$(VENV) scripts/run-local
+	exec env WORKERS=$(WORKERS) VENV=$(VENV) scripts/run-local
 
 ## Debian packages the tests need (redis-server, chromium, chromium-driver), installed when missing.
 system-packages:
@@ -31,14 +48,14 @@ test: install system-packages lint
 
 ## The benchmarks: translation against zeep, HTTP load (wrk) against passthrough and direct, memory, bulk,
 ## profiles; figures in bench/RESULTS.md. Installs wrk (and the test suite's Debian packages) when missing, and the
-## bench extra (zeep, pyinstrument, psutil, matplotlib).
-bench: install
+## bench extra (zeep, pyinstrument, psutil, matplotlib), in a virtualenv of its own from requirements/bench.txt.
+bench:
 	scripts/install-system-packages bench
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python bench/run_all.py
+	$(MAKE) install VENV=$(BENCH_VENV) LOCK=requirements/bench.txt
+	$(BENCH_VENV)/bin/python bench/run_all.py
 
 lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage *.egg-info var node_modules
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache .coverage *.egg-info var node_modules

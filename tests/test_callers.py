@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 
 import pytest
+from marshmallow import validate
 
 from gateway import create_app
+from gateway.config import SCOPES
 from gateway.errors import ConfigError
 from tests.calls import RecordingTransport
 from tests.conftest import ONGOING_SERVICE_PATH, ongoing_connection, speed4trade_connection
+from tests.refusals import refusal
 
 WRITER_KEYS = ["writer-key-0000000001", "writer-key-0000000002"]  # two keys: one being rotated out
 READER_KEY = "reader-key-00000000001"
@@ -180,7 +183,9 @@ def test_anonymous_callers_are_served_only_when_the_configuration_says_so(make_g
 @pytest.mark.parametrize(("caller", "key", "fragment"), [
     ({"key": "too-short", "scopes": ["events:read"]}, "callers.bad.keys", "at least 16 characters"),
     ({"scopes": ["events:read"]}, "callers.bad.keys", "Give the caller's API key"),
-    ({"key": "long-enough-key-0001", "scopes": ["orders:delete"]}, "callers.bad.scopes.0", "Must be one of"),
+    # marshmallow's choice check, asked what it says (tests.refusals)
+    ({"key": "long-enough-key-0001", "scopes": ["orders:delete"]}, "callers.bad.scopes.0",
+     refusal(validate.OneOf(sorted(SCOPES)), "orders:delete")),
     ({"key": "long-enough-key-0001", "scopes": ["events:read"], "connections": ["nowhere"]},
      "callers.bad.connections", "names no configured connection: 'nowhere'"),
     ({"key": READER_KEY, "scopes": ["events:read"]}, "callers.bad.keys", "a key of caller 'reporting' too"),

@@ -164,8 +164,7 @@ def test_gunicorns_access_and_backend_lines_are_json_with_the_requests_fields(tm
     assert access["log-anonymous"]["caller"] == "anonymous"  # this test deployment also serves keyless requests
     assert "caller" not in access["log-unknown"] and access["log-unknown"]["status"] == 401
     assert DEMO_KEY not in text and UNKNOWN_KEY not in text
-    assert any(record["logger"] == "gunicorn.error" and record["message"].startswith("Booting worker")
-               for record in records)
+    assert any(record["logger"] == "gunicorn.error" for record in records)  # gunicorn's own lines are JSON too
 
 
 def test_the_text_format_is_for_people_at_a_terminal(tmp_path):

@@ -1,6 +1,9 @@
-"""Compare XML documents as trees (tags, attributes, text), ignoring formatting whitespace and prefixes."""
+"""Compare XML documents as trees (tags, attributes, text), ignoring formatting whitespace and prefixes; and say
+which element an XSD refused, by which of its rules, without reading libxml2's wording."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -25,3 +28,21 @@ def assert_nodes_equal(expected: etree._Element, actual: etree._Element, path: s
 def parse(data: bytes) -> etree._Element:
     """Parse a document for comparison."""
     return etree.fromstring(data, etree.XMLParser(remove_blank_text=True, resolve_entities=False))
+
+
+class XsdRefusal(NamedTuple):
+    """One finding of an XSD validation, as libxml2 reports it."""
+
+    element: str  # the local name of the element refused (or whose attribute or children were)
+    check: str  # libxml2's error type, the rule that refused it: SCHEMAV_ELEMENT_CONTENT, ..._ENUMERATION_VALID
+    message: str  # libxml2's wording: to compare with what a reply passes on, never with a literal
+
+
+def xsd_refusals(schema: etree.XMLSchema, document: etree._Element) -> list[XsdRefusal]:
+    """What `schema` refuses in `document`, in the order libxml2 reports it (empty if the document is valid)."""
+    if schema.validate(document):
+        return []
+    tree = document.getroottree()
+    elements = {tree.getpath(element): element for element in document.iter() if isinstance(element.tag, str)}
+    return [XsdRefusal(etree.QName(elements[error.path]).localname, error.type_name, error.message)
+            for error in schema.error_log]

@@ -8,6 +8,8 @@ import pytest
 from lxml import etree
 
 from sandbox import create_app
+from sandbox.speed4trade.update_order_status import UPDATE_ORDER_STATUS_XSD
+from tests.xmltrees import xsd_refusals
 
 SERVICE = "/speed4trade/"
 NAMESPACE = "urn:order-gateway-sandbox:speed4trade"
@@ -17,6 +19,18 @@ SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
 SOAP11_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '"urn:updateOrderStatus"'}
 SOAP12_HEADERS = {"Content-Type": "application/soap+xml; charset=utf-8"}
+
+# The sandbox's XSD for request documents, and the rules of it that refuse (libxml2's error types): a schema fault is
+# the sandbox's own prefix and then libxml2's findings as libxml2 words them, which no test here writes out.
+REQUEST_SCHEMA = etree.XMLSchema(etree.parse(str(UPDATE_ORDER_STATUS_XSD)))
+SCHEMA_FAULT = "The request document in argRequestData is not valid: "
+ELT_1 = "SCHEMAV_CVC_ELT_1"  # no global declaration for the root element
+AU = "SCHEMAV_CVC_AU"  # an attribute's value differs from the fixed one
+COMPLEX_TYPE_4 = "SCHEMAV_CVC_COMPLEX_TYPE_4"  # a required attribute is missing
+ENUMERATION = "SCHEMAV_CVC_ENUMERATION_VALID"  # a value outside the enumeration
+CONTENT = "SCHEMAV_ELEMENT_CONTENT"  # an element missing, out of order, or not expected at all
+DATATYPE = "SCHEMAV_CVC_DATATYPE_VALID_1_2_1"  # not a value of the atomic type (xs:integer)
+UNION = "SCHEMAV_CVC_DATATYPE_VALID_1_2_3"  # not a value of the union type (DateOrDateTime)
 
 SOAP11_ENVELOPE = """<?xml version="1.0" encoding="utf-8"?>
 <soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
@@ -1072,75 +1086,39 @@ def test_doctype_in_request_document_is_refused(client, doctype, tracking):
 
 
 @pytest.mark.parametrize(
-    ("request_data", "problem"),
+    ("request_data", "refused"),
     [
-        (
-            request_document().replace('method="updateOrderStatus"', 'method="updateOrders"'),
-            "Element 'request', attribute 'method'",
-        ),
-        (
-            request_document().replace(' version="1.0.0"', ""),
-            "Element 'request': The attribute 'version' is required",
-        ),
-        (
-            request_document().replace('version="1.0.0"', 'version="1"'),
-            "Element 'request', attribute 'version'",
-        ),
-        (
-            "<response method='updateOrderStatus' version='1.0.0'/>",
-            "Element 'response': No matching global declaration",
-        ),
+        (request_document().replace('method="updateOrderStatus"', 'method="updateOrders"'), ("request", AU)),
+        (request_document().replace(' version="1.0.0"', ""), ("request", COMPLEX_TYPE_4)),
+        (request_document().replace('version="1.0.0"', 'version="1"'), ("request", AU)),
+        ("<response method='updateOrderStatus' version='1.0.0'/>", ("response", ELT_1)),
         (
             "<request xmlns='urn:order-gateway-sandbox:speed4trade' method='updateOrderStatus' version='1.0.0'/>",
-            "Element '{urn:order-gateway-sandbox:speed4trade}request': No matching global declaration",
+            ("request", ELT_1),
         ),
-        (
-            request_document(order_element(key="order_id")),
-            "Element 'order', attribute 'significant_key'",
-        ),
-        (
-            request_document(order_element().replace(' significant_key="order_number"', "")),
-            "Element 'order': The attribute 'significant_key' is required",
-        ),
-        (request_document(order_element(status="NEW")), "Element 'status': [facet 'enumeration'] The value 'NEW'"),
-        (
-            request_document(order_element(status="shipped")),
-            "Element 'status': [facet 'enumeration'] The value 'shipped'",
-        ),
-        (request_document(order_element(status="")), "Element 'status': [facet 'enumeration'] The value ''"),
-        (
-            request_document(order_element().replace("<status>FETCHED</status>", "")),
-            "Element 'order': Missing child element(s).",
-        ),
-        (
-            request_document(order_element().replace("<mandator_id>1</mandator_id>", "")),
-            "Element 'order_number': This element is not expected. Expected is ( mandator_id )",
-        ),
-        (
-            request_document(order_element().replace("<mandator_id>1<", "<mandator_id>one<")),
-            "Element 'mandator_id': 'one'",
-        ),
-        (
-            request_document(order_element(keys="<order_number>T2-10001</order_number>")),
-            "Element 'order_number': 'T2-10001'",
-        ),
-        (request_document(order_element(keys="<order_number/>")), "Element 'order_number': ''"),
+        (request_document(order_element(key="order_id")), ("order", ENUMERATION)),
+        (request_document(order_element().replace(' significant_key="order_number"', "")), ("order", COMPLEX_TYPE_4)),
+        (request_document(order_element(status="NEW")), ("status", ENUMERATION)),
+        (request_document(order_element(status="shipped")), ("status", ENUMERATION)),
+        (request_document(order_element(status="")), ("status", ENUMERATION)),
+        (request_document(order_element().replace("<status>FETCHED</status>", "")), ("order", CONTENT)),
+        (request_document(order_element().replace("<mandator_id>1</mandator_id>", "")), ("order_number", CONTENT)),
+        (request_document(order_element().replace("<mandator_id>1<", "<mandator_id>one<")), ("mandator_id", DATATYPE)),
+        (request_document(order_element(keys="<order_number>T2-10001</order_number>")), ("order_number", DATATYPE)),
+        (request_document(order_element(keys="<order_number/>")), ("order_number", DATATYPE)),
         (
             request_document(
                 order_element(keys="<order_number_prefix>T2-</order_number_prefix><order_number>10001</order_number>")
             ),
-            "Element 'order_number': This element is not expected.",
+            ("order_number", CONTENT),
         ),
         (
             request_document(
                 order_element(keys="<transaction_id_1>TX1-10001</transaction_id_1><order_number>10001</order_number>")
             ),
-            "Element 'order_number': This element is not expected.",
+            ("order_number", CONTENT),
         ),
-        (
-            request_document(order_element(keys="<order_id>10001</order_id>")),
-            "Element 'order_id': This element is not expected.",
-        ),
+        (request_document(order_element(keys="<order_id>10001</order_id>")), ("order_id", CONTENT)),
         (
             request_document(
                 order_element(
@@ -1148,11 +1126,11 @@ def test_doctype_in_request_document_is_refused(client, doctype, tracking):
                     information=payment_block(payment_information(1)) + shipping_block(shipping_information("T-1")),
                 )
             ),
-            "Element 'shipping_informations': This element is not expected.",
+            ("shipping_informations", CONTENT),
         ),
         (
             request_document(order_element(status="SHIPPED", information="<shipping_informations/>")),
-            "Element 'shipping_informations': Missing child element(s).",
+            ("shipping_informations", CONTENT),
         ),
         (
             request_document(
@@ -1162,7 +1140,7 @@ def test_doctype_in_request_document_is_refused(client, doctype, tracking):
                     "</shipping_provider_identifier></shipping_information></shipping_informations>",
                 )
             ),
-            "Element 'shipping_provider_identifier': This element is not expected. Expected is ( tracking_number )",
+            ("shipping_provider_identifier", CONTENT),
         ),
         (
             request_document(
@@ -1172,7 +1150,7 @@ def test_doctype_in_request_document_is_refused(client, doctype, tracking):
                     "<shipping_date>2026-01-01</shipping_date></shipping_information></shipping_informations>",
                 )
             ),
-            "Element 'shipping_date': This element is not expected.",
+            ("shipping_date", CONTENT),
         ),
         (
             request_document(
@@ -1183,31 +1161,31 @@ def test_doctype_in_request_document_is_refused(client, doctype, tracking):
                     "</payment_information></payment_informations>",
                 )
             ),
-            "Element 'payment_status_id': This element is not expected.",
+            ("payment_status_id", CONTENT),
         ),
         (
             request_document(
                 order_element(status="PAID", information=payment_block(payment_information(1)).replace(">1<", ">paid<"))
             ),
-            "Element 'payment_status_id': 'paid'",
+            ("payment_status_id", DATATYPE),
         ),
         (
             request_document(order_element(status="ACKNOWLEDGED", information=acknowledgement_block("01.03.2026"))),
-            "Element 'export_time': '01.03.2026'",
+            ("export_time", UNION),
         ),
         (
             request_document(order_element(status="ACKNOWLEDGED", information=acknowledgement_block("2026-13-01"))),
-            "Element 'export_time': '2026-13-01'",
+            ("export_time", UNION),
         ),
         (
             request_document(order_element(status="ACKNOWLEDGED", information=acknowledgement_block(""))),
-            "Element 'export_time': ''",
+            ("export_time", UNION),
         ),
         (
             request_document(order_element(status="ACKNOWLEDGED", information="<acknowledgement_informations/>")),
-            "Element 'acknowledgement_informations': Missing child element(s).",
+            ("acknowledgement_informations", CONTENT),
         ),
-        (request_document("<order_list/>"), "Element 'order_list': This element is not expected."),
+        (request_document("<order_list/>"), ("order_list", CONTENT)),
     ],
     ids=[
         "wrong-method",
@@ -1241,25 +1219,27 @@ def test_doctype_in_request_document_is_refused(client, doctype, tracking):
         "unknown-element-in-request",
     ],
 )
-def test_schema_invalid_request_document_fault(client, request_data, problem):
+def test_schema_invalid_request_document_fault(client, request_data, refused):
     before = all_orders(client)
 
     faultcode, faultstring = read_soap11_fault(post(client, soap11_document(request_data)))
 
     assert faultcode == "soap:Client"
-    assert faultstring.startswith("The request document in argRequestData is not valid: ")
-    assert problem in faultstring
+    refusals = xsd_refusals(REQUEST_SCHEMA, etree.fromstring(request_data.encode()))
+    assert [(refusal.element, refusal.check) for refusal in refusals] == [refused]
+    assert faultstring == SCHEMA_FAULT + " ".join(refusal.message for refusal in refusals)
     assert all_orders(client) == before
 
 
 def test_schema_fault_in_soap12(client):
-    document = soap12_document(request_document(order_element(status="DELIVERED")))
+    request_data = request_document(order_element(status="DELIVERED"))
 
-    code, text = read_soap12_fault(post(client, document, SOAP12_HEADERS))
+    code, text = read_soap12_fault(post(client, soap12_document(request_data), SOAP12_HEADERS))
 
     assert code == "env:Sender"
-    assert text.startswith("The request document in argRequestData is not valid: Element 'status'")
-    assert "DELIVERED" in text
+    refusals = xsd_refusals(REQUEST_SCHEMA, etree.fromstring(request_data.encode()))
+    assert [(refusal.element, refusal.check) for refusal in refusals] == [("status", ENUMERATION)]
+    assert text == SCHEMA_FAULT + " ".join(refusal.message for refusal in refusals)
 
 
 @pytest.mark.parametrize(
