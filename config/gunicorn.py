@@ -1,8 +1,10 @@
 """Gunicorn settings for the gateway (`gunicorn -c config/gunicorn.py wsgi:app`); flags override them."""
 
+import hashlib
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
@@ -21,13 +23,31 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _default_metrics_root() -> Path:
+    """As gateway.metrics.default_metrics_root (which cannot be imported before PROMETHEUS_MULTIPROC_DIR is set):
+    this user's folder for this working directory in /dev/shm, where a full data disk cannot reach the mapped
+    figures, else var/metrics."""
+    shared_memory, fallback = Path("/dev/shm"), Path("var") / "metrics"  # noqa: S108 (a folder of our own, checked)
+    if os.access(shared_memory, os.W_OK | os.X_OK):
+        installation = hashlib.sha256(str(Path.cwd() / fallback).encode()).hexdigest()[:12]
+        folder = shared_memory / f"order-gateway-metrics-{os.getuid()}-{installation}"
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            made = folder.lstat()
+        except OSError:
+            return fallback
+        if stat.S_ISDIR(made.st_mode) and made.st_uid == os.getuid():
+            return folder
+    return fallback
+
+
 # Prometheus metrics: every worker writes its figures under this directory and a scrape sums them, with those of
 # the event workers beside it (prometheus-client's multiprocess mode, gateway/metrics.py). It must be set before the
 # app, and so prometheus_client, is loaded. One fresh directory per server under the metrics root (named by its
 # master's pid), so no figure of an earlier run counts and servers side by side keep their own; the directories of
 # servers and event workers (`worker-<pid>`) no longer running are removed, never a running one's.
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    _metrics_root = Path(os.environ.get("GATEWAY_METRICS_DIR") or Path("var") / "metrics")
+    _metrics_root = Path(os.environ.get("GATEWAY_METRICS_DIR") or _default_metrics_root())
     for _old in _metrics_root.glob("*"):
         _pid = re.fullmatch(r"(?:worker-)?([0-9]+)", _old.name)
         if _pid and (int(_pid[1]) == os.getpid() or not _running(int(_pid[1]))):
@@ -66,9 +86,74 @@ preload_app = True
 # servers would otherwise share its default path.
 control_socket_disable = True
 
+#: how long a stopping worker waits for the exchange journal's writer to write what is queued (worker_exit)
+_JOURNAL_CLOSE_SECONDS = 5.0
+
+# What one worker may hold open at once, beyond its clients, backend connections and stores (_open_files_needed).
+#: threads of a worker's own beside gunicorn's: the journal's writer, the span exporter, a flush's waiter, spare
+_BACKGROUND_THREADS = 4
+#: the SQLite files of a worker without Redis: events, delivery queue, exchange journal, Idempotency-Keys, breakers
+_SQLITE_FILES = 5
+#: the Redis clients of a worker with Redis: events, delivery queue, journal, Idempotency-Keys, leases, heartbeat,
+#: call locks, breakers
+_REDIS_CLIENTS = 8
+#: the listening socket, logs, pipes, the metrics files, the worker's heartbeat file, files being read, ...
+_SPARE_FILES = 64
+
+
+def _open_files_needed(cfg, settings) -> dict[str, int]:
+    """About how many files one worker may hold open at once, by what holds them (gunicorn's `cfg`, the gateway's
+    `settings`). RLIMIT_NOFILE counts per process: each worker has the whole limit, so workers do not multiply it."""
+    threads = cfg.threads + _BACKGROUND_THREADS
+    connections = settings.connections.values()
+    if settings.events.redis_url:  # a thread uses one connection of a client's pool at a time
+        stores = _REDIS_CLIENTS * threads
+    else:
+        # A file's pool (and the connection the master opened it with, inherited): each connection holds the file
+        # and its WAL, the process the shared-memory index once; and one lock file per connection's call lock.
+        per_file = 2 * (min(settings.stores.sqlite_pool_size, threads) + 1) + 1
+        stores = _SQLITE_FILES * per_file + len(connections)
+    return {
+        # gthread keeps up to worker_connections clients (kept alive or waiting) and serves `threads` of them
+        "client connections": max(cfg.worker_connections, cfg.threads),
+        # a connection's pool keeps pool_size; its bulkhead lets max_concurrent_calls run, beyond the pool if larger
+        "backend connections": sum(max(each.pool_size, each.max_concurrent_calls) for each in connections),
+        "stores and locks": stores,
+        "other": _SPARE_FILES,
+    }
+
+
+def _raise_open_files_limit(server) -> None:
+    """Raise the soft limit of open files toward the hard one for what a worker may need (twice the estimate, as
+    it is one); refuse to start when the hard limit is below the estimate. Workers inherit the master's limits.
+
+    systemd starts services with a soft limit of 1024, for old programs' select(); a worker with 1000 client
+    connections and a pool of SQLite connections per store needs more, and at the limit every accept(), connect()
+    and open() fails with EMFILE, and gunicorn's worker exits on it.
+    """
+    import resource
+    import sys
+
+    needed = _open_files_needed(server.cfg, server.app.wsgi().config["GATEWAY_SETTINGS"])
+    total = sum(needed.values())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = float("inf") if hard == resource.RLIM_INFINITY else hard
+    if ceiling < total:
+        shares = ", ".join(f"{count} {what}" for what, count in needed.items())
+        server.log.error("cannot start: a worker may need about %s open files (%s), more than the hard limit of %s; "
+                         "raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) or lower threads and "
+                         "worker_connections", total, shares, hard)
+        sys.exit(1)
+    target = int(min(ceiling, 2 * total))
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        server.log.info("open files: soft limit raised from %s to %s (a worker may need about %s; hard limit %s)",
+                        soft, target, total, "unlimited" if hard == resource.RLIM_INFINITY else hard)
+
 
 def on_starting(server):
-    """Refuse to start, with a clear line, when another server listens on an address already (or port 0 is asked).
+    """Refuse to start, with a clear line, when another server listens on an address already (or port 0 is asked),
+    or when the hard limit of open files is below what a worker may need; raise the soft limit toward it.
 
     With reuse_port the workers bind, not the master: a port another program holds would make every worker fail at
     boot, one after another without end, and a second gateway of the same user would share the port silently.
@@ -91,6 +176,7 @@ def on_starting(server):
                 server.log.error("cannot listen on %s:%s: %s (another server listens there)", host, port,
                                  error.strerror)
                 sys.exit(1)
+    _raise_open_files_limit(server)
 
 
 def pre_fork(server, worker):
@@ -110,9 +196,15 @@ def post_fork(server, worker):
 
 
 def worker_exit(server, worker):
-    """Export the spans a stopping worker still holds."""
+    """Write the exchanges a stopping worker still queues for the journal (its writer is a daemon thread, and
+    lingers 50 ms for more), within _JOURNAL_CLOSE_SECONDS; then export the spans it still holds."""
     from gateway import tracing
 
+    # gunicorn calls this in the master too, for a worker that vanished: only the worker's own app is closed here
+    app = getattr(worker, "wsgi", None) if worker.pid == os.getpid() else None
+    recorder = getattr(app, "extensions", {}).get("order_gateway_journal")
+    if recorder is not None:
+        recorder.close(timeout=_JOURNAL_CLOSE_SECONDS)
     tracing.shutdown()
 
 

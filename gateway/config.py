@@ -180,8 +180,13 @@ class EventsSectionSchema(Schema):
     max_attempts = fields.Integer(load_default=10, validate=validate.Range(min=1, max=1000))
     backoff_base_seconds = fields.Float(load_default=1.0, validate=validate.Range(min=0.01))
     backoff_max_seconds = fields.Float(load_default=3600.0, validate=validate.Range(min=0.01))
+    #: one delivery attempt's whole time, its reply included, however the subscriber drips it
     delivery_timeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=300))
     worker_threads = fields.Integer(load_default=4, validate=validate.Range(min=1, max=64))
+    #: a subscriber's reply body is read up to this and no further: its status alone decides the outcome
+    max_reply_bytes = fields.Integer(load_default=65_536, validate=validate.Range(min=1024))
+    #: how often the worker nudges the pending streams that have no drain scheduled (a lost task costs this much)
+    resume_interval_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=0.05, max=3600))
 
 
 class CallerSchema(Schema):
@@ -206,6 +211,23 @@ class CallerSchema(Schema):
             raise ValidationError("Give the caller's API key (key) or keys.", field_name="keys")
         if any(len(key.reveal()) < MIN_KEY_LENGTH for key in keys):
             raise ValidationError(f"API keys are at least {MIN_KEY_LENGTH} characters.", field_name="keys")
+
+
+class StoresSectionSchema(Schema):
+    """The `[stores]` table: how long the gateway waits for Redis and SQLite, and how many files it keeps open."""
+
+    class Meta:
+        unknown = RAISE
+
+    #: seconds to establish a connection to Redis, and each command's wait for its reply
+    redis_connect_timeout = fields.Float(load_default=1.0, validate=validate.Range(min=0.01, max=60))
+    redis_socket_timeout = fields.Float(load_default=2.0, validate=validate.Range(min=0.01, max=60))
+    #: seconds an SQLite write waits for another's write to end, and a thread for one of the pool's connections
+    sqlite_busy_timeout = fields.Float(load_default=2.0, validate=validate.Range(min=0.01, max=60))
+    #: connections per SQLite file per process, whatever the number of threads
+    sqlite_pool_size = fields.Integer(load_default=4, validate=validate.Range(min=1, max=64))
+    #: /readyz fails when the folders of the SQLite files have less free space than this
+    min_free_disk_mb = fields.Float(load_default=100.0, validate=validate.Range(min=0))
 
 
 class JournalSectionSchema(Schema):
@@ -261,6 +283,10 @@ class GatewaySectionSchema(Schema):
     open_metrics = fields.Boolean(load_default=False)
     #: how long a stored Idempotency-Key reply is replayed
     idempotency_ttl_seconds = fields.Float(load_default=86400.0, validate=validate.Range(min=1, max=30 * 86400))
+    #: an Idempotency-Key's request holds the key for request_timeout plus this; a holder that died frees it after
+    idempotency_lease_margin_seconds = fields.Float(load_default=30.0, validate=validate.Range(min=0.1, max=3600))
+    #: /readyz answers within this, reporting a check that did not finish in time as failed
+    readiness_timeout = fields.Float(load_default=2.0, validate=validate.Range(min=0.1, max=60))
 
 
 @dataclass(frozen=True)
@@ -288,6 +314,17 @@ class ConnectionSettings:
     status_map: Mapping[str, Any]
     webhooks: Mapping[str, Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The `[stores]` table."""
+
+    redis_connect_timeout: float = 1.0
+    redis_socket_timeout: float = 2.0
+    sqlite_busy_timeout: float = 2.0
+    sqlite_pool_size: int = 4
+    min_free_disk_mb: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -341,6 +378,8 @@ class EventSettings:
     backoff_max_seconds: float
     delivery_timeout: float
     worker_threads: int
+    max_reply_bytes: int = 65_536
+    resume_interval_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -363,6 +402,9 @@ class GatewaySettings:
     callers: Mapping[str, CallerSettings] = field(default_factory=dict)
     journal: JournalSettings = field(default_factory=JournalSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    stores: StoreSettings = field(default_factory=StoreSettings)
+    readiness_timeout: float = 2.0
+    idempotency_lease_margin_seconds: float = 30.0
 
 
 def _interpolate(value: Any, source: str, key: str) -> Any:
@@ -398,10 +440,12 @@ def _load_section(schema: Schema, data: Any, source: str, key: str) -> dict:
 def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, type]) -> GatewaySettings:
     """Validate a parsed configuration mapping against the generic and the per-backend schemas."""
     raw = _interpolate(raw, source, "")
-    unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers", "journal", "console"})
+    unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers", "journal", "console",
+                                 "stores"})
     if unknown:
         raise ConfigError(source, unknown[0], "unknown section (expected [gateway], [connections.<name>], [events] "
-                                              "[subscribers.<name>], [callers.<name>], [journal] and [console])")
+                                              "[subscribers.<name>], [callers.<name>], [journal], [console] and "
+                                              "[stores])")
     gateway = _load_section(GatewaySectionSchema(), raw.get("gateway", {}), source, "gateway")
     tables = raw.get("connections", {})
     if not isinstance(tables, Mapping) or not tables:
@@ -450,15 +494,19 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
                                                secret=loaded["secret"])
     callers = _load_callers(raw.get("callers", {}), source, connections)
     journal = JournalSettings(**_load_section(JournalSectionSchema(), raw.get("journal", {}), source, "journal"))
+    stores = StoreSettings(**_load_section(StoresSectionSchema(), raw.get("stores", {}), source, "stores"))
     console = ConsoleSettings(**_load_section(ConsoleSectionSchema(), raw.get("console", {}), source, "console"))
     return GatewaySettings(
         console=console,
+        stores=stores,
+        readiness_timeout=gateway["readiness_timeout"],
         journal=journal,
         callers=callers,
         allow_anonymous=gateway["allow_anonymous"],
         open_docs=gateway["open_docs"],
         open_metrics=gateway["open_metrics"],
         idempotency_ttl_seconds=gateway["idempotency_ttl_seconds"],
+        idempotency_lease_margin_seconds=gateway["idempotency_lease_margin_seconds"],
         source=source,
         default_connection=default,
         max_body_bytes=gateway["max_body_bytes"],

@@ -3,24 +3,36 @@ transport, bulkhead, call lock and circuit breaker, and the one update flow ever
 
     Connection.check(update)           -> PlannedUpdate     fields, ids and rules checked; operation chosen
     Connection.dry_run(planned)        -> [OutboundRequest] the calls that would go out, credentials masked
-    Connection.send(planned, budget)   -> [UpdateOutcome | BackendError], one per update, in order
+    Connection.send(planned, budget)   -> [UpdateOutcome | GatewayError], one per update, in order
 
 Updates travel in calls: consecutive updates planned onto the same operation share a call, up to the
 operation's `call_size`; a failed call fails exactly its own updates. Each call, in this order:
 
     budget spent?        the request's time budget ran out: the call's updates are 504 "not sent"
-    breaker open?        503 with Retry-After, nothing sent (the breaker's state is in the problem's backend.code)
-    bulkhead             at most max_concurrent_calls in flight per process; waiting beyond queue_timeout is 503
-    call lock            the backend's (Ongoing: one goods owner's calls one after another, across processes and
-                         machines); waiting beyond lock_timeout is 503
-    attempts             under the breaker, within min(call_timeout, the budget): retried with jittered backoff only
-                         when the request provably never reached the backend, or the operation is idempotent
+    guards, in order     each may wait (within its own setting and the request's budget) and may refuse the call,
+                         nothing sent:
+      breaker            open: 503 with Retry-After (the breaker's state is in the problem's backend.code)
+      bulkhead           at most max_concurrent_calls in flight per process; waiting beyond queue_timeout is 503
+      call lock          the backend's (Ongoing: one goods owner's calls one after another, across processes and
+                         machines); waiting beyond lock_timeout is 503; its store unusable is 503 store-unavailable
+    attempts             within min(call_timeout, the budget), the call's deadline counted from when the guards let
+                         it through (their waits, on stores too, are not the backend's time): retried with jittered
+                         backoff only when the request provably never reached the backend, or the operation is
+                         idempotent
+    guards, in reverse   each learns the outcome (the lock is released, the breaker counts it, the bulkhead frees
+                         its place); outcome first: what fails here is counted and logged (gateway/bookkeeping.py),
+                         and the call's outcome stands
+
+A guard is one CallGuard subclass and one entry in `Connection.guards`. Before each attempt goes out, the listener in
+`attempt_listener` (the REST layer's Idempotency-Key record) is told of it, with the id the journal records its
+exchange under, and may stop it unsent by raising StoreUnavailable.
 
 The REST layer never needs to know which backend it talks to.
 """
 
 from __future__ import annotations
 
+import abc
 import functools
 import logging
 import math
@@ -28,18 +40,22 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Protocol
 
-import pybreaker
 from opentelemetry.trace import SpanKind
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_random_exponential
 
 from gateway import logs, metrics, tracing
 from gateway.backends import Backend, Credentials, Operation
+from gateway.bookkeeping import note_failure
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.config import ConnectionSettings, GatewaySettings
 from gateway.coordination import ConcurrentCircuitBreaker, Coordination, LockTimeout
+from gateway.coordination.breakers import BreakerOpen
+from gateway.coordination.locks import LockUnavailable
 from gateway.deadlines import Deadline
 from gateway.errors import (
     BackendError,
@@ -47,6 +63,8 @@ from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
     ConnectionBusy,
+    GatewayError,
+    StoreUnavailable,
     ValidationFailed,
 )
 from gateway.journal import Exchange
@@ -59,9 +77,8 @@ log = logging.getLogger("gateway.backends")
 
 #: the failures that say a backend is unwell and count towards opening its breaker (refusals do not)
 UNWELL = (BackendFailure, BackendUnavailable, BackendTimeout)
-#: when set (a list), every attempt to send a call is noted in it: whoever set it learns whether anything may
-#: have reached a backend (the REST layer stores an Idempotency-Key's reply only then)
-calls_attempted: ContextVar[list[str] | None] = ContextVar("calls_attempted", default=None)
+#: what a call's failure of its own may be besides a BackendError: a store it needed before it was sent
+CALL_FAILURES = (BackendError, StoreUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +87,154 @@ class PlannedUpdate:
 
     update: OrderUpdate
     operation: Operation
+
+
+@dataclass(frozen=True, slots=True)
+class CallAttempt:
+    """An attempt about to be sent: the id its journal exchange will have, where it goes, for which orders, whether
+    the operation may be sent twice, and whether it repeats an attempt of the same call (a retry)."""
+
+    exchange_id: str
+    connection: str
+    operation: str
+    order_ids: tuple[str, ...]
+    idempotent: bool
+    retry: bool
+
+
+class AttemptListener(Protocol):
+    """Told of every attempt before it is sent (the REST layer's Idempotency-Key record)."""
+
+    def attempting(self, attempt: CallAttempt) -> None:
+        """Note the attempt; raising StoreUnavailable stops it unsent."""
+
+
+#: when set, told of every attempt to send a call before it goes out: whoever set it learns whether anything may
+#: have reached a backend, and may note it where a crash cannot lose it (the REST layer keeps an Idempotency-Key's
+#: reply only then, and notes the call on the key first)
+attempt_listener: ContextVar[AttemptListener | None] = ContextVar("attempt_listener", default=None)
+
+
+@dataclass(eq=False, slots=True)
+class GuardedCall:
+    """One call on its way through a connection's guards: what it carries, the request's budget, how many attempts
+    went out, and the error it ended in (None: its outcomes)."""
+
+    operation: Operation
+    updates: list[OrderUpdate]
+    budget: Deadline | None
+    idempotent: bool
+    attempts: int = 0
+    error: BaseException | None = None
+
+    @property
+    def sent(self) -> bool:
+        """Whether any attempt went out (so the backend may have acted)."""
+        return self.attempts > 0
+
+    def wait_allowed(self, seconds: float) -> float:
+        """How long a guard may wait: its own setting, within what is left of the request's budget."""
+        return seconds if self.budget is None else min(seconds, self.budget.remaining())
+
+
+class CallGuard(abc.ABC):
+    """One policy around a connection's calls (breaker, bulkhead, call lock, ...), with its own settings and errors.
+
+    admit() runs before the call, in the guards' order: it waits if it must, refuses the call by raising a
+    GatewayError (nothing is sent), or lets it through; what it returns comes back to release(), which runs after
+    the call — sent or not, whatever its outcome — in reverse order. release() is bookkeeping: the connection counts
+    and logs what it raises, and the call's outcome stands.
+    """
+
+    #: the guard's name in the count and the log line of a release that failed
+    name: ClassVar[str]
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    @abc.abstractmethod
+    def admit(self, call: GuardedCall) -> Any:
+        """Let the call through (returning what release() needs) or refuse it."""
+
+    @abc.abstractmethod
+    def release(self, call: GuardedCall, admission: Any) -> None:
+        """Learn the outcome of an admitted call (`call.sent`, `call.error`) and free what admit() took."""
+
+
+class BreakerGuard(CallGuard):
+    """The circuit breaker: an open breaker refuses at once; the outcome of a call that went out is counted (UNWELL
+    errors as failures), one that never went out is not."""
+
+    name = "breaker"
+
+    def admit(self, call: GuardedCall) -> bool:
+        """Whether the call is the probe of a half-open breaker; an open one (or a probe in flight) refuses."""
+        try:
+            return self.connection.breaker.admit()
+        except BreakerOpen as refusal:
+            raise self.connection.breaker_open(refusal.retry_after) from None
+
+    def release(self, call: GuardedCall, admission: bool) -> None:
+        """Count the outcome."""
+        breaker = self.connection.breaker
+        if not call.sent:
+            breaker.withdraw(admission)
+        elif isinstance(call.error, UNWELL):
+            breaker.record_failure(admission)
+        else:
+            breaker.record_success(admission)
+
+
+class BulkheadGuard(CallGuard):
+    """At most max_concurrent_calls in flight per process; a call waits at most queue_timeout for a place."""
+
+    name = "bulkhead"
+
+    def admit(self, call: GuardedCall) -> None:
+        """Take a place, or refuse with 503 bulkhead-full."""
+        settings = self.connection.settings
+        if not self.connection.bulkhead.acquire(timeout=call.wait_allowed(settings.queue_timeout)):
+            raise ConnectionBusy(
+                f"Connection {self.connection.name!r} has {settings.max_concurrent_calls} calls in flight "
+                f"(max_concurrent_calls) and none ended within queue_timeout ({settings.queue_timeout:g} s); "
+                "nothing was sent.", connection=self.connection.name, code="bulkhead-full")
+
+    def release(self, call: GuardedCall, admission: None) -> None:
+        """Free the place."""
+        self.connection.bulkhead.release()
+
+
+class CallLockGuard(CallGuard):
+    """The backend's call lock (Ongoing: one goods owner's calls one after another, in every process and machine);
+    a call waits at most lock_timeout for it. A lock store that cannot be used refuses the call (503
+    store-unavailable); one that cannot release the lock afterwards is the lock's own bookkeeping."""
+
+    name = "call_lock"
+
+    def admit(self, call: GuardedCall) -> AbstractContextManager[None] | None:
+        """Hold the lock (the held lock is the admission), or refuse."""
+        connection = self.connection
+        if connection.locks is None or connection.lock_name is None:
+            return None
+        holding = connection.locks.hold(connection.lock_name, call.wait_allowed(connection.settings.lock_timeout))
+        try:
+            holding.__enter__()
+        except LockTimeout:
+            raise ConnectionBusy(
+                f"Another call of connection {connection.name!r} held {connection.backend.display_name}'s call lock "
+                f"({connection.backend.call_lock_reason}) for lock_timeout ({connection.settings.lock_timeout:g} s); "
+                "nothing was sent.", connection=connection.name, code="lock-timeout") from None
+        except LockUnavailable as error:
+            raise StoreUnavailable(
+                f"The call locks ({error.store}) could not be used to take {connection.backend.display_name}'s call "
+                f"lock for connection {connection.name!r}; nothing was sent. Try again in a moment.",
+                store="call locks") from None
+        return holding
+
+    def release(self, call: GuardedCall, admission: AbstractContextManager[None] | None) -> None:
+        """Release the lock."""
+        if admission is not None:
+            admission.__exit__(None, None, None)
 
 
 class Connection:
@@ -109,6 +274,8 @@ class Connection:
             exclude=[lambda error: not isinstance(error, UNWELL)], name=settings.name,
             throw_new_error_on_trip=False,
         )
+        #: the policies around every call, in the order they admit it (and the reverse order they learn its outcome)
+        self.guards: list[CallGuard] = [BreakerGuard(self), BulkheadGuard(self), CallLockGuard(self)]
 
     def check(self, update: OrderUpdate) -> PlannedUpdate:
         """Refuse (ValidationFailed, with field paths) what the backend cannot carry; plan the rest."""
@@ -121,15 +288,16 @@ class Connection:
                 for operation, updates in self.calls(planned)]
 
     def send(self, planned: Sequence[PlannedUpdate],
-             budget: Deadline | None = None) -> list[UpdateOutcome | BackendError]:
-        """Send planned updates call by call, in order, within `budget`; a failed call fails exactly its updates."""
-        results: list[UpdateOutcome | BackendError] = []
+             budget: Deadline | None = None) -> list[UpdateOutcome | GatewayError]:
+        """Send planned updates call by call, in order, within `budget`; a failed call fails exactly its updates
+        (with a BackendError, or StoreUnavailable when a store it needed before it was sent could not be used)."""
+        results: list[UpdateOutcome | GatewayError] = []
         for operation, updates in self.calls(planned):
             try:
                 if budget is not None and budget.expired():
                     raise self._not_sent(budget)
                 outcomes = self._guarded_call(operation, updates, budget)
-            except BackendError as error:
+            except CALL_FAILURES as error:
                 outcomes = [error] * len(updates)
             for outcome in outcomes:
                 if isinstance(outcome, BackendError):
@@ -162,31 +330,37 @@ class Connection:
 
     def _guarded_call(self, operation: Operation, updates: list[OrderUpdate],
                       budget: Deadline | None) -> list[UpdateOutcome | BackendError]:
-        deadline = Deadline.after(self.settings.call_timeout, f"call_timeout {self.settings.call_timeout:g} s")
-        deadline = deadline.earliest(budget)
-        wait = self.breaker.retry_after()
-        if wait is not None:
-            raise self._breaker_open(wait)
-        if not self.bulkhead.acquire(timeout=min(self.settings.queue_timeout, deadline.remaining())):
-            raise ConnectionBusy(
-                f"Connection {self.name!r} has {self.settings.max_concurrent_calls} calls in flight "
-                f"(max_concurrent_calls) and none ended within queue_timeout ({self.settings.queue_timeout:g} s); "
-                "nothing was sent.", connection=self.name, code="bulkhead-full")
+        """The call through the guards: admitted by each in turn, attempted, then its outcome handed back to each."""
+        call = GuardedCall(operation, updates, budget, operation.is_idempotent(updates))
+        admitted: list[tuple[CallGuard, Any]] = []
         try:
-            if self.locks is None or self.lock_name is None:
-                return self._breaker_call(operation, updates, deadline)
-            try:
-                with self.locks.hold(self.lock_name, min(self.settings.lock_timeout, deadline.remaining())):
-                    return self._breaker_call(operation, updates, deadline)
-            except LockTimeout:
-                raise ConnectionBusy(
-                    f"Another call of connection {self.name!r} held {self.backend.display_name}'s call lock "
-                    f"({self.backend.call_lock_reason}) for lock_timeout ({self.settings.lock_timeout:g} s); "
-                    "nothing was sent.", connection=self.name, code="lock-timeout") from None
+            for guard in self.guards:
+                admitted.append((guard, guard.admit(call)))
+            if budget is not None and budget.expired():
+                raise self._not_sent(budget)
+            # The call's own deadline starts now: what the guards waited for (a queue, a lock, a store) is not the
+            # backend's time.
+            deadline = Deadline.after(self.settings.call_timeout, f"call_timeout {self.settings.call_timeout:g} s")
+            return self._attempts(call, deadline.earliest(budget))
+        except BaseException as error:
+            call.error = error
+            raise
         finally:
-            self.bulkhead.release()
+            self._release(call, admitted)
 
-    def _breaker_open(self, wait: float) -> BackendUnavailable:
+    def _release(self, call: GuardedCall, admitted: list[tuple[CallGuard, Any]]) -> None:
+        """Hand the call's outcome to the guards that admitted it, last first; what fails there is counted and
+        logged, never raised, so the outcome stands."""
+        for guard, admission in reversed(admitted):
+            try:
+                guard.release(call, admission)
+            except Exception as error:
+                note_failure(guard.name, error, f"the {guard.name.replace('_', ' ')} of connection {self.name!r} "
+                             "did not learn how a call ended; the call's outcome stands")
+
+    def breaker_open(self, wait: float | None) -> BackendUnavailable:
+        """The 503 of an open breaker, `wait` seconds before its probe (None: a probe is deciding now)."""
+        wait = self.settings.breaker_reset_seconds if wait is None else wait
         error = BackendUnavailable(
             f"The circuit breaker of connection {self.name!r} is open after "
             f"{self.settings.breaker_failures} consecutive failures; nothing was sent. One probe call goes "
@@ -194,20 +368,10 @@ class Connection:
         error.retry_after = str(max(math.ceil(wait), 1))
         return error
 
-    def _breaker_call(self, operation: Operation, updates: list[OrderUpdate],
-                      deadline: Deadline) -> list[UpdateOutcome | BackendError]:
-        try:
-            return self.breaker.call(self._attempts, operation, updates, deadline)
-        except pybreaker.CircuitBreakerError:  # another probe is deciding, or the breaker opened meanwhile
-            raise self._breaker_open(self.breaker.retry_after() or self.settings.breaker_reset_seconds) from None
-
-    def _attempts(self, operation: Operation, updates: list[OrderUpdate],
-                  deadline: Deadline) -> list[UpdateOutcome | BackendError]:
-        idempotent = operation.is_idempotent(updates)
-
+    def _attempts(self, call: GuardedCall, deadline: Deadline) -> list[UpdateOutcome | BackendError]:
         def retryable(error: BaseException) -> bool:
             return (isinstance(error, BackendError) and error.from_transport and not deadline.expired()
-                    and (error.never_sent or idempotent))
+                    and (error.never_sent or call.idempotent))
 
         backoff = wait_random_exponential(multiplier=0.05, max=1.0)
         for attempt in Retrying(
@@ -218,24 +382,28 @@ class Connection:
             reraise=True,
         ):
             with attempt:
-                return self._call(operation, updates, deadline)
+                return self._call(call, deadline)
         raise AssertionError("unreachable: Retrying either returns or reraises")  # pragma: no cover
 
-    def _call(self, operation: Operation, updates: list[OrderUpdate],
-              deadline: Deadline) -> list[UpdateOutcome | BackendError]:
+    def _call(self, call: GuardedCall, deadline: Deadline) -> list[UpdateOutcome | BackendError]:
+        operation = call.operation
         with tracing.span(f"{self.kind} {operation.name}", kind=SpanKind.CLIENT, attributes={
                 "gateway.connection": self.name, "gateway.backend": self.kind, "gateway.operation": operation.name,
-                "gateway.order_count": len(updates)}):
-            return self._traced_call(operation, updates, deadline)
+                "gateway.order_count": len(call.updates)}):
+            return self._traced_call(call, deadline)
 
-    def _traced_call(self, operation: Operation, updates: list[OrderUpdate],
-                     deadline: Deadline) -> list[UpdateOutcome | BackendError]:
+    def _traced_call(self, call: GuardedCall, deadline: Deadline) -> list[UpdateOutcome | BackendError]:
+        operation, updates = call.operation, call.updates
         rendered = operation.render(updates, self.credentials)
         # the trace goes on to the backend: its span is this call's
         request = replace(rendered, headers={**rendered.headers, **tracing.outbound_headers()})
-        attempted = calls_attempted.get()
-        if attempted is not None:
-            attempted.append(f"{self.name}:{operation.name}")
+        exchange_id = f"exc_{uuid.uuid4().hex}"
+        listener = attempt_listener.get()
+        if listener is not None:
+            listener.attempting(CallAttempt(exchange_id, self.name, operation.name,
+                                            tuple(update.order_id for update in updates), call.idempotent,
+                                            retry=call.sent))
+        call.attempts += 1
         started, reply, outcome, error_text = time.time(), None, "failed", None
         try:
             reply = self.transport.send(request, deadline)
@@ -257,12 +425,16 @@ class Connection:
             outcome, error_text = _journal_outcome(error), error.detail
             raise
         finally:
-            took = time.time() - started
-            metrics.backend_calls.labels(self.name, self.kind, operation.name, outcome).inc()
-            metrics.backend_call_duration.labels(self.name, self.kind, operation.name).observe(took)
-            self._log_call(operation, updates, reply, outcome, took)
-            if self.recorder is not None:
-                self._record(operation, updates, request, reply, started, outcome, error_text)
+            try:
+                took = time.time() - started
+                metrics.backend_calls.labels(self.name, self.kind, operation.name, outcome).inc()
+                metrics.backend_call_duration.labels(self.name, self.kind, operation.name).observe(took)
+                self._log_call(operation, updates, reply, outcome, took)
+                if self.recorder is not None:
+                    self._record(exchange_id, operation, updates, request, reply, started, outcome, error_text)
+            except Exception as error:  # outcome first: the figures, the log line and the journal are bookkeeping
+                note_failure("call_record", error, f"{operation.name} on connection {self.name!r} was not fully "
+                             "counted, logged or journaled; its outcome stands")
 
     def _log_call(self, operation: Operation, updates: list[OrderUpdate], reply: BackendReply | None, outcome: str,
                   took: float) -> None:
@@ -277,24 +449,25 @@ class Connection:
                 "%s on %s: %s in %.1f ms", operation.name, self.name, outcome, took * 1000,
                 extra={**fields, "outcome": outcome, "backend_status": reply.status if reply is not None else None})
 
-    def _record(self, operation: Operation, updates: list[OrderUpdate], request: OutboundRequest,
+    def _record(self, exchange_id: str, operation: Operation, updates: list[OrderUpdate], request: OutboundRequest,
                 reply: BackendReply | None, started: float, outcome: str, error_text: str | None) -> None:
         """Hand the exchange to the journal, to be made (the request as a dry run shows it, everything scrubbed)
         and written on the journal's thread."""
         context = call_context.get()
         self.recorder.record(functools.partial(
-            self._make_exchange, operation.name, tuple(update.order_id for update in updates), request,
+            self._make_exchange, exchange_id, operation.name, tuple(update.order_id for update in updates), request,
             None if reply is None else (reply.status, dict(reply.headers), reply.body), started,
             round((time.time() - started) * 1000, 3), outcome, error_text, context))
 
-    def _make_exchange(self, operation: str, order_ids: tuple[str, ...], request: OutboundRequest,
+    def _make_exchange(self, exchange_id: str, operation: str, order_ids: tuple[str, ...], request: OutboundRequest,
                        reply: tuple[int, dict[str, str], bytes] | None, started: float, duration_ms: float,
                        outcome: str, error_text: str | None, context: CallContext | None) -> Exchange:
-        """The exchange as the journal keeps it (on the journal's thread)."""
+        """The exchange as the journal keeps it (on the journal's thread), under the id the call was given before
+        it went out (an Idempotency-Key whose outcome is unknown names it)."""
         shown = self.backend.dry_run_view(request)
         clean = self.scrubber
         return Exchange(
-            id=f"exc_{uuid.uuid4().hex}", at=started,
+            id=exchange_id, at=started,
             request_id=context.request_id if context else "", caller=context.caller if context else "",
             connection=self.name, backend=self.kind, operation=operation, order_ids=order_ids,
             request=clean.scrub_document({"method": shown.method, "url": shown.url, "headers": dict(shown.headers),

@@ -11,12 +11,13 @@
     │   │   └── EventNotFound         404  no stored event has that id
     │   ├── IdempotencyKeyInUse       409  a request with the same Idempotency-Key is still being served
     │   ├── IdempotencyKeyReused      422  the Idempotency-Key was used for another request
+    │   ├── OutcomeUnknown            409  the key's first request reached a backend and its outcome was lost
     │   ├── UnsupportedMediaType      415  the body is not application/json
     │   ├── PayloadTooLarge           413  the body is larger than the configured limit
     │   └── ValidationFailed          422  invalid for the canonical schema or for the backend
     ├── TranslationError              500  the gateway rendered a document its own XSD refuses (a gateway bug)
-    ├── StoreUnavailable              503  the event store could not take the event; the sender retries
-    ├── KeyStoreUnavailable           503  the Idempotency-Key store could not be reached; nothing was sent
+    ├── StoreUnavailable              503  a store (Redis, an SQLite file) is down, frozen, busy or full; names it
+    │   └── KeyStoreUnavailable       503  the Idempotency-Key store could not be reached; nothing was sent
     └── BackendError                  5xx  the backend did not do what was asked
         ├── OrderNotFound             404  the backend does not know the order
         ├── OrderStateConflict        409  the backend refused because of the order's state
@@ -156,6 +157,15 @@ class IdempotencyKeyReused(RequestProblem):
     title = "Idempotency-Key reused for another request"
 
 
+class OutcomeUnknown(RequestProblem):
+    """The Idempotency-Key's first request attempted a backend call that must not be sent twice, and its outcome was
+    not kept (its process died, or the key's store failed): the order may or may not have changed."""
+
+    status = 409
+    slug = "outcome-unknown"
+    title = "Outcome of the first request unknown"
+
+
 class UnsupportedMediaType(RequestProblem):
     """The body was not sent as application/json."""
 
@@ -197,23 +207,28 @@ class TranslationError(GatewayError):
 
 
 class StoreUnavailable(GatewayError):
-    """The event could not be stored; the sender should send it again later."""
+    """A store the request needs cannot be used now (down, not answering in time, busy, full); `store` names it
+    ("event store", "call locks"), never its address. gateway/stores.py turns the stores' own errors into it."""
 
     status = 503
-    slug = "event-store-unavailable"
-    title = "Event store unavailable"
+    slug = "store-unavailable"
+    title = "Store unavailable"
+    #: the store this error is about, when its raiser did not say
+    default_store = "store"
 
-
-class KeyStoreUnavailable(GatewayError):
-    """The Idempotency-Key store could not be reached; nothing was sent, the client may retry with its key."""
-
-    status = 503
-    slug = "idempotency-store-unavailable"
-    title = "Idempotency-Key store unavailable"
+    def __init__(self, detail: str = "", *, store: str | None = None) -> None:
+        self.store = store or self.default_store
+        super().__init__(detail or f"The {self.store} cannot be used right now; try again in a moment.")
 
     def reply_headers(self) -> dict[str, str]:
         """Ask again in a moment."""
         return {"Retry-After": "1"}
+
+
+class KeyStoreUnavailable(StoreUnavailable):
+    """The Idempotency-Key store could not be reached; nothing was sent, the client may retry with its key."""
+
+    default_store = "idempotency store"
 
 
 class BackendError(GatewayError):

@@ -4,6 +4,8 @@ HTTP status, media type, parseability and the SOAP envelope (fault or payload) a
 the transport's error mapping (transport.py), and turned into BackendErrors; an operation's `parse` hook gets
 only the payload it understands: the first element inside soap:Body, or a decoded JSON document.
 
+    a redirect (3xx), never followed                  BackendFailure  502, naming the status and where it
+                                                      pointed (host and path: no credentials, query or fragment)
     refused credentials (401, 403, 407)               BackendFailure  502
     rate limited or overloaded (429, 503) without
       a usable payload                                BackendUnavailable 503, with the backend's Retry-After
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from lxml import etree
 
@@ -35,6 +38,8 @@ ENVELOPE_NAMESPACES = frozenset({ns.SOAP11_ENVELOPE, ns.SOAP12_ENVELOPE})
 XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 CREDENTIAL_REFUSALS = frozenset({401, 403, 407})
 OVERLOADED = frozenset({429, 503})
+#: the most of a redirect's host and of its path a detail repeats
+MAX_REDIRECT_HOST, MAX_REDIRECT_PATH = 255, 200
 
 
 def valid_retry_after(value: str | None) -> str | None:
@@ -49,6 +54,23 @@ def valid_retry_after(value: str | None) -> str | None:
     except (TypeError, ValueError, IndexError):
         return None
     return value.strip()
+
+
+def redirect_target(location: str | None) -> str:
+    """Where a Location header points, as a detail may say it: host (and port) and path, bounded, printable.
+
+    Whatever identifies the caller or the call stays out: user information, query and fragment.
+    """
+    if not location:
+        return "no Location"
+    try:
+        parts = urlsplit(location.strip())
+    except ValueError:
+        return "an unreadable Location"
+    host = parts.netloc.rpartition("@")[2][:MAX_REDIRECT_HOST]
+    path = parts.path[:MAX_REDIRECT_PATH]
+    target = "".join(character for character in host + path if character.isprintable())
+    return target or "an empty Location"
 
 
 def _describe(reply: BackendReply) -> str:
@@ -75,7 +97,11 @@ class _ReplyReader:
         return BackendFailure(detail, connection=self.connection, code=f"HTTP {status}")
 
     def check_status(self) -> None:
-        """Refused credentials end the reading whatever the body says."""
+        """A redirect or refused credentials end the reading whatever the body says."""
+        if 300 <= self.reply.status < 400:
+            target = redirect_target(self.reply.headers.get("Location"))
+            raise self.failure(f"The backend answered with a redirect (HTTP {self.reply.status} to {target}), "
+                               "which the gateway does not follow: check the connection's url.")
         if self.reply.status in CREDENTIAL_REFUSALS:
             raise self.failure(f"The backend refused the gateway's credentials (HTTP {self.reply.status}).")
         if not self.reply.body.strip():

@@ -1,15 +1,22 @@
 """One SQLite file shared by the threads and processes of a machine, as every embedded store of the gateway uses
-it: a connection per thread (opened again in a forked child, which must not share its parent's), WAL mode so
-readers carry on while one process writes, a busy timeout, writes that take the write lock up front (BEGIN
-IMMEDIATE) so no two writers decide on stale reads, and a schema created once and versioned in user_version.
+it: a small pool of connections per process (`[stores] sqlite_pool_size`, opened anew in a forked child, which must
+not share its parent's), WAL mode so readers carry on while one process writes, a bounded busy wait
+(`[stores] sqlite_busy_timeout`), writes that take the write lock up front (BEGIN IMMEDIATE) so no two writers
+decide on stale reads, and a schema created once and versioned in user_version.
 
-`SqliteFile` is a mixin: a store calls `_open_file(...)` in its constructor and then uses `_connection()`,
-`_write()`, `_read()` and `_close_file()`.
+The pool bounds the descriptors a process holds whatever its thread count (a connection keeps the file and its
+WAL open): a thread borrows a connection for one statement or transaction, waiting at most the busy timeout for
+one to come back, and a thread that holds one already gets the same one again. Every error raised while a
+connection is borrowed names the store (gateway/stores.py), so a busy, full or broken file answers 503.
+
+`SqliteFile` is a mixin: a store calls `_open_file(...)` in its constructor and then uses `_write()`, `_read()`,
+`_borrowed()` and `_close_file()`.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -17,8 +24,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-#: how long a writer waits for another process's write to finish before giving up
-BUSY_TIMEOUT_SECONDS = 30.0
+from gateway.config import StoreSettings
+from gateway.stores import mark_store
+
+#: how long opening a file waits for another process creating or migrating it (at start-up, not in a request)
+OPEN_TIMEOUT_SECONDS = 30.0
 
 
 class SqliteFile:
@@ -28,45 +38,59 @@ class SqliteFile:
     _what: str
     _synchronous: str
 
-    def _open_file(self, path: str | os.PathLike, *, schema: str, schema_version: int, synchronous: str,
-                   what: str, migrations: Mapping[int, str] | None = None, pragmas: tuple[str, ...] = ()) -> None:
+    def _open_file(self, path: str | os.PathLike, *, schema: str, schema_version: int | None, synchronous: str,
+                   what: str, migrations: Mapping[int, str] | None = None, pragmas: tuple[str, ...] = (),
+                   stores: StoreSettings | None = None) -> None:
         """Open (and if need be create) the file with its schema; `what` names the store in errors.
 
         A file of an older version gets the statements of `migrations` (version -> SQL) it has not had yet;
-        `pragmas` are run on every new connection.
+        `pragmas` are run on every new connection. `schema_version` None: the schema's statements are idempotent
+        (CREATE ... IF NOT EXISTS) and the file's version is another store's to keep.
         """
+        stores = stores or StoreSettings()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._what, self._synchronous, self._pragmas = what, synchronous, pragmas
-        self._local = threading.local()
+        self._busy_timeout, self._pool_size = stores.sqlite_busy_timeout, stores.sqlite_pool_size
+        self._pool_lock = threading.Lock()
+        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._pool_pid, self._pool_opened = os.getpid(), 0
+        self._held = threading.local()  # the connection this thread has borrowed, and from which process
         self._connections: list[tuple[int, sqlite3.Connection]] = []  # (opening process id, connection)
-        self._connections_lock = threading.Lock()
         self._closed = False
+        # A connection of its own with a long busy wait: another process may be creating the same file right now.
+        db = self._new_connection(timeout=OPEN_TIMEOUT_SECONDS)
         try:
-            self._use_wal()
-            with self._write() as db:
+            self._use_wal(db)
+            db.execute("BEGIN IMMEDIATE")
+            try:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version < schema_version:
+                if schema_version is None or version < schema_version:
                     for statement in schema.split(";"):
                         if statement.strip():
                             db.execute(statement)
+                if schema_version is not None and version < schema_version:
                     # The schema is of its first version; a file made now gets every migration, an older one
                     # the ones it lacks.
                     for target in range(max(version, 1) + 1, schema_version + 1):
                         db.execute((migrations or {})[target])
                     db.execute(f"PRAGMA user_version = {schema_version}")
-        except BaseException:
-            self._close_file()
-            raise
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            db.close()
 
-    def _use_wal(self) -> None:
+    def _use_wal(self, db: sqlite3.Connection) -> None:
         """Put the file in WAL mode (kept in the file), so readers carry on while one process writes."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        deadline = time.monotonic() + OPEN_TIMEOUT_SECONDS
         while True:
             # Switching the journal mode does not wait for the busy timeout, and it fails (or quietly keeps the
             # old mode) while another process is creating the same file; so wait here instead.
             try:
-                if self._connection().execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
                     return
             except sqlite3.OperationalError as error:
                 if error.sqlite_errorname not in ("SQLITE_BUSY", "SQLITE_LOCKED") or time.monotonic() > deadline:
@@ -75,52 +99,111 @@ class SqliteFile:
                 raise sqlite3.OperationalError(f"{self.path}: could not switch to WAL mode")
             time.sleep(0.01)
 
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (and again in a forked child, which must not share it)."""
-        if self._closed:
-            raise RuntimeError(f"the {self._what} is closed")
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
-            # isolation_level=None: transactions are begun explicitly, writes with BEGIN IMMEDIATE.
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                                         check_same_thread=False)
+    def _new_connection(self, timeout: float) -> sqlite3.Connection:
+        """A new connection to the file (isolation_level None: transactions are begun explicitly)."""
+        connection = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
             connection.row_factory = sqlite3.Row
             connection.execute(f"PRAGMA synchronous = {self._synchronous}")
             for pragma in self._pragmas:
                 connection.execute(f"PRAGMA {pragma}")
-            self._local.connection, self._local.pid = connection, os.getpid()
-            with self._connections_lock:
-                self._connections.append((os.getpid(), connection))
+        except BaseException:
+            connection.close()
+            raise
         return connection
+
+    def _take(self) -> sqlite3.Connection:
+        """A connection of this process's pool: an idle one, a new one while fewer than the pool size are open, or
+        the first given back within the busy timeout."""
+        if self._closed:
+            raise RuntimeError(f"the {self._what} is closed")
+        with self._pool_lock:
+            if self._pool_pid != os.getpid():  # a forked child: its parent's connections are not its own
+                self._pool, self._pool_pid, self._pool_opened = queue.LifoQueue(), os.getpid(), 0
+            pool = self._pool
+            try:
+                return pool.get_nowait()
+            except queue.Empty:
+                opening = self._pool_opened < self._pool_size
+                if opening:
+                    self._pool_opened += 1
+        if opening:
+            try:
+                connection = self._new_connection(timeout=self._busy_timeout)
+            except BaseException:
+                with self._pool_lock:
+                    self._pool_opened -= 1
+                raise
+            with self._pool_lock:
+                self._connections.append((os.getpid(), connection))
+            return connection
+        try:
+            return pool.get(timeout=self._busy_timeout)
+        except queue.Empty:
+            raise sqlite3.OperationalError(f"all {self._pool_size} connections to the {self._what} stayed in use "
+                                           f"for {self._busy_timeout:g} s") from None
+
+    def _give_back(self, connection: sqlite3.Connection) -> None:
+        """Return a borrowed connection to its pool (never one with a transaction left open)."""
+        try:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+        except sqlite3.Error:  # closed under it (the store closing) or broken: it is not reused
+            return
+        with self._pool_lock:
+            if self._pool_pid == os.getpid() and not self._closed:
+                self._pool.put(connection)
+
+    @contextmanager
+    def _borrowed(self) -> Iterator[sqlite3.Connection]:
+        """A connection of the pool for the block: the one this thread holds already, if it holds one."""
+        held = getattr(self._held, "connection", None)
+        if held is not None and self._held.pid == os.getpid():
+            yield held
+            return
+        try:
+            connection = self._take()
+        except (sqlite3.Error, OSError) as error:
+            mark_store(error, self._what)
+            raise
+        self._held.connection, self._held.pid = connection, os.getpid()
+        try:
+            yield connection
+        except (sqlite3.Error, OSError) as error:
+            mark_store(error, self._what)
+            raise
+        finally:
+            self._held.connection = None
+            self._give_back(connection)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the write lock up front, so no two writers ever decide on stale reads."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            # Also after a failed COMMIT: an open transaction would make this thread's next BEGIN fail.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        with self._borrowed() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT: an open transaction would make the connection's next BEGIN fail.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: one consistent snapshot for several SELECTs."""
-        db = self._connection()
-        db.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            db.execute("COMMIT")
+        with self._borrowed() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
 
     def _close_file(self) -> None:
         """Close every connection this process opened; the store cannot be used afterwards."""
         self._closed = True
-        with self._connections_lock:
+        with self._pool_lock:
             connections, self._connections = self._connections, []
         for pid, connection in connections:
             # A connection inherited through fork belongs to the parent, which may still be using the file.

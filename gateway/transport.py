@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
+import urllib3.connection
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
@@ -114,24 +115,63 @@ def map_transport_errors(connection: str, connect_timeout: float, read_timeout: 
 
 
 class _CallInFlight:
-    """The connection one call is using, so the watchdog can cut it when the call's deadline passes."""
+    """The connection and socket one call is using, so the watchdog can cut them when the call's deadline passes."""
 
-    __slots__ = ("aborted", "connection")
+    __slots__ = ("aborted", "connection", "sock")
 
     def __init__(self) -> None:
         self.connection: Any = None
+        self.sock: socket.socket | None = None
         self.aborted = False
 
+    def watch(self, sock: socket.socket | None) -> None:
+        """Keep the socket the reply will be read from; cut it at once if the deadline already passed."""
+        self.sock = sock
+        if self.aborted:
+            _shut_down(sock)
+
     def abort(self) -> None:
-        """Shut the socket down: a blocked read returns at once, however the backend drips."""
+        """Shut the sockets down: a blocked read returns at once, however the backend drips."""
         self.aborted = True
-        sock = getattr(self.connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        _shut_down(getattr(self.connection, "sock", None))
+        _shut_down(self.sock)
+
+
+def _ends_at_close(reply: BackendReply) -> bool:
+    """Whether the reply's body is delimited by the connection closing (neither a length nor chunked)."""
+    return ("Content-Length" not in reply.headers
+            and "chunked" not in reply.headers.get("Transfer-Encoding", "").lower())
+
+
+def _shut_down(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 _in_flight = threading.local()
+
+
+class _WatchedConnectionMixin:
+    """Hands the call its socket before the reply is read.
+
+    A reply saying `Connection: close` takes the socket from the connection (http.client leaves the connection
+    without one), so the connection alone would give the watchdog nothing to cut while the body drips in.
+    """
+
+    def getresponse(self) -> Any:
+        call = getattr(_in_flight, "call", None)
+        if call is not None:
+            call.watch(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPConnection(_WatchedConnectionMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnectionMixin, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _WatchedPoolMixin:
@@ -146,11 +186,11 @@ class _WatchedPoolMixin:
 
 
 class _WatchedHTTPPool(_WatchedPoolMixin, urllib3.HTTPConnectionPool):
-    pass
+    ConnectionCls = _WatchedHTTPConnection
 
 
 class _WatchedHTTPSPool(_WatchedPoolMixin, urllib3.HTTPSConnectionPool):
-    pass
+    ConnectionCls = _WatchedHTTPSConnection
 
 
 class HttpTransport:
@@ -158,7 +198,11 @@ class HttpTransport:
 
     `send(request, deadline)` bounds the call, headers and body included: each socket operation waits at most
     the connect or read timeout and what is left of the deadline, and the watchdog cuts the socket when the
-    deadline passes (a BackendTimeout naming the deadline).
+    deadline passes (a BackendTimeout naming the deadline), whatever the reply's Connection header says.
+
+    The request goes straight to the session's adapter: `Session.send` would resolve redirects (reading a 3xx
+    reply's whole body, unbounded, and its cookies), merge cookies and dispatch hooks, none of which a backend
+    call wants. A redirect is never followed; it comes back as the reply it is, and replies.py refuses it.
     """
 
     def __init__(self, *, connection: str, connect_timeout: float, read_timeout: float,
@@ -188,7 +232,7 @@ class HttpTransport:
         call = _in_flight.call = _CallInFlight()
         watch = WATCHDOG.call_at(deadline.at, call.abort)
         try:
-            return self._exchange(request, timeouts)
+            reply = self._exchange(request, timeouts)
         except BackendError:
             if call.aborted or deadline.expired():
                 raise self._deadline_passed(deadline) from None
@@ -196,6 +240,9 @@ class HttpTransport:
         finally:
             WATCHDOG.cancel(watch)
             _in_flight.call = None
+        if call.aborted and _ends_at_close(reply):  # cut short, that body ends as if the backend had closed
+            raise self._deadline_passed(deadline)
+        return reply
 
     def _deadline_passed(self, deadline: Deadline) -> BackendTimeout:
         error = BackendTimeout(f"The backend of connection {self.connection!r} did not complete its reply within "
@@ -205,8 +252,9 @@ class HttpTransport:
 
     def _exchange(self, request: OutboundRequest, timeouts: tuple[float, float]) -> BackendReply:
         with map_transport_errors(self.connection, *self.timeout):
-            response = self.session.send(self._prepared(request), timeout=timeouts, stream=True,
-                                         allow_redirects=False, verify=self.session.verify, proxies={}, cert=None)
+            prepared = self._prepared(request)
+            response = self.session.get_adapter(prepared.url).send(
+                prepared, stream=True, timeout=timeouts, verify=self.session.verify, proxies={}, cert=None)
             try:
                 declared = parse_ascii_int(response.headers.get("Content-Length"))
                 if declared is not None and declared > self.max_reply_bytes:

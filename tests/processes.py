@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -54,10 +55,11 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
             stream.close()
 
 
-def start(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+def start(command: list[str], env: dict[str, str], log: Path | None = None,
+          preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
     """Start a server in its own process group (so a SIGKILL reaches every worker); its output goes to `log`
     (appended, so restarts keep what came before), by default a file of this run's own, and is scanned for
-    tracebacks after every test."""
+    tracebacks after every test. `preexec_fn` runs in the child before the server (to set its limits, say)."""
     if log is None:
         log = _LOG_FOLDER / f"{next(_log_numbers)}-{Path(command[-1]).name.replace(':', '_')}.log"
     SERVER_LOGS.append(log)
@@ -66,7 +68,7 @@ def start(command: list[str], env: dict[str, str], log: Path | None = None) -> s
     SERVER_KINDS[log] = (kind, dict(env))
     with open(log, "ab") as output:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=preexec_fn)
     process.log_path = log
     return process
 
@@ -77,10 +79,11 @@ def start_sandbox(port: int, env: dict[str, str], log: Path | None = None) -> su
                   f"127.0.0.1:{port}", "sandbox:create_app()"], env, log)
 
 
-def start_gateway(port: int, env: dict[str, str], workers: int = 2, log: Path | None = None) -> subprocess.Popen:
+def start_gateway(port: int, env: dict[str, str], workers: int = 2, log: Path | None = None,
+                  preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
     """The gateway under gunicorn with the project's gunicorn settings."""
     return start([str(BIN / "gunicorn"), "--config", "config/gunicorn.py", "--workers", str(workers), "--bind",
-                  f"127.0.0.1:{port}", "wsgi:app"], env, log)
+                  f"127.0.0.1:{port}", "wsgi:app"], env, log, preexec_fn)
 
 
 def start_worker(env: dict[str, str], log: Path | None = None) -> subprocess.Popen:

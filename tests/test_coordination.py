@@ -4,6 +4,8 @@ breaker storage (SQLite, Redis), with pybreaker's state machine on top of each s
 from __future__ import annotations
 
 import multiprocessing
+import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +16,16 @@ import pybreaker
 import pytest
 import redis
 
-from gateway.coordination.breakers import ConcurrentCircuitBreaker, SqliteBreakerStorage, redis_breaker_storage
-from gateway.coordination.locks import CallLocks, FileCallLocks, LockTimeout, RedisCallLocks
+from gateway.backends import BACKENDS
+from gateway.config import StoreSettings, load_settings
+from gateway.coordination import Coordination
+from gateway.coordination.breakers import (
+    BreakerFile,
+    ConcurrentCircuitBreaker,
+    SqliteBreakerStorage,
+    redis_breaker_storage,
+)
+from gateway.coordination.locks import CallLocks, FileCallLocks, LockTimeout, LockUnavailable, RedisCallLocks
 
 #: a Redis lock's expiry in these tests: longer than any block here holds it, short enough to wait for
 REDIS_EXPIRY = 1.5
@@ -441,3 +451,82 @@ def test_calls_through_a_closed_breaker_run_in_parallel(storage):
     assert results == ["done"] * callers
     assert time.monotonic() - started < 1.0
     assert breaker.current_state == pybreaker.STATE_CLOSED
+
+
+# --- descriptors and failing stores --------------------------------------------------------------------------
+
+
+def descriptors_of(prefix: Path) -> int:
+    """How many of this process's descriptors are files whose path starts with `prefix`."""
+    count = 0
+    for descriptor in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(descriptor)
+        except OSError:  # the listing's own descriptor, closed meanwhile
+            continue
+        count += target.startswith(str(prefix))
+    return count
+
+
+def test_breakers_of_many_connections_share_a_few_connections_whatever_the_threads(tmp_path):
+    database = BreakerFile(tmp_path / "breakers.sqlite3")
+    storages = [SqliteBreakerStorage(database, f"connection-{n}") for n in range(4)]
+    start = threading.Barrier(48, timeout=10)
+
+    def use(number: int) -> int:
+        start.wait()
+        storage = storages[number % len(storages)]
+        storage.increment_counter()
+        return storage.counter
+
+    try:
+        with ThreadPoolExecutor(48) as threads:
+            assert all(count >= 1 for count in threads.map(use, range(48)))
+        assert [storage.counter for storage in storages] == [12] * 4
+        # each connection holds the file and its WAL; the shared memory is the process's, once
+        assert descriptors_of(tmp_path / "breakers.sqlite3") <= 2 * StoreSettings().sqlite_pool_size + 1
+    finally:
+        database.close()
+    assert descriptors_of(tmp_path / "breakers.sqlite3") == 0
+
+
+def test_file_locks_keep_one_descriptor_per_name_whatever_the_threads(tmp_path):
+    locks = FileCallLocks(tmp_path / "locks")
+    held: list[int] = []
+
+    def hold(_: int) -> None:
+        with locks.hold("ongoing:demo", 10):
+            held.append(1)
+
+    try:
+        with ThreadPoolExecutor(32) as threads:
+            list(threads.map(hold, range(32)))
+        assert len(held) == 32
+        assert descriptors_of(tmp_path / "locks") == 1
+    finally:
+        locks.close()
+    assert descriptors_of(tmp_path / "locks") == 0
+
+
+def test_after_a_breaker_read_meets_a_frozen_redis_the_call_lock_fails_at_once():
+    with socket.socket() as listener:  # accepts connections and never answers, as a stopped Redis does
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        config = {"gateway": {},
+                  "connections": {"ongoing": {"backend": "ongoing", "url": "http://127.0.0.1:9/ongoing",
+                                              "goods_owner_code": "DEMO", "username": "demo", "password": "pw"}},
+                  "events": {"redis_url": f"redis://127.0.0.1:{listener.getsockname()[1]}/0"},
+                  "stores": {"redis_socket_timeout": 0.3}}
+        coordination = Coordination(load_settings(config, "<test>", BACKENDS))
+        try:
+            storage = coordination.breaker_storage("ongoing")
+            started = time.monotonic()
+            with pytest.raises(redis.TimeoutError):
+                storage.state  # noqa: B018 - the read is the point
+            assert 0.25 <= time.monotonic() - started < 0.3 + SLACK
+            started = time.monotonic()
+            with pytest.raises(LockUnavailable), coordination.locks.hold("ongoing:demo", 5):
+                pass
+            assert time.monotonic() - started < 0.1, "the lock waited for a Redis the breaker had found frozen"
+        finally:
+            coordination.close()

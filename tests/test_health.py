@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
+
+import redis
 
 from gateway.events.heartbeat import Heartbeat
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
@@ -31,7 +35,8 @@ def test_readyz_lists_every_component_and_names_no_secret(make_gateway, sandbox_
     health = reply.get_json()
     assert health["status"] == "pass", health
     assert set(health["checks"]) == {"configuration:loaded", "eventStore:responseTime", "deliveryQueue:responseTime",
-                                     "idempotencyStore:responseTime", "eventWorker:heartbeatAge", "connection:ongoing"}
+                                     "idempotencyStore:responseTime", "eventWorker:heartbeatAge", "connection:ongoing",
+                                     "dataFolder:freeSpace"}
     assert all(entries[0]["status"] == "pass" for entries in health["checks"].values())
     text = reply.get_data(as_text=True)
     assert SECRET not in text and sandbox_url not in text
@@ -70,3 +75,87 @@ def test_a_store_that_cannot_be_reached_fails_with_503(make_gateway, sandbox_url
     assert health["status"] == "fail"
     assert health["checks"]["idempotencyStore:responseTime"][0]["output"] == "unreachable (ConnectionError)"
     assert "pw@" not in reply.get_data(as_text=True)
+
+
+def redis_health_app(make_gateway, sandbox_url, redis_url, **gateway):
+    config = gateway_config(ongoing=ongoing_connection(sandbox_url + ONGOING_SERVICE_PATH, password=SECRET))
+    config["gateway"].update(gateway)
+    config["events"] = {"redis_url": redis_url}
+    return make_gateway(config)
+
+
+def test_readyz_warns_when_redis_does_not_persist_or_may_evict(make_gateway, sandbox_url, redis_url):
+    app = redis_health_app(make_gateway, sandbox_url, redis_url)
+    Heartbeat(app.config["GATEWAY_SETTINGS"]).beat()
+    reply = app.test_client().get("/readyz")
+    assert reply.status_code == 200
+    health = reply.get_json()
+    assert "dataFolder:freeSpace" not in health["checks"]  # nothing of the gateway's is kept in files
+    appendonly = health["checks"]["redis:appendonly"][0]  # the test Redis runs without its append-only file
+    assert (health["status"], appendonly["status"], appendonly["observedValue"]) == ("warn", "warn", "no")
+    assert "appendonly yes" in appendonly["output"]
+    policy = health["checks"]["redis:maxmemoryPolicy"][0]
+    assert (policy["status"], policy["observedValue"]) == ("pass", "noeviction")
+
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        policy = app.test_client().get("/readyz").get_json()["checks"]["redis:maxmemoryPolicy"][0]
+    finally:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.close()
+    assert (policy["status"], policy["observedValue"]) == ("warn", "allkeys-lru")
+    assert "noeviction" in policy["output"]
+
+
+def test_readyz_says_unknown_when_redis_refuses_config_get(make_gateway, sandbox_url, redis_url):
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser("gateway-limited", enabled=True, passwords=["+limited-pass-8u"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-config"])
+    try:
+        limited = redis_url.replace("redis://", "redis://gateway-limited:limited-pass-8u@")
+        reply = redis_health_app(make_gateway, sandbox_url, limited).test_client().get("/readyz")
+    finally:
+        admin.acl_deluser("gateway-limited")
+        admin.close()
+    health = reply.get_json()
+    assert reply.status_code == 200, health
+    for name in ("redis:appendonly", "redis:maxmemoryPolicy"):
+        entry = health["checks"][name][0]
+        assert (entry["status"], entry["observedValue"]) == ("warn", "unknown"), entry
+    assert health["checks"]["eventStore:responseTime"][0]["status"] == "pass"
+    assert "limited-pass-8u" not in reply.get_data(as_text=True)
+
+
+def test_a_check_that_does_not_finish_fails_within_the_readiness_timeout(make_gateway, sandbox_url, monkeypatch):
+    app = health_app(make_gateway, sandbox_url)
+    app.config["GATEWAY_SETTINGS"] = dataclasses.replace(app.config["GATEWAY_SETTINGS"], readiness_timeout=0.5)
+    Heartbeat(app.config["GATEWAY_SETTINGS"]).beat()
+    release = threading.Event()
+    monkeypatch.setattr(app.extensions["order_gateway_idempotency"], "ping", lambda: release.wait(30))
+    try:
+        started = time.monotonic()
+        reply = app.test_client().get("/readyz")
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert 0.4 <= took < 1.5
+    assert reply.status_code == 503
+    health = reply.get_json()
+    entry = health["checks"]["idempotencyStore:responseTime"][0]
+    assert entry["status"] == "fail" and "readiness_timeout" in entry["output"]
+    assert health["checks"]["eventStore:responseTime"][0]["status"] == "pass"
+
+
+def test_too_little_free_disk_space_fails(make_gateway, sandbox_url):
+    app = health_app(make_gateway, sandbox_url)
+    Heartbeat(app.config["GATEWAY_SETTINGS"]).beat()
+    entry = app.test_client().get("/readyz").get_json()["checks"]["dataFolder:freeSpace"][0]
+    assert (entry["status"], entry["observedUnit"]) == ("pass", "MiB") and entry["observedValue"] > 0
+    settings = app.config["GATEWAY_SETTINGS"]
+    app.config["GATEWAY_SETTINGS"] = dataclasses.replace(
+        settings, stores=dataclasses.replace(settings.stores, min_free_disk_mb=entry["observedValue"] + 10**9))
+    reply = app.test_client().get("/readyz")
+    assert reply.status_code == 503
+    entry = reply.get_json()["checks"]["dataFolder:freeSpace"][0]
+    assert entry["status"] == "fail" and "min_free_disk_mb" in entry["output"]

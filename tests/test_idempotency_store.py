@@ -23,7 +23,9 @@ from gateway.idempotency import (
     IN_PROGRESS,
     MISMATCH,
     NEW,
+    OUTCOME_UNKNOWN,
     REPLAY,
+    Attempt,
     Begun,
     IdempotencyStore,
     StoredResponse,
@@ -48,6 +50,11 @@ RESPONSE = StoredResponse(201, (("Content-Type", "application/json"), ("Location
 OTHER_RESPONSE = StoredResponse(200, (("Content-Type", "text/plain"),), b"other")
 # Fractions of a second on purpose: the SQLite store must compare exactly the times it was given.
 T0 = 1_714_557_600.123456
+#: calls noted on a key before they were sent: one that may be repeated, one that must not be
+UPDATE_ORDER = Attempt("exc_0a1b", "ongoing-demo", "UpdateOrder", ("SO-1001",), True, "req-1")
+UPDATE_STATUS = Attempt("exc_2c3d", "speed4trade-demo", "updateOrderStatus", ("10005", "10009"), False, "req-1")
+#: a record's life after a call was noted, in the tests of expiry: past SHORT's lease, and long enough to see it
+NOTED_LIFE = 1.2
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,113 @@ def test_abandon_of_a_key_nobody_began_does_nothing(store):
     assert begin(store) == Begun(NEW)
 
 
+# --- calls noted before they are sent -----------------------------------------------------------------------------
+
+def test_a_noted_call_keeps_the_key_in_progress_while_its_lease_runs(store):
+    begin(store)
+
+    assert store.attempt(KEY, FP_A, UPDATE_STATUS, ttl_seconds=TTL) is True
+
+    assert begin(store) == Begun(IN_PROGRESS)
+    assert begin(store, FP_B) == Begun(MISMATCH)
+
+
+def test_a_call_is_noted_only_on_the_live_marker_of_its_own_request(store):
+    assert store.attempt(KEY, FP_A, UPDATE_ORDER, ttl_seconds=TTL) is False  # nobody began the key
+    begin(store, FP_A)
+    assert store.attempt(KEY, FP_B, UPDATE_ORDER, ttl_seconds=TTL) is False
+    completed(store, key="done")
+    assert store.attempt("done", FP_A, UPDATE_ORDER, ttl_seconds=TTL) is False
+    begin(store, key="lapsed", lease_seconds=SHORT)
+    time.sleep(PAST_SHORT)
+    assert store.attempt("lapsed", FP_A, UPDATE_STATUS, ttl_seconds=TTL) is False
+
+    store.abandon(KEY, FP_A)  # nothing was noted on it: it can still be freed
+    assert begin(store, FP_B) == Begun(NEW)
+    assert begin(store, key="done") == Begun(REPLAY, RESPONSE)
+    assert begin(store, key="lapsed") == Begun(NEW)
+
+
+def test_a_key_with_a_noted_call_is_never_abandoned(store):
+    begin(store)
+    store.attempt(KEY, FP_A, UPDATE_ORDER, ttl_seconds=TTL)
+
+    store.abandon(KEY, FP_A)
+
+    assert begin(store) == Begun(IN_PROGRESS)
+
+
+def test_after_the_lease_the_calls_of_a_request_that_may_be_repeated_let_it_be_sent_again(store):
+    begin(store, lease_seconds=SHORT)
+    store.attempt(KEY, FP_A, UPDATE_ORDER, ttl_seconds=TTL)
+    store.attempt(KEY, FP_A, UPDATE_ORDER, ttl_seconds=TTL)
+
+    time.sleep(PAST_SHORT)
+
+    assert begin(store, FP_B) == Begun(MISMATCH)  # the key was used: it stays this request's
+    assert begin(store) == Begun(NEW)
+    assert begin(store) == Begun(IN_PROGRESS)
+    store.complete(KEY, FP_A, RESPONSE, ttl_seconds=TTL)
+    assert begin(store) == Begun(REPLAY, RESPONSE)
+
+
+def test_after_the_lease_a_call_that_must_not_be_repeated_makes_the_outcome_unknown_until_the_records_life_ends(
+        store):
+    begin(store, lease_seconds=SHORT)
+    store.attempt(KEY, FP_A, UPDATE_ORDER, ttl_seconds=NOTED_LIFE)
+    store.attempt(KEY, FP_A, UPDATE_STATUS, ttl_seconds=NOTED_LIFE)
+    assert begin(store) == Begun(IN_PROGRESS)
+
+    time.sleep(PAST_SHORT)
+
+    unknown = Begun(OUTCOME_UNKNOWN, attempts=(UPDATE_ORDER, UPDATE_STATUS))
+    assert begin(store) == unknown
+    assert begin(store) == unknown  # asking does not take the key
+    assert begin(store, FP_B) == Begun(MISMATCH)
+    store.abandon(KEY, FP_A)
+    assert begin(store) == unknown
+
+    time.sleep(NOTED_LIFE)
+
+    assert begin(store, FP_B) == Begun(NEW)
+
+
+def test_a_request_taking_a_key_over_starts_with_no_calls_noted(store):
+    begin(store, lease_seconds=SHORT)
+    store.attempt(KEY, FP_A, UPDATE_ORDER, ttl_seconds=TTL)
+    time.sleep(PAST_SHORT)
+    assert begin(store, lease_seconds=SHORT) == Begun(NEW)
+
+    time.sleep(PAST_SHORT)  # the second holder died too, before any call
+
+    assert begin(store) == Begun(NEW)
+    store.abandon(KEY, FP_A)
+    assert begin(store, FP_B) == Begun(NEW)
+
+
+def test_a_late_reply_is_kept_for_a_noted_call_whose_lease_ran_out(store):
+    begin(store, lease_seconds=SHORT)
+    store.attempt(KEY, FP_A, UPDATE_STATUS, ttl_seconds=TTL)
+    time.sleep(PAST_SHORT)
+
+    store.complete(KEY, FP_A, RESPONSE, ttl_seconds=TTL)
+
+    assert begin(store) == Begun(REPLAY, RESPONSE)
+    assert store.attempt(KEY, FP_A, UPDATE_STATUS, ttl_seconds=TTL) is False
+
+
+def test_noted_calls_come_back_exactly_from_another_store_instance(open_store):
+    odd = Attempt("exc_" + "f" * 32, "shop ✓ \"quoted\"\n", "updateOrderStatus", tuple(f"{n}\n" for n in range(50)),
+                  False, "")
+    first = open_store()
+    begin(first, lease_seconds=SHORT)
+    first.attempt(KEY, FP_A, odd, ttl_seconds=TTL)
+
+    time.sleep(PAST_SHORT)
+
+    assert begin(open_store()) == Begun(OUTCOME_UNKNOWN, attempts=(odd,))
+
+
 # --- expiry, in real time -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fingerprint", [FP_A, FP_B], ids=["same-request", "another-request"])
@@ -418,12 +532,34 @@ def test_a_closed_sqlite_store_refuses_to_work(tmp_path):
     (lambda store: store.complete(KEY, FP_A, RESPONSE, ttl_seconds=-1), "ttl_seconds"),
     (lambda store: store.complete(KEY, FP_A, RESPONSE, ttl_seconds=float("inf")), "ttl_seconds"),
     (lambda store: store.abandon(None, FP_A), "key"),
+    (lambda store: store.attempt(KEY, FP_A, UPDATE_ORDER, ttl_seconds=0), "ttl_seconds"),
+    (lambda store: store.attempt(KEY, "", UPDATE_ORDER, ttl_seconds=TTL), "fingerprint"),
 ])
 def test_unusable_arguments_are_refused_and_nothing_is_stored(store, call, problem):
     with pytest.raises(ValueError, match=problem):
         call(store)
 
     assert begin(store) == Begun(NEW)
+
+
+def test_attempt_notes_attempts_only(store):
+    begin(store)
+    with pytest.raises(TypeError, match="Attempt"):
+        store.attempt(KEY, FP_A, {"exchange_id": "exc_1"}, ttl_seconds=TTL)
+    assert store.abandon(KEY, FP_A) is None
+    assert begin(store, FP_B) == Begun(NEW)  # nothing was noted, so abandon() freed it
+
+
+def test_an_attempt_refuses_what_it_could_not_give_back():
+    assert Attempt("exc_1", "c", "op", ["1", "2"], True).order_ids == ("1", "2")
+    with pytest.raises(ValueError, match="exchange id"):
+        Attempt("", "c", "op", (), True)
+    with pytest.raises(TypeError, match="order_ids"):
+        Attempt("exc_1", "c", "op", "1001", True)
+    with pytest.raises(TypeError, match="idempotent"):
+        Attempt("exc_1", "c", "op", (), 1)
+    with pytest.raises(TypeError, match="request_id"):
+        Attempt("exc_1", "c", "op", (), True, None)
 
 
 def test_a_stored_response_keeps_its_headers_as_tuples_and_refuses_what_it_cannot_replay():
@@ -494,8 +630,46 @@ def test_the_sqlite_store_follows_the_clock_it_is_given(tmp_path):
         assert begin(store, key="late", lease_seconds=5, now=T0) == Begun(NEW)
         store.complete("late", FP_A, RESPONSE, ttl_seconds=60, now=T0 + 5)  # the lease is over
         assert begin(store, key="late", now=T0 + 6) == Begun(NEW)
+
+        assert begin(store, key="noted", lease_seconds=10, now=T0) == Begun(NEW)
+        assert store.attempt("noted", FP_A, UPDATE_STATUS, ttl_seconds=100, now=T0 + 9.999) is True
+        assert begin(store, key="noted", now=T0 + 9.999) == Begun(IN_PROGRESS)
+        assert begin(store, key="noted", now=T0 + 10) == Begun(OUTCOME_UNKNOWN, attempts=(UPDATE_STATUS,))
+        assert store.attempt("noted", FP_A, UPDATE_STATUS, ttl_seconds=100, now=T0 + 10) is False
+        store.purge_expired(now=T0 + 109.998)  # noted at T0 + 9.999, kept for 100 s
+        assert begin(store, key="noted", now=T0 + 109.998) == Begun(OUTCOME_UNKNOWN, attempts=(UPDATE_STATUS,))
+        assert begin(store, key="noted", now=T0 + 109.999) == Begun(NEW)
     finally:
         store.close()
+
+
+def test_an_sqlite_file_of_the_first_version_is_migrated_with_its_records(tmp_path):
+    path = tmp_path / "idempotency.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE idempotency_keys (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('in-progress', 'completed')), expires_at REAL NOT NULL,
+                status INTEGER, headers TEXT, body BLOB);
+            CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at);
+            PRAGMA user_version = 1;
+        """)
+        db.execute("INSERT INTO idempotency_keys VALUES (?, ?, 'in-progress', ?, NULL, NULL, NULL)",
+                   (KEY, FP_A, T0 + 10))
+        db.execute("INSERT INTO idempotency_keys VALUES ('done', ?, 'completed', ?, 201, ?, ?)",
+                   (FP_A, T0 + 100, '[["Content-Type", "application/json"], ["Location", "/orders/1001"]]',
+                    RESPONSE.body))
+    db.close()
+    store = SqliteIdempotencyStore(path)
+    try:
+        assert begin(store, key="done", now=T0 + 1) == Begun(REPLAY, RESPONSE)
+        assert begin(store, now=T0 + 1) == Begun(IN_PROGRESS)
+        assert store.attempt(KEY, FP_A, UPDATE_STATUS, ttl_seconds=100, now=T0 + 2) is True
+        assert begin(store, now=T0 + 10) == Begun(OUTCOME_UNKNOWN, attempts=(UPDATE_STATUS,))
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    db.close()
 
 
 def test_the_redis_store_keeps_one_expiring_hash_per_key_under_its_prefix(redis_url):
@@ -510,6 +684,16 @@ def test_the_redis_store_keeps_one_expiring_hash_per_key_under_its_prefix(redis_
         assert client.type(f"{prefix}completed") == b"hash"
         assert 0 < client.pttl(f"{prefix}in-progress") <= LEASE * 1000
         assert LEASE * 1000 < client.pttl(f"{prefix}completed") <= TTL * 1000
+
+        begin(store, key="noted", lease_seconds=LEASE)
+        store.attempt("noted", FP_A, UPDATE_ORDER, ttl_seconds=TTL)
+        store.attempt("noted", FP_A, UPDATE_STATUS, ttl_seconds=TTL)
+        assert LEASE * 1000 < client.pttl(f"{prefix}noted") <= TTL * 1000
+        record = client.hgetall(f"{prefix}noted")
+        assert record[b"idempotent"] == b"0"
+        assert len(record[b"attempts"].splitlines()) == 2
+        store.complete("noted", FP_A, RESPONSE, ttl_seconds=TTL)
+        assert sorted(client.hkeys(f"{prefix}noted")) == [b"body", b"fingerprint", b"headers", b"state", b"status"]
     finally:
         client.close()
         store.close()

@@ -135,7 +135,8 @@ def test_metrics_are_summed_over_every_gunicorn_worker(tmp_path):
     env.update({"GATEWAY_CONFIG": str(config), "ONGOING_URL": f"{sandbox_url}/ongoing/Service.asmx",
                 "SPEED4TRADE_URL": f"{sandbox_url}/speed4trade/",
                 "SELLERCENTER_URL": f"{sandbox_url}/sellercenter/oms-api/",
-                "DEMO_SUBSCRIBER_URL": f"{sandbox_url}/subscriber/events"})
+                "DEMO_SUBSCRIBER_URL": f"{sandbox_url}/subscriber/events",
+                "GATEWAY_METRICS_DIR": str(tmp_path / "metrics")})
     sandbox = start_sandbox(sandbox_port, env)
     gateway = start_gateway(gateway_port, env, workers=2)
     try:
@@ -154,7 +155,7 @@ def test_metrics_are_summed_over_every_gunicorn_worker(tmp_path):
                              status=status) for status in ("200", "503"))
         assert counts == {baseline + requests_made}
         # each worker keeps its figures in files of its own under the master's directory
-        figures = list((ROOT / "var" / "metrics" / str(gateway.pid)).glob("counter_*.db"))
+        figures = list((tmp_path / "metrics" / str(gateway.pid)).glob("counter_*.db"))
         assert figures, "no multiprocess figures were written"
     finally:
         stop(gateway)

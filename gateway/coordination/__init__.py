@@ -8,10 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pybreaker
-import redis
 
 from gateway.config import GatewaySettings
-from gateway.coordination.breakers import ConcurrentCircuitBreaker, SqliteBreakerStorage, redis_breaker_storage
+from gateway.coordination.breakers import (
+    BreakerFile,
+    ConcurrentCircuitBreaker,
+    SqliteBreakerStorage,
+    redis_breaker_storage,
+)
 from gateway.coordination.locks import CallLocks, FileCallLocks, LockTimeout, RedisCallLocks
 
 __all__ = ["CallLocks", "ConcurrentCircuitBreaker", "Coordination", "LockTimeout"]
@@ -21,21 +25,22 @@ class Coordination:
     """The call locks and the breaker storage of one configuration."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        url = settings.events.redis_url
+        url, stores = settings.events.redis_url, settings.stores
         # A Redis lock outlives any holder's deadline (the request budget), so only a dead holder loses it.
         expiry = settings.request_timeout + 5
+        self._breaker_file: BreakerFile | None = None
         if url:
-            self.locks: CallLocks = RedisCallLocks(url, expiry=expiry)
-            client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
-            self._redis: redis.Redis | None = client
+            locks = RedisCallLocks(url, expiry=expiry, stores=stores)
+            # The breakers share the locks' client: when a breaker's read finds Redis unreachable, the lock that
+            # follows fails at once (gateway/stores.py) instead of waiting out a timeout of its own.
+            self.locks: CallLocks = locks
             self._storage: Callable[[str], pybreaker.CircuitBreakerStorage] = (
-                lambda name: redis_breaker_storage(client, name))
+                lambda name: redis_breaker_storage(locks.client, name))
         else:
             state_folder = Path(settings.events.database).parent
             self.locks = FileCallLocks(state_folder / "locks")
-            self._redis = None
-            path = state_folder / "breakers.sqlite3"
-            self._storage = lambda name: SqliteBreakerStorage(path, name)
+            breaker_file = self._breaker_file = BreakerFile(state_folder / "breakers.sqlite3", stores=stores)
+            self._storage = lambda name: SqliteBreakerStorage(breaker_file, name)
 
     def breaker_storage(self, name: str) -> pybreaker.CircuitBreakerStorage:
         """The shared state of the breaker called `name`."""
@@ -44,5 +49,5 @@ class Coordination:
     def close(self) -> None:
         """Release connections."""
         self.locks.close()
-        if self._redis is not None:
-            self._redis.close()
+        if self._breaker_file is not None:
+            self._breaker_file.close()

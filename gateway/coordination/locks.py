@@ -2,10 +2,13 @@
 var/, flock) or of several machines (Redis, redis-py's Lock).
 
 `CallLocks.hold(name, timeout)` is the whole contract (tests/test_coordination.py runs it against both): it
-waits at most `timeout` seconds, then raises LockTimeout. A holder that dies frees the lock: the operating system
-drops a dead process's file lock; a Redis lock expires after `expiry` seconds, which the gateway sets longer than
-any holder's deadline, so a live holder never loses it. Both poll for a held lock, so within a process the threads
-wait their turn on a threading lock first and only one of them polls.
+waits at most `timeout` seconds, then raises LockTimeout; a lock store that cannot be used when the lock is taken
+raises LockUnavailable (nothing has run yet). Releasing is bookkeeping after the block's work
+(gateway/bookkeeping.py): a release that fails is counted and logged, never raised, so the block's outcome stands.
+A holder that dies frees the lock: the operating system drops a dead process's file lock; a Redis lock expires
+after `expiry` seconds, which the gateway sets longer than any holder's deadline, so a live holder never loses it.
+Both poll for a held lock, so within a process the threads wait their turn on a threading lock first and only one
+of them polls.
 """
 
 from __future__ import annotations
@@ -22,9 +25,28 @@ from pathlib import Path
 
 import redis
 
+from gateway.bookkeeping import STORE_ERRORS, note_failure
+from gateway.config import StoreSettings
+from gateway.stores import redis_client
+
 
 class LockTimeout(Exception):
     """The lock was not free within the wait allowed."""
+
+
+class LockUnavailable(Exception):
+    """The lock's store (the lock files' folder, Redis) could not be used to take the lock."""
+
+    def __init__(self, store: str, error: BaseException) -> None:
+        super().__init__(f"the call locks' store ({store}) could not be used: {type(error).__name__}")
+        self.store = store
+
+
+def _release_failed(name: str, error: BaseException) -> None:
+    """A lock that could not be released: counted and logged; it frees itself when its holder's process ends (a
+    file lock) or when it expires (a Redis lock)."""
+    note_failure("call_lock", error, f"the call lock {name!r} was not released (it frees itself when it expires or "
+                 "its process ends); the call's outcome stands")
 
 
 def _file_name(name: str) -> str:
@@ -68,12 +90,13 @@ class CallLocks(abc.ABC):
 
 
 class FileCallLocks(CallLocks):
-    """Locks as files in one folder, for every process of one machine: `flock` on a descriptor each thread keeps.
+    """Locks as files in one folder, for every process of one machine: `flock` on a descriptor the process keeps.
 
-    flock locks belong to an open file, so each thread opens the lock's file once and keeps it (threads of one
-    process then exclude each other as processes do), and a child process after a fork opens its own rather than
-    share its parent's. The operating system drops the locks of a process that dies. This is filelock's core
-    without its per-call bookkeeping, which cost a backend call about 0.1 ms (bench section 7).
+    flock locks belong to an open file, so each process opens a lock's file once and keeps it — one descriptor per
+    name, whatever its thread count: its threads take turns at a name first (CallLocks._turn), so only one of them
+    at a time takes the flock — and a child process after a fork opens its own rather than share its parent's. The
+    operating system drops the locks of a process that dies. This is filelock's core without its per-call
+    bookkeeping, which cost a backend call about 0.1 ms (bench section 7).
     """
 
     POLL_SECONDS = 0.005
@@ -82,20 +105,20 @@ class FileCallLocks(CallLocks):
         super().__init__()
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._descriptors: dict[str, int] = {}  # name -> this process's descriptor of its file
+        self._descriptors_pid = os.getpid()
         self._opened: list[tuple[int, int]] = []  # (process id, descriptor), to close them all
         self._guard = threading.Lock()
 
     def _descriptor(self, name: str) -> int:
-        """This thread's descriptor of the name's file (opened again in a child process)."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            local.pid, local.descriptors = os.getpid(), {}
-        descriptor = local.descriptors.get(name)
-        if descriptor is None:
-            descriptor = os.open(self.folder / _file_name(name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            local.descriptors[name] = descriptor
-            with self._guard:
+        """This process's descriptor of the name's file (opened again in a child process)."""
+        with self._guard:
+            if self._descriptors_pid != os.getpid():
+                self._descriptors, self._descriptors_pid = {}, os.getpid()
+            descriptor = self._descriptors.get(name)
+            if descriptor is None:
+                descriptor = os.open(self.folder / _file_name(name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._descriptors[name] = descriptor
                 self._opened.append((os.getpid(), descriptor))
         return descriptor
 
@@ -103,38 +126,44 @@ class FileCallLocks(CallLocks):
     def hold(self, name: str, timeout: float) -> Iterator[None]:
         """This process's turn, then flock on the name's file, polling until `timeout`."""
         with self._turn(name, timeout) as left:
-            descriptor = self._descriptor(name)
             deadline = time.monotonic() + left
-            while True:
-                try:
-                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeout(f"{name} was held by another call for {timeout:g} s") from None
-                    time.sleep(self.POLL_SECONDS)
+            try:
+                descriptor = self._descriptor(name)
+                while True:
+                    try:
+                        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise LockTimeout(f"{name} was held by another call for {timeout:g} s") from None
+                        time.sleep(self.POLL_SECONDS)
+            except OSError as error:
+                raise LockUnavailable("lock files", error) from error
             try:
                 yield
             finally:
-                fcntl.flock(descriptor, fcntl.LOCK_UN)
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_UN)
+                except OSError as error:
+                    _release_failed(name, error)
 
     def close(self) -> None:
         """Close the descriptors this process opened."""
         with self._guard:
-            opened, self._opened = self._opened, []
+            opened, self._opened, self._descriptors = self._opened, [], {}
         for pid, descriptor in opened:
             if pid == os.getpid():
                 with contextlib.suppress(OSError):
                     os.close(descriptor)
-        self._local = threading.local()
 
 
 class RedisCallLocks(CallLocks):
     """Locks in Redis, for every gateway process on every machine that shares it."""
 
-    def __init__(self, url: str, *, expiry: float, prefix: str = "gateway:locks:") -> None:
+    def __init__(self, url: str, *, expiry: float, prefix: str = "gateway:locks:",
+                 stores: StoreSettings | None = None) -> None:
         super().__init__()
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        self.client = redis_client(url, stores, store="call locks")
         self.expiry = expiry
         self.prefix = prefix
 
@@ -145,13 +174,21 @@ class RedisCallLocks(CallLocks):
         with self._turn(name, timeout) as left:
             lock = self.client.lock(self.prefix + name, timeout=self.expiry, sleep=0.005, blocking=True,
                                     blocking_timeout=max(left, 0.001))
-            if not lock.acquire():
+            try:
+                acquired = lock.acquire()
+            except STORE_ERRORS as error:
+                raise LockUnavailable("Redis", error) from error
+            if not acquired:
                 raise LockTimeout(f"{name} was held by another call for {timeout:g} s")
             try:
                 yield
             finally:
-                with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile: nothing left to free
+                try:
                     lock.release()
+                except redis.exceptions.LockError:  # expired meanwhile: nothing left to free
+                    pass
+                except STORE_ERRORS as error:
+                    _release_failed(name, error)
 
     def close(self) -> None:
         """Close the Redis connection pool."""

@@ -14,10 +14,11 @@ from gateway.events.store import EventStore, SqliteEventStore
 
 def open_event_store(settings: GatewaySettings) -> tuple[EventStore, StreamLeases]:
     """The configured event store and stream leases: in Redis when a Redis URL is given, else in SQLite."""
-    if settings.events.redis_url:
-        return RedisEventStore(settings.events.redis_url), RedisStreamLeases(settings.events.redis_url)
-    store = SqliteEventStore(settings.events.database)
-    return store, SqliteStreamLeases(settings.events.database)
+    url, stores = settings.events.redis_url, settings.stores
+    if url:
+        return RedisEventStore(url, stores=stores), RedisStreamLeases(url, stores=stores)
+    store = SqliteEventStore(settings.events.database, stores=stores)
+    return store, SqliteStreamLeases(settings.events.database, stores=stores)
 
 
 class EventService:
@@ -27,7 +28,7 @@ class EventService:
         self.settings = settings
         self.store, self.leases = open_event_store(settings)
         self.dispatcher = Dispatcher(self.store, settings.subscribers, settings.events)
-        self.queue = DeliveryQueue(make_huey(settings.events), self.dispatcher, self.leases)
+        self.queue = DeliveryQueue(make_huey(settings.events, settings.stores), self.dispatcher, self.leases)
 
     def subscribers_for(self, event_type: str) -> list[str]:
         """The names of the subscribers that want events of this type."""

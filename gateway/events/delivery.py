@@ -5,6 +5,13 @@ moves on only when that delivery is delivered or dead, so a subscriber sees one 
 they happened. It returns how long to wait before the stream needs attention again (None: nothing pending).
 Every attempt is counted by subscriber and outcome (gateway.metrics), and a delivery's lag since the gateway
 stored the event is observed when it is delivered.
+
+Deliveries go out through the same transport as backend calls (gateway/transport.py), one HttpTransport per
+subscriber: a pooled session, the whole attempt under `delivery_timeout` as a deadline (however a subscriber drips
+its reply), the reply read up to `[events] max_reply_bytes` and no further, and the transport's one error map.
+A subscriber answers with its status line: 2xx is delivered; 5xx, 408, 425, 429, a timeout or a failed exchange
+is retried with backoff; any other status is refused (dead). A reply whose body is larger than the cap is judged
+on its status all the same.
 """
 
 from __future__ import annotations
@@ -12,17 +19,20 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 
 import requests
 from opentelemetry.trace import SpanKind
-from requests.adapters import HTTPAdapter
 
 from gateway import logs, metrics, tracing
-from gateway.config import EventSettings, SubscriberSettings
+from gateway.config import EventSettings, Secret, SubscriberSettings
+from gateway.deadlines import Deadline
+from gateway.errors import BackendError, BackendTimeout
 from gateway.events.signing import sign_delivery
 from gateway.events.store import EventStore, order_ids
+from gateway.transport import HttpTransport, OutboundRequest
 
 log = logging.getLogger("gateway.events")
 
@@ -30,8 +40,56 @@ log = logging.getLogger("gateway.events")
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 425, 429})
 
 
+class _ReplyStatus(threading.local):
+    """The status line of the reply the current thread's delivery received, once its headers are in."""
+
+    code: int | None = None
+
+
+class StandardWebhooksAuth(requests.auth.AuthBase):
+    """Signs each delivery with a subscriber's secret as Standard Webhooks asks (gateway/events/signing.py), and
+    notes the reply's status as soon as its headers arrive, before the transport reads the body.
+
+    The request names its event in its `webhook-id` header; the signature covers that id, the wall clock's time
+    (subscribers check the timestamp's age) and the body.
+    """
+
+    def __init__(self, secret: Secret) -> None:
+        self.secret = secret
+        self.reply_status = _ReplyStatus()
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """Add webhook-timestamp and webhook-signature, and watch for the reply's status."""
+        request.headers.update(sign_delivery(self.secret.reveal(), request.headers["webhook-id"], int(time.time()),
+                                             request.body or b""))
+        request.register_hook("response", self._note_status)
+        return request
+
+    def _note_status(self, response: requests.Response, **kwargs: object) -> None:
+        self.reply_status.code = response.status_code
+
+
+def judge_status(status: int) -> tuple[str, str | None]:
+    """What a subscriber's status means: ("delivered" | "retry" | "reject", error text)."""
+    if 200 <= status < 300:
+        return "delivered", None
+    if status >= 500 or status in RETRYABLE_CLIENT_STATUSES:
+        return "retry", f"HTTP {status}"
+    return "reject", f"HTTP {status}: the subscriber refused the event"
+
+
+def describe_failed_exchange(error: BackendError) -> str:
+    """The error text of an attempt that got no complete reply, from the transport's mapped error.
+
+    It names the requests or urllib3 exception the transport translated (its context), as deliveries always have.
+    """
+    cause = error.__context__ if error.from_transport and error.__context__ is not None else error
+    what = "could not reach the subscriber" if error.never_sent else "the subscriber's reply did not come complete"
+    return f"{type(cause).__name__}: {what}"
+
+
 class Dispatcher:
-    """Sends events to subscribers over one pooled session, recording every attempt in the store."""
+    """Sends events to subscribers, each over its own HttpTransport, recording every attempt in the store."""
 
     def __init__(self, store: EventStore, subscribers: Mapping[str, SubscriberSettings], settings: EventSettings,
                  *, clock: Callable[[], float] = time.time, jitter: Callable[[float], float] | None = None) -> None:
@@ -41,11 +99,14 @@ class Dispatcher:
         self.clock = clock
         # Full jitter (a random wait up to the exponential bound) spreads retries of many deliveries apart.
         self.jitter = jitter or (lambda bound: random.uniform(bound / 2, bound))  # noqa: S311 - not for secrets
-        self.session = requests.Session()
-        self.session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.auths = {name: StandardWebhooksAuth(subscriber.secret) for name, subscriber in subscribers.items()}
+        # Sessions open no connection before their first call, so the web processes, which never deliver, hold none.
+        self.transports = {
+            name: HttpTransport(connection=f"subscriber:{name}", connect_timeout=settings.delivery_timeout,
+                                read_timeout=settings.delivery_timeout, max_reply_bytes=settings.max_reply_bytes,
+                                pool_size=settings.worker_threads, auth=self.auths[name])
+            for name in subscribers
+        }
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the given number of failed attempts."""
@@ -73,23 +134,29 @@ class Dispatcher:
 
     def _post(self, subscriber: SubscriberSettings, event: dict) -> tuple[str, int | None, str | None]:
         body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        # Signed with the wall clock, whatever clock schedules retries: subscribers check the timestamp's age.
-        headers = {"Content-Type": "application/json", **tracing.outbound_headers(),
-                   **sign_delivery(subscriber.secret.reveal(), event["id"], int(time.time()), body)}
+        headers = {"Content-Type": "application/json", **tracing.outbound_headers(), "webhook-id": event["id"]}
         timeout = self.settings.delivery_timeout
+        reply_status = self.auths[subscriber.name].reply_status
+        reply_status.code = None
+        deadline = Deadline.after(timeout, f"delivery_timeout {timeout:g} s")
         try:
-            response = self.session.post(subscriber.url, data=body, headers=headers, timeout=(timeout, timeout),
-                                         allow_redirects=False)
-            response.close()
-        except requests.Timeout:
+            reply = self.transports[subscriber.name].send(OutboundRequest("POST", subscriber.url, headers, body),
+                                                          deadline)
+        except BackendTimeout:
             return "retry", None, f"timed out after {timeout:g} s"
-        except requests.RequestException as error:
-            return "retry", None, f"{type(error).__name__}: could not reach the subscriber"
-        if 200 <= response.status_code < 300:
-            return "delivered", response.status_code, None
-        if response.status_code >= 500 or response.status_code in RETRYABLE_CLIENT_STATUSES:
-            return "retry", response.status_code, f"HTTP {response.status_code}"
-        return "reject", response.status_code, f"HTTP {response.status_code}: the subscriber refused the event"
+        except BackendError as error:
+            if not error.from_transport and reply_status.code is not None:
+                # The transport's own size check (not a failed exchange, so not from_transport): it read no more
+                # than max_reply_bytes of the body. The subscriber's verdict is its status line, which had come.
+                outcome, error_text = judge_status(reply_status.code)
+                return outcome, reply_status.code, error_text
+            return "retry", None, describe_failed_exchange(error)
+        if deadline.expired():
+            # The watchdog shuts the socket down at the deadline, and a reply it cut can come back looking whole:
+            # headers that were still dripping end there, and so does a body delimited by the connection's close.
+            return "retry", None, f"timed out after {timeout:g} s"
+        outcome, error_text = judge_status(reply.status)
+        return outcome, reply.status, error_text
 
     def drain_stream(self, subscriber_name: str, order_key: str,
                      still_mine: Callable[[], bool] = lambda: True) -> float | None:
@@ -138,4 +205,5 @@ class Dispatcher:
 
     def close(self) -> None:
         """Release pooled connections."""
-        self.session.close()
+        for transport in self.transports.values():
+            transport.close()

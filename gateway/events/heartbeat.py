@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 
 from gateway.config import GatewaySettings
+from gateway.stores import redis_client
 
 BEAT_SECONDS = 5.0
 REDIS_KEY = "gateway:worker:heartbeat"
@@ -24,7 +25,7 @@ class Heartbeat:
     def __init__(self, settings: GatewaySettings) -> None:
         self.url = settings.events.redis_url
         self.path = Path(settings.events.database).parent / "worker.heartbeat"
-        self._redis = redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2) if self.url else None
+        self._redis = redis_client(self.url, settings.stores, store="worker heartbeat") if self.url else None
 
     def beat(self, now: float | None = None) -> None:
         """Say the worker is alive now."""

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import abc
 import os
-import sqlite3
-import threading
 import time
 import uuid
 
-import redis
+from gateway.config import StoreSettings
+from gateway.sqlite_file import SqliteFile
+from gateway.stores import redis_client
+
+LEASES_SCHEMA = ("CREATE TABLE IF NOT EXISTS stream_leases "
+                 "(stream TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)")
 
 _ACQUIRE_OR_RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -48,60 +51,40 @@ class StreamLeases(abc.ABC):
         return uuid.uuid4().hex
 
 
-class SqliteStreamLeases(StreamLeases):
-    """Leases in a table of an SQLite file (the events database)."""
+class SqliteStreamLeases(SqliteFile, StreamLeases):
+    """Leases in a table of an SQLite file (the events database, whose schema version is the event store's)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = str(path)
-        self._local = threading.local()
-        with self._connection() as connection:
-            connection.execute("CREATE TABLE IF NOT EXISTS stream_leases "
-                               "(stream TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)")
-
-    def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
-            connection.execute("PRAGMA busy_timeout = 30000")
-            self._local.connection = connection
-        return connection
+    def __init__(self, path: str | os.PathLike, *, stores: StoreSettings | None = None) -> None:
+        # NORMAL: a lease lives seconds; one a power cut takes back only lets a stream be drained again.
+        self._open_file(path, schema=LEASES_SCHEMA, schema_version=None, synchronous="NORMAL", what="stream leases",
+                        stores=stores)
 
     def acquire(self, stream: str, owner: str, seconds: float) -> bool:
         """Insert the lease, or take over an expired one, in one immediate transaction."""
-        connection = self._connection()
         now = time.time()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            row = connection.execute("SELECT owner, expires_at FROM stream_leases WHERE stream = ?",
-                                     (stream,)).fetchone()
+        with self._write() as db:
+            row = db.execute("SELECT owner, expires_at FROM stream_leases WHERE stream = ?", (stream,)).fetchone()
             if row is not None and row[1] > now and row[0] != owner:
-                connection.execute("COMMIT")
                 return False
-            connection.execute("INSERT OR REPLACE INTO stream_leases (stream, owner, expires_at) VALUES (?, ?, ?)",
-                               (stream, owner, now + seconds))
-            connection.execute("COMMIT")
+            db.execute("INSERT OR REPLACE INTO stream_leases (stream, owner, expires_at) VALUES (?, ?, ?)",
+                       (stream, owner, now + seconds))
             return True
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
 
     def release(self, stream: str, owner: str) -> None:
         """Delete the lease if this owner holds it."""
-        self._connection().execute("DELETE FROM stream_leases WHERE stream = ? AND owner = ?", (stream, owner))
+        with self._borrowed() as db:
+            db.execute("DELETE FROM stream_leases WHERE stream = ? AND owner = ?", (stream, owner))
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        """Close the connections."""
+        self._close_file()
 
 
 class RedisStreamLeases(StreamLeases):
     """Leases as Redis keys with an expiry."""
 
-    def __init__(self, url: str, *, prefix: str = "gateway:leases:") -> None:
-        self.client = redis.Redis.from_url(url)
+    def __init__(self, url: str, *, prefix: str = "gateway:leases:", stores: StoreSettings | None = None) -> None:
+        self.client = redis_client(url, stores, store="stream leases")
         self.prefix = prefix
         self._acquire = self.client.register_script(_ACQUIRE_OR_RENEW)
         self._release = self.client.register_script(_RELEASE_IF_OWNER)

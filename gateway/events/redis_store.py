@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import redis
 
+from gateway.config import StoreSettings
 from gateway.events.store import (
     DELIVERY_STATES,
     PENDING,
@@ -47,6 +48,7 @@ from gateway.events.store import (
     timestamp,
     unique_subscribers,
 )
+from gateway.stores import redis_client
 
 # KEYS: dedupe, seq, event, deliveries, events, type index, state:pending, streams, <order indexes>, then per
 #       subscriber: its stream, its pending index.
@@ -108,10 +110,10 @@ def event_id_of_rank(rank: str) -> str:
 class RedisEventStore(EventStore):
     """The event store in one Redis, shared by every process of every machine that uses the same URL and prefix."""
 
-    def __init__(self, url: str, *, prefix: str = "gateway:events:") -> None:
+    def __init__(self, url: str, *, prefix: str = "gateway:events:", stores: StoreSettings | None = None) -> None:
         self.prefix = prefix
-        # Timeouts, so a Redis that stops answering fails a request instead of hanging it.
-        self._redis = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30)
+        # [stores] timeouts, so a Redis that stops answering fails a request instead of hanging it.
+        self._redis = redis_client(url, stores, store="event store", decode_responses=True)
         self._add_event_script = self._redis.register_script(ADD_EVENT_SCRIPT)
 
     def _key(self, *parts: str) -> str:

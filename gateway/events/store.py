@@ -21,6 +21,7 @@ import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 
+from gateway.config import StoreSettings
 from gateway.sqlite_file import SqliteFile
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
@@ -271,12 +272,13 @@ SCHEMA_VERSION = 3
 
 
 class SqliteEventStore(SqliteFile, EventStore):
-    """The event store in one SQLite file (WAL), shared by threads through one connection each and by processes."""
+    """The event store in one SQLite file (WAL), shared by threads through a small pool of connections and by
+    processes."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, stores: StoreSettings | None = None) -> None:
         # FULL: an event is on disk before the webhook is answered, even if the machine loses power.
         self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="FULL", what="event store",
-                        migrations=MIGRATIONS, pragmas=("foreign_keys = ON",))
+                        migrations=MIGRATIONS, pragmas=("foreign_keys = ON",), stores=stores)
 
     def add_event(self, event: dict, *, dedupe_key: str, order_key: str, subscribers: Sequence[str],
                   now: float | None = None, trace_context: Mapping[str, str] | None = None) -> tuple[str, bool]:
@@ -365,13 +367,14 @@ class SqliteEventStore(SqliteFile, EventStore):
     def next_delivery(self, subscriber: str, order_key: str) -> dict | None:
         """The pending delivery that heads this stream in event order, due or not, with its event's received_at;
         None if nothing is pending."""
-        row = self._connection().execute(
-            "SELECT e.id, e.body, e.received_at, e.trace_context, d.attempts, d.next_attempt_at"
-            " FROM deliveries AS d JOIN events AS e"
-            " ON e.seq = d.event_seq WHERE d.subscriber = ? AND d.order_key = ? AND d.state = 'pending'"
-            " ORDER BY d.occurred_at, d.event_seq LIMIT 1",
-            (subscriber, order_key),
-        ).fetchone()
+        with self._borrowed() as db:
+            row = db.execute(
+                "SELECT e.id, e.body, e.received_at, e.trace_context, d.attempts, d.next_attempt_at"
+                " FROM deliveries AS d JOIN events AS e"
+                " ON e.seq = d.event_seq WHERE d.subscriber = ? AND d.order_key = ? AND d.state = 'pending'"
+                " ORDER BY d.occurred_at, d.event_seq LIMIT 1",
+                (subscriber, order_key),
+            ).fetchone()
         if row is None:
             return None
         return {"event_id": row["id"], "event": json.loads(row["body"]), "received_at": row["received_at"],
@@ -418,20 +421,21 @@ class SqliteEventStore(SqliteFile, EventStore):
 
     def pending_streams(self) -> list[tuple[str, str]]:
         """Every (subscriber, order_key) with at least one pending delivery, sorted."""
-        rows = self._connection().execute(
-            "SELECT DISTINCT subscriber, order_key FROM deliveries WHERE state = 'pending'"
-            " ORDER BY subscriber, order_key").fetchall()
+        with self._borrowed() as db:
+            rows = db.execute(
+                "SELECT DISTINCT subscriber, order_key FROM deliveries WHERE state = 'pending'"
+                " ORDER BY subscriber, order_key").fetchall()
         return [(row["subscriber"], row["order_key"]) for row in rows]
 
     def pending_counts(self, subscribers: Sequence[str], *, limit: int = PENDING_COUNT_LIMIT) -> dict[str, int]:
         """How many deliveries to each of these subscribers are pending, each counted up to `limit`."""
-        db = self._connection()
         # INDEXED BY: each count walks this subscriber's part of the partial index of pending deliveries, never
         # the other subscribers', and no further than `limit` entries.
-        return {subscriber: db.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries INDEXED BY pending_deliveries_in_stream_order"
-            " WHERE subscriber = ? AND state = 'pending' LIMIT ?)",
-            (subscriber, max(limit, 0))).fetchone()[0] for subscriber in unique_subscribers(subscribers)}
+        with self._borrowed() as db:
+            return {subscriber: db.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries INDEXED BY pending_deliveries_in_stream_order"
+                " WHERE subscriber = ? AND state = 'pending' LIMIT ?)",
+                (subscriber, max(limit, 0))).fetchone()[0] for subscriber in unique_subscribers(subscribers)}
 
     def redeliver(self, event_id: str, *, now: float | None = None,
                   requested_by: str | None = None) -> list[tuple[str, str]] | None:
@@ -450,6 +454,6 @@ class SqliteEventStore(SqliteFile, EventStore):
         return [(subscriber, event["order_key"]) for subscriber in subscribers]
 
     def close(self) -> None:
-        """Close every thread's connection; the store cannot be used afterwards."""
+        """Close every connection; the store cannot be used afterwards."""
         self._close_file()
 

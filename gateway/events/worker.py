@@ -1,6 +1,8 @@
 """The delivery worker: `python -m gateway.events.worker` runs huey's consumer with the gateway's configuration.
 
 It builds the event service alone (store, leases, dispatcher, queue), not the web app with its connections.
+Beside huey's consumer, two threads: the heartbeat (/readyz reads it) and the resume of pending streams every
+`[events] resume_interval_seconds` (gateway/events/queue.py).
 
 Its Prometheus figures (deliveries, lag) go to files in `<metrics root>/worker-<pid>`, which the gateway's
 GET /metrics merges with its own (gateway/metrics.py). prometheus-client decides whether to keep figures in
@@ -40,16 +42,20 @@ def main() -> None:
         raise SystemExit(78) from None
     tracing.configure_from_environment("order-gateway-worker")
     service.queue.prepare_worker_start()
-    heartbeat, stop_beating = Heartbeat(service.settings), threading.Event()
-    heartbeat.keep_beating(stop_beating)
+    heartbeat, stop_background = Heartbeat(service.settings), threading.Event()
+    heartbeat.keep_beating(stop_background)
+    resuming = service.queue.keep_resuming(stop_background)
+    # Due scheduled tasks move to the queue once a second and idle workers look every half second: the slack
+    # gateway/events/queue.py allows a scheduled drain before it counts as lost.
     consumer = service.queue.huey.create_consumer(
-        workers=service.settings.events.worker_threads, worker_type="thread", periodic=True,
+        workers=service.settings.events.worker_threads, worker_type="thread", periodic=False,
         initial_delay=0.05, max_delay=0.5, scheduler_interval=1,
     )
     try:
         consumer.run()
     finally:
-        stop_beating.set()
+        stop_background.set()
+        resuming.join(timeout=5)  # a resume under way finishes before the store closes
         heartbeat.close()
         service.close()
         tracing.shutdown()

@@ -8,11 +8,19 @@ A key holds at most one live record:
 
     in progress   the fingerprint of the request being served, leased for `lease_seconds`; a lease that runs out
                   (its request crashed) counts as no record, and the next begin() takes the key over
+    attempted     in progress, and a backend call was about to go out: attempt() noted it (exchange id, operation,
+                  whether repeating it is harmless) before it was sent, and the record now lives for `ttl_seconds`
+                  whatever becomes of its lease
     completed     that fingerprint with the response sent, kept for `ttl_seconds`
 
 begin() answers NEW (the caller now holds the marker and must complete() or abandon() it), IN_PROGRESS (the same
-request is being served: 409), REPLAY (send the stored response again) or MISMATCH (the key was used for another
-request: 422). Exactly one of any number of concurrent callers of a fresh key gets NEW.
+request is being served: 409), REPLAY (send the stored response again), MISMATCH (the key was used for another
+request: 422) or OUTCOME_UNKNOWN: an attempted record whose lease ran out before its response was stored (its
+request crashed, or complete() failed) — what the backend did is unknown. Such a record is taken over (NEW) only
+when every call it noted is idempotent, so sending it again is harmless; otherwise begin() answers OUTCOME_UNKNOWN,
+with the calls noted, until the record's life ends. Exactly one of any number of concurrent callers of a fresh key
+gets NEW. abandon() never deletes an attempted record, and complete() stores an attempted record's response even
+after its lease ran out (a late outcome is better than an unknown one).
 
 Errors of the storage itself (sqlite3.Error, redis.RedisError) are passed on as they are.
 """
@@ -30,8 +38,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
 
-NEW, REPLAY, IN_PROGRESS, MISMATCH = "new", "replay", "in-progress", "mismatch"
-BEGUN_STATES = (NEW, REPLAY, IN_PROGRESS, MISMATCH)
+NEW, REPLAY, IN_PROGRESS, MISMATCH, OUTCOME_UNKNOWN = "new", "replay", "in-progress", "mismatch", "outcome-unknown"
+BEGUN_STATES = (NEW, REPLAY, IN_PROGRESS, MISMATCH, OUTCOME_UNKNOWN)
 #: the state of a record whose response is stored (an unfinished one is IN_PROGRESS)
 COMPLETED = "completed"
 #: the SQLite file's name, beside the events database
@@ -62,11 +70,38 @@ class StoredResponse:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """A backend call noted on a key before it was sent: where it went, for which orders, under which request and
+    journal exchange id, and whether sending it again would leave the orders as sending it once."""
+
+    exchange_id: str
+    connection: str
+    operation: str
+    order_ids: tuple[str, ...]
+    idempotent: bool
+    request_id: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("exchange_id", "connection", "operation", "request_id"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"an attempt's {name} is a string, not {getattr(self, name)!r}")
+        if not self.exchange_id:
+            raise ValueError("an attempt names its exchange id")
+        if isinstance(self.order_ids, str) or not all(isinstance(order, str) for order in self.order_ids):
+            raise TypeError("an attempt's order_ids are strings")
+        object.__setattr__(self, "order_ids", tuple(self.order_ids))
+        if not isinstance(self.idempotent, bool):
+            raise TypeError(f"an attempt's idempotent is a bool, not {self.idempotent!r}")
+
+
+@dataclass(frozen=True)
 class Begun:
-    """What begin() found: NEW, REPLAY (with the stored response), IN_PROGRESS or MISMATCH."""
+    """What begin() found: NEW, REPLAY (with the stored response), IN_PROGRESS, MISMATCH or OUTCOME_UNKNOWN (with
+    the calls that were noted, oldest first)."""
 
     state: str
     response: StoredResponse | None = None
+    attempts: tuple[Attempt, ...] = ()
 
 
 class IdempotencyStore(abc.ABC):
@@ -74,7 +109,13 @@ class IdempotencyStore(abc.ABC):
 
     @abc.abstractmethod
     def begin(self, key: str, fingerprint: str, *, lease_seconds: float, now: float | None = None) -> Begun:
-        """Claim the key for this request (NEW) or say why not: IN_PROGRESS, REPLAY or MISMATCH."""
+        """Claim the key for this request (NEW) or say why not: IN_PROGRESS, REPLAY, MISMATCH or OUTCOME_UNKNOWN."""
+
+    @abc.abstractmethod
+    def attempt(self, key: str, fingerprint: str, attempt: Attempt, *, ttl_seconds: float,
+                now: float | None = None) -> bool:
+        """Note a call about to be sent on the key's in-progress marker, if it holds this fingerprint and its lease
+        runs; the record then lives at least `ttl_seconds`. Whether it was noted (if not, the call must not go)."""
 
     @abc.abstractmethod
     def complete(self, key: str, fingerprint: str, response: StoredResponse, *, ttl_seconds: float,
@@ -83,7 +124,8 @@ class IdempotencyStore(abc.ABC):
 
     @abc.abstractmethod
     def abandon(self, key: str, fingerprint: str) -> None:
-        """Delete the key's in-progress marker if it holds this fingerprint, so the key can be used afresh."""
+        """Delete the key's in-progress marker if it holds this fingerprint and noted no call, so the key can be
+        used afresh."""
 
     @abc.abstractmethod
     def purge_expired(self, now: float | None = None) -> int:
@@ -104,10 +146,11 @@ def open_idempotency_store(settings: GatewaySettings) -> IdempotencyStore:
     if settings.events.redis_url:
         from gateway.idempotency.redis_store import RedisIdempotencyStore
 
-        return RedisIdempotencyStore(settings.events.redis_url)
+        return RedisIdempotencyStore(settings.events.redis_url, stores=getattr(settings, "stores", None))
     from gateway.idempotency.sqlite_store import SqliteIdempotencyStore
 
-    return SqliteIdempotencyStore(Path(settings.events.database).parent / SQLITE_FILE_NAME)
+    return SqliteIdempotencyStore(Path(settings.events.database).parent / SQLITE_FILE_NAME,
+                                  stores=getattr(settings, "stores", None))
 
 
 # Helpers both implementations share, so they agree on every detail of validation and encoding.
@@ -130,6 +173,33 @@ def check_seconds(name: str, seconds: float) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")
     return seconds
+
+
+def check_attempt(attempt: Attempt) -> None:
+    """Refuse what is not an Attempt."""
+    if not isinstance(attempt, Attempt):
+        raise TypeError(f"attempt() notes an Attempt, not {type(attempt).__name__}")
+
+
+def encode_attempt(attempt: Attempt) -> str:
+    """An attempt as one line of JSON (ASCII only); a record keeps its attempts as such lines, one after another."""
+    return json.dumps({"exchange_id": attempt.exchange_id, "connection": attempt.connection,
+                       "operation": attempt.operation, "order_ids": list(attempt.order_ids),
+                       "idempotent": attempt.idempotent, "request_id": attempt.request_id})
+
+
+def decode_attempts(text: str | bytes | None) -> tuple[Attempt, ...]:
+    """The attempts a record's lines hold, oldest first."""
+    if not text:
+        return ()
+    if isinstance(text, bytes):
+        text = text.decode("ascii")
+    attempts = []
+    for line in text.splitlines():
+        fields = json.loads(line)
+        attempts.append(Attempt(fields["exchange_id"], fields["connection"], fields["operation"],
+                                tuple(fields["order_ids"]), fields["idempotent"], fields.get("request_id", "")))
+    return tuple(attempts)
 
 
 def encode_headers(headers: tuple[tuple[str, str], ...]) -> str:

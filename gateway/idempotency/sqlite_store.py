@@ -1,8 +1,9 @@
 """Idempotency-Key records in one SQLite file (WAL), shared by the threads and processes of one machine.
 
-One row per key; `expires_at` is the end of the lease of an in-progress row and the end of the life of a
-completed one, and a row past it counts as absent. begin() answers from a read when the key's live row decides
-it, and otherwise re-reads and claims the key in one BEGIN IMMEDIATE transaction, so only one caller creates it.
+One row per key; `expires_at` is the end of the lease of an in-progress row and the end of the life of an
+attempted or completed one, and a row past it counts as absent; `lease_until` is an in-progress row's lease, and
+`attempts` the calls noted on it (lines of JSON). begin() answers from a read when the key's live row decides it,
+and otherwise re-reads and claims the key in one BEGIN IMMEDIATE transaction, so only one caller creates it.
 """
 
 from __future__ import annotations
@@ -10,18 +11,24 @@ from __future__ import annotations
 import os
 import sqlite3
 
+from gateway.config import StoreSettings
 from gateway.idempotency import (
     COMPLETED,
     IN_PROGRESS,
     MISMATCH,
     NEW,
+    OUTCOME_UNKNOWN,
     REPLAY,
+    Attempt,
     Begun,
     IdempotencyStore,
     StoredResponse,
+    check_attempt,
     check_record,
     check_seconds,
+    decode_attempts,
     decode_headers,
+    encode_attempt,
     encode_headers,
     timestamp,
 )
@@ -39,35 +46,46 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys (expires_at);
 """
-SCHEMA_VERSION = 1
+#: what a file of an older version lacks: an in-progress row's lease once expires_at is its life, and the calls
+#: noted on it (lines of JSON, one per call)
+MIGRATIONS = {
+    2: "ALTER TABLE idempotency_keys ADD COLUMN lease_until REAL",
+    3: "ALTER TABLE idempotency_keys ADD COLUMN attempts TEXT",
+}
+SCHEMA_VERSION = 3
 
 
 class SqliteIdempotencyStore(SqliteFile, IdempotencyStore):
-    """The records in one SQLite file, used by threads through one connection each and by processes."""
+    """The records in one SQLite file, used by threads through a small pool of connections and by processes."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, stores: StoreSettings | None = None) -> None:
         # FULL: a claimed key is on disk before its request goes on, so a power cut cannot run it twice.
         self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="FULL",
-                        what="idempotency store")
+                        what="idempotency store", migrations=MIGRATIONS, stores=stores)
 
     @staticmethod
     def _answer(db: sqlite3.Connection, key: str, fingerprint: str, now: float) -> Begun | None:
         """What the key's live row answers to begin(), or None when there is no live row (the key is free)."""
-        row = db.execute("SELECT fingerprint, state FROM idempotency_keys WHERE key = ? AND expires_at > ?",
-                         (key, now)).fetchone()
+        row = db.execute("SELECT fingerprint, state, lease_until, attempts FROM idempotency_keys"
+                         " WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
         if row is None:
             return None
         if row["fingerprint"] != fingerprint:
             return Begun(MISMATCH)
         if row["state"] == IN_PROGRESS:
-            return Begun(IN_PROGRESS)
+            if row["attempts"] is None or row["lease_until"] is None or row["lease_until"] > now:
+                return Begun(IN_PROGRESS)
+            attempts = decode_attempts(row["attempts"])
+            if all(attempt.idempotent for attempt in attempts):
+                return None  # its holder is gone, and sending its calls again is harmless: the key is free
+            return Begun(OUTCOME_UNKNOWN, attempts=attempts)
         # The body is read only for a replay; it may be megabytes.
         response = db.execute("SELECT status, headers, body FROM idempotency_keys WHERE key = ?", (key,)).fetchone()
         return Begun(REPLAY, StoredResponse(response["status"], decode_headers(response["headers"]),
                                             bytes(response["body"])))
 
     def begin(self, key: str, fingerprint: str, *, lease_seconds: float, now: float | None = None) -> Begun:
-        """Claim the key for this request (NEW) or say why not: IN_PROGRESS, REPLAY or MISMATCH."""
+        """Claim the key for this request (NEW) or say why not: IN_PROGRESS, REPLAY, MISMATCH or OUTCOME_UNKNOWN."""
         check_record(key, fingerprint)
         lease_seconds = check_seconds("lease_seconds", lease_seconds)
         now = timestamp(now)
@@ -80,14 +98,35 @@ class SqliteIdempotencyStore(SqliteFile, IdempotencyStore):
             answer = self._answer(db, key, fingerprint, now)
             if answer is not None:
                 return answer
-            # No row, or one whose lease or life is over: this request takes the key.
+            # No row, one whose lease or life is over, or an idempotent one whose holder is gone: this request
+            # takes the key.
             db.execute(
-                "INSERT INTO idempotency_keys (key, fingerprint, state, expires_at) VALUES (?, ?, ?, ?)"
+                "INSERT INTO idempotency_keys (key, fingerprint, state, expires_at, lease_until)"
+                " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, state = excluded.state,"
-                " expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL",
-                (key, fingerprint, IN_PROGRESS, now + lease_seconds),
+                " expires_at = excluded.expires_at, lease_until = excluded.lease_until, attempts = NULL,"
+                " status = NULL, headers = NULL, body = NULL",
+                (key, fingerprint, IN_PROGRESS, now + lease_seconds, now + lease_seconds),
             )
         return Begun(NEW)
+
+    def attempt(self, key: str, fingerprint: str, attempt: Attempt, *, ttl_seconds: float,
+                now: float | None = None) -> bool:
+        """Note a call about to be sent on the key's in-progress marker, if it holds this fingerprint and its lease
+        runs; the record then lives at least `ttl_seconds`. Whether it was noted (if not, the call must not go)."""
+        check_record(key, fingerprint)
+        check_attempt(attempt)
+        ttl_seconds = check_seconds("ttl_seconds", ttl_seconds)
+        now = timestamp(now)
+        with self._write() as db:
+            # The right-hand sides read the row as it was: a first attempt keeps the lease that expires_at held.
+            return db.execute(
+                "UPDATE idempotency_keys SET attempts = COALESCE(attempts || char(10), '') || ?,"
+                " expires_at = MAX(expires_at, ?), lease_until = COALESCE(lease_until, expires_at)"
+                " WHERE key = ? AND fingerprint = ? AND state = ? AND expires_at > ?"
+                " AND COALESCE(lease_until, expires_at) > ?",
+                (encode_attempt(attempt), now + ttl_seconds, key, fingerprint, IN_PROGRESS, now, now),
+            ).rowcount == 1
 
     def complete(self, key: str, fingerprint: str, response: StoredResponse, *, ttl_seconds: float,
                  now: float | None = None) -> None:
@@ -99,18 +138,20 @@ class SqliteIdempotencyStore(SqliteFile, IdempotencyStore):
         now = timestamp(now)
         with self._write() as db:
             db.execute(
-                "UPDATE idempotency_keys SET state = ?, expires_at = ?, status = ?, headers = ?, body = ?"
+                "UPDATE idempotency_keys SET state = ?, expires_at = ?, status = ?, headers = ?, body = ?,"
+                " lease_until = NULL, attempts = NULL"
                 " WHERE key = ? AND fingerprint = ? AND state = ? AND expires_at > ?",
                 (COMPLETED, now + ttl_seconds, response.status, encode_headers(response.headers), response.body,
                  key, fingerprint, IN_PROGRESS, now),
             )
 
     def abandon(self, key: str, fingerprint: str) -> None:
-        """Delete the key's in-progress marker if it holds this fingerprint, so the key can be used afresh."""
+        """Delete the key's in-progress marker if it holds this fingerprint and noted no call, so the key can be
+        used afresh."""
         check_record(key, fingerprint)
         with self._write() as db:
-            db.execute("DELETE FROM idempotency_keys WHERE key = ? AND fingerprint = ? AND state = ?",
-                       (key, fingerprint, IN_PROGRESS))
+            db.execute("DELETE FROM idempotency_keys WHERE key = ? AND fingerprint = ? AND state = ?"
+                       " AND attempts IS NULL", (key, fingerprint, IN_PROGRESS))
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete the rows whose lease or lifetime is over; how many were deleted."""
@@ -119,8 +160,9 @@ class SqliteIdempotencyStore(SqliteFile, IdempotencyStore):
 
     def ping(self) -> None:
         """Raise if the file cannot be read (or the store is closed)."""
-        self._connection().execute("SELECT 1 FROM idempotency_keys LIMIT 1").fetchall()
+        with self._borrowed() as db:
+            db.execute("SELECT 1 FROM idempotency_keys LIMIT 1").fetchall()
 
     def close(self) -> None:
-        """Close every thread's connection; the store cannot be used afterwards."""
+        """Close every connection; the store cannot be used afterwards."""
         self._close_file()

@@ -146,7 +146,8 @@ def open_exchange_journal(settings: GatewaySettings, *, max_age_seconds: float, 
                           record_bodies: bool) -> ExchangeJournal:
     """The configured journal: in Redis when the events use Redis, else in an SQLite file beside the events."""
     # Imported here: both implementations import this module.
-    retention = {"max_age_seconds": max_age_seconds, "max_count": max_count, "record_bodies": record_bodies}
+    retention = {"max_age_seconds": max_age_seconds, "max_count": max_count, "record_bodies": record_bodies,
+                 "stores": getattr(settings, "stores", None)}
     if settings.events.redis_url:
         from gateway.journal.redis_store import RedisExchangeJournal
 

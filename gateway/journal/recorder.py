@@ -6,7 +6,8 @@ So the request pays for queueing its parts, not for masking, scrubbing, encoding
 does that while the request thread waits on a backend or a client. A full queue drops the exchange and counts it
 (`dropped`); an exchange that cannot be made or written is counted too (`failed`) and logged — the request it
 belongs to has long been answered. The thread starts with the first exchange a process records, so a forked
-gunicorn worker starts its own.
+gunicorn worker starts its own; it is a daemon, so a worker that stops writes what is queued in `close()`, which
+config/gunicorn.py's worker_exit calls.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class JournalRecorder:
         self._queue: queue.Queue[Exchange | Callable[[], Exchange] | None] = queue.Queue(QUEUE_SIZE)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def body_text(self, body: bytes | None) -> str | None:
         """A body as the journal keeps it: text, cut at max_body_bytes, or None when bodies are not kept."""
@@ -69,9 +71,16 @@ class JournalRecorder:
         """Queue an exchange, or a function that makes it on the journal's thread, for writing; never blocks, never
         raises."""
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+            closed = self._closed
+            if not closed and (self._thread is None or not self._thread.is_alive()):
                 self._thread = threading.Thread(target=self._write, name="gateway-journal", daemon=True)
                 self._thread.start()
+        if closed:  # a request that outlived its worker's shutdown: nothing writes any more
+            self.dropped += 1
+            metrics.journal_failures.inc()
+            log.warning("the exchange journal is closed: an exchange (%s) was not recorded",
+                        exchange.id if isinstance(exchange, Exchange) else "not made yet")
+            return
         try:
             self._queue.put_nowait(exchange)
         except queue.Full:
@@ -156,10 +165,30 @@ class JournalRecorder:
         self.flush(timeout=timeout)
         return self.journal
 
-    def close(self) -> None:
-        """Write what is queued, stop the thread and close the journal."""
-        if self._thread is not None and self._thread.is_alive():
-            self.flush()
-            self._queue.put(None)
-            self._thread.join(timeout=5)
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is queued (at once, without the linger), stop the thread and close the journal, all within
+        `timeout` seconds, so a stopping worker waits no longer; whether everything queued was written. If not, what
+        is still queued is dropped (counted and logged), and the journal is left open to the writer still at it."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closed = True
+            writer = self._thread
+        if writer is not None and writer.is_alive():
+            with contextlib.suppress(queue.Full):  # still full at the deadline: the writer is stuck
+                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
+            writer.join(max(0.0, deadline - time.monotonic()))
+            if writer.is_alive():  # what is still queued is taken off, so the writer stops after its batch
+                left = 0
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        item = self._queue.get_nowait()
+                        self._queue.task_done()
+                        left += item is not None and item is not _WRITE_NOW
+                self._queue.put_nowait(None)
+                self.dropped += left
+                metrics.journal_failures.inc(left)
+                log.warning("the exchange journal was not written within %s s of closing: %d queued exchanges were "
+                            "not recorded", timeout, left)
+                return False
         self.journal.close()
+        return True

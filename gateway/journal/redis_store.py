@@ -30,6 +30,7 @@ from collections.abc import Collection, Sequence
 
 import redis
 
+from gateway.config import StoreSettings
 from gateway.journal import (
     TIMINGS_LIMIT,
     Exchange,
@@ -45,6 +46,7 @@ from gateway.journal import (
     encode_json,
     timestamp,
 )
+from gateway.stores import redis_client
 
 #: how many ids list() reads from an index per round trip when filters skip some of them
 LIST_PAGE_SIZE = 200
@@ -76,13 +78,13 @@ class RedisExchangeJournal(ExchangeJournal):
     """The exchanges in one Redis, shared by every process of every machine that uses the same URL and prefix."""
 
     def __init__(self, url: str, *, prefix: str = "gateway:journal:", max_age_seconds: float, max_count: int,
-                 record_bodies: bool) -> None:
+                 record_bodies: bool, stores: StoreSettings | None = None) -> None:
         self.max_age_seconds, self.max_count, self.record_bodies = check_retention(
             max_age_seconds, max_count, record_bodies)
         self.prefix = prefix
         self._schedule = PruneSchedule(self.max_count)
-        # Timeouts, so a Redis that stops answering fails a call instead of hanging it.
-        self._redis = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30)
+        # [stores] timeouts, so a Redis that stops answering fails a call instead of hanging it.
+        self._redis = redis_client(url, stores, store="exchange journal", decode_responses=True)
 
     def _key(self, *parts: str) -> str:
         """A key under this journal's prefix."""

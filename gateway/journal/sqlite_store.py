@@ -15,6 +15,7 @@ import os
 import sqlite3
 from collections.abc import Collection, Sequence
 
+from gateway.config import StoreSettings
 from gateway.journal import (
     TIMINGS_LIMIT,
     Exchange,
@@ -99,17 +100,17 @@ def exchange_of_row(row: sqlite3.Row) -> Exchange:
 
 
 class SqliteExchangeJournal(SqliteFile, ExchangeJournal):
-    """The exchanges in one SQLite file, used by threads through one connection each and by processes."""
+    """The exchanges in one SQLite file, used by threads through a small pool of connections and by processes."""
 
     def __init__(self, path: str | os.PathLike, *, max_age_seconds: float, max_count: int,
-                 record_bodies: bool) -> None:
+                 record_bodies: bool, stores: StoreSettings | None = None) -> None:
         self.max_age_seconds, self.max_count, self.record_bodies = check_retention(
             max_age_seconds, max_count, record_bodies)
         self._schedule = PruneSchedule(self.max_count)
         # NORMAL: in WAL mode the file stays consistent; a power cut may lose the last few exchanges, which a
         # journal can afford better than an fsync on every backend call.
         self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="NORMAL",
-                        what="exchange journal", migrations=MIGRATIONS)
+                        what="exchange journal", migrations=MIGRATIONS, stores=stores)
 
     def record_many(self, exchanges: Sequence[Exchange]) -> None:
         """Store the exchanges in one transaction (none of them if one cannot be), pruning now and then."""
@@ -130,7 +131,8 @@ class SqliteExchangeJournal(SqliteFile, ExchangeJournal):
 
     def get(self, exchange_id: str) -> Exchange | None:
         """The exchange with this id, or None if it is unknown (or pruned)."""
-        row = self._connection().execute(SELECT_EXCHANGES + " WHERE id = ?", (exchange_id,)).fetchone()
+        with self._borrowed() as db:
+            row = db.execute(SELECT_EXCHANGES + " WHERE id = ?", (exchange_id,)).fetchone()
         return None if row is None else exchange_of_row(row)
 
     def list(self, *, order_id: str | None = None, connection: str | None = None, outcome: str | None = None,
@@ -151,15 +153,17 @@ class SqliteExchangeJournal(SqliteFile, ExchangeJournal):
                 parameters.append(value)
         # Only the fixed fragments above are joined into the SQL; every value is a parameter.
         where = " WHERE " + " AND ".join(conditions) if conditions else ""
-        rows = self._connection().execute(SELECT_EXCHANGES + where + " ORDER BY at DESC, id DESC LIMIT ?",
-                                          (*parameters, limit)).fetchall()
+        with self._borrowed() as db:
+            rows = db.execute(SELECT_EXCHANGES + where + " ORDER BY at DESC, id DESC LIMIT ?",
+                              (*parameters, limit)).fetchall()
         return [exchange_of_row(row) for row in rows]
 
     def timings(self, connection: str, *, since: float, limit: int = TIMINGS_LIMIT) -> list[tuple[float, float, str]]:
         """(at, duration_ms, outcome) of the connection's exchanges that started at `since` or later, newest first
         (ties in descending id order), at most `limit`; read from exchanges_timings_by_connection alone."""
         since = check_timings(connection, since=since, limit=limit)
-        rows = self._connection().execute(SELECT_TIMINGS, (connection, since, limit)).fetchall()
+        with self._borrowed() as db:
+            rows = db.execute(SELECT_TIMINGS, (connection, since, limit)).fetchall()
         return [(row["at"], row["duration_ms"], row["outcome"]) for row in rows]
 
     def last_at(self, connection: str, outcomes: Collection[str]) -> float | None:
@@ -184,8 +188,9 @@ class SqliteExchangeJournal(SqliteFile, ExchangeJournal):
 
     def ping(self) -> None:
         """Raise if the file cannot be read (or the journal is closed)."""
-        self._connection().execute("SELECT 1 FROM exchanges LIMIT 1").fetchall()
+        with self._borrowed() as db:
+            db.execute("SELECT 1 FROM exchanges LIMIT 1").fetchall()
 
     def close(self) -> None:
-        """Close every thread's connection; the journal cannot be used afterwards."""
+        """Close every connection; the journal cannot be used afterwards."""
         self._close_file()

@@ -11,8 +11,15 @@ Which replies are stored: any reply after a backend call was attempted (it may h
 must not send it again), and any successful reply (a redelivery queued); a reply that sent nothing — the request
 was invalid, not authorized, or refused before any call (breaker open, bulkhead full, lock busy) — is not, so the
 same key may be used again once the cause is fixed. Dry runs are never stored. A stored reply is replayed for
-`[gateway] idempotency_ttl_seconds` (24 h by default); a request that crashed frees its key when its lease (the
-request budget plus a margin) runs out.
+`[gateway] idempotency_ttl_seconds` (24 h by default).
+
+Outcome first: every backend call is noted on the key before it is sent (KeyRecord: its journal exchange id, and
+whether the operation may be sent twice); a call that cannot be noted is not sent (503 store-unavailable). Once a
+call was attempted, its outcome is the reply, whatever happens to the key's record afterwards: a complete() that
+fails is counted and logged (gateway/bookkeeping.py). A request that crashed, or whose reply could not be kept,
+holds its key until its lease (`request_timeout` plus `idempotency_lease_margin_seconds`) runs out; then a retry is
+sent again only when every call noted is idempotent, and otherwise answered 409 `outcome-unknown`, naming the
+calls, until the key's lifetime ends: the order may have changed, and only a look at it can tell.
 """
 
 from __future__ import annotations
@@ -28,17 +35,29 @@ from typing import Any
 from flask import Flask, Response, current_app, make_response, request
 
 from gateway import metrics
-from gateway.connections import calls_attempted
+from gateway.bookkeeping import describe_error, note_failure
+from gateway.connections import CallAttempt, attempt_listener
 from gateway.errors import (
     GatewayError,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     KeyStoreUnavailable,
+    OutcomeUnknown,
     ValidationFailed,
 )
-from gateway.idempotency import IN_PROGRESS, MISMATCH, REPLAY, StoredResponse, open_idempotency_store
+from gateway.idempotency import (
+    IN_PROGRESS,
+    MISMATCH,
+    OUTCOME_UNKNOWN,
+    REPLAY,
+    Attempt,
+    IdempotencyStore,
+    StoredResponse,
+    open_idempotency_store,
+)
 from gateway.rest.auth import current_caller
 from gateway.rest.problems import gateway_error_response
+from gateway.rest.request_ids import current_request_id
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
@@ -46,7 +65,11 @@ REPLAYED = "Idempotent-Replayed"
 KEPT_HEADERS = ("Content-Type", "Retry-After", "Location", "WWW-Authenticate")
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z:/-]+")
+#: the default of `[gateway] idempotency_lease_margin_seconds`: how much longer than the request's budget its key
+#: is held
 LEASE_MARGIN_SECONDS = 30
+#: calls named in an outcome-unknown reply at most
+NAMED_CALLS = 3
 log = logging.getLogger("gateway.idempotency")
 
 
@@ -95,6 +118,77 @@ def _replay(stored: StoredResponse) -> Response:
     return response
 
 
+class KeyRecord:
+    """The Idempotency-Key's record while its request runs: each backend call is noted on it before it is sent, so
+    that when the reply cannot be kept (the process dies, the store fails) the key's next request knows that a call
+    may have reached a backend, and whether sending it again is harmless.
+
+    A call that must be noted — the request's first, or its first that must not be sent twice — and cannot be is not
+    sent (KeyStoreUnavailable). Others are noted up to MAX_NOTED, for the names in an outcome-unknown reply, and
+    one that cannot be is counted and logged; a retry of a call already noted is sent either way.
+    """
+
+    #: calls noted by name at most (a bulk may make hundreds; the request id finds them all in the journal)
+    MAX_NOTED = 10
+
+    def __init__(self, store: IdempotencyStore, key: str, fingerprint: str, ttl_seconds: float) -> None:
+        self.store, self.key, self.fingerprint, self.ttl_seconds = store, key, fingerprint, ttl_seconds
+        #: every attempt that went out (or was about to)
+        self.attempted: list[CallAttempt] = []
+        self._noted = 0
+        self._noted_idempotent = True
+
+    def attempting(self, attempt: CallAttempt) -> None:
+        """Note the attempt on the key, or stop it unsent when it must be noted and cannot be."""
+        decisive = self._noted == 0 or (self._noted_idempotent and not attempt.idempotent)
+        if decisive or (not attempt.retry and self._noted < self.MAX_NOTED):
+            self._note(attempt, decisive)
+        self.attempted.append(attempt)
+
+    def _note(self, attempt: CallAttempt, decisive: bool) -> None:
+        failure: BaseException | str
+        try:
+            if self.store.attempt(self.key, self.fingerprint, Attempt(
+                    attempt.exchange_id, attempt.connection, attempt.operation, attempt.order_ids,
+                    attempt.idempotent, current_request_id()), ttl_seconds=self.ttl_seconds):
+                self._noted += 1
+                self._noted_idempotent = self._noted_idempotent and attempt.idempotent
+                return
+            failure = "the key's record is no longer this request's (its lease ran out)"
+        except Exception as error:
+            failure = error
+        if decisive:
+            note_failure("idempotency_record", failure, f"{attempt.operation} on connection "
+                         f"{attempt.connection!r} was not sent, as a retry could not tell whether it was")
+            raise KeyStoreUnavailable(
+                "The Idempotency-Key store could not note this call before it went out, so it was not sent (a retry "
+                "with the key must be able to tell whether it was). Try again in a moment.")
+        note_failure("idempotency_record", failure, f"{attempt.operation} on connection {attempt.connection!r} "
+                     "went out without its exchange id noted on the Idempotency-Key")
+
+    def may_repeat(self) -> bool:
+        """Whether every call attempted may be sent again."""
+        return all(attempt.idempotent for attempt in self.attempted)
+
+
+def outcome_unknown(key: str, attempts: tuple[Attempt, ...]) -> OutcomeUnknown:
+    """The 409 of a key whose first request attempted calls that must not be sent twice, their outcome lost."""
+    named = []
+    for attempt in attempts[:NAMED_CALLS]:
+        orders = ", ".join(attempt.order_ids[:5]) + (", ..." if len(attempt.order_ids) > 5 else "")
+        named.append(f"{attempt.operation} on connection {attempt.connection!r} for {orders} "
+                     f"(exchange {attempt.exchange_id})")
+    more = f", and {len(attempts) - NAMED_CALLS} more" if len(attempts) > NAMED_CALLS else ""
+    request_id = next((attempt.request_id for attempt in attempts if attempt.request_id), "")
+    journal = f"GET /exchanges?request_id={request_id} lists" if request_id else "the journal holds"
+    return OutcomeUnknown(
+        f"The first request with the Idempotency-Key {key!r}{f' (request id {request_id})' if request_id else ''} "
+        f"sent {'; '.join(named)}{more}, and its outcome was not kept: the gateway stopped before it could be. "
+        "It may or may not have been applied, and sending it again is not safe, so it is not sent again. Check "
+        f"the order in the backend ({journal} what was recorded of the calls) and send what is still needed with "
+        "a new key.")
+
+
 def idempotent(view: Callable) -> Callable:
     """Make a view honour Idempotency-Key (dry runs excepted)."""
     @functools.wraps(view)
@@ -112,10 +206,11 @@ def run_idempotently(key: str, print_: str, produce: Callable[[], Response]) -> 
     settings = current_app.config["GATEWAY_SETTINGS"]
     store = current_app.extensions["order_gateway_idempotency"]
     scoped = f"{current_caller().name}:{key}"
+    lease = settings.request_timeout + settings.idempotency_lease_margin_seconds
     try:
-        begun = store.begin(scoped, print_, lease_seconds=settings.request_timeout + LEASE_MARGIN_SECONDS)
-    except Exception:
-        log.exception("the Idempotency-Key store could not be reached")
+        begun = store.begin(scoped, print_, lease_seconds=lease)
+    except Exception as error:
+        log.warning("the Idempotency-Key store could not be reached (%s); nothing was sent", describe_error(error))
         raise KeyStoreUnavailable("The Idempotency-Key store could not be reached; nothing was sent. Send the "
                                   "request again with the same key.") from None
     if begun.state == REPLAY:
@@ -127,27 +222,45 @@ def run_idempotently(key: str, print_: str, produce: Callable[[], Response]) -> 
     if begun.state == MISMATCH:
         raise IdempotencyKeyReused(f"The Idempotency-Key {key!r} was used for another request; use a new key "
                                    "for a new request.")
-    attempted: list[str] = []
-    token = calls_attempted.set(attempted)
+    if begun.state == OUTCOME_UNKNOWN:
+        raise outcome_unknown(key, begun.attempts)
+    record = KeyRecord(store, scoped, print_, settings.idempotency_ttl_seconds)
+    token = attempt_listener.set(record)
     try:
         response = produce()
     except GatewayError as error:  # the problem reply it becomes is this request's reply: kept like any other
         response = gateway_error_response(error)
     except BaseException:
-        if not attempted:
-            store.abandon(scoped, print_)
-        # An unforeseen failure after a call was attempted keeps the marker until its lease ends: the outcome
-        # is unknown, so a retry must not send again before then.
+        if not record.attempted:
+            _abandon(store, scoped, print_)
+        # An unforeseen failure after a call was attempted keeps the record until its lease ends: the outcome
+        # is unknown, so a retry is not sent again before then (and afterwards only if it may be repeated).
         raise
     finally:
-        calls_attempted.reset(token)
-    if attempted or response.status_code < 400:
+        attempt_listener.reset(token)
+    if record.attempted or response.status_code < 400:
         headers = tuple((name, response.headers[name]) for name in KEPT_HEADERS if name in response.headers)
-        store.complete(scoped, print_, StoredResponse(response.status_code, headers, response.get_data()),
-                       ttl_seconds=settings.idempotency_ttl_seconds)
+        try:
+            store.complete(scoped, print_, StoredResponse(response.status_code, headers, response.get_data()),
+                           ttl_seconds=settings.idempotency_ttl_seconds)
+        except Exception as error:  # outcome first: the reply is the call's outcome, kept or not
+            later = ("sent again" if record.may_repeat() else "answered 409 outcome-unknown") if record.attempted \
+                else "served afresh"
+            note_failure("idempotency_record", error, f"the reply ({response.status_code}) was sent but not kept "
+                         f"for its Idempotency-Key: a retry with the key is answered 409 until the key's lease ends, "
+                         f"then {later}")
     else:
-        store.abandon(scoped, print_)
+        _abandon(store, scoped, print_)
     return response
+
+
+def _abandon(store: IdempotencyStore, key: str, print_: str) -> None:
+    """Free a key whose request sent nothing; if the store fails, the key frees itself when its lease ends."""
+    try:
+        store.abandon(key, print_)
+    except Exception as error:
+        note_failure("idempotency_record", error, "a request that sent nothing did not free its Idempotency-Key: "
+                     "a retry with the key is answered 409 until the key's lease ends")
 
 
 def init_app(app: Flask) -> None:

@@ -100,6 +100,7 @@ def build_openapi(version: str, connections: Any) -> dict:
         if operation.security is None:
             problems.setdefault(401, "no API key, or an unknown one")
             problems.setdefault(403, "the key lacks the scope or the connection")
+            problems.setdefault(503, "a store it needs cannot be used now (store-unavailable, Retry-After)")
         for status, description in sorted(problems.items()):
             responses[str(status)] = {
                 "description": description,

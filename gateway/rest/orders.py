@@ -17,7 +17,7 @@ from gateway.canonical import (
     load_order_update,
 )
 from gateway.connections import Connection, PlannedUpdate
-from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
+from gateway.errors import GatewayError, PayloadTooLarge, ValidationFailed
 from gateway.rest.auth import require_connection, require_scope
 from gateway.rest.common import (
     IDEMPOTENCY_KEY,
@@ -57,7 +57,8 @@ BACKEND_PROBLEMS = {
     503: "the backend could not be reached or rate-limited the gateway",
     504: "the backend did not answer in time",
 }
-IDEMPOTENCY_PROBLEMS = {409: "a request with the same Idempotency-Key is still being served"}
+IDEMPOTENCY_PROBLEMS = {409: "a request with the same Idempotency-Key is still being served, or its first request's "
+                             "outcome is unknown (it may have been applied: check the order)"}
 REQUEST_PROBLEMS = {
     400: "the body is not JSON",
     413: "the body (or the batch) is too large",
@@ -145,7 +146,7 @@ def update_order(order_id: str):
         return jsonify({**order_result(connection, planned), "request": describe_request(outbound),
                         "request_id": current_request_id()})
     (outcome,) = connection.send([planned], request_budget())
-    if isinstance(outcome, BackendError):
+    if isinstance(outcome, GatewayError):
         raise outcome
     return jsonify({**order_result(connection, planned, outcome), "request_id": current_request_id()})
 
@@ -204,7 +205,7 @@ def update_orders():
         reply.update(dry_run=True, requests=[describe_request(r) for r in connection.dry_run(planned_updates)])
     else:
         for (position, planned), outcome in zip(valid, connection.send(planned_updates, request_budget()), strict=True):
-            if isinstance(outcome, BackendError):
+            if isinstance(outcome, GatewayError):
                 results[position] = _item_failure(position, items[position], outcome)
             else:
                 results[position] = {"position": position, "order_id": planned.update.order_id, "status": 200,

@@ -9,13 +9,15 @@ MAX_MESSAGES_PER_PATH messages, and every text bounded by TEXT_LIMITS.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from gateway.errors import BackendError, GatewayError, PayloadTooLarge, ValidationFailed
+from gateway.errors import BackendError, GatewayError, PayloadTooLarge, StoreUnavailable, ValidationFailed
 from gateway.rest.request_ids import current_request_id
 from gateway.scrubbing import Scrubber
+from gateway.stores import store_unavailable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:order-gateway:problem:"
@@ -90,6 +92,8 @@ def gateway_error_document(error: GatewayError) -> dict:
     if isinstance(error, BackendError):
         members["backend"] = error.backend_details()
         members["retry_after"] = error.retry_after
+    if isinstance(error, StoreUnavailable):
+        members["store"] = error.store
     document = problem_document(error.status, error.slug, error.title, error.detail, **members)
     if error.status >= 500:
         log.warning("request %s failed: %s %s", current_request_id(), type(error).__name__, document["detail"])
@@ -120,9 +124,18 @@ def body_too_large_response(error: RequestEntityTooLarge) -> Response:
 
 
 def unexpected_error_response(error: Exception) -> Response:
-    """Anything unforeseen: logged with its traceback on the server, never shown to the client."""
+    """Anything unforeseen: logged with its traceback on the server, never shown to the client. A store's failure
+    (Redis, SQLite, a lock file) is foreseen: 503 `store-unavailable` naming the store (gateway/stores.py), logged in
+    one line."""
     if isinstance(error, HTTPException):
         return http_error_response(error)
+    unavailable = store_unavailable(error)
+    if unavailable is not None:
+        # SQLite's message says what went wrong (locked, full) and names no file; a Redis error's may hold an address
+        said = f": {str(error)[:200]}" if isinstance(error, sqlite3.Error) else ""
+        log.warning("request %s: the %s failed: %s%s", current_request_id(), unavailable.store, type(error).__name__,
+                    said)
+        return gateway_error_response(unavailable)
     log.exception("request %s failed unexpectedly", current_request_id())
     return problem_response(500, "internal-error", "Internal gateway error",
                             "The gateway failed unexpectedly; the request id identifies it in the logs.")

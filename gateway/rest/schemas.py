@@ -30,6 +30,8 @@ class ProblemSchema(Schema):
     retry_after = fields.String(metadata={"description": "seconds to wait, when the backend said so"})
     errors_omitted = fields.Integer(metadata={"description": "how many further field paths `errors` does not list "
                                                              "(it lists at most 50)"})
+    store = fields.String(metadata={"description": "the store that could not be used (store-unavailable): event "
+                                                   "store, idempotency store, exchange journal, call locks, ..."})
 
 
 OPERATION = fields.String(required=True, metadata={

@@ -116,7 +116,7 @@ def _store_webhook(receiver, webhooks: dict, connection: str):
                                                     trace_context=tracing.outbound_headers())
     except Exception:
         log.exception("could not store a webhook of connection %s", connection)
-        raise StoreUnavailable("The event could not be stored; send it again later.") from None
+        raise StoreUnavailable("The event could not be stored; send it again later.", store="event store") from None
     if created:
         for subscriber in subscribers:
             try:

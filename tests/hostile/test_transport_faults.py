@@ -1,0 +1,220 @@
+"""Faults between the gateway and its peers: a backend's redirect is a 502 naming it and never followed, a reply
+that drips its body after `Connection: close` is cut at call_timeout, and a caller that declares an oversized body
+and never sends it is answered 413 at once, on a connection the gateway then closes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from werkzeug.wrappers import Request, Response
+
+from tests.conftest import gateway_config
+from tests.hostile.conftest import (
+    CONNECTION_TABLES,
+    SERVICE_PATHS,
+    assert_problem,
+    parse_http_reply,
+    read_http_request,
+    send_valid_update,
+)
+from tests.processes import start_gateway, stop, wait_until_serving
+from tests.servers import closed_port, serve_wsgi
+
+# --- a backend answering with a redirect ---------------------------------------------------------------------
+
+
+class RecordingTarget:
+    """Where a redirect points: records every request that arrives (none should)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+
+    def __call__(self, environ, start_response):
+        self.hits += 1
+        return Response(b"followed", status=200, content_type="text/plain")(environ, start_response)
+
+
+class RedirectingBackend:
+    """Answers every request with `status` and a Location carrying credentials, a query and a fragment."""
+
+    def __init__(self, status: int, location: str) -> None:
+        self.status, self.location = status, location
+        self.requests = 0
+
+    def __call__(self, environ, start_response):
+        Request(environ).get_data()
+        self.requests += 1
+        return Response(b"<html>moved</html>", status=self.status, content_type="text/html",
+                        headers={"Location": self.location})(environ, start_response)
+
+
+@pytest.mark.parametrize("status", [302, 307])
+@pytest.mark.parametrize("kind", ["ongoing", "sellercenter"])
+def test_a_redirect_is_a_502_naming_it_and_is_never_followed(make_gateway, kind, status):
+    target = RecordingTarget()
+    with serve_wsgi(target) as target_url:
+        host_and_port = target_url.removeprefix("http://")
+        location = f"http://login-name:redirect-secret@{host_and_port}/moved/here?token=query-secret#fragment-part"
+        backend = RedirectingBackend(status, location)
+        with serve_wsgi(backend) as backend_url:
+            connection = CONNECTION_TABLES[kind](backend_url + SERVICE_PATHS[kind])
+            client = make_gateway(gateway_config(hostile=connection)).test_client()
+            reply = send_valid_update(client, kind)
+    problem = assert_problem(reply, 502, "backend-failure")
+    detail = problem["detail"]
+    assert f"HTTP {status}" in detail and f"{host_and_port}/moved/here" in detail, detail
+    for hidden in ("login-name", "redirect-secret", "token", "query-secret", "fragment-part"):
+        assert hidden not in json.dumps(problem), problem
+    assert problem["backend"]["code"] == f"HTTP {status}"
+    assert backend.requests == 1
+    assert target.hits == 0
+
+
+# --- a backend dripping its body after `Connection: close` ---------------------------------------------------
+
+FRAMINGS = {
+    "content-length": b"Content-Length: 100000\r\n",
+    "until-close": b"",
+    "chunked": b"Transfer-Encoding: chunked\r\n",
+}
+
+
+class DrippingBackend:
+    """Reads each request, sends the headers of a 200 with `Connection: close` at once, then one body byte (or one
+    one-byte chunk) every `interval` seconds until stopped."""
+
+    def __init__(self, framing: str, interval: float = 0.05) -> None:
+        self.framing, self.interval = framing, interval
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.02)
+        self.port = self._listener.getsockname()[1]
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+        self._accepting.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._drip, args=(connection,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _drip(self, connection: socket.socket) -> None:
+        piece = b"1\r\n \r\n" if self.framing == "chunked" else b" "
+        try:
+            connection.settimeout(5)
+            read_http_request(connection)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nConnection: close\r\n"
+                               + FRAMINGS[self.framing] + b"\r\n")
+            while not self._stop.wait(self.interval):
+                connection.sendall(piece)
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        """Stop dripping and accepting, and wait for every thread."""
+        self._stop.set()
+        self._accepting.join(timeout=5)
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def dripping_backend(framing: str) -> Iterator[DrippingBackend]:
+    """A DrippingBackend, stopped after the block."""
+    backend = DrippingBackend(framing)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+def test_a_body_dripping_after_connection_close_is_cut_at_call_timeout(make_gateway, framing):
+    call_timeout = 1.0
+    with dripping_backend(framing) as backend:
+        url = f"http://127.0.0.1:{backend.port}{SERVICE_PATHS['ongoing']}"
+        connection = CONNECTION_TABLES["ongoing"](url, read_timeout=0.5, call_timeout=call_timeout)
+        client = make_gateway(gateway_config(hostile=connection)).test_client()
+        started = time.monotonic()
+        reply = send_valid_update(client, "ongoing")
+        took = time.monotonic() - started
+    problem = assert_problem(reply, 504, "backend-timeout")
+    assert "call_timeout 1 s" in problem["detail"], problem["detail"]
+    assert took < call_timeout + 1, f"answered after {took:.2f} s"
+
+
+# --- a caller declaring an oversized body and never sending it ---------------------------------------------
+
+MAX_BODY_BYTES = 65_536
+
+
+@pytest.fixture(scope="module")
+def gunicorn_port(tmp_path_factory):
+    """A gateway under gunicorn (one worker, the project's settings) whose Ongoing connection is never reached."""
+    folder = tmp_path_factory.mktemp("gunicorn-gateway-faults")
+    config = folder / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+allow_anonymous = true
+default_connection = "ongoing-demo"
+max_body_bytes = {MAX_BODY_BYTES}
+
+[connections.ongoing-demo]
+backend = "ongoing"
+url = "http://127.0.0.1:{closed_port()}/ongoing/Service.asmx"
+goods_owner_code = "DEMO"
+username = "demo"
+password = "demo-password"
+
+[events]
+database = "{folder / 'events.sqlite3'}"
+queue_database = "{folder / 'queue.sqlite3'}"
+""")
+    port = closed_port()
+    process = start_gateway(port, {**os.environ, "GATEWAY_CONFIG": str(config)}, workers=1)
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/", process)
+        yield port
+    finally:
+        stop(process)
+
+
+# within the bound the gateway drains after answering, and far beyond it
+@pytest.mark.parametrize("declared", [2 * MAX_BODY_BYTES, 10_000_000])
+def test_a_declared_oversized_body_never_sent_is_413_at_once_and_the_connection_closed(gunicorn_port, declared):
+    head = (f"PATCH /orders/SO-1001 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()
+    data, started = b"", time.monotonic()
+    with socket.create_connection(("127.0.0.1", gunicorn_port), timeout=3) as connection:
+        connection.sendall(head)
+        try:
+            while chunk := connection.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            raise AssertionError(f"the connection was still open after 3 s, having received {data[:300]!r}") \
+                from None
+    took = time.monotonic() - started
+    reply = parse_http_reply(data)
+    problem = reply.problem(413, "payload-too-large")
+    assert str(MAX_BODY_BYTES) in problem["detail"]
+    assert reply.headers.get("connection", "").lower() == "close", reply.headers
+    assert took < 2, f"the reply and the close took {took:.2f} s"
