@@ -7,7 +7,8 @@ documents come from the JSON file named by BENCH_PASSTHROUGH_DOCUMENTS (written 
 
 Ongoing serves one goods owner's calls one after another, so its calls are sent one at a time, as the gateway
 sends them: under a lock file beside the documents, shared by the app's workers — the gateway's own file call
-lock (`FileCallLocks`, flock on a descriptor each thread keeps, opened again after gunicorn forks its workers).
+lock (`FileCallLocks`, flock on one descriptor per lock name in each process, opened again after gunicorn forks
+its workers).
 The passthrough is then the bound of a gateway that keeps Ongoing's rule.
 """
 

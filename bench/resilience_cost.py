@@ -32,10 +32,10 @@ from bench.measure import Budget, Section, microseconds, percentile, time_cases_
 from bench.servers import free_port
 from bench.workload import CONNECTIONS, TYPICAL, parsed_config, rendered_request, sandbox_reply
 from gateway.backends import BACKENDS
-from gateway.canonical import OrderUpdate, UpdateOutcome
+from gateway.canonical import UpdateOutcome
 from gateway.canonical.schema import load_order_update
 from gateway.config import load_settings
-from gateway.connections import Connection
+from gateway.connections import Connection, GuardedCall
 from gateway.coordination import Coordination
 from gateway.deadlines import WATCHDOG, Deadline
 from gateway.errors import BackendError
@@ -95,8 +95,7 @@ class AnsweringConnection(Connection):
 
     outcomes: list[UpdateOutcome | BackendError]
 
-    def _call(self, operation: Any, updates: list[OrderUpdate],
-              deadline: Deadline | None) -> list[UpdateOutcome | BackendError]:
+    def _call(self, call: GuardedCall, deadline: Deadline | None) -> list[UpdateOutcome | BackendError]:
         return self.outcomes
 
 
@@ -218,14 +217,18 @@ class Guarded:
 
     def retries(self) -> None:
         """`_attempts` (tenacity's Retrying as the connection sets it up) around a call that returns at once."""
-        self.answering._attempts(self.operation, self.updates, self.long_deadline)
+        self.answering._attempts(self.guarded_call(), self.long_deadline)
 
     def direct(self) -> None:
         """`_call` alone: render, the transport (no deadline), reply classification, parse."""
-        self.connection._call(self.operation, self.updates, None)
+        self.connection._call(self.guarded_call(), None)
+
+    def guarded_call(self) -> GuardedCall:
+        """The call as the guards hand it on."""
+        return GuardedCall(self.operation, self.updates, None, self.operation.is_idempotent(self.updates))
 
     def guarded(self) -> None:
-        """`_guarded_call`: deadline, breaker pre-check, bulkhead, call lock, breaker, retries, then `_call`."""
+        """`_guarded_call`: the guards (breaker, bulkhead, call lock), deadline, retries, then `_call`."""
         self.connection._guarded_call(self.operation, self.updates, None)
 
     def guarded_unwatched(self) -> None:

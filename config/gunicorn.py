@@ -57,7 +57,8 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir.resolve())
 workers = int(os.environ.get("WORKERS", "2"))
 # gthread: a slow client or a hanging backend holds one thread, not the worker, and callers keep their connections
-# alive; gevent held up as well, but under it the app's per-thread SQLite connections leak (docs/architecture.md).
+# alive; gevent held up as well, but under it the app's thread-local state (lxml parsers, watchdogs) is per
+# greenlet (docs/architecture.md).
 worker_class = "gthread"
 # A thread serves one request, or holds one client still sending its headers. The kernel may hand all of a burst
 # to one worker, so 96: 64 such clients plus every connection's bulkhead full (3 x 8 calls), with room to spare.

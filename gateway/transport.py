@@ -20,6 +20,7 @@ import requests
 import urllib3.connection
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
+from requests.hooks import dispatch_hook
 
 from gateway.deadlines import WATCHDOG, Deadline
 from gateway.errors import BackendError, BackendFailure, BackendTimeout, BackendUnavailable
@@ -200,9 +201,10 @@ class HttpTransport:
     the connect or read timeout and what is left of the deadline, and the watchdog cuts the socket when the
     deadline passes (a BackendTimeout naming the deadline), whatever the reply's Connection header says.
 
-    The request goes straight to the session's adapter: `Session.send` would resolve redirects (reading a 3xx
-    reply's whole body, unbounded, and its cookies), merge cookies and dispatch hooks, none of which a backend
-    call wants. A redirect is never followed; it comes back as the reply it is, and replies.py refuses it.
+    The request goes straight to the session's adapter, then through the request's response hooks: `Session.send`
+    would also resolve redirects even when told not to follow them (reading a 3xx reply's whole body, unbounded,
+    and its cookies into a jar) and keep every cookie a backend sets. A redirect is never followed; it comes back
+    as the reply it is, and replies.py refuses it.
     """
 
     def __init__(self, *, connection: str, connect_timeout: float, read_timeout: float,
@@ -255,6 +257,8 @@ class HttpTransport:
             prepared = self._prepared(request)
             response = self.session.get_adapter(prepared.url).send(
                 prepared, stream=True, timeout=timeouts, verify=self.session.verify, proxies={}, cert=None)
+            # as Session.send does: an authentication may watch the reply (its status) through a response hook
+            response = dispatch_hook("response", prepared.hooks, response)
             try:
                 declared = parse_ascii_int(response.headers.get("Content-Length"))
                 if declared is not None and declared > self.max_reply_bytes:

@@ -144,7 +144,8 @@ def dripping(where: str, every: float = 0.05, seconds: float = 10.0) -> Reply:
     """A 200 whose headers, or whose body, come a byte at a time: each wait is far below any read timeout."""
     def reply(connection: socket.socket, record: dict) -> int:
         connection.sendall({"headers": b"HTTP/1.1 200 OK\r\nX-Slow: ",
-                            "body": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"}[where])
+                            "body": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+                            "body until close": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"}[where])
         ends = time.monotonic() + seconds
         while time.monotonic() < ends:
             record["body_sent"] += connection.send(b"a")
@@ -215,7 +216,7 @@ def test_a_huge_reply_is_judged_on_its_status_and_read_no_further_than_the_cap(s
 
 # --- a reply dripped a byte at a time -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("where", ["headers", "body"])
+@pytest.mark.parametrize("where", ["headers", "body", "body until close"])
 def test_a_dripping_subscriber_is_cut_at_the_deadline_and_retried(sqlite_store, where):
     clock = Clock()
     timeout = 0.5

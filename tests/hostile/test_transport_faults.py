@@ -13,8 +13,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 from werkzeug.wrappers import Request, Response
 
+from gateway.deadlines import Deadline
+from gateway.transport import HttpTransport, OutboundRequest
 from tests.conftest import gateway_config
 from tests.hostile.conftest import (
     CONNECTION_TABLES,
@@ -75,6 +78,35 @@ def test_a_redirect_is_a_502_naming_it_and_is_never_followed(make_gateway, kind,
     assert problem["backend"]["code"] == f"HTTP {status}"
     assert backend.requests == 1
     assert target.hits == 0
+
+
+class NotesTheStatus(requests.auth.AuthBase):
+    """An authentication that watches each reply's status through a response hook."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.register_hook("response", lambda response, **kwargs: self.statuses.append(response.status_code))
+        return request
+
+
+def test_the_transport_hands_a_redirect_back_unfollowed_through_the_authentications_hooks():
+    target = RecordingTarget()
+    with serve_wsgi(target) as target_url:
+        backend = RedirectingBackend(307, target_url + "/elsewhere")
+        with serve_wsgi(backend) as backend_url:
+            auth = NotesTheStatus()
+            transport = HttpTransport(connection="demo", connect_timeout=1, read_timeout=1, max_reply_bytes=1024,
+                                      auth=auth)
+            try:
+                reply = transport.send(OutboundRequest("POST", backend_url + "/", {"Content-Type": "text/xml"},
+                                                       b"<x/>"), Deadline.after(2, "call_timeout 2 s"))
+            finally:
+                transport.close()
+    assert reply.status == 307 and reply.body == b"<html>moved</html>"
+    assert auth.statuses == [307]
+    assert backend.requests == 1 and target.hits == 0
 
 
 # --- a backend dripping its body after `Connection: close` ---------------------------------------------------
