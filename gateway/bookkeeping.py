@@ -54,3 +54,13 @@ def note_failure(what: str, error: BaseException | str, consequence: str, *, sub
             _last_logged[(what, subject)] = now
     log.warning("%s failed (%s); %s", what.replace("_", " "), describe_error(error), consequence,
                 extra={"bookkeeping": what, "error_kind": None if isinstance(error, str) else type(error).__name__})
+
+
+def log_failure(error: BaseException, message: str, *args: object, logger: logging.Logger | None = None) -> None:
+    """Log a failure the caller goes on from: a store's (STORE_ERRORS) in one line without a traceback — a store
+    that is down fails every request alike —, anything else with its traceback."""
+    logger = logger or log
+    if isinstance(error, STORE_ERRORS):
+        logger.warning(f"{message}: %s", *args, describe_error(error))
+    else:
+        logger.error(message, *args, exc_info=error)

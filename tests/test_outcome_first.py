@@ -276,7 +276,6 @@ def test_a_reply_the_key_store_cannot_keep_is_still_the_reply_and_its_retry_is_n
     assert "OperationalError: database is locked" in warnings[0]["message"]
 
 
-@pytest.mark.expected_traceback  # the exchange journal, in Redis too, logs its own failure with a traceback
 def test_redis_dying_during_a_call_leaves_the_backends_outcome_as_the_reply(backends, start_gateway_at, tmp_path):
     (tmp_path / "redis").mkdir()
     with run_redis_server(tmp_path / "redis") as redis_url:
@@ -301,7 +300,7 @@ def test_redis_dying_during_a_call_leaves_the_backends_outcome_as_the_reply(back
     assert {"call_lock", "breaker_state", "idempotency_record"} <= failed
     assert all(record["level"] == "WARNING" and "traceback" not in record
                for record in records if record["logger"] == "gateway.bookkeeping")
-    assert {record["logger"] for record in records if "traceback" in record} <= {"gateway.journal"}
+    assert [record["logger"] for record in records if "traceback" in record] == []  # a store down is no bug
     assert gateway.bookkeeping_failures("call_lock") == 1
 
 

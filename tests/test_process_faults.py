@@ -119,7 +119,6 @@ def ongoing_webhook(number: int) -> dict:
             "goodsOwnerOrderId": "SO-1003", "orderStatusCode": 400}
 
 
-@pytest.mark.expected_traceback  # the stores log the writes a full disk refuses
 def test_a_full_data_disk_answers_503_and_kills_no_worker(sandbox_url):
     """The databases and, worst of all, the mapped metrics files on one filesystem, full: every worker lives on,
     writes are refused with 503, /readyz fails, and once space is freed all works again."""

@@ -289,7 +289,6 @@ def redis_gateway(tmp_path):
         store.kill()
 
 
-@pytest.mark.expected_traceback  # the webhook and Idempotency-Key views log the store's failure with its traceback
 def test_redis_killed_then_frozen_then_restarted(redis_gateway):
     endpoints, store = redis_gateway
     assert_serving(endpoints, within=5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import metrics
+from gateway.bookkeeping import log_failure
 from gateway.journal import Exchange, ExchangeJournal
 
 log = logging.getLogger("gateway.journal")
@@ -142,10 +144,11 @@ class JournalRecorder:
             return None
 
     def _count_failure(self, exchange_id: str) -> None:
-        """Count and log (with the exception being handled) an exchange that was not recorded."""
+        """Count and log (the exception being handled: a store's in one line, anything else with its traceback) an
+        exchange that was not recorded."""
         self.failed += 1
         metrics.journal_failures.inc()
-        log.exception("the exchange journal could not record exchange %s", exchange_id)
+        log_failure(sys.exc_info()[1], "the exchange journal could not record exchange %s", exchange_id, logger=log)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued exchange is written (for readers of the journal, tests and shutdown), without the

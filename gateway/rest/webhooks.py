@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from gateway import logs, metrics, tracing
 from gateway.backends import BACKENDS
+from gateway.bookkeeping import log_failure
 from gateway.errors import GatewayError, StoreUnavailable, Unauthorized, WebhookNotFound
 from gateway.rest.common import REQUEST_ID, TRACE_CONTEXT, connections, read_json_body
 from gateway.rest.openapi import documented
@@ -114,15 +115,16 @@ def _store_webhook(receiver, webhooks: dict, connection: str):
         event_id, created = service.store.add_event(event.to_document(), dedupe_key=event.dedupe_key,
                                                     order_key=event.order_key, subscribers=subscribers,
                                                     trace_context=tracing.outbound_headers())
-    except Exception:
-        log.exception("could not store a webhook of connection %s", connection)
+    except Exception as error:
+        log_failure(error, "could not store a webhook of connection %s", connection, logger=log)
         raise StoreUnavailable("The event could not be stored; send it again later.", store="event store") from None
     if created:
         for subscriber in subscribers:
             try:
                 service.queue.nudge(subscriber, event.order_key)
-            except Exception:  # stored is safe: the worker resumes pending streams on its own
-                log.exception("could not queue event %s for %s; the worker will resume it", event_id, subscriber)
+            except Exception as error:  # stored is safe: the worker resumes pending streams on its own
+                log_failure(error, "could not queue event %s for %s; the worker will resume it", event_id, subscriber,
+                            logger=log)
     logs.note(connection=connection, event_id=event_id)
     body = {"id": event_id, "type": event.type, "duplicate": not created, "subscribers": subscribers if created else []}
     return jsonify(body), created
