@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import struct
 import threading
@@ -26,7 +27,8 @@ from tests.conftest import (
     sellercenter_connection,
     speed4trade_connection,
 )
-from tests.servers import serve_wsgi
+from tests.processes import start_gateway, stop, wait_until_serving
+from tests.servers import closed_port, serve_wsgi
 from tests.test_webhooks_receiving import BASIC, PAYLOAD
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -225,12 +227,21 @@ def send_valid_update(client, kind: str, **kwargs):
 
 # --- TCP servers that misbehave below HTTP -----------------------------------------------------------------
 
+#: how a dripping reply says where its body ends
+DRIP_FRAMINGS = {
+    "content-length": b"Content-Length: 100000\r\n",
+    "until-close": b"",
+    "chunked": b"Transfer-Encoding: chunked\r\n",
+}
+
 class MisbehavingServer:
     """A TCP server on 127.0.0.1 that reads each HTTP request in full (headers and Content-Length bytes) and then
-    misbehaves: `close` (a clean FIN, no reply), `reset` (SO_LINGER 0: an RST, no reply) or `hang` (never
-    answers, keeps the connection open)."""
+    misbehaves: `close` (a clean FIN, no reply), `reset` (SO_LINGER 0: an RST, no reply), `hang` (never
+    answers, keeps the connection open) or `drip-<framing>` (the headers of a 200 with `Connection: close` at once,
+    then one body byte, or one one-byte chunk, every 50 ms until stopped; framings in DRIP_FRAMINGS)."""
 
-    BEHAVIOURS = ("close", "reset", "hang")
+    BEHAVIOURS = ("close", "reset", "hang", *(f"drip-{framing}" for framing in DRIP_FRAMINGS))
+    DRIP_SECONDS = 0.05
 
     def __init__(self, behaviour: str) -> None:
         assert behaviour in self.BEHAVIOURS
@@ -265,6 +276,13 @@ class MisbehavingServer:
             self.requests_read += 1
             if self.behaviour == "hang":
                 self._stop.wait()
+            elif self.behaviour.startswith("drip-"):
+                framing = self.behaviour.removeprefix("drip-")
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nConnection: close\r\n"
+                                   + DRIP_FRAMINGS[framing] + b"\r\n")
+                piece = b"1\r\n \r\n" if framing == "chunked" else b" "
+                while not self._stop.wait(self.DRIP_SECONDS):
+                    connection.sendall(piece)
             elif self.behaviour == "reset":
                 connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             else:
@@ -480,3 +498,34 @@ def sellercenter_item_errors(*items: dict) -> str:
         "Head": {"RequestAction": "UpdateOrderInformation", "ErrorType": "Sender", "ErrorCode": "0",
                  "ErrorMessage": "Some elements were not processed"},
         "Body": {"UpdateOrderInformation": list(items)}}})
+
+
+@contextlib.contextmanager
+def gunicorn_gateway(folder, max_body_bytes: int) -> Iterator[int]:
+    """A gateway under gunicorn (one worker, the project's settings) whose Ongoing connection is never reached; its
+    port."""
+    config = folder / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+allow_anonymous = true
+default_connection = "ongoing-demo"
+max_body_bytes = {max_body_bytes}
+
+[connections.ongoing-demo]
+backend = "ongoing"
+url = "http://127.0.0.1:{closed_port()}/ongoing/Service.asmx"
+goods_owner_code = "DEMO"
+username = "demo"
+password = "demo-password"
+
+[events]
+database = "{folder / 'events.sqlite3'}"
+queue_database = "{folder / 'queue.sqlite3'}"
+""")
+    port = closed_port()
+    process = start_gateway(port, {**os.environ, "GATEWAY_CONFIG": str(config)}, workers=1)
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/", process)
+        yield port
+    finally:
+        stop(process)

@@ -5,13 +5,10 @@ afterwards gets the problem document instead of a broken connection."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from tests.hostile.conftest import chunked, read_while_sending, send_then_read
-from tests.processes import start_gateway, stop, wait_until_serving
-from tests.servers import closed_port
+from tests.hostile.conftest import chunked, gunicorn_gateway, read_while_sending, send_then_read
 
 MAX_BODY_BYTES = 4_194_304  # the default, stated in the configuration as README.md shows it
 DOCUMENT = json.dumps({"status": "released", "waybill": "WB-1"}).encode()
@@ -25,32 +22,8 @@ def padded(size: int) -> bytes:
 @pytest.fixture(scope="module")
 def gunicorn_port(tmp_path_factory):
     """A gateway under gunicorn (one worker, the project's settings) whose Ongoing connection is never reached."""
-    folder = tmp_path_factory.mktemp("gunicorn-gateway")
-    config = folder / "gateway.toml"
-    config.write_text(f"""
-[gateway]
-allow_anonymous = true
-default_connection = "ongoing-demo"
-max_body_bytes = {MAX_BODY_BYTES}
-
-[connections.ongoing-demo]
-backend = "ongoing"
-url = "http://127.0.0.1:{closed_port()}/ongoing/Service.asmx"
-goods_owner_code = "DEMO"
-username = "demo"
-password = "demo-password"
-
-[events]
-database = "{folder / 'events.sqlite3'}"
-queue_database = "{folder / 'queue.sqlite3'}"
-""")
-    port = closed_port()
-    process = start_gateway(port, {**os.environ, "GATEWAY_CONFIG": str(config)}, workers=1)
-    try:
-        wait_until_serving(f"http://127.0.0.1:{port}/", process)
+    with gunicorn_gateway(tmp_path_factory.mktemp("gunicorn-gateway"), MAX_BODY_BYTES) as port:
         yield port
-    finally:
-        stop(process)
 
 
 def request_head(*, length: int | None = None, path: str = "/orders/SO-1001?dry_run=true") -> bytes:

@@ -4,13 +4,9 @@ and never sends it is answered 413 at once, on a connection the gateway then clo
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -21,14 +17,14 @@ from gateway.transport import HttpTransport, OutboundRequest
 from tests.conftest import gateway_config
 from tests.hostile.conftest import (
     CONNECTION_TABLES,
+    DRIP_FRAMINGS,
     SERVICE_PATHS,
     assert_problem,
+    gunicorn_gateway,
     parse_http_reply,
-    read_http_request,
     send_valid_update,
 )
-from tests.processes import start_gateway, stop, wait_until_serving
-from tests.servers import closed_port, serve_wsgi
+from tests.servers import serve_wsgi
 
 # --- a backend answering with a redirect ---------------------------------------------------------------------
 
@@ -111,82 +107,16 @@ def test_the_transport_hands_a_redirect_back_unfollowed_through_the_authenticati
 
 # --- a backend dripping its body after `Connection: close` ---------------------------------------------------
 
-FRAMINGS = {
-    "content-length": b"Content-Length: 100000\r\n",
-    "until-close": b"",
-    "chunked": b"Transfer-Encoding: chunked\r\n",
-}
-
-
-class DrippingBackend:
-    """Reads each request, sends the headers of a 200 with `Connection: close` at once, then one body byte (or one
-    one-byte chunk) every `interval` seconds until stopped."""
-
-    def __init__(self, framing: str, interval: float = 0.05) -> None:
-        self.framing, self.interval = framing, interval
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.02)
-        self.port = self._listener.getsockname()[1]
-        self._accepting = threading.Thread(target=self._accept, daemon=True)
-        self._accepting.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._drip, args=(connection,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _drip(self, connection: socket.socket) -> None:
-        piece = b"1\r\n \r\n" if self.framing == "chunked" else b" "
-        try:
-            connection.settimeout(5)
-            read_http_request(connection)
-            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nConnection: close\r\n"
-                               + FRAMINGS[self.framing] + b"\r\n")
-            while not self._stop.wait(self.interval):
-                connection.sendall(piece)
-        except OSError:
-            pass
-        finally:
-            connection.close()
-
-    def close(self) -> None:
-        """Stop dripping and accepting, and wait for every thread."""
-        self._stop.set()
-        self._accepting.join(timeout=5)
-        self._listener.close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-
-
-@contextlib.contextmanager
-def dripping_backend(framing: str) -> Iterator[DrippingBackend]:
-    """A DrippingBackend, stopped after the block."""
-    backend = DrippingBackend(framing)
-    try:
-        yield backend
-    finally:
-        backend.close()
-
-
-@pytest.mark.parametrize("framing", list(FRAMINGS))
-def test_a_body_dripping_after_connection_close_is_cut_at_call_timeout(make_gateway, framing):
+@pytest.mark.parametrize("framing", list(DRIP_FRAMINGS))
+def test_a_body_dripping_after_connection_close_is_cut_at_call_timeout(make_gateway, misbehaving_server, framing):
     call_timeout = 1.0
-    with dripping_backend(framing) as backend:
-        url = f"http://127.0.0.1:{backend.port}{SERVICE_PATHS['ongoing']}"
-        connection = CONNECTION_TABLES["ongoing"](url, read_timeout=0.5, call_timeout=call_timeout)
-        client = make_gateway(gateway_config(hostile=connection)).test_client()
-        started = time.monotonic()
-        reply = send_valid_update(client, "ongoing")
-        took = time.monotonic() - started
+    backend = misbehaving_server(f"drip-{framing}")
+    url = f"http://127.0.0.1:{backend.port}{SERVICE_PATHS['ongoing']}"
+    connection = CONNECTION_TABLES["ongoing"](url, read_timeout=0.5, call_timeout=call_timeout)
+    client = make_gateway(gateway_config(hostile=connection)).test_client()
+    started = time.monotonic()
+    reply = send_valid_update(client, "ongoing")
+    took = time.monotonic() - started
     problem = assert_problem(reply, 504, "backend-timeout")
     assert "call_timeout 1 s" in problem["detail"], problem["detail"]
     assert took < call_timeout + 1, f"answered after {took:.2f} s"
@@ -200,32 +130,8 @@ MAX_BODY_BYTES = 65_536
 @pytest.fixture(scope="module")
 def gunicorn_port(tmp_path_factory):
     """A gateway under gunicorn (one worker, the project's settings) whose Ongoing connection is never reached."""
-    folder = tmp_path_factory.mktemp("gunicorn-gateway-faults")
-    config = folder / "gateway.toml"
-    config.write_text(f"""
-[gateway]
-allow_anonymous = true
-default_connection = "ongoing-demo"
-max_body_bytes = {MAX_BODY_BYTES}
-
-[connections.ongoing-demo]
-backend = "ongoing"
-url = "http://127.0.0.1:{closed_port()}/ongoing/Service.asmx"
-goods_owner_code = "DEMO"
-username = "demo"
-password = "demo-password"
-
-[events]
-database = "{folder / 'events.sqlite3'}"
-queue_database = "{folder / 'queue.sqlite3'}"
-""")
-    port = closed_port()
-    process = start_gateway(port, {**os.environ, "GATEWAY_CONFIG": str(config)}, workers=1)
-    try:
-        wait_until_serving(f"http://127.0.0.1:{port}/", process)
+    with gunicorn_gateway(tmp_path_factory.mktemp("gunicorn-gateway-faults"), MAX_BODY_BYTES) as port:
         yield port
-    finally:
-        stop(process)
 
 
 # within the bound the gateway drains after answering, and far beyond it
