@@ -30,7 +30,13 @@ import requests
 from bench.measure import Budget, Section, milliseconds, percentile
 from bench.resilience_cost import RedisServer, running_redis_server
 from bench.servers import Server, start_gunicorn
-from bench.workload import ROOT, environment_without_backend_urls, sandbox_urls, write_config_copy
+from bench.workload import (
+    ROOT,
+    environment_without_backend_urls,
+    recent_ongoing_timestamp,
+    sandbox_urls,
+    write_config_copy,
+)
 from bench.wrk import WrkResult, run_wrk, write_script
 from gateway.backends import BACKENDS
 from gateway.config import read_config_file
@@ -50,8 +56,9 @@ LAG_TARGET = 0.050  # seconds from the webhook's 202 to the subscriber's receipt
 #: come (created, status changes, picked): the worker drains one stream per (subscriber, order)
 ORDERS = 2_000
 #: a webhook as Ongoing sends it: its id, then its order twice (id and number)
-TEMPLATE = ('{"webhookEventId": %d, "system": "bench", "timestamp": "2026-11-23T12:00:00", "orderId": %d, '
-            '"orderNumber": "SO-%d", "webhookTemplate": "OrderStatusChanged", "orderStatus": {"number": 300}}')
+TEMPLATE = ('{"webhookEventId": %d, "system": "bench", "timestamp": "' + recent_ongoing_timestamp() + '", '
+            '"orderId": %d, "orderNumber": "SO-%d", "webhookTemplate": "OrderStatusChanged", '
+            '"orderStatus": {"number": 300}}')
 #: where every backend connection points: nothing in this section calls a backend
 NO_BACKEND = "http://127.0.0.1:9"
 #: wrk runs on the last CPU (on a 2-core machine the servers share it)

@@ -26,7 +26,7 @@ from flask import Flask
 from marshmallow import ValidationError
 
 from bench.measure import Budget, Section
-from bench.workload import as_demo_caller, parsed_config
+from bench.workload import as_demo_caller, parsed_config, recent_ongoing_timestamp
 from gateway import create_app
 from gateway.canonical.schema import flatten_errors, load_order_update
 from gateway.errors import ValidationFailed
@@ -56,7 +56,7 @@ BULK_ACCEPTED = "bulk: 500 valid Ongoing items"
 UNKNOWN_FIELDS = "unknown fields in one object"
 UNKNOWN_FIELDS_AT_LIMIT = f"unknown fields up to the member limit ({MAX_OBJECT_MEMBERS:,} members)"
 #: an Ongoing OrderPicked webhook, valid but for what a case adds to it
-WEBHOOK_PAYLOAD = {"webhookEventId": 501, "system": "sandbox", "timestamp": "2026-11-23T12:00:00.1234567",
+WEBHOOK_PAYLOAD = {"webhookEventId": 501, "system": "sandbox", "timestamp": recent_ongoing_timestamp(),
                    "orderId": 1004, "orderNumber": "SO-1004", "webhookTemplate": "OrderPicked"}
 
 

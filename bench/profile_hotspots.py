@@ -24,7 +24,15 @@ from pyinstrument.frame import Frame
 
 from bench.measure import Budget, Section, microseconds, percentile, time_cases_interleaved
 from bench.translate import GatewayRound, gateway_rounds
-from bench.workload import CONNECTIONS, REPEATABLE, ROOT, TYPICAL, as_demo_caller, parsed_config
+from bench.workload import (
+    CONNECTIONS,
+    REPEATABLE,
+    ROOT,
+    TYPICAL,
+    as_demo_caller,
+    parsed_config,
+    recent_ongoing_timestamp,
+)
 from gateway import create_app
 from gateway.backends.ongoing.update_order import XSD_PATH as UPDATE_ORDER_XSD
 from gateway.canonical import OrderUpdateSchema
@@ -254,7 +262,7 @@ def run_profiles(sandbox_url: str, budget: Budget) -> Section:
             def receive_one() -> None:
                 number = next(webhook_ids)
                 reply = anonymous.post("/webhooks/ongoing/ongoing-demo", auth=WEBHOOK_AUTH, json={
-                    "webhookEventId": number, "system": "profile", "timestamp": "2026-11-23T12:00:00",
+                    "webhookEventId": number, "system": "profile", "timestamp": recent_ongoing_timestamp(),
                     "orderId": 700_000 + number, "orderNumber": f"SO-P{number}", "webhookTemplate":
                     "OrderStatusChanged", "orderStatus": {"number": 300}})
                 if reply.status_code != 202:

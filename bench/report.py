@@ -345,7 +345,7 @@ def caller_misses_explained(callers: Section) -> list[str]:
             f"**Callers and idempotency ({store} store).** Together they add {_us(p50(f'both {name}'))} p50 to a "
             f"PATCH that takes {_us(p50(f'anonymous {name}'))} anonymous (section 8). Authentication is the small "
             f"part: (a) minus (c) is {_us(authentication)}, and timed alone the whole `authenticate` hook takes "
-            f"{_us(p50('authenticate'))}, of which `caller_for` {_us(p50('caller_for 2'))} with the sandbox's 2 keys "
+            f"{_us(p50('authenticate'))}, of which `caller_for` {_us(p50('caller_for 3'))} with the sandbox's 3 keys "
             f"({_us(p50('caller_for 50'))} with 50); the anonymous gateway runs the same hook but for `caller_for`. "
             f"The Idempotency-Key decorator without storage, (d) minus (a), adds {_us(decorator)}: `read_key` + "
             f"`fingerprint` take {_us(p50('read_key fingerprint'))} alone, the rest is its other work per request "

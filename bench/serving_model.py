@@ -48,6 +48,7 @@ from bench.workload import (
     REPEATABLE,
     ROOT,
     environment_without_backend_urls,
+    recent_ongoing_timestamp,
     sandbox_urls,
     write_config_copy,
 )
@@ -67,7 +68,7 @@ WRITE_LOCK_SECONDS = 2.0
 WEBHOOK_WRITERS = 4
 WEBHOOK_AUTH = ("ongoing-webhooks", "webhook-demo-password")  # the sandbox configuration's demo credentials
 WEBHOOK = {
-    "webhookOrdersId": 3, "webhookEventId": 0, "system": "sandbox", "timestamp": "2026-11-23T12:00:00.1234567",
+    "webhookOrdersId": 3, "webhookEventId": 0, "system": "sandbox", "timestamp": recent_ongoing_timestamp(),
     "orderId": 1004, "orderNumber": "SO-1004", "goodsOwnerId": 1, "path": "/api/v1/orders/1004",
     "orderStatus": {"number": 400}, "webhookTemplate": "OrderPicked", "goodsOwnerName": "Demo goods owner",
     "tracking": [{"trackingUrl": "https://t.example/WB-1", "waybill": "WB-1", "isReturn": False}],

@@ -10,6 +10,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,13 @@ TYPICAL = {
     "sellercenter": Workload("sellercenter", ("300001",),
                              {"shipping_address": {"address1": "Hauptstraße 5", "city": "Hamburg"}}),
 }
+
+
+def recent_ongoing_timestamp() -> str:
+    """An hour ago in UTC as Ongoing writes it (no offset, seven fractional digits): the gateway refuses webhooks
+    dated more than 48 hours back as replays."""
+    moment = datetime.now(UTC) - timedelta(hours=1)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond * 10:07d}"
 
 
 def as_demo_caller(client: Any) -> Any:

@@ -1,16 +1,21 @@
-"""Loading the gateway's TOML configuration: connections, their backends, and secrets from the environment.
+"""Loading the gateway's TOML configuration: connections, their backends, and secrets from the environment or files.
 
 A configuration names **connections**; each is a backend kind plus an endpoint, credentials and the
-backend's own settings. Strings may reference environment variables as `${NAME}` or `${NAME:-default}`, so
-secrets stay out of the file. Anything wrong stops start-up with a ConfigError naming file, key and problem.
+backend's own settings. Strings may reference environment variables as `${NAME}` or `${NAME:-default}`, and
+files as `${file:path}` (container and Kubernetes secrets are files), so secrets stay out of the file. The public
+demo secrets config/sandbox.toml ships (PUBLIC_DEMO_SECRETS) are refused unless `[gateway] sandbox = true`.
+Anything wrong stops start-up with a ConfigError naming file, key and problem, never a secret's value.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
+import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,27 @@ SCOPES = {
 MIN_KEY_LENGTH = 16
 MIN_CONSOLE_SECRET_LENGTH = 32
 CONFIG_VARIABLE = "GATEWAY_CONFIG"
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: `${file:path}` (a file's content) or `${NAME}` / `${NAME:-default}` (an environment variable); `${file:-x}` stays
+#: the variable "file" with a default. One pass: a substituted value is never read as a reference itself.
+_REFERENCE = re.compile(r"\$\{(?:file:(?!-)(?P<file>[^}]+)"
+                        r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
+#: a secret file larger than this is refused: a secret is a line, not a document
+MAX_SECRET_FILE_BYTES = 65_536
+#: The secrets config/sandbox.toml ships as its `${NAME:-default}` defaults: public, so good for the sandboxes and
+#: nothing else. A configuration holding one of them anywhere, or its SHA-256 (a key_sha256s entry), starts only
+#: with `[gateway] sandbox = true`. Listed here, not read from that file, because deployments need not carry it;
+#: tests/test_config_secrets.py checks that this list and the file's secret defaults are the same.
+#: Not listed: the backends' demo credentials, which the gateway sends rather than accepts (a real backend refuses
+#: them), and the console's session secret, which the file does not set.
+PUBLIC_DEMO_SECRETS = frozenset({
+    "demo-caller-key-0000",  # [callers.demo]
+    "demo-readonly-key-0000",  # [callers.demo-readonly]
+    "demo-speed4trade-key-0000",  # [callers.demo-speed4trade]
+    "webhook-demo-password",  # [connections.ongoing-demo.webhooks] password
+    "whsec_b3JkZXItZ2F0ZXdheS1kZW1vLXN1YnNjcmliZXItc2VjcmV0",  # [subscribers.demo] secret
+})
+_PUBLIC_DEMO_DIGESTS = frozenset(hashlib.sha256(secret.encode()).hexdigest() for secret in PUBLIC_DEMO_SECRETS)
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class Secret:
@@ -105,6 +130,11 @@ class WebhookSettingsSchema(Schema):
                               load_default=dict)
     #: the time zone of timestamps that carry no offset
     timezone = fields.String(load_default="UTC")
+    #: a webhook whose timestamp is older than this is refused as a replay (Ongoing retries for a day)
+    max_age_hours = fields.Float(load_default=48.0, validate=validate.Range(min=0.1, max=24 * 3650))
+    #: ... and one this far ahead of the gateway's clock too (15 h: a wrong time zone plus clock skew refuses nothing
+    #: genuine; a date that cannot be is still refused)
+    max_ahead_minutes = fields.Float(load_default=900.0, validate=validate.Range(min=0, max=24 * 60))
 
     @validates_schema
     def check_credentials(self, data: dict, **_: Any) -> None:
@@ -187,6 +217,22 @@ class EventsSectionSchema(Schema):
     max_reply_bytes = fields.Integer(load_default=65_536, validate=validate.Range(min=1024))
     #: how often the worker nudges the pending streams that have no drain scheduled (a lost task costs this much)
     resume_interval_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=0.05, max=3600))
+    #: a GET /events reply holds no more bytes than this (then it says so, with a link to the rest)
+    max_list_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=4096, max=67_108_864))
+    #: an event keeps its webhook as received (`raw`) up to this many bytes of compact JSON; a larger one is 413
+    max_raw_bytes = fields.Integer(load_default=65_536, validate=validate.Range(min=1024, max=16_777_216))
+    #: an event is removed this long after its last delivery was delivered or went dead (pending ones are kept)
+    retention_days = fields.Float(load_default=30.0, validate=validate.Range(min=1, max=3650))
+    #: how often the worker removes what retention allows, and the most records one transaction removes
+    retention_interval_seconds = fields.Float(load_default=3600.0, validate=validate.Range(min=0.05, max=86400))
+    retention_batch_size = fields.Integer(load_default=500, validate=validate.Range(min=1, max=10_000))
+
+
+def _sha256_hex(value: str) -> None:
+    """64 hexadecimal digits; the message never repeats the value (it may be a key pasted by mistake)."""
+    if not _SHA256_HEX.fullmatch(value):
+        raise ValidationError("Not a SHA-256 digest: give its 64 hexadecimal digits, the first field of "
+                              "`printf %s \"$KEY\" | sha256sum`.")
 
 
 class CallerSchema(Schema):
@@ -198,6 +244,8 @@ class CallerSchema(Schema):
     key = SecretField(load_default=None)
     #: several keys, so a key can be rotated without downtime: add the new one, move the caller, drop the old
     keys = fields.List(SecretField(), load_default=list)
+    #: keys given as their SHA-256 (64 hex digits), so the configuration holds no key a reader could use
+    key_sha256s = fields.List(fields.String(validate=_sha256_hex), load_default=list)
     connections = fields.List(fields.String(validate=validate.Length(min=1)), load_default=lambda: ["*"],
                               validate=validate.Length(min=1))
     scopes = fields.List(fields.String(validate=validate.OneOf(sorted(SCOPES))), required=True,
@@ -205,10 +253,11 @@ class CallerSchema(Schema):
 
     @validates_schema
     def check_keys(self, data: dict, **_: Any) -> None:
-        """At least one key, each long enough to be a secret."""
+        """At least one key, each long enough to be a secret (a digest's key cannot be measured)."""
         keys = ([data["key"]] if data.get("key") is not None else []) + data["keys"]
-        if not keys:
-            raise ValidationError("Give the caller's API key (key) or keys.", field_name="keys")
+        if not keys and not data["key_sha256s"]:
+            raise ValidationError("Give the caller's API key (key) or keys, or their SHA-256 digests (key_sha256s).",
+                                  field_name="keys")
         if any(len(key.reveal()) < MIN_KEY_LENGTH for key in keys):
             raise ValidationError(f"API keys are at least {MIN_KEY_LENGTH} characters.", field_name="keys")
 
@@ -251,7 +300,8 @@ class ConsoleSectionSchema(Schema):
 
     #: signs the session cookie; every gateway process (and machine) serving the console needs the same one
     session_secret = SecretField(load_default=None)
-    session_minutes = fields.Integer(load_default=480, validate=validate.Range(min=1, max=7 * 24 * 60))
+    #: a login's whole life, from the login on (fractions of a minute too); using the console does not extend it
+    session_minutes = fields.Float(load_default=480.0, validate=validate.Range(min=0.01, max=7 * 24 * 60))
     #: false only for plain HTTP beyond localhost (browsers keep a Secure cookie for https and 127.0.0.1/localhost)
     secure_cookie = fields.Boolean(load_default=True)
 
@@ -287,6 +337,12 @@ class GatewaySectionSchema(Schema):
     idempotency_lease_margin_seconds = fields.Float(load_default=30.0, validate=validate.Range(min=0.1, max=3600))
     #: /readyz answers within this, reporting a check that did not finish in time as failed
     readiness_timeout = fields.Float(load_default=2.0, validate=validate.Range(min=0.1, max=60))
+    #: failed authentications (API keys, console logins) allowed from one client address, or with one key prefix,
+    #: within auth_failure_window_seconds of the first; then 429 with Retry-After until the window ends
+    auth_failures_allowed = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100_000))
+    auth_failure_window_seconds = fields.Float(load_default=300.0, validate=validate.Range(min=0.1, max=86400))
+    #: a sandbox configuration: accepts the public demo secrets of config/sandbox.toml (PUBLIC_DEMO_SECRETS)
+    sandbox = fields.Boolean(load_default=False)
 
 
 @dataclass(frozen=True)
@@ -342,18 +398,20 @@ class ConsoleSettings:
     """The `[console]` table (no session_secret: one made at start, so sessions end with the server)."""
 
     session_secret: Secret | None = None
-    session_minutes: int = 480
+    session_minutes: float = 480.0
     secure_cookie: bool = True
 
 
 @dataclass(frozen=True)
 class CallerSettings:
-    """A caller: its API keys, the connections it may use (None: every one) and its scopes."""
+    """A caller: its API keys, the connections it may use (None: every one) and its scopes; `key_digests` are the
+    SHA-256 digests of every key it may present, its plain keys' and its key_sha256s."""
 
     name: str
     keys: tuple[Secret, ...]
     connections: frozenset[str] | None
     scopes: frozenset[str]
+    key_digests: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -380,6 +438,11 @@ class EventSettings:
     worker_threads: int
     max_reply_bytes: int = 65_536
     resume_interval_seconds: float = 60.0
+    max_list_bytes: int = 1_048_576
+    max_raw_bytes: int = 65_536
+    retention_days: float = 30.0
+    retention_interval_seconds: float = 3600.0
+    retention_batch_size: int = 500
 
 
 @dataclass(frozen=True)
@@ -405,25 +468,95 @@ class GatewaySettings:
     stores: StoreSettings = field(default_factory=StoreSettings)
     readiness_timeout: float = 2.0
     idempotency_lease_margin_seconds: float = 30.0
+    sandbox: bool = False
+    auth_failures_allowed: int = 10
+    auth_failure_window_seconds: float = 300.0
 
 
-def _interpolate(value: Any, source: str, key: str) -> Any:
-    """Replace ${NAME} / ${NAME:-default} in every string of a parsed TOML value."""
+def _config_folder(source: str) -> Path:
+    """The folder relative paths of the configuration are read from: the file's own (a mapping given in code: the
+    working directory)."""
+    return Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+
+
+def _read_secret_file(reference: str, folder: Path, source: str, key: str) -> str:
+    """The content of a `${file:...}` secret, its trailing newlines stripped; a ConfigError naming the key, the
+    file and the reason when it is missing, unreadable, too large or empty (never the content)."""
+    path = folder / reference
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConfigError(source, key, f"secret file {path} cannot be read: not a regular file")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(source, key, f"secret file {path} is missing") from None
+    except OSError as error:
+        raise ConfigError(source, key, f"secret file {path} cannot be read: {error.strerror}") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ConfigError(source, key, f"secret file {path} is too large (more than {MAX_SECRET_FILE_BYTES} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(source, key, f"secret file {path} cannot be read: not UTF-8 text") from None
+    text = text.rstrip("\r\n")
+    if not text:
+        raise ConfigError(source, key, f"secret file {path} is empty")
+    return text
+
+
+def _interpolate(value: Any, source: str, key: str, folder: Path) -> Any:
+    """Replace ${NAME} / ${NAME:-default} / ${file:path} in every string of a parsed TOML value; relative paths
+    are read from `folder`."""
     if isinstance(value, str):
         def substitute(match: re.Match) -> str:
-            name, default = match.group(1), match.group(2)
+            if match["file"] is not None:
+                return _read_secret_file(match["file"], folder, source, key)
+            name, default = match["name"], match["default"]
             if name in os.environ:
                 return os.environ[name]
             if default is not None:
                 return default
             raise ConfigError(source, key, f"environment variable {name} is not set")
 
-        return _ENV_REFERENCE.sub(substitute, value)
+        return _REFERENCE.sub(substitute, value)
     if isinstance(value, Mapping):
-        return {k: _interpolate(v, source, f"{key}.{k}" if key else k) for k, v in value.items()}
+        return {k: _interpolate(v, source, f"{key}.{k}" if key else k, folder) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, source, f"{key}.{i}") for i, v in enumerate(value)]
+        return [_interpolate(v, source, f"{key}.{i}", folder) for i, v in enumerate(value)]
     return value
+
+
+def _refuse_public_demo_secrets(value: Any, source: str, key: str) -> None:
+    """A ConfigError naming the first key that holds a public demo secret or its SHA-256 (never the value)."""
+    if isinstance(value, str):
+        if value in PUBLIC_DEMO_SECRETS:
+            raise ConfigError(source, key, "is a public demo secret of config/sandbox.toml, accepted only with "
+                                           "[gateway] sandbox = true: set a secret of your own")
+        if value.lower() in _PUBLIC_DEMO_DIGESTS:
+            raise ConfigError(source, key, "is the SHA-256 of a public demo secret of config/sandbox.toml, accepted "
+                                           "only with [gateway] sandbox = true: set a key of your own")
+    elif isinstance(value, Mapping):
+        for name, item in value.items():
+            _refuse_public_demo_secrets(item, source, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_public_demo_secrets(item, source, f"{key}.{index}")
+
+
+def key_digest(key: str) -> bytes:
+    """The SHA-256 of an API key, as CallerSettings.key_digests hold them."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def caller_with_key(callers: Iterable[CallerSettings], key: str) -> CallerSettings | None:
+    """The caller `key` belongs to, or None. The key is hashed once and its digest compared in constant time with
+    every digest of every caller, so the time taken says nothing about which matched, or how nearly."""
+    presented, found = key_digest(key), None
+    for caller in callers:
+        for digest in caller.key_digests:
+            if hmac.compare_digest(presented, digest):
+                found = caller
+    return found
 
 
 def _load_section(schema: Schema, data: Any, source: str, key: str) -> dict:
@@ -439,7 +572,7 @@ def _load_section(schema: Schema, data: Any, source: str, key: str) -> dict:
 
 def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, type]) -> GatewaySettings:
     """Validate a parsed configuration mapping against the generic and the per-backend schemas."""
-    raw = _interpolate(raw, source, "")
+    raw = _interpolate(raw, source, "", _config_folder(source))
     unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers", "journal", "console",
                                  "stores"})
     if unknown:
@@ -481,7 +614,13 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
         raise ConfigError(source, "gateway.default_connection", f"names no configured connection: {default!r}")
 
     events = _load_section(EventsSectionSchema(), raw.get("events", {}), source, "events")
-    base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+    for name, connection in connections.items():
+        # A retry accepted after its event was removed would be stored and delivered again.
+        if connection.webhooks is not None and connection.webhooks["max_age_hours"] > events["retention_days"] * 24:
+            raise ConfigError(source, f"connections.{name}.webhooks.max_age_hours",
+                              f"{connection.webhooks['max_age_hours']:g} h is longer than [events] retention_days "
+                              f"({events['retention_days']:g} days): retries must not outlive their events")
+    base = _config_folder(source)
     for key in ("database", "queue_database"):
         events[key] = (base / events[key]).resolve()
     subscriber_tables = raw.get("subscribers", {})
@@ -496,10 +635,15 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
     journal = JournalSettings(**_load_section(JournalSectionSchema(), raw.get("journal", {}), source, "journal"))
     stores = StoreSettings(**_load_section(StoresSectionSchema(), raw.get("stores", {}), source, "stores"))
     console = ConsoleSettings(**_load_section(ConsoleSectionSchema(), raw.get("console", {}), source, "console"))
+    if not gateway["sandbox"]:
+        _refuse_public_demo_secrets(raw, source, "")
     return GatewaySettings(
+        sandbox=gateway["sandbox"],
         console=console,
         stores=stores,
         readiness_timeout=gateway["readiness_timeout"],
+        auth_failures_allowed=gateway["auth_failures_allowed"],
+        auth_failure_window_seconds=gateway["auth_failure_window_seconds"],
         journal=journal,
         callers=callers,
         allow_anonymous=gateway["allow_anonymous"],
@@ -528,17 +672,19 @@ def _load_callers(tables: Any, source: str, connections: Mapping[str, Connection
         key = f"callers.{name}"
         loaded = _load_section(CallerSchema(), table, source, key)
         keys = tuple(([loaded["key"]] if loaded["key"] is not None else []) + loaded["keys"])
-        for secret in keys:
-            if secret.reveal() in owners:
-                raise ConfigError(source, f"{key}.keys", f"a key of caller {owners[secret.reveal()]!r} too: "
-                                                         "each key names one caller")
-            owners[secret.reveal()] = name
+        digests = [(f"{key}.keys", key_digest(secret.reveal())) for secret in keys]
+        digests += [(f"{key}.key_sha256s", bytes.fromhex(value)) for value in loaded["key_sha256s"]]
+        for setting, digest in digests:
+            if digest in owners:
+                raise ConfigError(source, setting, f"a key of caller {owners[digest]!r} too: each key names one caller")
+            owners[digest] = name
         allowed = loaded["connections"]
         unknown = [connection for connection in allowed if connection != "*" and connection not in connections]
         if unknown:
             raise ConfigError(source, f"{key}.connections", f"names no configured connection: {unknown[0]!r}")
         callers[name] = CallerSettings(name=name, keys=keys, scopes=frozenset(loaded["scopes"]),
-                                       connections=None if "*" in allowed else frozenset(allowed))
+                                       connections=None if "*" in allowed else frozenset(allowed),
+                                       key_digests=frozenset(digest for _, digest in digests))
     return callers
 
 

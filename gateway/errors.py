@@ -14,7 +14,8 @@
     │   ├── OutcomeUnknown            409  the key's first request reached a backend and its outcome was lost
     │   ├── UnsupportedMediaType      415  the body is not application/json
     │   ├── PayloadTooLarge           413  the body is larger than the configured limit
-    │   └── ValidationFailed          422  invalid for the canonical schema or for the backend
+    │   ├── ValidationFailed          422  invalid for the canonical schema or for the backend
+    │   └── TooManyFailedAttempts     429  too many failed authentications from this address or key prefix
     ├── TranslationError              500  the gateway rendered a document its own XSD refuses (a gateway bug)
     ├── StoreUnavailable              503  a store (Redis, an SQLite file) is down, frozen, busy or full; names it
     │   └── KeyStoreUnavailable       503  the Idempotency-Key store could not be reached; nothing was sent
@@ -196,6 +197,23 @@ class ValidationFailed(RequestProblem):
         if not detail:
             detail = f"The request is invalid: {summary}" if summary else "The request is invalid."
         super().__init__(detail)
+
+
+class TooManyFailedAttempts(RequestProblem):
+    """Authentication failed too often from the client's address or with the presented key's prefix: every attempt
+    is refused, the right key's too, until `retry_after` seconds have passed."""
+
+    status = 429
+    slug = "too-many-failed-attempts"
+    title = "Too many failed authentications"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def reply_headers(self) -> dict[str, str]:
+        """When to try again, in whole seconds."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class TranslationError(GatewayError):

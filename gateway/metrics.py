@@ -185,6 +185,9 @@ event_deliveries = Counter(f"{PREFIX}_event_deliveries_total",
 event_delivery_lag = Histogram(f"{PREFIX}_event_delivery_lag_seconds",
                                "Time from storing an event to delivering it, by subscriber.", ("subscriber",),
                                buckets=LAG_BUCKETS)
+retention_removed = Counter(f"{PREFIX}_retention_removed_total",
+                            "Records the event worker's retention removed, by kind (events, idempotency_keys, "
+                            "exchanges).", ("kind",))
 unreadable_figures = Counter(f"{PREFIX}_metrics_unreadable_total",
                              "Scrapes that left a figure out because its store could not be read, by figure.",
                              ("figure",))

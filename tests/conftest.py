@@ -141,6 +141,8 @@ def make_gateway(tmp_path):
     def make(config: dict):
         if "callers" not in config:  # tests of other things than callers serve without keys
             config.setdefault("gateway", {}).setdefault("allow_anonymous", True)
+        # the tests' configurations talk to sandboxes with their public demo secrets
+        config.setdefault("gateway", {}).setdefault("sandbox", True)
         events = config.setdefault("events", {})
         events.setdefault("database", str(tmp_path / "events.sqlite3"))
         events.setdefault("queue_database", str(tmp_path / "queue.sqlite3"))

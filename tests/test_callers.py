@@ -10,21 +10,30 @@ from marshmallow import validate
 
 from gateway import create_app
 from gateway.config import SCOPES
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Forbidden
+from gateway.rest.auth import (
+    ANONYMOUS,
+    NOBODY,
+    current_caller,
+    require_connection,
+    require_scope,
+    scoped_connections,
+)
 from tests.calls import RecordingTransport
 from tests.conftest import ONGOING_SERVICE_PATH, ongoing_connection, speed4trade_connection
+from tests.ongoing_timestamps import recent_timestamp
 from tests.refusals import refusal
 
 WRITER_KEYS = ["writer-key-0000000001", "writer-key-0000000002"]  # two keys: one being rotated out
 READER_KEY = "reader-key-00000000001"
 BASIC = {"auth": "basic", "username": "ongoing-webhooks", "password": "webhook-demo-password"}
-WEBHOOK = {"webhookEventId": 1, "system": "sandbox", "timestamp": "2026-11-23T12:00:00", "orderId": 1001,
+WEBHOOK = {"webhookEventId": 1, "system": "sandbox", "timestamp": recent_timestamp(), "orderId": 1001,
            "orderNumber": "SO-1001", "webhookTemplate": "OrderCreated"}
 
 
 def config(sandbox_url: str, **gateway) -> dict:
     return {
-        "gateway": {"default_connection": "ongoing", **gateway},
+        "gateway": {"default_connection": "ongoing", "sandbox": True, **gateway},  # BASIC: the demo webhook password
         "connections": {
             "ongoing": {**ongoing_connection(sandbox_url + ONGOING_SERVICE_PATH), "webhooks": BASIC},
             "speed4trade": speed4trade_connection("http://127.0.0.1:9/speed4trade/"),
@@ -199,3 +208,37 @@ def test_caller_settings_are_checked_at_start_up(sandbox_url, caller, key, fragm
     with pytest.raises(ConfigError) as caught:
         load_settings(settings, "<test>", BACKENDS)
     assert caught.value.key == key and fragment in caught.value.problem, caught.value
+
+
+def test_without_an_established_caller_there_is_nobody_with_no_scope_and_no_connection(client):
+    app = client.application
+    for path in ("/livez", "/webhooks/ongoing/ongoing", "/console/login"):
+        with app.test_request_context(path, method="POST" if "webhooks" in path else "GET"):
+            assert app.preprocess_request() is None
+            caller = current_caller()
+            assert caller is NOBODY and caller.scopes == frozenset(), path
+            assert scoped_connections() == frozenset() and not caller.sees("ongoing") and not caller.sees(None)
+            with pytest.raises(Forbidden):
+                require_scope(*SCOPES)
+            with pytest.raises(Forbidden):
+                require_connection("ongoing")
+
+
+def test_the_anonymous_caller_with_every_scope_serves_only_keyless_requests_and_only_when_allowed(
+        make_gateway, sandbox_url, tmp_path):
+    settings = config(sandbox_url, allow_anonymous=True)
+    anonymous = make_gateway(settings)
+    with anonymous.test_request_context("/events"):
+        assert anonymous.preprocess_request() is None
+        assert current_caller() is ANONYMOUS and current_caller().scopes == frozenset(SCOPES)
+    with anonymous.test_request_context("/livez"):  # a route that needs no caller gets none
+        assert anonymous.preprocess_request() is None
+        assert current_caller() is NOBODY
+    client = anonymous.test_client()
+    assert client.get("/events").status_code == 200
+    assert client.get("/events", headers=bearer("not-a-configured-key-000")).status_code == 401
+    assert client.get("/events", headers=bearer(READER_KEY)).status_code == 200
+
+    closed = make_gateway(config(sandbox_url)).test_client()
+    assert closed.get("/events").status_code == 401
+

@@ -10,6 +10,7 @@ import pytest
 from gateway.console import charts
 from gateway.scrubbing import Scrubber
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
+from tests.ongoing_timestamps import recent_timestamp
 
 OPS_KEY = "ops-console-key-000001"
 VIEWER_KEY = "viewer-console-key-0001"
@@ -196,7 +197,7 @@ def test_an_orders_timeline_shows_its_exchange_masked_and_its_event(ops, app):
     client = app.test_client()
     assert client.patch("/orders/SO-1004", json={"waybill": "TL-1"},
                         headers={"Authorization": f"Bearer {OPS_KEY}"}).status_code == 200
-    webhook = {"webhookEventId": 41, "system": "console", "timestamp": "2026-11-23T12:00:00", "orderId": 1004,
+    webhook = {"webhookEventId": 41, "system": "console", "timestamp": recent_timestamp(), "orderId": 1004,
                "orderNumber": "SO-1004", "webhookTemplate": "OrderPicked", "orderStatus": {"number": 400}}
     assert client.post("/webhooks/ongoing/ongoing-demo", json=webhook, auth=WEBHOOK_AUTH).status_code == 202
     reply = ops.get("/console/orders?order_id=SO-1004")

@@ -248,6 +248,110 @@ def test_the_state_filter_follows_every_change_of_state(filter_fixture):
     assert ids(store.list_events(state="pending")) == ["evt_3", "evt_2", "evt_1"]
 
 
+# --- listing by connection, and after a cursor -------------------------------------------------------------------
+
+# (event id, its source's connection) in the order they are stored; None: an event that names no connection
+CONNECTION_SET = [("evt_1", "a"), ("evt_2", "b"), ("evt_3", "a"), ("evt_4", "c"), ("evt_5", "b"), ("evt_6", None),
+                  ("evt_7", "a")]
+
+
+@pytest.fixture
+def connection_fixture(store):
+    """CONNECTION_SET: odd numbers about order 1001, even ones about 1002; the first three created, the others
+    changed; evt_3 and evt_5 dead."""
+    for number, (event_id, connection) in enumerate(CONNECTION_SET, 1):
+        event = make_event(event_id, type=CREATED if number <= 3 else CHANGED,
+                           order={"backend_order_id": 1000 + 2 - number % 2, "order_number": f"SO-{number}"})
+        if connection is None:
+            del event["source"]["connection"]
+        else:
+            event["source"]["connection"] = connection
+        add(store, event, now=T0 + number)
+    for event_id in ("evt_3", "evt_5"):
+        store.record_attempt(event_id, "crm", outcome="dead", status_code=410, error="HTTP 410", now=T0 + 10)
+    return store
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    ({}, [7, 6, 5, 4, 3, 2, 1]),
+    ({"connections": {"a"}}, [7, 3, 1]),
+    ({"connections": ["a", "b"]}, [7, 5, 3, 2, 1]),
+    ({"connections": ("a", "b", "c")}, [7, 5, 4, 3, 2, 1]),  # one that names no connection is no one's
+    ({"connections": set()}, []),
+    ({"connections": {"elsewhere"}}, []),
+    ({"connections": {"a"}, "limit": 2}, [7, 3]),  # the limit counts what the filter lets through
+    ({"connections": {"b", "c"}, "limit": 1}, [5]),
+    ({"connections": {"a", "b"}, "order_id": "1002"}, [2]),
+    ({"connections": {"a"}, "order_id": "1002"}, []),
+    ({"connections": {"b", "elsewhere"}, "state": "dead"}, [5]),
+    ({"connections": {"a", "c"}, "type": CHANGED}, [7, 4]),
+    ({"before": "evt_5"}, [4, 3, 2, 1]),
+    ({"before": "evt_5", "limit": 2}, [4, 3]),
+    ({"before": "evt_1"}, []),
+    ({"before": "evt_unknown"}, []),
+    ({"before": "evt_7", "connections": {"a"}}, [3, 1]),
+    ({"before": "evt_7", "connections": {"a", "b"}, "state": "dead"}, [5, 3]),
+    ({"before": "evt_5", "type": CREATED}, [3, 2, 1]),
+    # a cursor the connections filter hides lists nothing, as an unknown one: it tells nothing of what it hides
+    ({"before": "evt_5", "connections": {"a"}}, []),
+    ({"before": "evt_6", "connections": {"a", "b", "c"}}, []),
+], ids=lambda value: json.dumps(value, default=sorted).replace(" ", "") if isinstance(value, dict) else None)
+def test_the_connections_filter_and_the_cursor_alone_and_with_the_others(connection_fixture, filters, expected):
+    store = connection_fixture
+
+    assert store.list_events(**filters) == [store.get_event(f"evt_{number}") for number in expected]
+
+
+def test_paging_with_the_cursor_lists_every_event_of_the_connections_once(connection_fixture):
+    store, pages, before = connection_fixture, [], None
+    while page := store.list_events(connections={"a", "b"}, limit=2, before=before):
+        pages.append(ids(page))
+        before = page[-1]["event"]["id"]
+
+    assert pages == [["evt_7", "evt_5"], ["evt_3", "evt_2"], ["evt_1"]]
+
+
+def test_the_connections_filter_finds_sparse_matches_page_after_page(store, monkeypatch):
+    monkeypatch.setattr("gateway.events.redis_store.LIST_PAGE_SIZE", 3)
+    for number in range(40):
+        event = make_event(f"evt_{number:02}")
+        event["source"]["connection"] = "rare" if number % 10 == 0 else "common"
+        add(store, event, now=T0 + number)
+
+    assert ids(store.list_events(connections={"rare"}, limit=3)) == ["evt_30", "evt_20", "evt_10"]
+    assert ids(store.list_events(connections={"rare"}, before="evt_20")) == ["evt_10", "evt_00"]
+    assert ids(store.list_events(connections={"rare"}, order_id="1001", type=CHANGED, state="pending",
+                                 limit=10)) == ["evt_30", "evt_20", "evt_10", "evt_00"]
+
+
+@pytest.mark.parametrize("connections", ["a", 7, [7], [b"a"]])
+def test_connections_that_are_not_a_collection_of_names_are_refused(store, connections):
+    with pytest.raises(TypeError):
+        store.list_events(connections=connections)
+
+
+def test_an_event_file_of_the_previous_version_gains_the_connection_index(tmp_path):
+    path = tmp_path / "old-events.sqlite3"
+    SqliteEventStore(path).close()
+    with sqlite3.connect(path) as db:  # as version 3 left it: no index of the events' connections
+        db.execute("DROP INDEX events_by_connection")
+        db.execute("PRAGMA user_version = 3")
+    db.close()
+    reopened = SqliteEventStore(path)
+    try:
+        event = make_event("evt_after_upgrade")
+        add(reopened, event)
+        assert ids(reopened.list_events(connections={"ongoing-demo"})) == ["evt_after_upgrade"]
+    finally:
+        reopened.close()
+    with sqlite3.connect(path) as db:
+        plan = " ".join(row[3] for row in db.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE json_extract(body, '$.source.connection') IN (?)"
+            " ORDER BY seq DESC LIMIT 5", ("ongoing-demo",)))
+    db.close()
+    assert "USING INDEX events_by_connection" in plan
+
+
 # --- the next delivery of a stream --------------------------------------------------------------------------------
 
 def test_a_stream_goes_out_by_occurred_at_then_by_insertion(store):
@@ -664,3 +768,102 @@ def test_an_event_file_of_the_previous_version_gains_the_trace_context_column(tm
         assert reopened.next_delivery("crm", ORDER)["trace_context"] == {}
     finally:
         reopened.close()
+
+
+# --- retention: purging settled events ------------------------------------------------------------------------------
+
+def settle(store: EventStore, event_id: str, at: float, subscribers=("crm", "shop"), outcome: str = "delivered"):
+    """Record an attempt with this outcome for each subscriber at `at`."""
+    for subscriber in subscribers:
+        store.record_attempt(event_id, subscriber, outcome=outcome, status_code=200, now=at)
+
+
+def test_purge_settled_removes_what_settled_by_then_and_never_what_is_pending(store):
+    add(store, make_event("evt_1"))  # delivered to crm, dead for shop: settled when the last one ended
+    settle(store, "evt_1", T0 + 10, ["crm"])
+    settle(store, "evt_1", T0 + 20, ["shop"], outcome="dead")
+    add(store, make_event("evt_2"))  # delivered to crm, still being retried for shop: pending
+    settle(store, "evt_2", T0 + 5, ["crm"])
+    store.record_attempt("evt_2", "shop", outcome="failed", error="HTTP 503", next_attempt_at=T0 + 60, now=T0 + 6)
+    add(store, make_event("evt_3", type=PICKED), subscribers=[], now=T0 + 1)  # nobody wanted it: settled at once
+    add(store, make_event("evt_4"))
+    settle(store, "evt_4", T0 + 100)
+    add(store, make_event("evt_5"), order_key=OTHER_ORDER)  # never attempted
+
+    assert store.purge_settled(settled_by=T0 + 0.5, limit=100) == 0
+    assert store.purge_settled(settled_by=T0 + 19.999, limit=100) == 1
+    assert store.get_event("evt_3") is None
+    assert store.purge_settled(settled_by=T0 + 20, limit=100) == 1
+    assert store.get_event("evt_1") is None
+    assert store.purge_settled(settled_by=T0 + 99, limit=100) == 0
+    assert ids(store.list_events()) == ["evt_5", "evt_4", "evt_2"]
+    assert store.purge_settled(settled_by=T0 + 10_000, limit=100) == 1
+    assert ids(store.list_events()) == ["evt_5", "evt_2"]
+    assert store.pending_streams() == [("crm", OTHER_ORDER), ("shop", ORDER), ("shop", OTHER_ORDER)]
+    assert store.pending_counts(["crm", "shop"]) == {"crm": 1, "shop": 2}
+
+
+def test_purge_settled_takes_the_longest_settled_first_and_no_more_than_the_limit(store):
+    for number in range(1, 6):
+        add(store, make_event(f"evt_{number}"), subscribers=["crm"])
+        settle(store, f"evt_{number}", T0 + 10 - number, ["crm"])  # evt_5 settled first
+    assert store.purge_settled(settled_by=T0 + 100, limit=0) == 0
+    assert store.purge_settled(settled_by=T0 + 100, limit=2) == 2
+    assert ids(store.list_events()) == ["evt_3", "evt_2", "evt_1"]
+    assert store.purge_settled(settled_by=T0 + 100, limit=2) == 2
+    assert store.purge_settled(settled_by=T0 + 100, limit=2) == 1
+    assert store.purge_settled(settled_by=T0 + 100, limit=2) == 0
+    assert store.list_events() == []
+
+
+def test_a_redelivered_event_settles_again_only_when_its_deliveries_end_again(store):
+    add(store, make_event("evt_1"), subscribers=["crm"])
+    settle(store, "evt_1", T0 + 10, ["crm"], outcome="dead")
+    store.redeliver("evt_1", now=T0 + 50, requested_by="operator")
+    assert store.purge_settled(settled_by=T0 + 10_000, limit=10) == 0
+    settle(store, "evt_1", T0 + 60, ["crm"])
+    assert store.purge_settled(settled_by=T0 + 59, limit=10) == 0
+    assert store.purge_settled(settled_by=T0 + 60, limit=10) == 1
+    assert store.get_event("evt_1") is None
+
+
+def test_a_purged_event_leaves_no_trace_in_any_listing_and_its_dedupe_key_is_free(store):
+    add(store, make_event("evt_1", type=PICKED), dedupe_key="ongoing-demo:sandbox:1")
+    settle(store, "evt_1", T0 + 10)
+    add(store, make_event("evt_2", type=PICKED))
+    settle(store, "evt_2", T0 + 30)
+    assert store.purge_settled(settled_by=T0 + 20, limit=10) == 1
+    for filters in ({"type": PICKED}, {"order_id": "1001"}, {"order_id": "SO-1001"}, {"state": "delivered"}, {}):
+        assert ids(store.list_events(**filters)) == ["evt_2"], filters
+    assert store.redeliver("evt_1") is None
+    with pytest.raises(DeliveryNotFound):
+        store.record_attempt("evt_1", "crm", outcome="delivered")
+    assert add(store, make_event("evt_1b"), dedupe_key="ongoing-demo:sandbox:1") == ("evt_1b", True)
+
+
+def test_purging_from_another_store_instance_sees_what_this_one_settled(open_store):
+    first, second = open_store(), open_store()
+    add(first, make_event("evt_1"), subscribers=["crm"])
+    settle(first, "evt_1", T0 + 1, ["crm"])
+    assert second.purge_settled(settled_by=T0 + 1, limit=10) == 1
+    assert first.get_event("evt_1") is None
+
+
+def test_a_purged_event_leaves_no_redis_key_behind(store_redis_url):
+    prefix = f"test:{uuid.uuid4().hex}:"
+    store = RedisEventStore(store_redis_url, prefix=prefix)
+    client = redis.Redis.from_url(store_redis_url, decode_responses=True)
+    try:
+        add(store, make_event("evt_gone", type=PICKED), subscribers=["crm", "shop"])
+        settle(store, "evt_gone", T0 + 1)
+        add(store, make_event("evt_kept"), subscribers=["crm"])
+        assert store.purge_settled(settled_by=T0 + 1, limit=10) == 1
+        left = {key: client.type(key) for key in client.scan_iter(match=prefix + "*")}
+        mentioning = [key for key, kind in left.items()
+                      if "evt_gone" in key
+                      or (kind == "zset" and client.zscore(key, "evt_gone") is not None)
+                      or (kind == "hash" and "evt_gone" in client.hvals(key))]
+        assert mentioning == []
+    finally:
+        store.close()
+        client.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.ongoing_timestamps import recent_timestamp
 from tests.processes import (
     start_gateway,
     start_sandbox,
@@ -98,7 +99,7 @@ def deployment(request, tmp_path):
 
 
 def webhook(number: int, order: int, template: str = "OrderStatusChanged", status: int = 300) -> dict:
-    return {"webhookEventId": number, "system": "crash-test", "timestamp": f"2026-11-23T12:00:{number % 60:02d}",
+    return {"webhookEventId": number, "system": "crash-test", "timestamp": recent_timestamp(number % 60),
             "orderId": order, "orderNumber": f"SO-{order}", "webhookTemplate": template,
             "orderStatus": {"number": status}}
 

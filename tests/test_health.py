@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import threading
 import time
 
+import pytest
 import redis
 
+from gateway import create_app
 from gateway.events.heartbeat import Heartbeat
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 
@@ -159,3 +162,38 @@ def test_too_little_free_disk_space_fails(make_gateway, sandbox_url):
     assert reply.status_code == 503
     entry = reply.get_json()["checks"]["dataFolder:freeSpace"][0]
     assert entry["status"] == "fail" and "min_free_disk_mb" in entry["output"]
+
+
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_readyz_says_the_configuration_is_loaded_and_never_where_its_file_is(tmp_path, monkeypatch, sandbox):
+    folder = tmp_path / "private-config-folder"
+    folder.mkdir()
+    path = folder / "gateway-production.toml"
+    path.write_text(textwrap.dedent(f"""
+        [gateway]
+        sandbox = {str(sandbox).lower()}
+
+        [connections.ongoing]
+        backend = "ongoing"
+        url = "http://127.0.0.1:9{ONGOING_SERVICE_PATH}"
+        goods_owner_code = "DEMO"
+        username = "demo"
+        password = "{SECRET}"
+
+        [callers.ops]
+        keys = ["ops-key-000000000001"]
+        scopes = ["events:read"]
+        """))
+    monkeypatch.setenv("GATEWAY_CONFIG", str(path))
+    app = create_app()
+    try:
+        reply = app.test_client().get("/readyz")
+    finally:
+        for extension in ("order_gateway", "order_events", "order_gateway_idempotency"):
+            app.extensions[extension].close()
+    entry = reply.get_json()["checks"]["configuration:loaded"][0]
+    assert entry["status"] == "pass"
+    assert entry["output"] == ("loaded: a sandbox configuration ([gateway] sandbox = true), which accepts the public "
+                               "demo secrets" if sandbox else "loaded")
+    text = reply.get_data(as_text=True)
+    assert "gateway-production" not in text and "private-config-folder" not in text and SECRET not in text

@@ -442,6 +442,25 @@ def test_purge_expired_deletes_the_expired_sqlite_rows_and_redis_needs_none(stor
     assert begin(store, key="life-over") == Begun(NEW)
 
 
+def test_purge_expired_takes_a_bounded_batch_the_longest_expired_first(store, location):
+    for number, ttl in enumerate((SHORT, SHORT * 0.5, SHORT * 0.25), 1):
+        completed(store, key=f"short-{number}", ttl_seconds=ttl)
+    completed(store, key="kept")
+    time.sleep(PAST_SHORT)
+
+    if location.kind == "sqlite":
+        assert store.purge_expired(limit=2) == 2
+        with sqlite3.connect(location.target) as db:  # short-3 and short-2 expired first
+            assert sorted(row[0] for row in db.execute("SELECT key FROM idempotency_keys")) == ["kept", "short-1"]
+        db.close()
+        assert store.purge_expired(limit=2) == 1
+        assert store.purge_expired(limit=2) == 0
+    else:  # Redis let them go by itself
+        assert store.purge_expired(limit=2) == 0
+    assert [begin(store, key=f"short-{number}") for number in (1, 2, 3)] == [Begun(NEW)] * 3
+    assert begin(store, key="kept") == Begun(REPLAY, RESPONSE)
+
+
 # --- concurrency --------------------------------------------------------------------------------------------------
 
 def test_twenty_threads_beginning_one_fresh_key_at_once_get_one_new(store):

@@ -366,6 +366,56 @@ def test_sparse_matches_are_found_across_many_exchanges(journal):
         [item for item in exchanges[::-1] if item.connection == "b"])
 
 
+@pytest.mark.parametrize(("filters", "expected"), [
+    ({"connections": {"s4t-main"}}, [5, 3, 2]),
+    ({"connections": ["ongoing-demo", "s4t-main"]}, [6, 5, 4, 3, 2, 1, 0]),
+    ({"connections": ("ongoing-demo", "elsewhere")}, [6, 4, 1, 0]),
+    ({"connections": set()}, []),
+    ({"connections": {"elsewhere"}}, []),
+    ({"connections": {"ongoing-demo"}, "limit": 2}, [6, 4]),  # the limit counts what the filter lets through
+    ({"connections": {"ongoing-demo", "elsewhere"}, "limit": 2}, [6, 4]),
+    ({"connections": {"s4t-main"}, "connection": "ongoing-demo"}, []),  # one outside them matches nothing
+    ({"connections": {"s4t-main", "ongoing-demo"}, "connection": "s4t-main"}, [5, 3, 2]),
+    ({"connections": {"s4t-main", "elsewhere"}, "outcome": "ok"}, [5, 2]),
+    ({"connections": {"s4t-main", "ongoing-demo"}, "order_id": "1002"}, [2, 1]),
+    ({"connections": {"s4t-main", "elsewhere"}, "order_id": "1001", "request_id": "req-e"}, [5]),
+    ({"connections": {"ongoing-demo", "elsewhere"}, "since": 30}, [6, 4]),
+], ids=lambda value: json.dumps(value, default=sorted).replace(" ", "") if isinstance(value, dict) else None)
+def test_the_connections_filter_alone_and_with_the_others_finds_exactly_their_exchanges(filter_set, filters,
+                                                                                       expected):
+    journal, exchanges, start = filter_set
+    if "since" in filters:
+        filters = {**filters, "since": start + filters["since"]}
+
+    assert ids(journal.list(**filters)) == [exchanges[number].id for number in expected]
+
+
+def test_the_connections_filter_finds_sparse_matches_page_after_page(journal, monkeypatch):
+    monkeypatch.setattr(redis_store, "LIST_PAGE_SIZE", 3)
+    start = moment() - 1000
+    # "rare" for every tenth, "other" for every tenth but one, "common" for the rest: the list walks many pages.
+    exchanges = [exchange(start + number, connection="rare" if number % 10 == 0 else
+                          "other" if number % 10 == 1 else "common", request={**REQUEST, "body": ""}, reply=None)
+                 for number in range(60)]
+    journal.record_many(exchanges)
+    newest_first = exchanges[::-1]
+
+    assert ids(journal.list(connections={"rare"}, limit=4)) == ids(
+        [item for item in newest_first if item.connection == "rare"][:4])
+    assert ids(journal.list(connections={"rare", "other"}, limit=5)) == ids(
+        [item for item in newest_first if item.connection in ("rare", "other")][:5])
+    assert ids(journal.list(connections={"rare", "other"}, outcome="ok")) == ids(
+        [item for item in newest_first if item.connection in ("rare", "other")])
+
+
+@pytest.mark.parametrize("connections", ["ongoing-demo", 7, [7], [b"ongoing-demo"]])
+def test_connections_that_are_not_a_collection_of_names_are_refused(journal, connections):
+    journal.record(exchange(moment(), connection="o"))
+
+    with pytest.raises(TypeError):
+        journal.list(connections=connections)
+
+
 @pytest.mark.parametrize(("arguments", "error"), [
     ({"limit": 0}, ValueError), ({"limit": 1001}, ValueError), ({"limit": -1}, ValueError),
     ({"limit": True}, ValueError), ({"limit": 2.5}, ValueError), ({"since": math.nan}, ValueError),

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
+from tests.ongoing_timestamps import recent_timestamp
 from tests.processes import (
     ROOT,
     start_gateway,
@@ -319,7 +320,7 @@ def test_gunicorns_settings_honour_the_metrics_root_and_remove_only_directories_
 
 
 def ongoing_webhook(number: int) -> dict:
-    return {"webhookEventId": number, "system": "metrics-test", "timestamp": f"2026-11-23T12:00:{number:02d}",
+    return {"webhookEventId": number, "system": "metrics-test", "timestamp": recent_timestamp(number),
             "orderId": 7000 + number, "orderNumber": f"SO-{7000 + number}", "webhookTemplate": "OrderStatusChanged",
             "orderStatus": {"number": 300}}
 

@@ -118,7 +118,8 @@ def test_the_environment_points_at_make_run():
     values = {value["key"]: value["value"] for value in environment["values"] if value.get("enabled", True)}
     assert values == {"gateway_url": "http://127.0.0.1:8000", "sandbox_url": "http://127.0.0.1:8001",
                       # the public demo keys of config/sandbox.toml's callers
-                      "api_key": "demo-caller-key-0000", "readonly_api_key": "demo-readonly-key-0000"}
+                      "api_key": "demo-caller-key-0000", "readonly_api_key": "demo-readonly-key-0000",
+                      "speed4trade_api_key": "demo-speed4trade-key-0000"}
 
 
 def test_the_collection_authenticates_with_the_environments_bearer_key():
@@ -128,6 +129,20 @@ def test_the_collection_authenticates_with_the_environments_bearer_key():
     names = {item["name"] for _, item in requests_of(collection["item"])}
     assert {"401 no API key", "401 unknown API key", "403 a dry-run key cannot send",
             "403 a connection the key may not use", "403 a bulk on a connection the key may not use"} <= names
+
+
+def test_a_caller_of_one_connection_is_shown_another_connections_data_as_unknown():
+    """The limited caller's requests: another connection's event, redelivery and exchange are 404, its lists leave
+    them out, and updating its order is 403."""
+    scoped = {(item["request"]["method"], gateway_path(raw_url(item)), item["name"])
+              for _, item in requests_of(load_collection()["item"])
+              if item["request"].get("auth", {}).get("bearer", [{}])[0].get("value") == "{{speed4trade_api_key}}"}
+    assert {(method, path) for method, path, _ in scoped} >= {
+        ("GET", "/events/{{picked_event_id}}"), ("POST", "/events/{{picked_event_id}}/redeliver"),
+        ("GET", "/exchanges/{{exchange_id}}"), ("GET", "/events"), ("GET", "/exchanges"),
+        ("PATCH", "/orders/SO-1001")}
+    statuses = {name.split(" ", 1)[0] for _, _, name in scoped}
+    assert {"404", "403"} <= statuses
 
 
 def test_every_variable_used_is_defined():

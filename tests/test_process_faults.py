@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from gateway.journal.recorder import JournalRecorder
+from tests.ongoing_timestamps import recent_timestamp
 from tests.processes import (
     BIN,
     ROOT,
@@ -115,7 +116,7 @@ def fill(folder: Path) -> Path:
 
 def ongoing_webhook(number: int) -> dict:
     return {"webhookOrdersId": number, "webhookEventId": 70_000 + number, "webhookTemplate": "OrderPicked",
-            "system": "process-faults", "timestamp": "2026-11-23T12:00:00", "orderId": 1003,
+            "system": "process-faults", "timestamp": recent_timestamp(), "orderId": 1003,
             "goodsOwnerOrderId": "SO-1003", "orderStatusCode": 400}
 
 

@@ -27,6 +27,7 @@ from gateway.config import StoreSettings
 from gateway.errors import StoreUnavailable
 from gateway.stores import UNREACHABLE_HOLD_SECONDS, mark_store, redis_client, store_unavailable
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
+from tests.ongoing_timestamps import recent_timestamp
 from tests.processes import (
     child_pids,
     start_gateway,
@@ -51,7 +52,7 @@ _numbers = itertools.count(1)
 def webhook(number: int) -> dict:
     """An Ongoing OrderStatusChanged webhook for the sandbox's SO-1001, new each time."""
     return {"webhookOrdersId": 3, "webhookEventId": 90_000 + number, "system": "sandbox",
-            "timestamp": "2026-11-23T12:00:00", "orderId": 1001, "orderNumber": "SO-1001", "goodsOwnerId": 1,
+            "timestamp": recent_timestamp(), "orderId": 1001, "orderNumber": "SO-1001", "goodsOwnerId": 1,
             "orderStatus": {"number": 300}, "webhookTemplate": "OrderStatusChanged"}
 
 

@@ -15,6 +15,7 @@ from opentelemetry.trace import SpanKind
 
 from gateway import logs, tracing
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
+from tests.ongoing_timestamps import recent_timestamp
 from tests.servers import RecordingMiddleware, serve_wsgi
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -144,7 +145,7 @@ def test_a_delivery_is_a_span_of_the_trace_its_webhook_came_in_with(make_gateway
     reply = app.test_client().post(
         "/webhooks/ongoing/ongoing-demo", auth=("ongoing-webhooks", "webhook-demo-password"),
         headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
-        json={"webhookEventId": 77, "system": "trace-test", "timestamp": "2026-11-23T12:00:00", "orderId": 1004,
+        json={"webhookEventId": 77, "system": "trace-test", "timestamp": recent_timestamp(), "orderId": 1004,
               "orderNumber": "SO-1004", "webhookTemplate": "OrderStatusChanged", "orderStatus": {"number": 300}})
     assert reply.status_code == 202, reply.get_data(as_text=True)
     service = app.extensions["order_events"]

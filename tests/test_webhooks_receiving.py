@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
+from tests.ongoing_timestamps import RECENT, recent_timestamp
 
 BASIC = {"auth": "basic", "username": "ongoing-webhooks", "password": "webhook-demo-password"}
 TOKEN = {"auth": "token", "header": "X-Ongoing-Token", "token": "t0ken-value"}
@@ -16,7 +20,7 @@ PAYLOAD = {
     "webhookOrdersId": 3,
     "webhookEventId": 501,
     "system": "sandbox",
-    "timestamp": "2026-11-23T12:00:00.1234567",
+    "timestamp": f"{recent_timestamp()}.1234567",
     "orderId": 1004,
     "orderNumber": "SO-1004",
     "goodsOwnerId": 1,
@@ -100,7 +104,7 @@ def test_an_accepted_webhook_becomes_the_canonical_event(client):
     assert event == {
         "id": accepted["id"],
         "type": "order.picked",
-        "occurred_at": "2026-11-23T12:00:00.123456+00:00",
+        "occurred_at": f"{RECENT:%Y-%m-%dT%H:%M:%S}.123456+00:00",
         "source": {"backend": "ongoing", "connection": "ongoing-demo", "system": "sandbox", "template": "OrderPicked"},
         "order": {"backend_order_id": "1004", "order_number": "SO-1004", "status": {"code": 400, "name": "picked"}},
         "goods_owner": {"id": 1, "name": "Demo goods owner",
@@ -116,7 +120,7 @@ def test_an_accepted_webhook_becomes_the_canonical_event(client):
 
 def test_retries_of_the_same_event_are_acknowledged_but_stored_once(client):
     first = post(client)
-    again = post(client, payload={**PAYLOAD, "timestamp": "2026-11-23T12:05:00"})
+    again = post(client, payload={**PAYLOAD, "timestamp": recent_timestamp(300)})
     assert (first.status_code, again.status_code) == (202, 200)
     assert again.get_json() == {"id": first.get_json()["id"], "type": "order.picked", "duplicate": True,
                                 "subscribers": []}
@@ -154,7 +158,9 @@ def test_the_template_mapping_is_configurable(make_gateway):
     assert reply.status_code == 202
     event = client.get(f"/events/{reply.get_json()['id']}").get_json()["event"]
     assert event["type"] == "order.picked"
-    assert event["occurred_at"] == "2026-11-23T12:00:00.123456+01:00"
+    stockholm = datetime.fromisoformat(PAYLOAD["timestamp"][:26]).replace(tzinfo=ZoneInfo("Europe/Stockholm"))
+    assert event["occurred_at"] == stockholm.isoformat()
+    assert stockholm.utcoffset() != RECENT.utcoffset()  # read in Stockholm's time, not in UTC
 
 
 @pytest.mark.parametrize(
@@ -246,3 +252,90 @@ def test_an_accepted_event_is_queued_for_each_subscriber(client):
     assert service.queue.huey.pending_count() == before + 1
     post(client)  # a duplicate queues nothing
     assert service.queue.huey.pending_count() == before + 1
+
+
+# --- replays and the bound on what an event keeps -----------------------------------------------------------------
+
+def utc_timestamp(**ago: float) -> str:
+    """Now minus `ago` (timedelta's keywords; negative: ahead), as Ongoing writes it in UTC."""
+    return f"{datetime.now(UTC) - timedelta(**ago):%Y-%m-%dT%H:%M:%S.%f}0"
+
+
+@pytest.mark.parametrize(("ago", "fragment"), [
+    ({"hours": 48, "minutes": 5}, "refused as a replay"),
+    ({"days": 30}, "refused as a replay"),
+    ({"minutes": -905}, "ahead of the gateway's clock"),
+    ({"days": -400}, "ahead of the gateway's clock"),
+], ids=["just-past-48-h", "a-month-old", "15-h-5-min-ahead", "next-year"])
+def test_a_timestamp_outside_the_window_is_422_naming_it_and_nothing_is_stored(client, ago, fragment):
+    reply = post(client, payload={**PAYLOAD, "timestamp": utc_timestamp(**ago)})
+    assert reply.status_code == 422
+    assert reply.mimetype == "application/problem+json"
+    problem = reply.get_json()
+    assert list(problem["errors"]) == ["timestamp"]
+    assert fragment in problem["errors"]["timestamp"][0] and fragment in problem["detail"]
+    assert stored(client) == []
+
+
+@pytest.mark.parametrize("ago", [{"hours": 47, "minutes": 55}, {"hours": -2}, {"minutes": -895}, {"seconds": 0}],
+                         ids=["47-h-55-old", "swedish-summer-time-read-as-utc", "14-h-55-min-ahead", "now"])
+def test_a_timestamp_inside_the_window_is_accepted(client, ago):
+    assert post(client, payload={**PAYLOAD, "timestamp": utc_timestamp(**ago)}).status_code == 202
+
+
+def test_the_window_is_the_connections_setting_in_its_time_zone(make_gateway):
+    webhooks = {**BASIC, "max_age_hours": 2, "max_ahead_minutes": 0, "timezone": "Asia/Tokyo"}
+    client = make_gateway(config_with(webhooks)).test_client()
+    def tokyo(**delta: float) -> str:
+        return f"{datetime.now(ZoneInfo('Asia/Tokyo')) + timedelta(**delta):%Y-%m-%dT%H:%M:%S}"
+
+    three_hours_ago = post(client, payload={**PAYLOAD, "timestamp": tokyo(hours=-3)})
+    assert three_hours_ago.status_code == 422
+    assert "2.0 h" in three_hours_ago.get_json()["errors"]["timestamp"][0]
+    assert "max_age_hours" in three_hours_ago.get_json()["errors"]["timestamp"][0]
+    # the same wall-clock time in UTC would be 9 hours ahead: read in Tokyo's time it is an hour old
+    assert post(client, payload={**PAYLOAD, "timestamp": tokyo(hours=-1)}).status_code == 202
+    ahead = post(client, payload={**PAYLOAD, "webhookEventId": 9, "timestamp": tokyo(minutes=2)})
+    assert ahead.status_code == 422
+    assert "Asia/Tokyo" in ahead.get_json()["errors"]["timestamp"][0]
+
+
+def test_a_replay_window_longer_than_the_events_are_kept_stops_start_up(make_gateway):
+    from gateway.errors import ConfigError
+
+    config = config_with({**BASIC, "max_age_hours": 72})
+    config["events"] = {"retention_days": 2}
+    with pytest.raises(ConfigError, match=r"connections\.ongoing-demo\.webhooks\.max_age_hours: 72 h is longer"):
+        make_gateway(config)
+    config["events"] = {"retention_days": 3}
+    assert make_gateway(config) is not None
+
+
+def compact_size(payload: dict) -> int:
+    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def test_a_webhook_larger_than_an_event_keeps_is_413_naming_the_limit_and_nothing_is_stored(client):
+    reply = post(client, payload={**PAYLOAD, "junk": "x" * (3 * 1024 * 1024)})
+    assert reply.status_code == 413
+    assert reply.mimetype == "application/problem+json"
+    problem = reply.get_json()
+    assert problem["type"].endswith(":payload-too-large")
+    assert "65536" in problem["detail"] and "max_raw_bytes" in problem["detail"]
+    assert stored(client) == []
+    # the event it would have been is not a duplicate of anything: sent within the bound, it is stored
+    assert post(client).status_code == 202
+
+
+def test_the_bound_on_raw_is_a_setting_counted_in_bytes_of_compact_json(make_gateway):
+    config = config_with(dict(BASIC))
+    config["events"] = {"max_raw_bytes": 2048}
+    client = make_gateway(config).test_client()
+    filler = {**PAYLOAD, "note": ""}
+    room = 2048 - compact_size(filler)
+    exactly = {**PAYLOAD, "note": "é" * (room // 2) + "x" * (room % 2)}  # two bytes each in UTF-8
+    assert compact_size(exactly) == 2048
+    one_more = {**exactly, "webhookEventId": 502, "note": exactly["note"] + "x"}
+    assert post(client, payload=one_more).status_code == 413
+    assert post(client, payload=exactly).status_code == 202
+    assert [event["event"]["raw"] for event in stored(client)] == [exactly]

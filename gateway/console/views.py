@@ -3,6 +3,10 @@
 Pages read what the gateway already keeps — the exchange journal, the event store, the breakers — and never hold
 a secret: the journal's requests are masked as dry runs show them, and every page passes the scrubber last.
 A store that cannot be read leaves its part of a page saying so, never the page failing.
+
+A caller limited to some connections sees and acts on those only: the stores' queries filter by them (so a page's
+limits count what it may see), a connection it may not use is an unknown one, and the redeliver button is the
+API's redelivery, whose rules make another connection's event an unknown one.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ from flask import (
 from lxml import etree
 
 from gateway import logs
-from gateway.console import charts
-from gateway.errors import GatewayError
+from gateway.console import charts, sessions
+from gateway.errors import GatewayError, TooManyFailedAttempts
 from gateway.journal import Exchange
 from gateway.rest import auth
 from gateway.rest.events import queue_redelivery, redelivery_request
 from gateway.rest.idempotency import request_fingerprint, run_idempotently
 from gateway.safexml import UnsafeXML, parse_untrusted_xml
+from gateway.stores import is_store_failure
 
 blueprint = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                       static_folder="static")
@@ -66,26 +71,53 @@ T = TypeVar("T")
 
 # -- the session ---------------------------------------------------------------------------------------------------
 
+SESSIONS_EXTENSION = "order_gateway_console_sessions"
+
+
+def _sessions() -> sessions.ConsoleSessionStore:
+    return current_app.extensions[SESSIONS_EXTENSION]
+
+
+def _login_token() -> str:
+    """The login form's CSRF token: bound to the random id this browser's cookie holds before a login (one is made
+    if it has none) and to the cookie's secret, so nothing of it is stored."""
+    browser = session.get("sid")
+    if not browser:
+        browser = session["sid"] = secrets.token_urlsafe(32)
+    return hmac.new(current_app.secret_key.encode(), b"console login\0" + browser.encode(), "sha256").hexdigest()
+
+
 def _csrf_token() -> str:
-    """The session's CSRF token (a session without a login has one too: the login form carries it)."""
-    token = session.get("csrf")
-    if not token:
-        token = session["csrf"] = secrets.token_urlsafe(32)
-    return token
+    """The CSRF token the forms of this page carry: the session's own, or before a login the login form's."""
+    current = g.get("console_session")
+    return current.csrf_token if current is not None else _login_token()
 
 
 def _form_is_ours() -> bool:
-    sent, expected = request.form.get("csrf_token", ""), session.get("csrf", "")
-    return bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
+    sent, expected = request.form.get("csrf_token", ""), _csrf_token()
+    return bool(sent) and hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def _session_caller() -> auth.Caller | None:
-    """The logged-in caller, if it is still configured with the console scope."""
-    name = session.get("caller")
-    if not isinstance(name, str):
+    """The caller of this request's session, if the session is live and its caller is still configured with the
+    console scope and the key it logged in with; a session that is not is ended. Kept on `g` for the request."""
+    if "console_session" in g:
+        return g.caller if g.console_session is not None else None
+    g.console_session = None
+    session_id = session.get("sid")
+    current = _sessions().get(session_id) if session_id else None
+    if current is None:
         return None
-    caller = current_app.extensions["order_gateway_auth"].caller_named(name)
-    return caller if caller is not None and SCOPE in caller.scopes else None
+    caller = current_app.extensions["order_gateway_auth"].holding(current.caller, current.key_tag)
+    if caller is None or SCOPE not in caller.scopes:
+        _sessions().end(current.id)
+        log.info("console session of caller %s ended: the caller, its scope console or the key it logged in with is "
+                 "no longer configured", current.caller)
+        return None
+    g.console_session, g.caller = current, caller
+    if current.notes:
+        session["_flashes"] = [list(note) for note in current.notes]  # for get_flashed_messages()
+    return caller
 
 
 def _safe_next(target: str | None) -> str | None:
@@ -106,16 +138,32 @@ def require_login() -> Response | None:
         return None
     caller = _session_caller()
     if caller is None:
-        session.pop("caller", None)
+        session.pop("sid", None)
         target = request.full_path if request.method == "GET" else None
         return redirect(url_for("console.login_form", next=target.rstrip("?") if target else None), 303)
-    g.caller = caller
     request.environ[auth.ENVIRON_KEY] = caller.name
     logs.note(caller=caller.name)
     if request.method == "POST" and not _form_is_ours():
         return _page("console/refused.html", 403, reason="This form has expired or did not come from this console. "
                                                          "Reload the page and try again.")
     return None
+
+
+@blueprint.after_request
+def keep_notes(response: Response) -> Response:
+    """Messages flashed for the next page stay with the session on the server, never in the cookie. Keeping them is
+    bookkeeping: a store that fails loses them (logged), never the reply."""
+    notes = [tuple(note) for note in session.pop("_flashes", None) or []]
+    current = g.get("console_session")
+    if current is not None and tuple(notes) != current.notes:
+        try:
+            _sessions().set_notes(current.id, notes)
+        except Exception as error:
+            if not is_store_failure(error):
+                raise
+            log.warning("the console's messages for the next page were lost: the %s failed (%s)",
+                        sessions.STORE_NAME, type(error).__name__)
+    return response
 
 
 @blueprint.after_request
@@ -146,30 +194,48 @@ def login_form() -> Response:
 
 @blueprint.post("/login")
 def log_in() -> Response:
-    """Start a session for the caller whose key this is."""
+    """Start a session for the caller whose key this is; a client the authentication throttle refuses gets 429
+    whatever the key, and an unknown key counts towards it."""
     target = _safe_next(request.form.get("next")) or ""
     if not _form_is_ours():
         return _page("console/login.html", 403, next=target,
                      error="The login form expired. Log in again.")
     key = request.form.get("key", "").strip()
-    caller = current_app.extensions["order_gateway_auth"].caller_for(key) if 0 < len(key) <= MAX_KEY_CHARS else None
-    if caller is None:
+    throttle = current_app.extensions[auth.THROTTLE_EXTENSION]
+    try:
+        throttle.check(request.remote_addr, key or None)
+    except TooManyFailedAttempts as refusal:
+        reply = _page("console/login.html", 429, next=target, error=refusal.detail)
+        reply.headers.update(refusal.reply_headers())
+        return reply
+    authenticator = current_app.extensions["order_gateway_auth"]
+    found = authenticator.log_in(key) if 0 < len(key) <= MAX_KEY_CHARS else None
+    if found is None:
+        throttle.note_failure(request.remote_addr, key or None)
         log.warning("console login refused: an unknown key")
         return _page("console/login.html", 401, next=target, error="That key is not known.")
+    caller, key_tag = found
     if SCOPE not in caller.scopes:
         log.warning("console login refused: caller %s lacks the scope console", caller.name)
         return _page("console/login.html", 403, next=target,
                      error=f"The caller {caller.name} lacks the scope {SCOPE}.")
-    session.clear()  # a new session: nothing of one started before the login carries over
-    session.permanent = True
-    session.update(caller=caller.name, csrf=secrets.token_urlsafe(32), since=time.time())
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+    started = _sessions().start(caller.name, key_tag, lifetime_seconds=lifetime)
+    previous = session.get("sid")
+    if previous:
+        _sessions().end(previous)  # a login while one is open (in another tab, say) replaces it
+    session.clear()  # a new id: nothing of what the cookie held before the login carries over
+    session["sid"] = started.id
+    session.ends_at = started.expires_at  # the cookie's Expires
     log.info("console session started by caller %s", caller.name)
     return redirect(target or url_for("console.overview"), 303)
 
 
 @blueprint.post("/logout")
 def log_out() -> Response:
-    """End the session."""
+    """End the session, on the server: a copy of the cookie opens nothing afterwards."""
+    _sessions().end(g.console_session.id)
+    g.console_session = None
     log.info("console session ended by caller %s", g.caller.name)
     session.clear()
     return redirect(url_for("console.login_form"), 303)
@@ -190,7 +256,7 @@ def _read(what: str, read: Callable[[], T], unavailable: list[str]) -> T | None:
 def _visible_connections() -> dict:
     caller: auth.Caller = g.caller
     return {name: connection for name, connection in current_app.extensions["order_gateway"].by_name.items()
-            if caller.connections is None or name in caller.connections}
+            if caller.sees(name)}
 
 
 def _at(seconds: float | None) -> str:
@@ -229,26 +295,20 @@ def _delivery_rows(events: list[dict], states: set[str]) -> list[dict]:
     return rows
 
 
-def _events_visible(events: list[dict]) -> list[dict]:
-    caller: auth.Caller = g.caller
-    if caller.connections is None:
-        return events
-    return [stored for stored in events if stored["event"].get("source", {}).get("connection") in caller.connections]
-
-
 @blueprint.get("")
 def overview() -> Response:
     """Connections (state, calls, latency), the order search, and the deliveries that need a look."""
     now, unavailable = time.time(), []
     summaries = [_connection_summary(name, connection, now, unavailable)
                  for name, connection in _visible_connections().items()]
-    store = current_app.extensions["order_events"].store
-    dead = _read("the dead deliveries", lambda: store.list_events(state="dead", limit=LIST_LIMIT), unavailable)
-    pending = _read("the pending deliveries", lambda: store.list_events(state="pending", limit=LIST_LIMIT),
-                    unavailable)
+    store, scope = current_app.extensions["order_events"].store, auth.scoped_connections()
+    dead = _read("the dead deliveries", lambda: store.list_events(state="dead", limit=LIST_LIMIT, connections=scope),
+                 unavailable)
+    pending = _read("the pending deliveries",
+                    lambda: store.list_events(state="pending", limit=LIST_LIMIT, connections=scope), unavailable)
     return _page("console/overview.html", connections=summaries,
-                 dead=_delivery_rows(_events_visible(dead or []), {"dead"}),
-                 pending=_delivery_rows(_events_visible(pending or []), {"pending"}),
+                 dead=_delivery_rows(dead or [], {"dead"}),
+                 pending=_delivery_rows(pending or [], {"pending"}),
                  unavailable=sorted(set(unavailable)), can_redeliver=REDELIVER_SCOPE in g.caller.scopes,
                  new_key=lambda: secrets.token_urlsafe(16), here=url_for("console.overview"),
                  connection_names=list(_visible_connections()))
@@ -306,20 +366,21 @@ def order_timeline() -> Response:
                      entries=[], problems=problems, unavailable=[], connection_names=list(visible),
                      can_redeliver=False, new_key=lambda: "", here="")
     unavailable: list[str] = []
+    # The stores filter by the caller's connections (the one searched for, when given: one of them, see above).
+    scope = auth.scoped_connections() if connection is None else {connection}
     journal = current_app.extensions["order_gateway_journal"].flushed_journal()
-    exchanges = _read("the exchange journal", lambda: journal.list(order_id=order_id, connection=connection,
+    exchanges = _read("the exchange journal", lambda: journal.list(order_id=order_id, connections=scope,
                                                                    limit=TIMELINE_LIMIT), unavailable) or []
     store = current_app.extensions["order_events"].store
-    events = _read("the event store", lambda: store.list_events(order_id=order_id, limit=TIMELINE_LIMIT),
-                   unavailable) or []
-    entries = [_exchange_entry(exchange) for exchange in exchanges if exchange.connection in visible]
+    events = _read("the event store", lambda: store.list_events(order_id=order_id, connections=scope,
+                                                                limit=TIMELINE_LIMIT), unavailable) or []
+    entries = [_exchange_entry(exchange) for exchange in exchanges]
     entries += [{"kind": "event", "at": stored["received_at"], "when": _at(stored["received_at"]),
                  "event": stored["event"],
                  "deliveries": [{**delivery, "history": [{**item, "when": _at(item["at"])}
                                                          for item in delivery["history"]]}
                                 for delivery in stored["deliveries"]]}
-                for stored in _events_visible(events)
-                if connection is None or stored["event"].get("source", {}).get("connection") == connection]
+                for stored in events]
     entries.sort(key=lambda entry: entry["at"])
     return _page("console/order.html", order_id=order_id, connection=connection, entries=entries, problems=[],
                  unavailable=unavailable, connection_names=list(visible),
@@ -331,7 +392,8 @@ def order_timeline() -> Response:
 
 @blueprint.post("/events/<event_id>/redeliver")
 def redeliver(event_id: str) -> Response:
-    """The API's POST /events/<id>/redeliver, from a button: the same rules, its Idempotency-Key the form's."""
+    """The API's POST /events/<id>/redeliver, from a button: the same rules (an event of a connection the caller
+    may not use is unknown), its Idempotency-Key the form's."""
     back = _safe_next(request.form.get("next")) or url_for("console.overview")
     if REDELIVER_SCOPE not in g.caller.scopes:
         flash(f"The caller {g.caller.name} lacks the scope {REDELIVER_SCOPE}: nothing was redelivered.", "error")

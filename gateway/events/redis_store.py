@@ -2,9 +2,12 @@
 
 Keys, all under one prefix (default "gateway:events:"):
 
+    version                  string  the layout's version: "2" (missing: 1; "upgrading": an upgrade under way)
     seq                      string  the insertion sequence (INCR), so no caller decides the order
     dedupe                   hash    dedupe_key -> event id
-    event:<id>               hash    body (the event as JSON), received_at, seq, order_key, rank, trace_context
+    dedupe:legacy            hash    while an upgrade from version 1 runs: its dedupe keys still to be rewritten
+    event:<id>               hash    body (the event as JSON), received_at, seq, order_key, rank, trace_context,
+                                     dedupe_key
     deliveries:<id>          hash    subscriber -> the delivery as JSON (state, attempts, times, history)
     events                   zset    every event id, scored by seq
     type:<type>              zset    event ids of that type, by seq
@@ -14,16 +17,23 @@ Keys, all under one prefix (default "gateway:events:"):
     stream:<stream>          zset    ranks of the stream's pending deliveries, all scored 0 so Redis sorts them
                                      by rank: occurred_at NUL seq (20 digits) NUL event id, i.e. in event order
     streams                  set     every <stream> whose zset is not empty
+    settled                  zset    ids of the events none of whose deliveries is pending, by when they settled
 
 A <stream> is the JSON array [subscriber, order_key], which no choice of names can make ambiguous.
 add_event is one Lua script (dedupe, sequence and every index at once); the read-modify-write updates run as
 WATCH/MULTI transactions, so all JSON and every float is written by Python, exactly.
+
+Opening a store of version 1 upgrades it, a bounded batch per round trip, and any number of processes may do so
+at once: its dedupe hash is moved aside to dedupe:legacy, then each key is rewritten (connection_dedupe_key) into
+dedupe and noted on its event; every settled event is listed in `settled`; then the version is set. A process
+that stopped half-way leaves "upgrading", and the next one to open the store finishes the work.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Collection, Mapping, Sequence
 
 import redis
 
@@ -37,11 +47,14 @@ from gateway.events.store import (
     EventStoreError,
     apply_attempt,
     apply_redeliver,
+    check_connections,
     check_event,
     check_outcome,
     check_state,
+    connection_dedupe_key,
     decode_trace_context,
     encode_trace_context,
+    event_connection,
     matches_filters,
     new_delivery,
     order_ids,
@@ -50,8 +63,8 @@ from gateway.events.store import (
 )
 from gateway.stores import redis_client
 
-# KEYS: dedupe, seq, event, deliveries, events, type index, state:pending, streams, <order indexes>, then per
-#       subscriber: its stream, its pending index.
+# KEYS: dedupe, seq, event, deliveries, events, type index, state:pending, streams, settled, <order indexes>, then
+#       per subscriber: its stream, its pending index.
 # ARGV: dedupe_key, event id, body, received_at, order_key, occurred_at, number of order indexes, trace context,
 #       then per subscriber: name, delivery JSON, stream id (in the same order as the stream keys).
 # Returns {id, 1} when stored, {existing id, 0} for a known dedupe_key, {id, -1} when the id is taken.
@@ -67,14 +80,14 @@ local seq = string.format('%d', redis.call('INCR', KEYS[2]))
 local rank = ARGV[6] .. '\\0' .. string.rep('0', 20 - #seq) .. seq .. '\\0' .. ARGV[2]
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], 'body', ARGV[3], 'received_at', ARGV[4], 'seq', seq, 'order_key', ARGV[5], 'rank', rank,
-           'trace_context', ARGV[8])
+           'trace_context', ARGV[8], 'dedupe_key', ARGV[1])
 redis.call('ZADD', KEYS[5], seq, ARGV[2])
 redis.call('ZADD', KEYS[6], seq, ARGV[2])
 local order_indexes = tonumber(ARGV[7])
 for i = 1, order_indexes do
-    redis.call('ZADD', KEYS[8 + i], seq, ARGV[2])
+    redis.call('ZADD', KEYS[9 + i], seq, ARGV[2])
 end
-local first_stream = 9 + order_indexes
+local first_stream = 10 + order_indexes
 for i = 0, (#KEYS - first_stream + 1) / 2 - 1 do
     local arg = 9 + 3 * i
     redis.call('HSET', KEYS[4], ARGV[arg], ARGV[arg + 1])
@@ -84,9 +97,58 @@ for i = 0, (#KEYS - first_stream + 1) / 2 - 1 do
 end
 if #KEYS >= first_stream then
     redis.call('ZADD', KEYS[7], seq, ARGV[2])
+else
+    redis.call('ZADD', KEYS[9], ARGV[4], ARGV[2])
 end
 return {ARGV[2], 1}
 """
+
+#: the layout this code writes: dedupe keys per connection, settled events listed
+LAYOUT_VERSION = "2"
+UPGRADING = "upgrading"
+#: dedupe keys or events one round trip of an upgrade handles
+UPGRADE_BATCH_SIZE = 500
+
+# KEYS: version, dedupe, dedupe:legacy. ARGV: LAYOUT_VERSION, UPGRADING.
+# Returns the version found. A store of version 1 has its dedupe hash moved aside, once, and is marked upgrading.
+BEGIN_UPGRADE_SCRIPT = """
+local version = redis.call('GET', KEYS[1])
+if version then
+    return version
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('RENAME', KEYS[2], KEYS[3])
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return '1'
+"""
+
+# KEYS: dedupe, dedupe:legacy, then the event hash of each entry. ARGV: old key, new key, event id of each entry.
+# Moves each entry still in dedupe:legacy under its new key (unless another event has that key: then the entry is
+# dropped, as SQLite keeps the old key nobody sends any more) and notes the key on its event.
+MOVE_DEDUPE_KEYS_SCRIPT = """
+for i = 0, #ARGV / 3 - 1 do
+    local old, new, id = ARGV[3 * i + 1], ARGV[3 * i + 2], ARGV[3 * i + 3]
+    if redis.call('HGET', KEYS[2], old) == id then
+        if redis.call('HSETNX', KEYS[1], new, id) == 1 and redis.call('EXISTS', KEYS[3 + i]) == 1 then
+            redis.call('HSET', KEYS[3 + i], 'dedupe_key', new)
+        end
+        redis.call('HDEL', KEYS[2], old)
+    end
+end
+return 1
+"""
+
+# KEYS: version, dedupe:legacy. ARGV: LAYOUT_VERSION. Returns 1 when the upgrade is done (nothing left to move).
+FINISH_UPGRADE_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+log = logging.getLogger("gateway.events")
 
 #: how many index entries list_events reads per round trip when filters skip some of them
 LIST_PAGE_SIZE = 200
@@ -115,6 +177,93 @@ class RedisEventStore(EventStore):
         # [stores] timeouts, so a Redis that stops answering fails a request instead of hanging it.
         self._redis = redis_client(url, stores, store="event store", decode_responses=True)
         self._add_event_script = self._redis.register_script(ADD_EVENT_SCRIPT)
+        self._begin_upgrade_script = self._redis.register_script(BEGIN_UPGRADE_SCRIPT)
+        self._move_dedupe_keys_script = self._redis.register_script(MOVE_DEDUPE_KEYS_SCRIPT)
+        self._finish_upgrade_script = self._redis.register_script(FINISH_UPGRADE_SCRIPT)
+        self._upgraded = False
+        try:
+            self.upgrade()
+        except redis.RedisError as error:  # Redis down at start-up: the first add_event or purge tries again
+            log.warning("could not check the event store's layout in Redis (%s); trying again when it is next used",
+                        type(error).__name__)
+
+    def upgrade(self) -> None:
+        """Bring a store of an earlier layout to this one (see the module's docstring); at once when it is."""
+        version = self._begin_upgrade_script(
+            keys=[self._key("version"), self._key("dedupe"), self._key("dedupe:legacy")],
+            args=[LAYOUT_VERSION, UPGRADING])
+        if version != LAYOUT_VERSION:
+            log.info("upgrading the event store in Redis (prefix %s) from layout %s to %s", self.prefix, version,
+                     LAYOUT_VERSION)
+            self._move_legacy_dedupe_keys()
+            self._list_settled_events()
+            while not self._finish_upgrade_script(keys=[self._key("version"), self._key("dedupe:legacy")],
+                                                  args=[LAYOUT_VERSION]):
+                self._move_legacy_dedupe_keys()
+        self._upgraded = True
+
+    def _ensure_upgraded(self) -> None:
+        """Upgrade now if opening the store could not."""
+        if not self._upgraded:
+            self.upgrade()
+
+    def _move_legacy_dedupe_keys(self) -> None:
+        """Rewrite every dedupe key left in dedupe:legacy into dedupe, a batch per round trip."""
+        legacy = self._key("dedupe:legacy")
+        while self._redis.exists(legacy):
+            cursor = 0
+            while True:
+                # Each entry is deleted once moved, so a scan that others' moves reshuffle loses nothing: the
+                # outer loop scans again while any entry is left.
+                cursor, entries = self._redis.hscan(legacy, cursor, count=UPGRADE_BATCH_SIZE)
+                if entries:
+                    self._move_dedupe_keys(entries)
+                if cursor == 0:
+                    break
+
+    def _move_dedupe_keys(self, entries: Mapping[str, str]) -> None:
+        """Move these entries (old key -> event id) of dedupe:legacy to their keys of this layout."""
+        old_keys = list(entries)
+        with self._redis.pipeline(transaction=False) as pipe:
+            for old in old_keys:
+                pipe.hget(self._key("event:", entries[old]), "body")
+            bodies = pipe.execute()
+        keys, args = [self._key("dedupe"), self._key("dedupe:legacy")], []
+        for old, body in zip(old_keys, bodies, strict=True):
+            new = old if body is None else connection_dedupe_key(old, json.loads(body))
+            keys.append(self._key("event:", entries[old]))
+            args += [old, new, entries[old]]
+        self._move_dedupe_keys_script(keys=keys, args=args)
+
+    def _list_settled_events(self) -> None:
+        """List in `settled` every event without a pending delivery that is not listed yet, by when its last
+        attempt was made (or it was received), a batch per transaction."""
+        above = "-inf"
+        while page := self._redis.zrange(self._key("events"), above, "+inf", byscore=True, withscores=True,
+                                         offset=0, num=UPGRADE_BATCH_SIZE):
+            event_ids = [event_id for event_id, _ in page]
+
+            def list_settled(pipe: redis.client.Pipeline, event_ids: list[str] = event_ids) -> None:
+                # Read after WATCH (on another connection, in one round trip): a change meanwhile fails the EXEC.
+                with self._redis.pipeline(transaction=False) as reads:
+                    for event_id in event_ids:
+                        reads.hget(self._key("event:", event_id), "received_at")
+                        reads.hvals(self._key("deliveries:", event_id))
+                    replies = reads.execute()
+                settled: dict[str, float] = {}
+                for event_id, received_at, raw_deliveries in zip(event_ids, replies[::2], replies[1::2],
+                                                                  strict=True):
+                    deliveries = [json.loads(raw) for raw in raw_deliveries]
+                    if received_at is None or any(delivery["state"] == PENDING for delivery in deliveries):
+                        continue
+                    settled[event_id] = max([float(received_at)] + [line["at"] for delivery in deliveries
+                                                                    for line in delivery["history"]])
+                pipe.multi()
+                if settled:
+                    pipe.zadd(self._key("settled"), settled, nx=True)
+
+            self._redis.transaction(list_settled, *(self._key("deliveries:", event_id) for event_id in event_ids))
+            above = f"({int(page[-1][1])}"
 
     def _key(self, *parts: str) -> str:
         """A key under this store's prefix."""
@@ -126,11 +275,12 @@ class RedisEventStore(EventStore):
         body = check_event(event)
         names = unique_subscribers(subscribers)
         now = timestamp(now)
+        self._ensure_upgraded()
         event_id = event["id"]
         index_keys = [self._key("order:", value) for value in order_ids(event)]
         keys = [self._key("dedupe"), self._key("seq"), self._key("event:", event_id),
                 self._key("deliveries:", event_id), self._key("events"), self._key("type:", event["type"]),
-                self._key("state:", PENDING), self._key("streams"), *index_keys]
+                self._key("state:", PENDING), self._key("streams"), self._key("settled"), *index_keys]
         args = [dedupe_key, event_id, body, repr(now), order_key, event["occurred_at"], len(index_keys),
                 encode_trace_context(trace_context)]
         for name in names:
@@ -163,11 +313,20 @@ class RedisEventStore(EventStore):
         return items
 
     def list_events(self, *, order_id: str | None = None, type: str | None = None, state: str | None = None,
-                    limit: int = 100) -> list[dict]:
+                    limit: int = 100, connections: Collection[str] | None = None,
+                    before: str | None = None) -> list[dict]:
         """Up to `limit` events shaped like get_event's result, newest first, matching every filter given."""
         check_state(state)
-        if limit <= 0:
+        connections = check_connections(connections)
+        if limit <= 0 or connections == frozenset():
             return []
+        below = "+inf"
+        if before is not None:
+            seq, body = self._redis.hmget(self._key("event:", before), "seq", "body")
+            # The cursor passes the connections filter too; an unknown or hidden one lists nothing.
+            if seq is None or (connections is not None and event_connection(json.loads(body)) not in connections):
+                return []
+            below = f"({int(seq)}"
         # Walk the most selective index newest first; the other filters are checked on the events read.
         if order_id is not None:
             index = self._key("order:", str(order_id))
@@ -178,14 +337,14 @@ class RedisEventStore(EventStore):
         else:
             index = self._key("events")
         found: list[dict] = []
-        below = "+inf"
         while len(found) < limit:
             page = self._redis.zrange(index, below, "-inf", desc=True, byscore=True, withscores=True, offset=0,
                                       num=max(limit - len(found), LIST_PAGE_SIZE))
             if not page:
                 break
             for item in self._items([event_id for event_id, _ in page]):
-                if item is not None and matches_filters(item, order_id=order_id, type=type, state=state):
+                if item is not None and matches_filters(item, order_id=order_id, type=type, state=state,
+                                                        connections=connections):
                     found.append(item)
             # Scores are unique sequence numbers, so "below the last one read" never skips or repeats an event.
             below = f"({int(page[-1][1])}"
@@ -241,7 +400,7 @@ class RedisEventStore(EventStore):
             others_queued = pipe.zcard(stream_key) - (pipe.zscore(stream_key, rank) is not None)
             pipe.multi()
             pipe.hset(deliveries_key, subscriber, encode(delivery))
-            self._queue_state_indexes(pipe, event_id, seq, deliveries)
+            self._queue_state_indexes(pipe, event_id, seq, deliveries, now)
             if delivery["state"] == PENDING:
                 pipe.zadd(stream_key, {rank: 0})
                 pipe.sadd(self._key("streams"), stream)
@@ -256,14 +415,19 @@ class RedisEventStore(EventStore):
         self._redis.transaction(update, deliveries_key, stream_key)
 
     def _queue_state_indexes(self, pipe: redis.client.Pipeline, event_id: str, seq: str,
-                             deliveries: dict[str, dict]) -> None:
-        """Queue the updates that list the event under exactly the states its deliveries are in."""
+                             deliveries: dict[str, dict], now: float) -> None:
+        """Queue the updates that list the event under exactly the states its deliveries are in, and as settled
+        (now) or not."""
         states = {delivery["state"] for delivery in deliveries.values()}
         for state in DELIVERY_STATES:
             if state in states:
                 pipe.zadd(self._key("state:", state), {event_id: int(seq)})
             else:
                 pipe.zrem(self._key("state:", state), event_id)
+        if PENDING in states:
+            pipe.zrem(self._key("settled"), event_id)
+        elif deliveries:
+            pipe.zadd(self._key("settled"), {event_id: now})
 
     def pending_streams(self) -> list[tuple[str, str]]:
         """Every (subscriber, order_key) with at least one pending delivery, sorted."""
@@ -297,11 +461,59 @@ class RedisEventStore(EventStore):
                 pipe.zadd(self._key("stream:", stream), {rank: 0})
                 pipe.sadd(self._key("streams"), stream)
                 pipe.zadd(self._key("pending:", name), {event_id: int(seq)})
-            self._queue_state_indexes(pipe, event_id, seq, deliveries)
+            self._queue_state_indexes(pipe, event_id, seq, deliveries, now)
             return sorted(deliveries)
 
         subscribers = self._redis.transaction(update, deliveries_key, value_from_callable=True)
         return [(subscriber, order_key) for subscriber in subscribers]
+
+    def purge_settled(self, *, settled_by: float, limit: int) -> int:
+        """Delete up to `limit` events that settled at or before `settled_by`, oldest settled first, with their
+        deliveries, index entries and dedupe keys, in one transaction; how many were deleted."""
+        if limit <= 0:
+            return 0
+        self._ensure_upgraded()
+        settled_by, settled_key = float(settled_by), self._key("settled")
+        event_ids = self._redis.zrange(settled_key, "-inf", repr(settled_by), byscore=True, offset=0, num=limit)
+        if not event_ids:
+            return 0
+
+        def purge(pipe: redis.client.Pipeline) -> int:
+            # Read after WATCH (on another connection, in one round trip): a redelivery, an attempt or another
+            # purge of these events meanwhile fails the EXEC, and the batch is read again.
+            with self._redis.pipeline(transaction=False) as reads:
+                reads.zmscore(settled_key, event_ids)
+                reads.zmscore(self._key("state:", PENDING), event_ids)
+                for event_id in event_ids:
+                    reads.hmget(self._key("event:", event_id), "body", "dedupe_key")
+                settled_at, pending, *events = reads.execute()
+            dedupe_keys = [dedupe_key for _, dedupe_key in events if dedupe_key is not None]
+            owners = dict(zip(dedupe_keys, self._redis.hmget(self._key("dedupe"), dedupe_keys), strict=True)) \
+                if dedupe_keys else {}
+            pipe.multi()
+            deleted = 0
+            for event_id, score, pending_score, (body, dedupe_key) in zip(event_ids, settled_at, pending, events,
+                                                                          strict=True):
+                if score is None or score > settled_by:
+                    continue
+                if pending_score is not None or body is None:
+                    # Pending after all (redelivered by a process of the earlier layout), or gone: not settled.
+                    pipe.zrem(settled_key, event_id)
+                    continue
+                event = json.loads(body)
+                pipe.delete(self._key("event:", event_id), self._key("deliveries:", event_id))
+                for index in (self._key("events"), self._key("type:", event["type"]), settled_key,
+                              *(self._key("state:", state) for state in DELIVERY_STATES),
+                              *(self._key("order:", value) for value in order_ids(event))):
+                    pipe.zrem(index, event_id)
+                if dedupe_key is not None and owners.get(dedupe_key) == event_id:
+                    pipe.hdel(self._key("dedupe"), dedupe_key)
+                deleted += 1
+            return deleted
+
+        return self._redis.transaction(
+            purge, *(self._key(kind, event_id) for event_id in event_ids for kind in ("event:", "deliveries:")),
+            value_from_callable=True)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -8,6 +8,12 @@ redelivering an event makes all of its deliveries pending again. The deliveries 
 order_key form a stream that goes out in event order: the event's `occurred_at` (compared as the string it was
 given), then the store's own insertion sequence, which no caller chooses.
 
+An event is "settled" once none of its deliveries is pending (at once when it has no subscribers); the store keeps
+when it settled, and purge_settled() removes events that settled long enough ago, with their deliveries, a bounded
+batch at a time. Redelivering an event unsettles it. A dedupe key names the connection the event came from
+(`<connection>:...`); stores of earlier versions, whose keys named the backend (`<backend>:...`), are rewritten
+when opened (connection_dedupe_key).
+
     EventStoreError      (ValueError)   the event cannot be stored as given
     DeliveryNotFound     (LookupError)  record_attempt named an event or subscriber the store does not know
 """
@@ -19,7 +25,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from gateway.config import StoreSettings
 from gateway.sqlite_file import SqliteFile
@@ -57,8 +63,13 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     def list_events(self, *, order_id: str | None = None, type: str | None = None, state: str | None = None,
-                    limit: int = 100) -> list[dict]:
-        """Up to `limit` events shaped like get_event's result, newest first, matching every filter given."""
+                    limit: int = 100, connections: Collection[str] | None = None,
+                    before: str | None = None) -> list[dict]:
+        """Up to `limit` events shaped like get_event's result, newest first, matching every filter given.
+
+        `connections`: only events whose source connection is one of these (None: any event; empty: none).
+        `before`: only events stored before the event of this id, which must itself pass `connections` (else
+        nothing is listed, as for an unknown id: the cursor tells nothing of events the caller may not see)."""
 
     @abc.abstractmethod
     def next_delivery(self, subscriber: str, order_key: str) -> dict | None:
@@ -87,8 +98,25 @@ class EventStore(abc.ABC):
         the streams to nudge, or None."""
 
     @abc.abstractmethod
+    def purge_settled(self, *, settled_by: float, limit: int) -> int:
+        """Delete up to `limit` events (oldest settled first) that settled at or before `settled_by`, with their
+        deliveries and dedupe keys, in one transaction; how many were deleted. Pending events are never deleted."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the store's connections."""
+
+
+def connection_dedupe_key(dedupe_key: str, event: dict) -> str:
+    """The dedupe key of a stored event as this version keeps it: earlier versions' `<backend>:<rest>` becomes
+    `<connection>:<rest>` (the event's source names both); any other key stays as it is."""
+    source = event.get("source")
+    if not isinstance(source, dict):
+        return dedupe_key
+    backend, connection = source.get("backend"), source.get("connection")
+    if not isinstance(backend, str) or not isinstance(connection, str) or not dedupe_key.startswith(backend + ":"):
+        return dedupe_key
+    return connection + dedupe_key[len(backend):]
 
 
 # Helpers both implementations share, so they agree on every detail of validation and filtering.
@@ -172,9 +200,31 @@ def order_ids(event: dict) -> list[str]:
     return [value for value in dict.fromkeys(order_id_columns(event)) if value is not None]
 
 
-def matches_filters(item: dict, *, order_id: str | None, type: str | None, state: str | None) -> bool:
+def event_connection(event: dict) -> str | None:
+    """The connection an event came from (its source's), or None when it names none."""
+    source = event.get("source")
+    connection = source.get("connection") if isinstance(source, dict) else None
+    return connection if isinstance(connection, str) else None
+
+
+def check_connections(connections: Collection[str] | None) -> frozenset[str] | None:
+    """A connections filter as a set of names (None: no filter; empty: nothing passes); one string is refused."""
+    if connections is None:
+        return None
+    if isinstance(connections, str | bytes) or not isinstance(connections, Collection):
+        raise TypeError("connections are a collection of names, not one string")
+    names = frozenset(connections)
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError("connections are a collection of names")
+    return names
+
+
+def matches_filters(item: dict, *, order_id: str | None, type: str | None, state: str | None,
+                    connections: frozenset[str] | None = None) -> bool:
     """Whether a get_event-shaped item passes list_events' filters."""
     event = item["event"]
+    if connections is not None and event_connection(event) not in connections:
+        return False
     if type is not None and event.get("type") != type:
         return False
     if order_id is not None and str(order_id) not in order_ids(event):
@@ -264,11 +314,38 @@ CREATE TABLE IF NOT EXISTS delivery_history (
     FOREIGN KEY (event_seq, subscriber) REFERENCES deliveries (event_seq, subscriber)
 );
 CREATE INDEX IF NOT EXISTS delivery_history_by_delivery ON delivery_history (event_seq, subscriber, line);
+
+CREATE TABLE IF NOT EXISTS settled_events (
+    event_seq  INTEGER PRIMARY KEY REFERENCES events (seq),
+    settled_at REAL NOT NULL  -- when its last pending delivery was delivered or went dead (or it was stored without)
+);
+CREATE INDEX IF NOT EXISTS settled_events_by_time ON settled_events (settled_at);
 """
-#: version 2: who asked for a redelivery (delivery_history.requested_by)
+#: version 5: dedupe keys name the connection rather than the backend (the SQL form of connection_dedupe_key;
+#: OR IGNORE keeps the old key of the rare event whose new key another event has already)
+CONNECTION_DEDUPE_KEYS = (
+    "UPDATE OR IGNORE events SET dedupe_key = json_extract(body, '$.source.connection')"
+    " || substr(dedupe_key, length(json_extract(body, '$.source.backend')) + 1)"
+    " WHERE json_type(body, '$.source.connection') = 'text' AND json_type(body, '$.source.backend') = 'text'"
+    " AND substr(dedupe_key, 1, length(json_extract(body, '$.source.backend')) + 1)"
+    " = json_extract(body, '$.source.backend') || ':'")
+#: version 6: the events settled before settled_events existed, settled when their last attempt was made
+SETTLED_BEFORE_VERSION_6 = (
+    "INSERT OR IGNORE INTO settled_events (event_seq, settled_at)"
+    " SELECT seq, max(received_at, COALESCE((SELECT MAX(at) FROM delivery_history"
+    " WHERE delivery_history.event_seq = events.seq), received_at)) FROM events"
+    " WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.event_seq = events.seq"
+    " AND deliveries.state = 'pending')")
+#: the connection an event came from, as list_events' connections filter reads it (and its index holds it)
+CONNECTION_OF_BODY = "json_extract(body, '$.source.connection')"
+#: version 2: who asked for a redelivery (delivery_history.requested_by); version 4: the connections filter as an
+#: index lookup
 MIGRATIONS = {2: "ALTER TABLE delivery_history ADD COLUMN requested_by TEXT",
-              3: "ALTER TABLE events ADD COLUMN trace_context TEXT"}
-SCHEMA_VERSION = 3
+              3: "ALTER TABLE events ADD COLUMN trace_context TEXT",
+              4: f"CREATE INDEX IF NOT EXISTS events_by_connection ON events ({CONNECTION_OF_BODY}, seq)",
+              5: CONNECTION_DEDUPE_KEYS,
+              6: SETTLED_BEFORE_VERSION_6}
+SCHEMA_VERSION = 6
 
 
 class SqliteEventStore(SqliteFile, EventStore):
@@ -305,6 +382,8 @@ class SqliteEventStore(SqliteFile, EventStore):
                 " next_attempt_at) VALUES (?, ?, ?, ?, 'pending', 0, ?)",
                 [(seq, name, order_key, event["occurred_at"], now) for name in names],
             )
+            if not names:
+                db.execute("INSERT INTO settled_events (event_seq, settled_at) VALUES (?, ?)", (seq, now))
         return event["id"], True
 
     def get_event(self, event_id: str) -> dict | None:
@@ -316,12 +395,25 @@ class SqliteEventStore(SqliteFile, EventStore):
             return self._items(db, [row])[0]
 
     def list_events(self, *, order_id: str | None = None, type: str | None = None, state: str | None = None,
-                    limit: int = 100) -> list[dict]:
+                    limit: int = 100, connections: Collection[str] | None = None,
+                    before: str | None = None) -> list[dict]:
         """Up to `limit` events shaped like get_event's result, newest first, matching every filter given."""
         check_state(state)
-        if limit <= 0:
+        connections = check_connections(connections)
+        if limit <= 0 or connections == frozenset():
             return []
         conditions, parameters = [], []
+        names = sorted(connections or ())
+        in_connections = f"{CONNECTION_OF_BODY} IN ({', '.join('?' * len(names))})"
+        if connections is not None:
+            conditions.append(in_connections)
+            parameters += names
+        if before is not None:
+            # The cursor passes the connections filter too; an unknown or hidden one is NULL, and no row passes.
+            cursor = "SELECT seq FROM events WHERE id = ?" + (  # noqa: S608 - only fixed SQL fragments are joined
+                f" AND {in_connections}" if connections is not None else "")
+            conditions.append(f"seq < ({cursor})")
+            parameters += [before, *names]
         if order_id is not None:
             conditions.append("(backend_order_id = ? OR order_number = ?)")
             parameters += [str(order_id), str(order_id)]
@@ -402,6 +494,17 @@ class SqliteEventStore(SqliteFile, EventStore):
             after = apply_attempt(before, outcome=outcome, status_code=status_code, error=error,
                                   next_attempt_at=next_attempt_at, now=now)
             self._save_delivery(db, row["event_seq"], after)
+            self._note_settled(db, row["event_seq"], now)
+
+    @staticmethod
+    def _note_settled(db: sqlite3.Connection, seq: int, now: float) -> None:
+        """After a delivery changed: the event settled now if none of its deliveries is pending, else not."""
+        if db.execute("SELECT 1 FROM deliveries WHERE event_seq = ? AND state = 'pending' LIMIT 1",
+                      (seq,)).fetchone() is not None:
+            db.execute("DELETE FROM settled_events WHERE event_seq = ?", (seq,))
+        else:
+            db.execute("INSERT INTO settled_events (event_seq, settled_at) VALUES (?, ?)"
+                       " ON CONFLICT (event_seq) DO UPDATE SET settled_at = excluded.settled_at", (seq, now))
 
     @staticmethod
     def _save_delivery(db: sqlite3.Connection, seq: int, delivery: dict) -> None:
@@ -451,7 +554,31 @@ class SqliteEventStore(SqliteFile, EventStore):
                 # Only the new history line is passed on: _save_delivery appends, it never rewrites history.
                 self._save_delivery(db, event["seq"], apply_redeliver(
                     {"subscriber": subscriber, "history": []}, now, requested_by))
+            if subscribers:
+                db.execute("DELETE FROM settled_events WHERE event_seq = ?", (event["seq"],))
         return [(subscriber, event["order_key"]) for subscriber in subscribers]
+
+    def purge_settled(self, *, settled_by: float, limit: int) -> int:
+        """Delete up to `limit` events that settled at or before `settled_by`, oldest settled first, with their
+        deliveries and histories, in one transaction; how many were deleted."""
+        if limit <= 0:
+            return 0
+        with self._write() as db:
+            # The pending check guards against a settled row left by a process of an earlier version, whose
+            # redeliver did not remove it.
+            seqs = [row["event_seq"] for row in db.execute(
+                "SELECT event_seq FROM settled_events AS s WHERE settled_at <= ? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries WHERE deliveries.event_seq = s.event_seq AND state = 'pending')"
+                " ORDER BY settled_at LIMIT ?", (float(settled_by), limit))]
+            if not seqs:
+                return 0
+            marks = ", ".join("?" * len(seqs))
+            for statement in ("DELETE FROM delivery_history WHERE event_seq IN ({})",
+                              "DELETE FROM deliveries WHERE event_seq IN ({})",
+                              "DELETE FROM settled_events WHERE event_seq IN ({})",
+                              "DELETE FROM events WHERE seq IN ({})"):
+                db.execute(statement.format(marks), seqs)
+        return len(seqs)
 
     def close(self) -> None:
         """Close every connection; the store cannot be used afterwards."""

@@ -1,8 +1,10 @@
 """The delivery worker: `python -m gateway.events.worker` runs huey's consumer with the gateway's configuration.
 
 It builds the event service alone (store, leases, dispatcher, queue), not the web app with its connections.
-Beside huey's consumer, two threads: the heartbeat (/readyz reads it) and the resume of pending streams every
-`[events] resume_interval_seconds` (gateway/events/queue.py).
+Beside huey's consumer, three threads: the heartbeat (/readyz reads it), the resume of pending streams every
+`[events] resume_interval_seconds` (gateway/events/queue.py) and retention, at start and every
+`[events] retention_interval_seconds` (gateway/events/retention.py: settled events, expired Idempotency-Keys and
+the journal's old exchanges).
 
 Its Prometheus figures (deliveries, lag) go to files in `<metrics root>/worker-<pid>`, which the gateway's
 GET /metrics merges with its own (gateway/metrics.py). prometheus-client decides whether to keep figures in
@@ -22,6 +24,7 @@ from gateway import load_gateway_settings, logs, tracing
 from gateway.errors import ConfigError
 from gateway.events import EventService
 from gateway.events.heartbeat import Heartbeat
+from gateway.events.retention import WorkerRetention
 from gateway.metrics import MULTIPROCESS_VARIABLE, metrics_root, prepare_worker_dir
 
 
@@ -42,9 +45,11 @@ def main() -> None:
         raise SystemExit(78) from None
     tracing.configure_from_environment("order-gateway-worker")
     service.queue.prepare_worker_start()
+    retention = WorkerRetention(service.settings, service.store)
     heartbeat, stop_background = Heartbeat(service.settings), threading.Event()
     heartbeat.keep_beating(stop_background)
     resuming = service.queue.keep_resuming(stop_background)
+    retaining = retention.keep_running(stop_background)
     # Due scheduled tasks move to the queue once a second and idle workers look every half second: the slack
     # gateway/events/queue.py allows a scheduled drain before it counts as lost.
     consumer = service.queue.huey.create_consumer(
@@ -56,6 +61,8 @@ def main() -> None:
     finally:
         stop_background.set()
         resuming.join(timeout=5)  # a resume under way finishes before the store closes
+        retaining.join(timeout=5)  # likewise a retention batch (stop ends a run between two batches)
+        retention.close()
         heartbeat.close()
         service.close()
         tracing.shutdown()

@@ -22,6 +22,9 @@ with the calls noted, until the record's life ends. Exactly one of any number of
 gets NEW. abandon() never deletes an attempted record, and complete() stores an attempted record's response even
 after its lease ran out (a late outcome is better than an unknown one).
 
+purge_expired() deletes the records whose life is over; the event worker calls it on its retention schedule
+(gateway/events/retention.py), a bounded batch at a time. Redis expires its records by itself.
+
 Errors of the storage itself (sqlite3.Error, redis.RedisError) are passed on as they are.
 """
 
@@ -128,8 +131,9 @@ class IdempotencyStore(abc.ABC):
         used afresh."""
 
     @abc.abstractmethod
-    def purge_expired(self, now: float | None = None) -> int:
-        """Delete the records whose lease or lifetime is over; how many were deleted."""
+    def purge_expired(self, now: float | None = None, *, limit: int | None = None) -> int:
+        """Delete the records whose lease or lifetime is over (at most `limit` of them, None: all); how many were
+        deleted."""
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -178,7 +178,7 @@ class RedisIdempotencyStore(IdempotencyStore):
         check_record(key, fingerprint)
         self._abandon_script(keys=[self._key(key)], args=[fingerprint])
 
-    def purge_expired(self, now: float | None = None) -> int:
+    def purge_expired(self, now: float | None = None, *, limit: int | None = None) -> int:
         """Nothing to do: Redis deletes expired records by itself."""
         return 0
 

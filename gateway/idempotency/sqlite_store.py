@@ -153,10 +153,15 @@ class SqliteIdempotencyStore(SqliteFile, IdempotencyStore):
             db.execute("DELETE FROM idempotency_keys WHERE key = ? AND fingerprint = ? AND state = ?"
                        " AND attempts IS NULL", (key, fingerprint, IN_PROGRESS))
 
-    def purge_expired(self, now: float | None = None) -> int:
-        """Delete the rows whose lease or lifetime is over; how many were deleted."""
+    def purge_expired(self, now: float | None = None, *, limit: int | None = None) -> int:
+        """Delete the rows whose lease or lifetime is over (at most `limit`, the longest expired first, in one
+        transaction; None: all); how many were deleted."""
+        now = timestamp(now)
         with self._write() as db:
-            return db.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (timestamp(now),)).rowcount
+            if limit is None:
+                return db.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,)).rowcount
+            return db.execute("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys"
+                              " WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)", (now, max(limit, 0))).rowcount
 
     def ping(self) -> None:
         """Raise if the file cannot be read (or the store is closed)."""

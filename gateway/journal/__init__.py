@@ -116,8 +116,12 @@ class ExchangeJournal(abc.ABC):
 
     @abc.abstractmethod
     def list(self, *, order_id: str | None = None, connection: str | None = None, outcome: str | None = None,
-             request_id: str | None = None, since: float | None = None, limit: int = 100) -> list[Exchange]:
-        """Up to `limit` exchanges matching every filter given, newest first (ties in descending id order)."""
+             request_id: str | None = None, since: float | None = None, limit: int = 100,
+             connections: Collection[str] | None = None) -> list[Exchange]:
+        """Up to `limit` exchanges matching every filter given, newest first (ties in descending id order).
+
+        `connections`: only exchanges with one of these connections (None: any; empty: none), on top of
+        `connection`."""
 
     @abc.abstractmethod
     def timings(self, connection: str, *, since: float, limit: int = TIMINGS_LIMIT) -> list[tuple[float, float, str]]:
@@ -203,6 +207,19 @@ def check_list(*, order_id: str | None, connection: str | None, outcome: str | N
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
         raise ValueError(f"limit must be an int from 1 to {MAX_LIST_LIMIT}, not {limit!r}")
     return None if since is None else finite_number("since", since)
+
+
+def connections_filter(connections: Collection[str] | None, connection: str | None) -> frozenset[str] | None:
+    """The connections an exchange may have to pass list()'s `connections` and `connection` filters (None: any);
+    a lone string is refused, as it would be read as a collection of letters."""
+    if connections is None:
+        return None if connection is None else frozenset({connection})
+    if isinstance(connections, str | bytes) or not isinstance(connections, Collection):
+        raise TypeError(f"connections are a collection of strings, not {type(connections).__name__}")
+    names = frozenset(connections)
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError("connections are a collection of strings")
+    return names if connection is None else names & {connection}
 
 
 def check_connection(connection: str) -> str:

@@ -41,6 +41,7 @@ from gateway.journal import (
     check_list,
     check_retention,
     check_timings,
+    connections_filter,
     decode_exchange,
     encode_exchange,
     encode_json,
@@ -120,13 +121,22 @@ class RedisExchangeJournal(ExchangeJournal):
         return None if text is None else decode_exchange(text)
 
     def list(self, *, order_id: str | None = None, connection: str | None = None, outcome: str | None = None,
-             request_id: str | None = None, since: float | None = None, limit: int = 100) -> list[Exchange]:
+             request_id: str | None = None, since: float | None = None, limit: int = 100,
+             connections: Collection[str] | None = None) -> list[Exchange]:
         """Up to `limit` exchanges matching every filter given, newest first (ties in descending id order)."""
         since = check_list(order_id=order_id, connection=connection, outcome=outcome, request_id=request_id,
                            since=since, limit=limit)
+        allowed = connections_filter(connections, connection)
+        if allowed == frozenset():
+            return []
         wanted = {f"{kind}:{value}" for kind, value in (
-            ("order", order_id), ("connection", connection), ("outcome", outcome), ("request", request_id))
-            if value is not None}
+            ("order", order_id), ("outcome", outcome), ("request", request_id)) if value is not None}
+        # One connection is an index like the other filters; of several, an exchange must be in one of theirs.
+        one_of = None
+        if allowed is not None and len(allowed) == 1:
+            wanted |= {f"connection:{name}" for name in allowed}
+        elif allowed is not None:
+            one_of = {f"connection:{name}" for name in allowed}
         lowest = "-inf" if since is None else since
         index = self._smallest_index(sorted(wanted), lowest) if wanted else "exchanges"
         if index is None:
@@ -145,7 +155,7 @@ class RedisExchangeJournal(ExchangeJournal):
             fresh = [exchange_id for exchange_id in page if exchange_id not in seen]
             seen.update(fresh)
             for exchange_id, names in zip(fresh, self._index_names_of(fresh), strict=True):
-                if names is not None and wanted <= set(names):
+                if names is not None and wanted <= set(names) and (one_of is None or not one_of.isdisjoint(names)):
                     found.append(exchange_id)
         with self._redis.pipeline(transaction=False) as pipe:
             for exchange_id in found[:limit]:

@@ -26,6 +26,7 @@ from gateway.journal import (
     check_list,
     check_retention,
     check_timings,
+    connections_filter,
     encode_json,
     timestamp,
 )
@@ -136,14 +137,20 @@ class SqliteExchangeJournal(SqliteFile, ExchangeJournal):
         return None if row is None else exchange_of_row(row)
 
     def list(self, *, order_id: str | None = None, connection: str | None = None, outcome: str | None = None,
-             request_id: str | None = None, since: float | None = None, limit: int = 100) -> list[Exchange]:
+             request_id: str | None = None, since: float | None = None, limit: int = 100,
+             connections: Collection[str] | None = None) -> list[Exchange]:
         """Up to `limit` exchanges matching every filter given, newest first (ties in descending id order)."""
         since = check_list(order_id=order_id, connection=connection, outcome=outcome, request_id=request_id,
                            since=since, limit=limit)
+        allowed = connections_filter(connections, connection)
+        if allowed == frozenset():
+            return []
         conditions, parameters = [], []
+        if allowed is not None:
+            conditions.append(f"connection IN ({', '.join('?' * len(allowed))})")
+            parameters += sorted(allowed)
         for condition, value in (
             ("seq IN (SELECT exchange_seq FROM exchange_orders WHERE order_id = ?)", order_id),
-            ("connection = ?", connection),
             ("outcome = ?", outcome),
             ("request_id = ?", request_id),
             ("at >= ?", since),

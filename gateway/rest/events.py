@@ -1,15 +1,28 @@
-"""GET /events, GET /events/<id>, POST /events/<id>/redeliver: what operators need to see and act on."""
+"""GET /events, GET /events/<id>, POST /events/<id>/redeliver: what operators need to see and act on.
+
+A caller sees the events of its connections only (an event's connection is its source's): lists are filtered in
+the store's query, so `limit` counts what the caller may see, and another connection's event is a 404 like an
+unknown id, so a reply never tells whether it exists. A `connection` filter outside the caller's connections
+matches nothing: an empty list, as for a connection nobody configured.
+
+A list is paged: at most `limit` events and at most `[events] max_list_bytes` bytes (a page holds one event at
+least, so a single event larger than that is the only thing its page holds); `next` is the path of the following
+page (`before` the page's last event), null on the last one, and `truncated` says the byte bound ended the page.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, jsonify, make_response
+from flask import Blueprint, Response, current_app, jsonify, make_response, url_for
 
 from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import EventNotFound
-from gateway.rest.auth import current_caller
+from gateway.events.store import event_connection
+from gateway.rest.auth import current_caller, scoped_connections
 from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID, TRACE_CONTEXT
 from gateway.rest.idempotency import idempotent
 from gateway.rest.openapi import documented
@@ -43,7 +56,59 @@ def with_iso_times(stored: dict) -> dict:
     }
 
 
+def listed_connections(connection: str | None) -> Collection[str] | None:
+    """The connections whose events a list shows the caller: its own (None: every one), narrowed to `connection`
+    when given (to none when that is not one of its own)."""
+    if connection is None:
+        return scoped_connections()
+    return {connection} if current_caller().sees(connection) else set()
+
+
+def visible_event(event_id: str) -> dict:
+    """The stored event, if the caller may see it; else 404, whether or not it exists."""
+    stored = _service().store.get_event(event_id)
+    # The caller is asked whether or not the event exists: an unknown id and a hidden one take the same path.
+    if not current_caller().sees(event_connection(stored["event"]) if stored else None) or stored is None:
+        raise EventNotFound(f"No event {event_id!r}.")
+    return stored
+
+
+#: what the compact JSON of a reply is written with (Flask's, outside debug mode)
+COMPACT = (",", ":")
+
+
+def event_page(found: list[dict], query: dict, max_bytes: int) -> Response:
+    """The reply to GET /events: of `found` (up to limit + 1 events, newest first), as many as `limit` and
+    `max_bytes` allow, one at least, with the path of the next page when there are more."""
+    limit, dumps = query["limit"], current_app.json.dumps
+    filters = {name: query[name] for name in ("order_id", "type", "state", "connection") if name in query}
+    base = url_for("events.list_events")
+
+    def envelope(count: int) -> dict:
+        """The reply of the first `count` events, without them."""
+        cursor = {"before": found[count - 1]["event"]["id"]} if count < len(found) else None
+        return {"count": count, "events": [],
+                "next": f"{base}?{urlencode({**filters, 'limit': limit, **cursor})}" if cursor else None,
+                "truncated": count < min(len(found), limit)}
+
+    # A page stops where the next event would take the reply (its envelope, the events with a comma between each
+    # two, the final newline) past max_bytes.
+    page: list[str] = []
+    events_size = 0
+    for stored in found[:limit]:
+        item = dumps(with_iso_times(stored), separators=COMPACT)
+        size = events_size + len(item.encode()) + bool(page)
+        if page and len(dumps(envelope(len(page) + 1), separators=COMPACT).encode()) + size + 1 > max_bytes:
+            break
+        page.append(item)
+        events_size = size
+    # The events go in as they were measured (the envelope's only empty list is "events").
+    body = dumps(envelope(len(page)), separators=COMPACT).replace('"events":[]', f'"events":[{",".join(page)}]', 1)
+    return current_app.response_class(body + "\n", mimetype=current_app.json.mimetype)
+
+
 EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
+HIDDEN = "no such event (an event of a connection the caller may not use is not one it can see)"
 
 
 @blueprint.get("/events")
@@ -54,43 +119,51 @@ EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": {"type
         {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(EVENT_TYPES)}},
         {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(DELIVERY_STATES)},
          "description": "events with at least one delivery in this state"},
+        {"name": "connection", "in": "query", "schema": {"type": "string"},
+         "description": "the events of this connection (one the caller may not use matches nothing)"},
+        {"name": "before", "in": "query", "schema": {"type": "string"},
+         "description": "events stored before this one: the cursor of a reply's `next` (an id the caller cannot "
+                        "see matches nothing)"},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
         REQUEST_ID,
     ],
-    replies={200: ("events, newest first", EventListSchema)},
+    replies={200: ("events of the caller's connections, newest first, at most `limit` and at most `[events] "
+                   "max_list_bytes` bytes; `next` is the rest", EventListSchema)},
     problems={422: "an invalid filter, or an unknown query parameter", 500: "the gateway failed"},
 )
 def list_events():
-    """Stored events, newest first, filtered by order, type and delivery state."""
+    """Stored events of the caller's connections, newest first, filtered by order, type, delivery state and
+    connection, a page at a time."""
     query = read_query(EventListQuery)
-    events = _service().store.list_events(order_id=query.get("order_id"), type=query.get("type"),
-                                          state=query.get("state"), limit=query["limit"])
-    return jsonify({"events": [with_iso_times(event) for event in events], "count": len(events)})
+    service = _service()
+    # One more than the page holds: whether there is a next page.
+    found = service.store.list_events(order_id=query.get("order_id"), type=query.get("type"),
+                                      state=query.get("state"), connections=listed_connections(query.get("connection")),
+                                      before=query.get("before"), limit=query["limit"] + 1)
+    return event_page(found, query, service.settings.events.max_list_bytes)
 
 
 @blueprint.get("/events/<event_id>")
 @documented("/events/{event_id}", "get", "Show one event with its delivery attempts", tags=["events"],
             parameters=[EVENT_ID, REQUEST_ID], replies={200: ("the event", StoredEventSchema)},
-            problems={404: "no such event", 422: "an unknown query parameter", 500: "the gateway failed"})
+            problems={404: HIDDEN, 422: "an unknown query parameter", 500: "the gateway failed"})
 def show_event(event_id: str):
-    """One event with every delivery and its attempts."""
+    """One event of the caller's connections with every delivery and its attempts."""
     read_query(NoQuery)
-    event = _service().store.get_event(event_id)
-    if event is None:
-        raise EventNotFound(f"No event {event_id!r}.")
-    return jsonify(with_iso_times(event))
+    return jsonify(with_iso_times(visible_event(event_id)))
 
 
 @blueprint.post("/events/<event_id>/redeliver")
 @documented("/events/{event_id}/redeliver", "post", "Deliver an event again", tags=["events"],
             parameters=[EVENT_ID, IDEMPOTENCY_KEY, REQUEST_ID, *TRACE_CONTEXT],
             replies={202: ("queued again", RedeliveryReplySchema)},
-            problems={404: "no such event", 409: "a redelivery with the same Idempotency-Key is still being served",
+            problems={404: HIDDEN, 409: "a redelivery with the same Idempotency-Key is still being served",
                       422: "an unknown query parameter, or the Idempotency-Key was used for another request",
                       500: "the gateway failed"})
 @idempotent
 def redeliver_event(event_id: str):
-    """Send an event to its subscribers again (dead or delivered alike), in order with its order's other events."""
+    """Send an event of the caller's connections to its subscribers again (dead or delivered alike), in order with
+    its order's other events."""
     read_query(NoQuery)
     return queue_redelivery(event_id)
 
@@ -102,7 +175,9 @@ def redelivery_request(event_id: str) -> tuple[str, str]:
 
 
 def queue_redelivery(event_id: str) -> Response:
-    """Make every delivery of the event pending again and wake the worker: the 202 reply (404 when unknown)."""
+    """Make every delivery of the event pending again and wake the worker: the 202 reply (404 when unknown, or of a
+    connection the caller may not use)."""
+    visible_event(event_id)
     service = _service()
     caller = current_caller().name
     streams = service.store.redeliver(event_id, requested_by=caller)

@@ -4,6 +4,10 @@ Every call the gateway makes to a backend is recorded (gateway/journal/): when, 
 connection, backend and operation, the orders, the request as a dry run shows it and the reply, both with every
 credential masked, the duration and the outcome. A PATCH reply's `request_id` finds its exchanges
 (`?request_id=`). Reading it needs the scope `exchanges:read`.
+
+A caller sees the exchanges of its connections only: the list is filtered in the journal's query (so `limit`
+counts what it may see), a `connection` filter outside its connections matches nothing (an empty list, as for a
+connection nobody configured), and another connection's exchange is a 404 like an unknown id.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from gateway.canonical.schema import Text
 from gateway.errors import NotFound
 from gateway.journal import Exchange
 from gateway.journal.recorder import CallContext, call_context
-from gateway.rest.auth import current_caller
+from gateway.rest.auth import current_caller, scoped_connections
 from gateway.rest.common import REQUEST_ID
 from gateway.rest.openapi import documented
 from gateway.rest.queries import AsciiInteger, NoQuery, QuerySchema, read_query
@@ -68,7 +72,8 @@ EXCHANGE_ID = {"name": "exchange_id", "in": "path", "required": True, "schema": 
     "/exchanges", "get", "List recorded backend exchanges", tags=["operations"],
     parameters=[
         {"name": "order_id", "in": "query", "schema": {"type": "string"}, "description": "an order id of the call"},
-        {"name": "connection", "in": "query", "schema": {"type": "string"}},
+        {"name": "connection", "in": "query", "schema": {"type": "string"},
+         "description": "the exchanges of this connection (one the caller may not use matches nothing)"},
         {"name": "outcome", "in": "query", "schema": {"type": "string", "enum": list(OUTCOMES)}},
         {"name": "request_id", "in": "query", "schema": {"type": "string"},
          "description": "the request_id of the reply that made the calls"},
@@ -76,28 +81,32 @@ EXCHANGE_ID = {"name": "exchange_id", "in": "path", "required": True, "schema": 
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
         REQUEST_ID,
     ],
-    replies={200: ("exchanges, newest first", None)},
+    replies={200: ("exchanges of the caller's connections, newest first", None)},
     problems={422: "an invalid filter, or an unknown query parameter", 500: "the gateway failed"},
 )
 def list_exchanges():
-    """Recorded exchanges, newest first, filtered by order, connection, outcome, request id and time."""
+    """Recorded exchanges of the caller's connections, newest first, filtered by order, connection, outcome,
+    request id and time."""
     query = read_query(ExchangeListQuery)
     since = query.get("since")
     journal = current_app.extensions["order_gateway_journal"].flushed_journal()
     exchanges = journal.list(order_id=query.get("order_id"), connection=query.get("connection"),
                              outcome=query.get("outcome"), request_id=query.get("request_id"),
-                             since=since.timestamp() if since else None, limit=query["limit"])
+                             since=since.timestamp() if since else None, limit=query["limit"],
+                             connections=scoped_connections())
     return jsonify({"exchanges": [describe(exchange) for exchange in exchanges], "count": len(exchanges)})
 
 
 @blueprint.get("/exchanges/<exchange_id>")
 @documented("/exchanges/{exchange_id}", "get", "Show one recorded backend exchange", tags=["operations"],
             parameters=[EXCHANGE_ID, REQUEST_ID], replies={200: ("the exchange", None)},
-            problems={404: "no such exchange", 422: "an unknown query parameter", 500: "the gateway failed"})
+            problems={404: "no such exchange (an exchange of a connection the caller may not use is not one it can "
+                           "see)", 422: "an unknown query parameter", 500: "the gateway failed"})
 def show_exchange(exchange_id: str):
-    """One exchange with its request and reply."""
+    """One exchange of the caller's connections with its request and reply."""
     read_query(NoQuery)
     exchange = current_app.extensions["order_gateway_journal"].flushed_journal().get(exchange_id)
-    if exchange is None:
+    # The caller is asked whether or not the exchange exists: an unknown id and a hidden one take the same path.
+    if not current_caller().sees(exchange.connection if exchange else None) or exchange is None:
         raise ExchangeNotFound(f"No exchange {exchange_id!r} (exchanges are kept for the journal's retention).")
     return jsonify(describe(exchange))

@@ -6,7 +6,7 @@ among them when configured), the event worker's heartbeat, each connection's cir
 stores live: with SQLite files, the free space of their folders; with Redis, whether it keeps what it is given
 (`appendonly`, `maxmemory-policy`). A store that cannot be reached, or a disk below `[stores] min_free_disk_mb`,
 fails (503); a stale worker, an open breaker or a Redis that may lose data warns (200: the gateway still takes
-requests). Neither needs a key, and neither names a URL or a credential.
+requests). Neither needs a key, and neither names a URL, a file or a credential.
 
 The checks run at once on a small pool of threads, and the reply comes within `[gateway] readiness_timeout`
 whatever they do: a check that has not finished by then fails. So a frozen store holds a probe for that long and
@@ -204,6 +204,13 @@ def readiness_checks(settings: GatewaySettings) -> dict[str, Check]:
     return checks
 
 
+def _configuration_loaded(settings: GatewaySettings) -> str:
+    """What /readyz says of the configuration: loaded, and whether it is a sandbox's; never where it lives."""
+    if settings.sandbox:
+        return "loaded: a sandbox configuration ([gateway] sandbox = true), which accepts the public demo secrets"
+    return "loaded"
+
+
 @blueprint.get("/livez")
 @documented("/livez", "get", "Liveness: the process serves", tags=["operations"], security=[],
             reply_media_type=MEDIA_TYPE, replies={200: ("it serves", HEALTH)})
@@ -221,7 +228,7 @@ def readyz():
     settings = current_app.config["GATEWAY_SETTINGS"]
     runner = current_app.extensions.setdefault("order_gateway_readiness", ReadinessChecks())
     checks = {"configuration:loaded": [{"componentType": "system", "status": "pass", "time": _now(),
-                                        "output": settings.source}]}
+                                        "output": _configuration_loaded(settings)}]}
     checks.update(runner.run(readiness_checks(settings), settings.readiness_timeout))
     status = max((entry["status"] for entries in checks.values() for entry in entries), key=_ORDER.__getitem__)
     return _health({"status": status, "description": "order gateway", "checks": checks},

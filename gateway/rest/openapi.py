@@ -100,11 +100,16 @@ def build_openapi(version: str, connections: Any) -> dict:
         if operation.security is None:
             problems.setdefault(401, "no API key, or an unknown one")
             problems.setdefault(403, "the key lacks the scope or the connection")
+            problems.setdefault(429, "authentication failed too often from this address or with this key's prefix: "
+                                     "refused, the right key too, until Retry-After")
             problems.setdefault(503, "a store it needs cannot be used now (store-unavailable, Retry-After)")
         for status, description in sorted(problems.items()):
+            headers: dict[str, Any] = {"X-Request-ID": {"schema": {"type": "string"}}}
+            if status == 429:
+                headers["Retry-After"] = {"schema": {"type": "integer"}, "description": "seconds to wait"}
             responses[str(status)] = {
                 "description": description,
-                "headers": {"X-Request-ID": {"schema": {"type": "string"}}},
+                "headers": headers,
                 "content": {PROBLEM_MEDIA_TYPE: {"schema": "Problem"}},
             }
         document: dict[str, Any] = {

@@ -68,6 +68,9 @@ class EventListQuery(QuerySchema):
     order_id = Text(validate=validate.Length(min=1, max=255))
     type = fields.String(validate=validate.OneOf(EVENT_TYPES, error="One of: {choices}."))
     state = fields.String(validate=validate.OneOf(DELIVERY_STATES, error="One of: {choices}."))
+    connection = Text(validate=validate.Length(min=1, max=100))
+    #: the cursor of a reply's `next`: the last event id of the page before
+    before = Text(validate=validate.Length(min=1, max=255))
     limit = AsciiInteger(load_default=100, validate=validate.Range(min=1, max=1000,
                                                                   error="An integer from 1 to 1000."))
 

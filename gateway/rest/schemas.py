@@ -167,10 +167,15 @@ class StoredEventSchema(Schema):
 
 
 class EventListSchema(Schema):
-    """Stored events, newest first."""
+    """Stored events, newest first, a page at a time."""
 
     events = fields.List(fields.Nested(StoredEventSchema), required=True)
     count = fields.Integer(required=True)
+    next = fields.String(required=True, allow_none=True, metadata={
+        "description": "the path of the next page (the same filters, `before` the last event of this one); null "
+                       "on the last page"})
+    truncated = fields.Boolean(required=True, metadata={
+        "description": "true when `[events] max_list_bytes` ended the page before `limit` events"})
 
 
 class RedeliveryReplySchema(Schema):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
@@ -11,7 +12,7 @@ from flask import Blueprint, current_app, jsonify, request
 from gateway import logs, metrics, tracing
 from gateway.backends import BACKENDS
 from gateway.bookkeeping import log_failure
-from gateway.errors import GatewayError, StoreUnavailable, Unauthorized, WebhookNotFound
+from gateway.errors import GatewayError, PayloadTooLarge, StoreUnavailable, Unauthorized, WebhookNotFound
 from gateway.rest.common import REQUEST_ID, TRACE_CONTEXT, connections, read_json_body
 from gateway.rest.openapi import documented
 from gateway.rest.queries import NoQuery, read_query
@@ -72,14 +73,20 @@ def is_authenticated(webhooks: dict) -> bool:
              200: ("already received (a retry): acknowledged, not stored again", WebhookAcceptedSchema)},
     security=[{"webhookBasic": []}, {"webhookToken": []}],
     problems={400: "the body is not JSON, or nested too deeply", 401: "missing or wrong webhook credentials",
-              404: "no such webhook receiver", 413: "the body is too large", 415: "the body is not JSON",
-              422: "the payload is invalid", 500: "the gateway failed", 503: "the event could not be stored"},
+              404: "no such webhook receiver",
+              413: "the body is too large, or the webhook as compact JSON is larger than an event keeps "
+                   "([events] max_raw_bytes); nothing is stored",
+              415: "the body is not JSON",
+              422: "the payload is invalid, or its timestamp is older than the connection accepts (a replay) or "
+                   "too far ahead",
+              500: "the gateway failed", 503: "the event could not be stored"},
 )
 def receive_webhook(kind: str, connection: str):
     """Authenticate, validate, store (deduplicated) and queue one webhook; 202 new, 200 already known.
 
     Authentication is the connection's: HTTP Basic or a static token header. The event is stored before the
-    answer; retries of the same event (same system and webhookEventId) are acknowledged and not stored again.
+    answer; retries of the same event (same connection, system and webhookEventId) are acknowledged and not
+    stored again.
     """
     receiver = connections().by_name.get(connection)
     webhooks = receiver.settings.webhooks if receiver is not None and receiver.kind == kind else None
@@ -101,6 +108,14 @@ def receive_webhook(kind: str, connection: str):
     return reply, 202 if created else 200
 
 
+def check_raw_size(raw: dict, limit: int) -> None:
+    """Refuse (413) a webhook whose payload, kept as the event's `raw`, is more than `limit` bytes of compact JSON."""
+    size = len(json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLarge(f"The webhook is {size} bytes as compact JSON; an event keeps at most {limit} "
+                              "([events] max_raw_bytes). Nothing was stored.")
+
+
 def _store_webhook(receiver, webhooks: dict, connection: str):
     """Authenticate, validate, store and queue one webhook: its reply body, and whether it was new."""
     if not is_authenticated(webhooks):
@@ -108,6 +123,7 @@ def _store_webhook(receiver, webhooks: dict, connection: str):
         raise Unauthorized("The webhook's credentials are missing or wrong.", challenge=challenge)
     read_query(NoQuery)
     event = receiver.backend.read_webhook(read_json_body())
+    check_raw_size(event.raw, current_app.config["GATEWAY_SETTINGS"].events.max_raw_bytes)
     service = current_app.extensions["order_events"]
     subscribers = service.subscribers_for(event.type)
     try:

@@ -3,7 +3,7 @@ sends a cancel as ProcessOrder (OrderOperation Remove) and every other change as
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from marshmallow import ValidationError, fields, validate, validates
@@ -106,11 +106,15 @@ class OngoingBackend(Backend):
         return f"ongoing:{self.settings.url}:{self.settings.options['goods_owner_code']}"
 
     def read_webhook(self, payload: Any) -> OrderEvent:
-        """Ongoing's order webhooks (created, status changed, picked) as canonical events."""
+        """Ongoing's order webhooks (created, status changed, picked) as canonical events, dated within the
+        connection's max_age_hours before now and max_ahead_minutes after."""
+        webhooks = self.settings.webhooks or {}
         try:
             return read_order_webhook(
                 payload, connection=self.name, event_types=self.webhook_event_types,
-                timezone=(self.settings.webhooks or {}).get("timezone", "UTC"), status_names=self.status_names,
+                timezone=webhooks.get("timezone", "UTC"), status_names=self.status_names, now=datetime.now(UTC),
+                max_age=timedelta(hours=webhooks.get("max_age_hours", 48.0)),
+                max_ahead=timedelta(minutes=webhooks.get("max_ahead_minutes", 900.0)),
             )
         except ValidationError as error:
             raise ValidationFailed(flatten_errors(error.messages)) from None

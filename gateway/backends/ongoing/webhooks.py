@@ -4,12 +4,18 @@ The payload is WebhookOrderPayload of the vendor's webhook page. Unknown fields 
 `raw`, since Ongoing adds fields over time. Ongoing's timestamps carry no offset; the connection's webhook
 time zone says which one they are in. Template names are configured per webhook in Ongoing's UI, so their
 mapping to event types is a setting with these defaults.
+
+A webhook is one event of one connection: its dedupe key is `<connection>:<system>:<webhookEventId>`, so a
+webhookEventId sent with another connection's credentials never hides this connection's event. The timestamp says
+when the event happened: one older than the connection's max_age_hours is refused as a replay (Ongoing retries for
+a day), and one further ahead of the gateway's clock than max_ahead_minutes as impossible (it is read in the
+configured time zone, so a wrong zone shows here rather than as events dated hours off).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -123,9 +129,35 @@ class WebhookOrderPayloadSchema(_Lenient):
 _PAYLOAD_SCHEMA = WebhookOrderPayloadSchema()
 
 
+def check_timestamp(occurred: datetime, *, now: datetime, max_age: timedelta, max_ahead: timedelta,
+                    timezone: str) -> None:
+    """Refuse (ValidationError on `timestamp`) an event older than max_age (a replay) or further ahead of `now`
+    than max_ahead."""
+    if occurred < now - max_age:
+        raise ValidationError({"timestamp": [
+            f"The event happened {_hours(now - occurred)} ago, longer ago than the {_hours(max_age)} a webhook is "
+            "accepted for (webhooks.max_age_hours): refused as a replay."
+        ]})
+    if occurred > now + max_ahead:
+        raise ValidationError({"timestamp": [
+            f"The event is dated {_hours(occurred - now)} ahead of the gateway's clock, more than the "
+            f"{max_ahead.total_seconds() / 60:g} min allowed (webhooks.max_ahead_minutes); Ongoing's timestamps "
+            f"carry no offset and are read in the connection's webhooks.timezone ({timezone})."
+        ]})
+
+
+def _hours(duration: timedelta) -> str:
+    """A duration as hours with one decimal, e.g. "49.5 h"."""
+    return f"{duration.total_seconds() / 3600:.1f} h"
+
+
 def read_order_webhook(payload: Any, *, connection: str, event_types: Mapping[str, str], timezone: str,
-                       status_names: Mapping[int, str]) -> OrderEvent:
-    """Validate an Ongoing order webhook and turn it into a canonical OrderEvent; raises ValidationError."""
+                       status_names: Mapping[int, str], now: datetime | None = None,
+                       max_age: timedelta = timedelta(hours=48),
+                       max_ahead: timedelta = timedelta(hours=15)) -> OrderEvent:
+    """Validate an Ongoing order webhook and turn it into a canonical OrderEvent; raises ValidationError.
+
+    With `now` (an aware datetime), the timestamp must lie within max_age before it and max_ahead after it."""
     if not isinstance(payload, Mapping):
         raise ValidationError({"body": ["The body must be a JSON object."]})
     data = _PAYLOAD_SCHEMA.load(payload)
@@ -138,6 +170,8 @@ def read_order_webhook(payload: Any, *, connection: str, event_types: Mapping[st
     occurred = data["timestamp"]
     if occurred.tzinfo is None:
         occurred = occurred.replace(tzinfo=ZoneInfo(timezone))
+    if now is not None:
+        check_timestamp(occurred, now=now, max_age=max_age, max_ahead=max_ahead, timezone=timezone)
     status = data.get("orderStatus") or {}
     code = status.get("number")
     user, computer = data.get("byUser") or {}, data.get("byComputer") or {}
@@ -165,6 +199,6 @@ def read_order_webhook(payload: Any, *, connection: str, event_types: Mapping[st
         actor={"user": {"id": user.get("userId")},
                "computer": {"id": computer.get("computerId"), "name": computer.get("computerName")}},
         raw=dict(payload),
-        dedupe_key=f"ongoing:{data['system']}:{data['webhookEventId']}",
+        dedupe_key=f"{connection}:{data['system']}:{data['webhookEventId']}",
         order_key=f"{connection}:{data['orderId']}",
     )

@@ -1,0 +1,163 @@
+"""The policy table (gateway/rest/auth.py POLICIES) against the app's routes: every route is in it and every entry
+is a route, no route is open without saying so, and every route it says touches connection data reads the caller's
+connections when a caller limited to some connections uses it."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from flask import request, request_finished
+
+from gateway.config import SCOPES
+from gateway.console.views import PUBLIC_ENDPOINTS
+from gateway.rest.auth import KNOWN, OPEN, POLICIES, SCOPED_ENVIRON_KEY, SESSION, OpenWhen, Policy
+from tests.conftest import ONGOING_SERVICE_PATH, ongoing_connection
+
+SCOPED_KEY = "scoped-caller-key-000001"
+WEBHOOK_AUTH = ("ongoing-webhooks", "webhook-demo-password")
+SESSION_SECRET = "console-session-secret-for-policies-01"
+
+
+@pytest.fixture
+def app(make_gateway, sandbox_url):
+    """Two connections, and a caller with every scope that may use one of them."""
+    webhooks = {"auth": "basic", "username": WEBHOOK_AUTH[0], "password": WEBHOOK_AUTH[1]}
+    return make_gateway({
+        "gateway": {"default_connection": "ongoing-demo"},
+        "connections": {
+            "ongoing-demo": ongoing_connection(sandbox_url + ONGOING_SERVICE_PATH, webhooks=webhooks),
+            "elsewhere": ongoing_connection("http://127.0.0.1:9" + ONGOING_SERVICE_PATH),
+        },
+        "callers": {"scoped": {"key": SCOPED_KEY, "connections": ["ongoing-demo"], "scopes": sorted(SCOPES)}},
+        "console": {"session_secret": SESSION_SECRET},
+    })
+
+
+def test_every_route_is_in_the_table_and_every_entry_is_a_route(app):
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+
+    assert sorted(endpoints - POLICIES.keys()) == [], "routes missing from gateway.rest.auth.POLICIES"
+    assert sorted(POLICIES.keys() - endpoints) == [], "entries of POLICIES that are no route"
+
+
+def test_every_entry_says_who_may_call_it_and_whether_it_touches_connection_data():
+    for endpoint, policy in POLICIES.items():
+        assert isinstance(policy, Policy), endpoint
+        assert type(policy.connection_data) is bool, endpoint
+        access = policy.access
+        assert access in (OPEN, SESSION, KNOWN) or isinstance(access, OpenWhen) or (
+            isinstance(access, tuple) and access and set(access) <= set(SCOPES)), endpoint
+    with pytest.raises(TypeError):
+        Policy(("events:read",))  # connection_data has no default: every entry says it
+
+
+def _path(rule) -> str:
+    return re.sub(r"<(?:[^:>]+:)?\w+>", "x", rule.rule)
+
+
+def test_no_route_is_open_without_saying_so(app):
+    settings = app.config["GATEWAY_SETTINGS"]
+    client = app.test_client()
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        access = POLICIES[rule.endpoint].access
+        if isinstance(access, OpenWhen):
+            if getattr(settings, access.setting):
+                continue
+            access = KNOWN
+        if access == OPEN or rule.endpoint in PUBLIC_ENDPOINTS:
+            continue
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            reply = client.open(_path(rule), method=method)
+            if access == SESSION:
+                assert reply.status_code == 303, (rule.rule, method)
+                assert reply.headers["Location"].startswith("/console/login"), (rule.rule, method)
+            else:
+                assert reply.status_code == 401, (rule.rule, method, reply.status_code)
+            checked += 1
+    assert checked >= 12
+
+
+# --- connection data ----------------------------------------------------------------------------------------------
+
+def _recent_webhook() -> dict:
+    moment = datetime.now(UTC) - timedelta(minutes=5)
+    return {"webhookOrdersId": 3, "webhookEventId": 71, "system": "sandbox",
+            "timestamp": f"{moment:%Y-%m-%dT%H:%M:%S}", "orderId": 1001, "orderNumber": "SO-1001",
+            "goodsOwnerId": 1, "orderStatus": {"number": 300}, "webhookTemplate": "OrderStatusChanged"}
+
+
+@pytest.fixture
+def known(app):
+    """What the samples use: an event and an exchange of the caller's connection, and a console login."""
+    api = app.test_client()
+    stored = api.post("/webhooks/ongoing/ongoing-demo", json=_recent_webhook(), auth=WEBHOOK_AUTH)
+    assert stored.status_code == 202, stored.get_json()
+    bearer = {"Authorization": f"Bearer {SCOPED_KEY}"}
+    assert api.patch("/orders/SO-1008", json={"waybill": "POLICY-1"}, headers=bearer).status_code == 200
+    exchanges = api.get("/exchanges", headers=bearer).get_json()["exchanges"]
+    console = app.test_client()
+    form = console.get("/console/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    assert console.post("/console/login", data={"csrf_token": token, "key": SCOPED_KEY}).status_code == 303
+    page = console.get("/console").get_data(as_text=True)
+    return {"api": api, "bearer": bearer, "event": stored.get_json()["id"], "exchange": exchanges[0]["id"],
+            "console": console, "csrf": re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)}
+
+
+#: endpoint -> a request of the scoped caller to it (a route the table marks as touching connection data needs one)
+SAMPLES = {
+    "orders.update_order": lambda k: k["api"].patch("/orders/SO-1001?dry_run=true", json={"status": "released"},
+                                                    headers=k["bearer"]),
+    "orders.update_orders": lambda k: k["api"].patch(
+        "/orders?dry_run=true", json={"orders": [{"order_id": "SO-1001", "status": "released"}]},
+        headers=k["bearer"]),
+    "events.list_events": lambda k: k["api"].get("/events", headers=k["bearer"]),
+    "events.show_event": lambda k: k["api"].get(f"/events/{k['event']}", headers=k["bearer"]),
+    "events.redeliver_event": lambda k: k["api"].post(f"/events/{k['event']}/redeliver", headers=k["bearer"]),
+    "exchanges.list_exchanges": lambda k: k["api"].get("/exchanges", headers=k["bearer"]),
+    "exchanges.show_exchange": lambda k: k["api"].get(f"/exchanges/{k['exchange']}", headers=k["bearer"]),
+    "console.overview": lambda k: k["console"].get("/console"),
+    "console.order_timeline": lambda k: k["console"].get("/console/orders?order_id=SO-1001"),
+    "console.redeliver": lambda k: k["console"].post(
+        f"/console/events/{k['event']}/redeliver", data={"csrf_token": k["csrf"], "idempotency_key": "policy-1"}),
+}
+CONNECTION_DATA = sorted(endpoint for endpoint, policy in POLICIES.items() if policy.connection_data)
+
+
+def scoped_requests(app) -> tuple[list, object]:
+    """A list that receives (endpoint, whether the request read its caller's connections) for each request, and
+    the receiver to connect."""
+    seen: list[tuple[str, bool]] = []
+
+    def record(sender, response, **_):
+        seen.append((request.endpoint, bool(request.environ.get(SCOPED_ENVIRON_KEY))))
+
+    return seen, record
+
+
+def test_every_route_that_touches_connection_data_has_a_sample():
+    assert sorted(set(CONNECTION_DATA) - SAMPLES.keys()) == []
+
+
+@pytest.mark.parametrize("endpoint", CONNECTION_DATA)
+def test_a_route_that_touches_connection_data_reads_the_callers_connections(app, known, endpoint):
+    seen, record = scoped_requests(app)
+    with request_finished.connected_to(record, app):
+        reply = SAMPLES[endpoint](known)
+
+    assert reply.status_code < 500, reply.get_data(as_text=True)[:500]
+    assert (endpoint, True) in seen, (
+        f"{endpoint} touches connection data (POLICIES) but never read the caller's connections: use "
+        f"current_caller().sees(connection), scoped_connections() or require_connection(); seen: {seen}")
+
+
+def test_a_route_that_does_not_read_them_is_seen_as_such(app):
+    seen, record = scoped_requests(app)
+    with request_finished.connected_to(record, app):
+        app.test_client().get("/livez")
+        app.test_client().get("/console/login")
+
+    assert seen == [("health.livez", False), ("console.login_form", False)]
