@@ -1,11 +1,12 @@
 """Callers and idempotency cost: what authenticating the caller and honouring Idempotency-Key add to a request.
 
-In process and without contention (one thread): `Authenticator.caller_for` with the sandbox configuration's 2
+In process and without contention (one thread): `Authenticator.caller_for` with the sandbox configuration's 3
 callers and with 50 configured keys, the whole `authenticate` hook, `read_key` + `fingerprint` of a typical
-Ongoing update, `begin` + `complete` of a fresh key and `begin` of a replay on the SQLite and the Redis store;
-then `PATCH /orders/SO-1006` through Flask's test client of a gateway whose Ongoing transport answers from memory,
-as the demo caller without a key, with a fresh Idempotency-Key per request, and anonymous (`allow_anonymous`, no
-callers), and to take the keyed request apart, with the store replaced by a dict and with the store's calls timed.
+Ongoing update, `begin` + `complete` and `begin` + `attempt` + `complete` of a fresh key and `begin` of a replay on
+the SQLite and the Redis store; then `PATCH /orders/SO-1006` through Flask's test client of a gateway whose Ongoing
+transport answers from memory, as the demo caller without a key, with a fresh Idempotency-Key per request, and
+anonymous (`allow_anonymous`, no callers), and to take the keyed request apart, with the store replaced by a dict
+and with the store's calls timed.
 Once with the embedded coordination (SQLite store) and once with `[events] redis_url` (Redis store) on a
 redis-server started for the run on a free 127.0.0.1 port and stopped at its end. Run alone: `python -m
 bench.caller_cost [--quick]`.
@@ -23,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,16 @@ from bench.workload import (
 from gateway import create_app
 from gateway.backends import BACKENDS
 from gateway.config import load_settings
-from gateway.idempotency import IN_PROGRESS, MISMATCH, NEW, REPLAY, Begun, IdempotencyStore, StoredResponse
+from gateway.idempotency import (
+    IN_PROGRESS,
+    MISMATCH,
+    NEW,
+    REPLAY,
+    Attempt,
+    Begun,
+    IdempotencyStore,
+    StoredResponse,
+)
 from gateway.idempotency.redis_store import RedisIdempotencyStore
 from gateway.idempotency.sqlite_store import SqliteIdempotencyStore
 from gateway.rest.auth import Authenticator, authenticate, current_caller
@@ -111,36 +122,61 @@ def canned_reply(folder: Path) -> BackendReply:
 
 def close_app(app: Flask) -> None:
     """Release what the app holds: connections, coordination, events and the Idempotency-Key store."""
-    app.extensions["order_gateway"].close()
-    app.extensions["order_events"].close()
-    app.extensions["order_gateway_idempotency"].close()
+    for name in ("order_gateway", "order_events", "order_gateway_idempotency"):
+        # a gateway that failed half-way through the bench's changes may lack one: close what it has
+        if name in app.extensions:
+            app.extensions[name].close()
+
+
+@dataclass
+class MemoryRecord:
+    """A key's record in MemoryIdempotencyStore: its fingerprint, the calls noted on it, the response once kept."""
+
+    fingerprint: str
+    attempts: list[Attempt] = field(default_factory=list)
+    response: StoredResponse | None = None
 
 
 class MemoryIdempotencyStore(IdempotencyStore):
-    """The store contract kept in a dict, for one thread and without expiry: what the decorator costs by itself."""
+    """The store contract kept in a dict, for one thread and without expiry: what the decorator costs by itself.
+
+    As the real stores, but no lease or lifetime ever runs out: an in-progress record stays IN_PROGRESS (so
+    OUTCOME_UNKNOWN never arises), and a completed one is replayed for ever.
+    """
 
     def __init__(self) -> None:
-        self.records: dict[str, tuple[str, StoredResponse | None]] = {}
+        self.records: dict[str, MemoryRecord] = {}
 
     def begin(self, key: str, fingerprint: str, *, lease_seconds: float, now: float | None = None) -> Begun:
         """NEW for an unknown key, else what its record says."""
         found = self.records.get(key)
         if found is None:
-            self.records[key] = (fingerprint, None)
+            self.records[key] = MemoryRecord(fingerprint)
             return Begun(NEW)
-        if found[0] != fingerprint:
+        if found.fingerprint != fingerprint:
             return Begun(MISMATCH)
-        return Begun(IN_PROGRESS) if found[1] is None else Begun(REPLAY, found[1])
+        return Begun(IN_PROGRESS) if found.response is None else Begun(REPLAY, found.response)
+
+    def attempt(self, key: str, fingerprint: str, attempt: Attempt, *, ttl_seconds: float,
+                now: float | None = None) -> bool:
+        """Note the call if the key is in progress with this fingerprint; whether it was noted."""
+        found = self.records.get(key)
+        if found is None or found.fingerprint != fingerprint or found.response is not None:
+            return False
+        found.attempts.append(attempt)
+        return True
 
     def complete(self, key: str, fingerprint: str, response: StoredResponse, *, ttl_seconds: float,
                  now: float | None = None) -> None:
         """Keep the response if the key is in progress with this fingerprint."""
-        if self.records.get(key) == (fingerprint, None):
-            self.records[key] = (fingerprint, response)
+        found = self.records.get(key)
+        if found is not None and found.fingerprint == fingerprint and found.response is None:
+            found.response, found.attempts = response, []
 
     def abandon(self, key: str, fingerprint: str) -> None:
-        """Forget the key if it is in progress with this fingerprint."""
-        if self.records.get(key) == (fingerprint, None):
+        """Forget the key if it is in progress with this fingerprint and noted no call."""
+        found = self.records.get(key)
+        if found is not None and found.fingerprint == fingerprint and found.response is None and not found.attempts:
             del self.records[key]
 
     def purge_expired(self, now: float | None = None, *, limit: int | None = None) -> int:
@@ -197,7 +233,8 @@ class Gateways:
                                                       headers={HEADER: f'"bench-{next(self.keys)}"'}))
 
     def with_fresh_key_store_timed(self) -> Any:
-        """(e) As (b), on a gateway whose store records how long its begin + complete take in each request."""
+        """(e) As (b), on a gateway whose store records how long its begin + attempt + complete take in each
+        request."""
         self.spent_in_store = 0
         response = _succeeded(self.timed_client.patch(URL, json=DOCUMENT,
                                                       headers={HEADER: f'"bench-{next(self.keys)}"'}))
@@ -222,8 +259,9 @@ class Gateways:
         return first.get_data()
 
     def _time_store_calls(self, store: IdempotencyStore) -> None:
-        """Wrap the store's begin and complete to add their time to `spent_in_store`."""
-        for method in ("begin", "complete"):
+        """Wrap the store's calls of a request (begin, attempt before the backend call, complete) to add their time
+        to `spent_in_store`."""
+        for method in ("begin", "attempt", "complete"):
             original = getattr(store, method)
 
             def timed(*arguments: Any, original: Callable[..., Any] = original, **options: Any) -> Any:
@@ -243,7 +281,13 @@ def _succeeded(response: Any) -> Any:
 
 
 class StoreCalls:
-    """begin + complete of fresh keys on one store, and begin of a replay, with the gateway's lease and lifetime."""
+    """begin + complete (and begin + attempt + complete) of fresh keys on one store, and begin of a replay, with the
+    gateway's lease and lifetime."""
+
+    #: the call a request notes on its key before it goes out, as the typical Ongoing update's would be
+    ATTEMPT = Attempt(exchange_id="exc_00000000000000000000000000000000", connection=CONNECTIONS[BACKEND],
+                      operation="UpdateOrder", order_ids=(WORKLOAD.order_id(0),), idempotent=True,
+                      request_id="00000000000000000000000000000000")
 
     def __init__(self, store: IdempotencyStore, response: StoredResponse, *, lease_seconds: float,
                  ttl_seconds: float) -> None:
@@ -258,10 +302,21 @@ class StoreCalls:
             raise RuntimeError(f"{type(store).__name__} did not replay a completed key")
 
     def begin_and_complete(self) -> None:
-        """What the decorator asks of the store for a request with a fresh key that succeeds."""
+        """A fresh key claimed and its reply kept, with no call noted (a request that sent nothing, e.g. a 2xx
+        answered without a backend call)."""
         key = next(self.keys)
         if self.store.begin(key, self.fingerprint, lease_seconds=self.lease_seconds).state != NEW:
             raise RuntimeError(f"a fresh key was not new: {key}")
+        self.store.complete(key, self.fingerprint, self.response, ttl_seconds=self.ttl_seconds)
+
+    def begin_attempt_complete(self) -> None:
+        """What the decorator asks of the store for a request with a fresh key whose one backend call succeeds:
+        the claim, the call noted before it goes out, the reply kept."""
+        key = next(self.keys)
+        if self.store.begin(key, self.fingerprint, lease_seconds=self.lease_seconds).state != NEW:
+            raise RuntimeError(f"a fresh key was not new: {key}")
+        if not self.store.attempt(key, self.fingerprint, self.ATTEMPT, ttl_seconds=self.ttl_seconds):
+            raise RuntimeError(f"the call could not be noted on a fresh key: {key}")
         self.store.complete(key, self.fingerprint, self.response, ttl_seconds=self.ttl_seconds)
 
     def begin_fresh(self) -> None:
@@ -311,8 +366,8 @@ def part_cases(sandbox_auth: Authenticator, many_auth: Authenticator, stores: di
              lambda: many_auth.caller_for(DEMO_KEY)),
         Case("caller_for 50 unknown", f"`Authenticator.caller_for`, an unknown key, {configured_keys(many_auth)} keys "
              "configured", lambda: many_auth.caller_for(UNKNOWN_KEY)),
-        Case("authenticate", "the whole `authenticate` hook: policy, Bearer key, `caller_for` (2 keys), `g.caller`, "
-             "scope check", authenticate),
+        Case("authenticate", f"the whole `authenticate` hook: policy, Bearer key, `caller_for` ({SANDBOX_KEYS} keys), "
+             "`g.caller`, scope check", authenticate),
         Case("read_key fingerprint", "`read_key` + `fingerprint` of the typical Ongoing update", key_and_fingerprint),
     ]
     for name, calls in stores.items():
@@ -320,6 +375,8 @@ def part_cases(sandbox_auth: Authenticator, many_auth: Authenticator, stores: di
         cases += [
             Case(f"begin complete {name}", f"{store} store: `begin` + `complete`, a fresh key",
                  calls.begin_and_complete),
+            Case(f"begin attempt complete {name}", f"{store} store: `begin` + `attempt` + `complete`, a fresh key "
+                 "(what a request whose backend call succeeds asks of it)", calls.begin_attempt_complete),
             Case(f"begin {name}", f"{store} store: `begin` alone, a fresh key", calls.begin_fresh),
             Case(f"begin replay {name}", f"{store} store: `begin` of a replay (the stored reply read back)",
                  calls.begin_replay),
@@ -337,7 +394,7 @@ REQUEST_CASES = {
     "keyed": "(b) the demo caller, a fresh Idempotency-Key per request",
     "anonymous": "(c) anonymous: `allow_anonymous`, no callers, no Authorization",
     "keyed in memory": "(d) as (b), the store replaced by a dict in memory (the decorator without storage)",
-    "keyed timed": "(e) as (b), the store's `begin` + `complete` timed within each request",
+    "keyed timed": "(e) as (b), the store's `begin` + `attempt` + `complete` timed within each request",
 }
 #: figures derived per coordination, by key: what they show, and the two cases whose p50s they subtract
 REQUEST_DIFFERENCES = {
@@ -378,7 +435,8 @@ def run_caller_cost(budget: Budget) -> Section:
         f"with {EXTRA_CALLERS} more (50 keys); the whole `authenticate` hook and `read_key` + `fingerprint`, inside "
         f"one Flask test request context of `PATCH {URL}` `{json.dumps(DOCUMENT)}` with the demo key and an "
         "Idempotency-Key (body and query are parsed on first use and cached, as in a request, where the view reads "
-        "them again); the stores' `begin` + `complete` of a fresh key and `begin` of a replay, with the gateway's "
+        "them again); the stores' `begin` + `complete` and `begin` + `attempt` + `complete` (the call noted on the "
+        "key before it goes out) of a fresh key and `begin` of a replay, with the gateway's "
         "lease and lifetime and its reply as the stored response. In a request: the same PATCH through Flask's "
         "test client of a gateway built from the sandbox configuration, its Ongoing transport answering from "
         "memory with the sandbox's reply (a dry run would skip Idempotency-Key handling): (a) as the demo caller "
@@ -453,6 +511,11 @@ def run_caller_cost(budget: Budget) -> Section:
                                 - section.figures[f"begin {name} p50 ns"])
         alone.add(f"{STORES[name]} store: `complete` (begin + complete minus begin alone)",
                   microseconds(section.figures[key]), "", "")
+        key = f"attempt {name} p50 ns"
+        section.figures[key] = (section.figures[f"begin attempt complete {name} p50 ns"]
+                                - section.figures[f"begin complete {name} p50 ns"])
+        alone.add(f"{STORES[name]} store: `attempt` (begin + attempt + complete minus begin + complete)",
+                  microseconds(section.figures[key]), "", "")
     figures = section.figures
     per_key = (figures["caller_for 50 p50 ns"] - figures[f"caller_for {SANDBOX_KEYS} p50 ns"]) / EXTRA_CALLERS
     figures["caller_for per key p50 ns"] = per_key
@@ -471,15 +534,15 @@ def run_caller_cost(budget: Budget) -> Section:
             p50 = section.figures[f"{minuend} {name} p50 ns"] - section.figures[f"{subtrahend} {name} p50 ns"]
             section.figures[f"{key} {name} p50 ns"] = p50
             whole.add(shown, label, microseconds(p50), "", "")
-    split = section.table("(e) taken apart: per request, the time inside the store's `begin` + `complete` and the "
-                          "rest (µs)", ["coordination (store)", "part", "p50", "p90", "requests"])
+    split = section.table("(e) taken apart: per request, the time inside the store's `begin` + `attempt` + "
+                          "`complete` and the rest (µs)", ["coordination (store)", "part", "p50", "p90", "requests"])
     for name, found in gateways.items():
         shown = f"{name} ({STORES[name]})"
         timed = timings[f"keyed timed {name}"]
         # the warm-up requests were recorded too: the timed ones are the last
         stored = found.store_nanoseconds[-len(timed):]
         rest = [total - inside for total, inside in zip(timed, stored, strict=True)]
-        for key, label, values in (("store within", "inside `begin` + `complete`", stored),
+        for key, label, values in (("store within", "inside `begin` + `attempt` + `complete`", stored),
                                    ("rest of timed", "the rest of the request", rest)):
             p50, p90 = record(section, f"{key} {name}", values)
             split.add(shown, label, microseconds(p50), microseconds(p90), len(values))
@@ -491,8 +554,9 @@ def run_caller_cost(budget: Budget) -> Section:
         section.note(f"Redis figures were skipped: {server.unavailable}.")
     else:
         section.note(f"Redis: redis-server {server.version} on 127.0.0.1, one round trip (`PING`) "
-                     f"{microseconds(section.figures['redis ping p50 ns'])} µs p50; `begin` and `complete` are one "
-                     "Lua script (`EVALSHA`) each, so a fresh key costs two round trips.")
+                     f"{microseconds(section.figures['redis ping p50 ns'])} µs p50; `begin`, `attempt` and "
+                     "`complete` are one Lua script (`EVALSHA`) each, so a fresh key whose call goes out costs three "
+                     "round trips.")
     section.note(f"The stored reply of (b) is the gateway's own reply to the update, {len(body)} bytes. Each (b) "
                  "request claims a key never seen before, so the SQLite store grows by one row per request (a few "
                  "thousand rows in all).")

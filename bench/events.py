@@ -276,6 +276,10 @@ def running_pipelines(folder: Path, redis_url: str | None) -> Iterator[tuple[Ser
     """The baseline app and a pipeline per store, started side by side; every process stopped on the way out."""
     with contextlib.ExitStack() as stack:
         env = {**environment_without_backend_urls(), "GATEWAY_METRICS_DIR": str(folder / "metrics")}
+        # config/gunicorn.py sizes the open-files limit from the app's gateway settings: the baseline reads a copy
+        # of the gateway's configuration for that alone
+        (folder / "baseline").mkdir(parents=True, exist_ok=True)
+        env.update(sandbox_urls(NO_BACKEND), GATEWAY_CONFIG=str(write_config_copy(folder / "baseline")))
         baseline = start_gunicorn("baseline", ["--config", "config/gunicorn.py", "--workers", str(GATEWAY_WORKERS),
                                                "bench.accept_app:app"], env, folder)
         stack.callback(baseline.stop)

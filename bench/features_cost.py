@@ -3,12 +3,12 @@
 In process (Flask's test client, one thread), `PATCH /orders/SO-1006 {"status": "released"}` to a gateway whose
 Ongoing transport answers from memory: once with everything on — an authenticated caller with a fresh
 Idempotency-Key, the goods-owner lock, the breaker and the bulkhead, the exchange journal, a JSON log line per call
-and per request written (to /dev/null) — and once with all of them off (no callers, no key, no lock, a breaker and a
-bulkhead that do nothing, no journal, no log handler). What stays in both is the gateway itself: validation,
-translation, the reply, its metrics and trace context. Then each feature alone switched off from "everything on":
-what the request saves without it is what it costs. Once with the embedded coordination (SQLite, lock files) and
-once with `[events] redis_url` (Redis for the key store, the journal, the lock and the breaker's state), on a
-redis-server started for the run.
+and per request written (to /dev/null) — and once with all of them off (no callers, no key, the connection's lock,
+breaker and bulkhead guards left out of its `guards`, no journal, no log handler). What stays in both is the gateway
+itself: validation, translation, the reply, its metrics and trace context. Then each feature alone switched off from
+"everything on": what the request saves without it is what it costs. Once with the embedded coordination (SQLite,
+lock files) and once with `[events] redis_url` (Redis for the key store, the journal, the lock and the breaker's
+state), on a redis-server started for the run.
 
 Run alone: `python -m bench.features_cost [--quick]`.
 """
@@ -20,7 +20,6 @@ import itertools
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -33,38 +32,16 @@ from bench.profile_hotspots import CannedTransport
 from bench.resilience_cost import running_redis_server
 from bench.workload import CONNECTIONS, DEMO_KEY
 from gateway import create_app, logs
+from gateway.connections import BreakerGuard, BulkheadGuard, CallGuard, CallLockGuard
 from gateway.rest.idempotency import HEADER
 
 BACKEND = "ongoing"
 TOTAL_TARGET_NS = 300_000
 FEATURES = ("authentication + Idempotency-Key", "goods-owner lock", "breaker + bulkhead", "exchange journal",
             "JSON logs")
-
-
-class NoBreaker:
-    """A breaker that lets every call through and keeps nothing."""
-
-    current_state, fail_counter = "closed", 0
-
-    def retry_after(self) -> None:
-        """Never open: no wait."""
-        return None
-
-    def call(self, function: Callable[..., Any], *arguments: Any, **options: Any) -> Any:
-        """The call itself."""
-        return function(*arguments, **options)
-
-
-class NoBulkhead:
-    """A bulkhead that never waits."""
-
-    def acquire(self, timeout: float | None = None) -> bool:
-        """Always at once."""
-        return True
-
-    def release(self) -> None:
-        """Nothing to give back."""
-        return None
+#: the connection's guards that make a feature, switched off by leaving them out of `Connection.guards`
+GUARDS: dict[str, tuple[type[CallGuard], ...]] = {"goods-owner lock": (CallLockGuard,),
+                                                  "breaker + bulkhead": (BreakerGuard, BulkheadGuard)}
 
 
 class Variants:
@@ -102,11 +79,9 @@ class Variants:
         authenticated = "authentication + Idempotency-Key" not in off
         app = self.with_callers if authenticated else self.anonymous
         connection, original = self._connection(app), self.originals[id(app)]
-        connection.locks = None if "goods-owner lock" in off else original["locks"]
-        if "breaker + bulkhead" in off:
-            connection.breaker, connection.bulkhead = NoBreaker(), NoBulkhead()
-        else:
-            connection.breaker, connection.bulkhead = original["breaker"], original["bulkhead"]
+        # the connection's guards are its extension point: a feature switched off is its guard left out
+        left_out = {guard for feature, guards in GUARDS.items() if feature in off for guard in guards}
+        connection.guards = [guard for guard in original["guards"] if type(guard) not in left_out]
         connection.recorder = None if "exchange journal" in off else original["recorder"]
         if "JSON logs" in off:
             self.root.removeHandler(self.handler)

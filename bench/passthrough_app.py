@@ -9,7 +9,8 @@ Ongoing serves one goods owner's calls one after another, so its calls are sent 
 sends them: under a lock file beside the documents, shared by the app's workers — the gateway's own file call
 lock (`FileCallLocks`, flock on one descriptor per lock name in each process, opened again after gunicorn forks
 its workers).
-The passthrough is then the bound of a gateway that keeps Ongoing's rule.
+The passthrough is then the bound of a gateway that keeps Ongoing's rule. Its `config` holds the gateway's settings
+(from GATEWAY_CONFIG, the gateway's own file) for config/gunicorn.py's hooks, which size the open-files limit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
 
+from bench.accept_app import hook_config
 from gateway.backends.sellercenter.signing import SellerCenterSignature
 from gateway.coordination.locks import FileCallLocks, LockTimeout
 
@@ -61,6 +63,8 @@ class PassthroughApp:
             request["body"] = request["body"].encode("utf-8")
         self.session = pooled_session()
         self.locks = FileCallLocks(lock_folder) if lock_folder is not None else None
+        #: the gateway's settings, for config/gunicorn.py's hooks (the open-files limit is sized from them)
+        self.config = hook_config()
 
     def __call__(self, environ: dict, start_response: Any) -> list[bytes]:
         """Answer GET with a liveness line; forward PATCH /<backend>/<order id>."""

@@ -215,8 +215,8 @@ def why_targets_were_missed(translation: Section, load: Section | None, profiles
         detail = []
         if fsync:
             detail.append(f"a durable SQLite commit waits for an fsync ({_us(fsync)} here, section 8), and a fresh "
-                          "Idempotency-Key makes two (begin, complete), the journal's writes come on top in its "
-                          "thread")
+                          "Idempotency-Key makes three (begin, attempt, complete), the journal's writes come on top "
+                          "in its thread")
         if ping:
             detail.append(f"with Redis every store call is a round trip ({_us(ping)} for a PING here), the key "
                           "store, the lock, the breaker and the journal each make at least one")
@@ -299,16 +299,15 @@ def resilience_misses_explained(resilience: Section) -> list[str]:
         texts.append(f"**Resilience: breaker (SQLite).** {_us(p50('breaker sqlite'))} p50 around a no-op, "
                      f"{statements:g} SQL statements per successful call (section 7).")
     if resilience_cost.GUARD_TARGET in missed:
-        parts = {key: p50(key) for key in ("lock file", "breaker sqlite", "retry_after sqlite", "retries",
-                                           "bulkhead", "watchdog")}
+        parts = {key: p50(key) for key in ("lock file", "breaker sqlite", "retries", "bulkhead", "watchdog")}
         alone = sum(parts.values())
         in_call = p50("watchdog in call embedded")
         rest = p50("guard embedded") - alone - in_call + parts["watchdog"]
         text = (
             f"**Resilience: the whole guard.** It adds {_us(p50('guard embedded'))} p50 to an Ongoing call that "
             f"takes {_us(p50('direct embedded'))} alone. Timed alone, its parts take {_us(alone)} together: the "
-            f"file lock {_us(parts['lock file'])}, the breaker call {_us(parts['breaker sqlite'])} and its "
-            f"pre-check {_us(parts['retry_after sqlite'])}, retries {_us(parts['retries'])}, the bulkhead "
+            f"file lock {_us(parts['lock file'])}, the breaker call {_us(parts['breaker sqlite'])}, retries "
+            f"{_us(parts['retries'])}, the bulkhead "
             f"{_us(parts['bulkhead'])}, the watchdog registration {_us(parts['watchdog'])}. Within the call the "
             f"watchdog registration adds {_us(in_call)} (the guarded call with and without it): every `call_at` "
             "notifies the watchdog thread, which wakes and takes the GIL the next time the call releases it (lxml "
@@ -340,7 +339,7 @@ def caller_misses_explained(callers: Section) -> list[str]:
             continue
         store = caller_cost.STORES[name]
         authentication, decorator = p50(f"authentication {name}"), p50(f"decorator {name}")
-        within, alone = p50(f"store within {name}"), p50(f"begin complete {name}")
+        within, alone = p50(f"store within {name}"), p50(f"begin attempt complete {name}")
         text = (
             f"**Callers and idempotency ({store} store).** Together they add {_us(p50(f'both {name}'))} p50 to a "
             f"PATCH that takes {_us(p50(f'anonymous {name}'))} anonymous (section 8). Authentication is the small "
@@ -351,29 +350,31 @@ def caller_misses_explained(callers: Section) -> list[str]:
             f"`fingerprint` take {_us(p50('read_key fingerprint'))} alone, the rest is its other work per request "
             "(the StoredResponse built from the reply, the kept headers looked up, the context variable of attempted "
             f"calls, one more request header). The store adds {_us(p50(f'store in request {name}'))}, (b) minus "
-            f"(d): inside each request ((e), taken apart) its `begin` + `complete` take {_us(within)} p50 (p90 "
-            f"{_us(p90(f'store within {name}'))})"
+            f"(d): inside each request ((e), taken apart) its `begin` + `attempt` + `complete` take {_us(within)} p50 "
+            f"(p90 {_us(p90(f'store within {name}'))})"
             + (f", {within / alone:.1f}x the {_us(alone)} they take timed back to back." if within > 1.2 * alone
                else f"; timed back to back, {_us(alone)}."))
         if name == "embedded":
             fsync = p50("fsync")
             text += (
-                f" A fresh key costs the SQLite store two write transactions, the claim in `begin` "
-                f"({_us(p50('begin embedded'))} alone) and the reply in `complete` ({_us(p50('complete embedded'))}), "
+                f" A fresh key whose call goes out costs the SQLite store three write transactions, the claim in "
+                f"`begin` ({_us(p50('begin embedded'))} alone), the call noted in `attempt` "
+                f"({_us(p50('attempt embedded'))}) and the reply in `complete` ({_us(p50('complete embedded'))}), "
                 "and with `PRAGMA synchronous = FULL` every commit waits for the disk to flush the WAL file: a small "
                 f"write + fsync in the same folder takes {_us(fsync)} p50 (p90 {_us(p90('fsync'))}) on this machine, "
-                f"so the two flushes alone are about {_us(2 * fsync)}; a replay's `begin` only reads and takes "
+                f"so the three flushes alone are about {_us(3 * fsync)}; a replay's `begin` only reads and takes "
                 f"{_us(p50('begin replay embedded'))}.")
         else:
             text += (
-                f" A fresh key costs the Redis store two round trips, `begin`'s and `complete`'s Lua scripts "
-                f"({_us(p50('begin redis'))} and {_us(p50('complete redis'))} alone), and one `PING` round trip "
+                f" A fresh key whose call goes out costs the Redis store three round trips, `begin`'s, `attempt`'s "
+                f"and `complete`'s Lua scripts ({_us(p50('begin redis'))}, {_us(p50('attempt redis'))} and "
+                f"{_us(p50('complete redis'))} alone), and one `PING` round trip "
                 f"alone takes {_us(p50('redis ping'))}: most of each call is the trip to the redis-server process, "
                 "which shares the machine's cores with this one.")
         slower = p50(f"rest slower {name}")
         if slower > 0.05 * p50(f"keyed in memory {name}"):
             text += (f" The rest of a request that waits for the store also runs {_us(slower)} slower than the same "
-                     "request with the store in memory ((e)'s rest minus (d)): it sleeps twice per request, and "
+                     "request with the store in memory ((e)'s rest minus (d)): it sleeps three times per request, and "
                      "what runs on its core meanwhile probably leaves it colder caches.")
         without_store = authentication + decorator
         if without_store < caller_cost.TOTAL_TARGET_NS:

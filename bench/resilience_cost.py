@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import filelock
+import pybreaker
 import redis
 
 import sandbox
@@ -37,6 +38,7 @@ from gateway.canonical.schema import load_order_update
 from gateway.config import load_settings
 from gateway.connections import Connection, GuardedCall
 from gateway.coordination import Coordination
+from gateway.coordination.breakers import FallbackBreakerStorage
 from gateway.deadlines import WATCHDOG, Deadline
 from gateway.errors import BackendError
 from gateway.transport import BackendReply, OutboundRequest
@@ -212,7 +214,8 @@ class Guarded:
         self.connection.breaker.call(_return_at_once)
 
     def retry_after(self) -> None:
-        """The breaker pre-check each call makes."""
+        """The breaker's wait before a probe, as the health views and an open breaker's 503 read it (a call's guard
+        no longer asks it: `BreakerGuard.admit` reads the state once)."""
         self.connection.breaker.retry_after()
 
     def retries(self) -> None:
@@ -272,8 +275,8 @@ def mechanism_cases(embedded: Guarded, shared: Guarded | None) -> list[Case]:
     if shared is not None:
         cases.append(Case("breaker redis", "breaker call around a no-op, Redis storage (pybreaker's "
                           "`CircuitRedisStorage`)", shared.breaker_call))
-    cases.append(Case("retry_after sqlite", "`breaker.retry_after()`, the pre-check of every call, SQLite",
-                      embedded.retry_after))
+    cases.append(Case("retry_after sqlite", "`breaker.retry_after()` (the health views' wait; not on a call's "
+                      "path, where `BreakerGuard.admit` reads the state once), SQLite", embedded.retry_after))
     if shared is not None:
         cases.append(Case("retry_after redis", "`breaker.retry_after()`, Redis", shared.retry_after))
     cases += [
@@ -379,18 +382,27 @@ def operations_per_call(owner: Any, method: str, describe: Callable[..., str], c
     return len(seen) / calls, ", ".join(seen[before:])
 
 
+def shared_breaker_storage(guarded: Guarded) -> pybreaker.CircuitBreakerStorage:
+    """The breaker's shared state (SQLite or Redis) inside the process's fallback copy that the gateway wraps it in."""
+    storage = guarded.connection.breaker._state_storage
+    if not isinstance(storage, FallbackBreakerStorage):
+        raise RuntimeError(f"the breaker's storage is a {type(storage).__name__}, not a FallbackBreakerStorage")
+    return storage.shared
+
+
 def storage_operations(embedded: Guarded, shared: Guarded | None) -> list[tuple[str, str, float, str]]:
     """Per successful call: the SQL statements and Redis round trips of the breaker and the Redis lock."""
     calls = 100
-    # pybreaker keeps its storage as `_state_storage`; the SQLite storage runs every statement through `_execute`
-    storage = embedded.connection.breaker._state_storage
+    # pybreaker keeps its storage as `_state_storage`, the gateway's FallbackBreakerStorage around the shared state
+    # (`shared`); the SQLite storage runs every statement through `_execute`
+    storage = shared_breaker_storage(embedded)
     found = [(label, "SQLite statements", *operations_per_call(storage, "_execute", _sql_verb, call, calls))
              for label, call in (("breaker call", embedded.breaker_call),
                                  ("`breaker.retry_after()`", embedded.retry_after))]
     if shared is not None:
         # pybreaker's CircuitRedisStorage keeps its client as `_redis`; every redis-py command is one round trip
         # through `execute_command` (a script's EVALSHA included: the commands it runs stay inside Redis)
-        client = shared.connection.breaker._state_storage._redis
+        client = shared_breaker_storage(shared)._redis
         for label, owner, call in (("breaker call", client, shared.breaker_call),
                                    ("`breaker.retry_after()`", client, shared.retry_after),
                                    ("call lock held", shared.coordination.locks.client, shared.hold_lock)):
@@ -495,17 +507,18 @@ def run_resilience_cost(budget: Budget) -> Section:
         section.note(f"Redis figures were skipped: {server.unavailable}.")
     else:
         figures = section.figures
+        # retry_after() is not on a call's path (the guard's admit() reads the state itself): not counted
         redis_trips = {label: (per_call, which) for label, kind, per_call, which in operations
-                       if kind == "Redis round trips"}
+                       if kind == "Redis round trips" and "retry_after" not in label}
         trips = sum(per_call for per_call, _ in redis_trips.values())
         listed = "; ".join(f"{label} {which}" for label, (_, which) in redis_trips.items())
         section.note(
             f"With Redis (redis-server {server.version} on 127.0.0.1) the guard adds "
             f"{microseconds(figures['guard redis p50 ns'])} µs p50 and makes {trips:g} round trips per call "
             f"({listed}); `breaker.retry_after()` alone, one round trip, takes "
-            f"{microseconds(figures['retry_after redis p50 ns'])} µs. pybreaker's `CircuitRedisStorage` writes the "
-            "failure counter back to 0 after every success (the SET); the SQLite storage's reset matches no row "
-            "when there were no failures.")
+            f"{microseconds(figures['retry_after redis p50 ns'])} µs. After a success the breaker resets the failure "
+            "counter through the gateway's `FallbackBreakerStorage`, which reads it first and writes it only when it "
+            "is not 0 already: with no failures a successful call writes nothing, to Redis or to SQLite.")
     judge_p50(section, BULKHEAD_TARGET, "bulkhead", MECHANISM_TARGET_NS)
     judge_p50(section, LOCK_TARGET, "lock file", MECHANISM_TARGET_NS)
     judge_p50(section, BREAKER_TARGET, "breaker sqlite", MECHANISM_TARGET_NS)

@@ -16,12 +16,12 @@ import redis
 from gateway.config import load_settings
 from gateway.console import COOKIE_NAME
 from gateway.console.sessions import (
+    SESSIONS_EXTENSION,
     ConsoleSessionStore,
     RedisConsoleSessionStore,
     SqliteConsoleSessionStore,
     id_digest,
 )
-from gateway.console.views import SESSIONS_EXTENSION
 from gateway.rest.auth import THROTTLE_EXTENSION, Authenticator
 from gateway.stores import store_unavailable
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection

@@ -38,7 +38,8 @@ def test_readyz_lists_every_component_and_names_no_secret(make_gateway, sandbox_
     health = reply.get_json()
     assert health["status"] == "pass", health
     assert set(health["checks"]) == {"configuration:loaded", "eventStore:responseTime", "deliveryQueue:responseTime",
-                                     "idempotencyStore:responseTime", "eventWorker:heartbeatAge", "connection:ongoing",
+                                     "idempotencyStore:responseTime", "authThrottle:responseTime",
+                                     "consoleSessions:responseTime", "eventWorker:heartbeatAge", "connection:ongoing",
                                      "dataFolder:freeSpace"}
     assert all(entries[0]["status"] == "pass" for entries in health["checks"].values())
     text = reply.get_data(as_text=True)
@@ -77,6 +78,24 @@ def test_a_store_that_cannot_be_reached_fails_with_503(make_gateway, sandbox_url
     health = reply.get_json()
     assert health["status"] == "fail"
     assert health["checks"]["idempotencyStore:responseTime"][0]["output"] == "unreachable (ConnectionError)"
+    assert "pw@" not in reply.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("check", "store"), [
+    ("authThrottle:responseTime", lambda app: app.extensions["order_gateway_auth_throttle"].store),
+    ("consoleSessions:responseTime", lambda app: app.extensions["order_gateway_console_sessions"]),
+])
+def test_an_unreachable_throttle_or_session_store_fails_readiness(make_gateway, sandbox_url, monkeypatch, check,
+                                                                   store):
+    app = health_app(make_gateway, sandbox_url)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("redis://user:pw@10.0.0.1 refused")
+
+    monkeypatch.setattr(store(app), "ping", unreachable)
+    reply = app.test_client().get("/readyz")
+    assert reply.status_code == 503
+    assert reply.get_json()["checks"][check][0]["output"] == "unreachable (ConnectionError)"
     assert "pw@" not in reply.get_data(as_text=True)
 
 

@@ -87,6 +87,7 @@ def config_text(folder: Path, sandbox_url: str, redis_url: str | None = None) ->
 default_connection = "ongoing-demo"
 request_timeout = {REQUEST_TIMEOUT}
 idempotency_lease_margin_seconds = {LEASE_MARGIN}
+open_metrics = true    # read without a key: a key is checked against the throttle, in Redis, which a test kills
 
 [callers.erp]
 key = "{API_KEY}"
@@ -162,7 +163,7 @@ class Gateway:
         os.kill(worker, signal.SIGKILL)
 
     def bookkeeping_failures(self, what: str) -> float:
-        reply = requests.get(f"{self.url}/metrics", headers=AUTH, timeout=10)
+        reply = requests.get(f"{self.url}/metrics", timeout=10)
         assert reply.status_code == 200, reply.text
         return sum(sample.value for family in text_string_to_metric_families(reply.text)
                    for sample in family.samples if sample.name == BOOKKEEPING and sample.labels["what"] == what)

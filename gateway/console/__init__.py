@@ -25,7 +25,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, Se
 
 from gateway.config import GatewaySettings
 from gateway.console import views
-from gateway.console.sessions import open_console_session_store
+from gateway.console.sessions import SESSIONS_EXTENSION, open_console_session_store
 from gateway.stores import is_store_failure
 
 COOKIE_NAME = "order_gateway_console"
@@ -87,7 +87,7 @@ def _sweep(app: Flask, settings: GatewaySettings) -> None:
         return found is not None and views.SCOPE in found.scopes
 
     try:
-        ended = app.extensions[views.SESSIONS_EXTENSION].end_unless(allowed)
+        ended = app.extensions[SESSIONS_EXTENSION].end_unless(allowed)
     except Exception as error:
         if not is_store_failure(error):
             raise
@@ -113,6 +113,6 @@ def init_app(app: Flask, settings: GatewaySettings) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=console.session_minutes),
     )
     app.session_interface = ConsoleSessionInterface()
-    app.extensions[views.SESSIONS_EXTENSION] = open_console_session_store(settings)
+    app.extensions[SESSIONS_EXTENSION] = open_console_session_store(settings)
     _sweep(app, settings)
     app.register_blueprint(views.blueprint)

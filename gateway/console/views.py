@@ -71,11 +71,10 @@ T = TypeVar("T")
 
 # -- the session ---------------------------------------------------------------------------------------------------
 
-SESSIONS_EXTENSION = "order_gateway_console_sessions"
 
 
 def _sessions() -> sessions.ConsoleSessionStore:
-    return current_app.extensions[SESSIONS_EXTENSION]
+    return current_app.extensions[sessions.SESSIONS_EXTENSION]
 
 
 def _login_token() -> str:

@@ -28,7 +28,9 @@ import redis
 from flask import Blueprint, Response, current_app, json
 
 from gateway.config import GatewaySettings
+from gateway.console.sessions import SESSIONS_EXTENSION
 from gateway.events.heartbeat import BEAT_SECONDS, Heartbeat
+from gateway.rest.auth import THROTTLE_EXTENSION
 from gateway.rest.openapi import documented
 from gateway.stores import redis_client
 
@@ -189,6 +191,9 @@ def readiness_checks(settings: GatewaySettings) -> dict[str, Check]:
         "eventStore:responseTime": ("datastore", _answers(lambda: events.store.list_events(limit=1))),
         "deliveryQueue:responseTime": ("datastore", _answers(events.queue.huey.pending_count)),
         "idempotencyStore:responseTime": ("datastore", idempotency.ping),
+        # every request that presents a key asks the throttle first; every console page its session
+        "authThrottle:responseTime": ("datastore", current_app.extensions[THROTTLE_EXTENSION].store.ping),
+        "consoleSessions:responseTime": ("datastore", current_app.extensions[SESSIONS_EXTENSION].ping),
         "eventWorker:heartbeatAge": ("component", lambda: _worker_heartbeat(settings)),
     }
     for name, connection in current_app.extensions["order_gateway"].by_name.items():
