@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -174,5 +175,9 @@ def test_the_worker_builds_the_event_service_without_the_web_app(tmp_path, monke
     monkeypatch.setattr(worker, "consume", lambda consumer: ran.append(consumer.workers) or False)  # stopped at once
     monkeypatch.setenv("TEST_ONGOING_PASSWORD", "s3cret")
     monkeypatch.setenv("GATEWAY_CONFIG", str(write(tmp_path, GOOD)))
+    blocked_before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     worker.main()
     assert ran == [4]  # the consumer ran with [events] worker_threads (default 4)
+    # the worker blocks SIGHUP until its consumer runs: it leaves the mask as it found it (processes started
+    # later inherit it, and a blocked SIGHUP would never reach them)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == blocked_before

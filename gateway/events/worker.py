@@ -103,7 +103,7 @@ def main() -> None:
     with the configuration as the file then has it, once it passes the check."""
     # Until the consumer runs, a hang-up waits (its default would end the process); the threads started meanwhile
     # keep it blocked, so the main thread takes it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    blocked_before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     logs.configure()
     try:
         service = EventService(load_gateway_settings())
@@ -138,6 +138,8 @@ def main() -> None:
             multiprocess.mark_process_dead(os.getpid())
     if reload:
         start_again()  # SIGHUP stays blocked across it, until the new consumer runs
+    # the signal mask is inherited by every process started from this one: leave it as it was
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked_before)
 
 
 if __name__ == "__main__":
