@@ -31,9 +31,12 @@ lock: install
 upgrade: install
 	$(BIN)/python scripts/lock --upgrade
 
-## Start the sandboxes on 127.0.0.1:8001, the gateway on 127.0.0.1:8000 and its event worker. Ctrl-C or SIGTERM to make
-## stops all three: the recipe execs scripts/run-local, so make's forwarded SIGTERM reaches it.
+## Check the configuration (GATEWAY_CONFIG, by default config/sandbox.toml as scripts/run-local reads it) and stop on
+## any problem; then start the sandboxes on 127.0.0.1:8001, the gateway on 127.0.0.1:8000 and its event worker.
+## Ctrl-C or SIGTERM to make stops all three: the last line execs scripts/run-local, so make's forwarded SIGTERM
+## reaches it.
 run: install
+	GATEWAY_CONFIG="$${GATEWAY_CONFIG:-config/sandbox.toml}" $(BIN)/python -m gateway check
 	exec env WORKERS=$(WORKERS) VENV=$(VENV) scripts/run-local
 
 ## Debian packages the tests need (redis-server, chromium, chromium-driver), installed when missing.

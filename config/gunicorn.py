@@ -4,6 +4,8 @@ import hashlib
 import os
 import re
 import shutil
+import signal
+import socket
 import stat
 from pathlib import Path
 
@@ -89,6 +91,12 @@ control_socket_disable = True
 
 #: how long a stopping worker waits for the exchange journal's writer to write what is queued (worker_exit)
 _JOURNAL_CLOSE_SECONDS = 5.0
+#: how long a stopping worker goes on accepting until a worker started after it listens (_hand_over_listeners_on_stop)
+_HANDOVER_SECONDS = 10.0
+#: how long it then refuses new handshakes before it closes its sockets: those under way complete (a round trip)
+_HANDSHAKE_SECONDS = 0.1
+#: Linux's socket option that attaches a classic BPF filter to a socket (not in Python's socket module)
+_SO_ATTACH_FILTER = 26
 
 # What one worker may hold open at once, beyond its clients, backend connections and stores (_open_files_needed).
 #: threads of a worker's own beside gunicorn's: the journal's writer, the span exporter, a flush's waiter, spare
@@ -124,32 +132,31 @@ def _open_files_needed(cfg, settings) -> dict[str, int]:
     }
 
 
-def _raise_open_files_limit(server) -> None:
-    """Raise the soft limit of open files toward the hard one for what a worker may need (twice the estimate, as
-    it is one); refuse to start when the hard limit is below the estimate. Workers inherit the master's limits.
+def _raise_open_files_limit(server, settings) -> str | None:
+    """Raise the soft limit of open files toward the hard one for what a worker with these `settings` may need
+    (twice the estimate, as it is one); when the hard limit is below the estimate, change nothing and return why a
+    worker could not run. Workers inherit the master's limits.
 
     systemd starts services with a soft limit of 1024, for old programs' select(); a worker with 1000 client
     connections and a pool of SQLite connections per store needs more, and at the limit every accept(), connect()
     and open() fails with EMFILE, and gunicorn's worker exits on it.
     """
     import resource
-    import sys
 
-    needed = _open_files_needed(server.cfg, server.app.wsgi().config["GATEWAY_SETTINGS"])
+    needed = _open_files_needed(server.cfg, settings)
     total = sum(needed.values())
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     ceiling = float("inf") if hard == resource.RLIM_INFINITY else hard
     if ceiling < total:
         shares = ", ".join(f"{count} {what}" for what, count in needed.items())
-        server.log.error("cannot start: a worker may need about %s open files (%s), more than the hard limit of %s; "
-                         "raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) or lower threads and "
-                         "worker_connections", total, shares, hard)
-        sys.exit(1)
+        return (f"a worker may need about {total} open files ({shares}), more than the hard limit of {hard}; "
+                "raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) or lower threads and worker_connections")
     target = int(min(ceiling, 2 * total))
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         server.log.info("open files: soft limit raised from %s to %s (a worker may need about %s; hard limit %s)",
                         soft, target, total, "unlimited" if hard == resource.RLIM_INFINITY else hard)
+    return None
 
 
 def on_starting(server):
@@ -177,7 +184,76 @@ def on_starting(server):
                 server.log.error("cannot listen on %s:%s: %s (another server listens there)", host, port,
                                  error.strerror)
                 sys.exit(1)
-    _raise_open_files_limit(server)
+    refusal = _raise_open_files_limit(server, server.app.wsgi().config["GATEWAY_SETTINGS"])
+    if refusal is not None:
+        server.log.error("cannot start: %s", refusal)
+        sys.exit(1)
+
+
+def _close_app(server, app) -> None:
+    """Release what the master's copy of a replaced app holds (stores, pools, the journal's recorder); workers
+    still serving with their own copies are untouched. A failure is one line: the reload stands."""
+    for name, extension in reversed(app.extensions.items()):
+        close = getattr(extension, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as error:  # the master must outlive any of them
+                server.log.warning("reload: closing the replaced app's %s failed: %s: %s", name,
+                                   type(error).__name__, error)
+
+
+def _reload_refusal(server, path: str | None):
+    """(the app built from the configuration at `path`, None), or (None, why it cannot serve): the problems
+    `python -m gateway check` finds, an error building the app, or a hard limit of open files below its needs."""
+    from gateway import create_app
+    from gateway.check import problems
+    from gateway.errors import ConfigError
+
+    found = problems(path)
+    if found:
+        return None, "; ".join(found)
+    try:
+        app = create_app()
+    except ConfigError as error:
+        return None, str(error)
+    except Exception as error:  # the master must outlive any configuration
+        return None, f"the gateway cannot be built from it: {type(error).__name__}: {error}"
+    refusal = _raise_open_files_limit(server, app.config["GATEWAY_SETTINGS"])
+    if refusal is not None:
+        _close_app(server, app)
+        return None, refusal
+    return app, None
+
+
+def on_reload(server):
+    """`kill -HUP <master pid>` reloads GATEWAY_CONFIG's file: the master builds the app from it and the new workers
+    gunicorn then forks serve with it, while the old ones finish their requests and stop.
+
+    With preload_app the master holds the app, and gunicorn's HUP only reloads its own settings: left alone, the new
+    workers would fork the old app. A configuration that fails `python -m gateway check` (gateway.check.problems),
+    cannot be built, or needs more open files than the hard limit allows is refused in one line: the app in force
+    stays, and the new workers serve with it as the old ones did (a bad file must not stop the master, as a worker
+    failing to boot would)."""
+    import gc
+
+    from gateway.config import CONFIG_VARIABLE
+
+    path = os.environ.get(CONFIG_VARIABLE)
+    try:
+        app, refusal = _reload_refusal(server, path)
+    except Exception as error:  # the master must outlive any configuration
+        app, refusal = None, f"checking it failed: {type(error).__name__}: {error}"
+    if app is None:
+        server.log.error("configuration reload refused, serving on with the configuration in force: %s", refusal)
+        return
+    replaced, server.app.callable = server.app.callable, app
+    # pre_fork froze the replaced app's objects out of the collector's reach: hand them back so they can go
+    gc.unfreeze()
+    if replaced is not None:
+        _close_app(server, replaced)
+    server.log.info("configuration reloaded from %s: new workers serve with it, the old ones finish their requests",
+                    path)
 
 
 def pre_fork(server, worker):
@@ -188,12 +264,162 @@ def pre_fork(server, worker):
     gc.freeze()
 
 
+def _listening_sockets(ports: set[int]) -> set[str]:
+    """The inodes of the TCP sockets listening on any of these ports, from /proc/net/tcp and tcp6."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            columns = line.split()
+            if columns[3] == "0A" and int(columns[1].rsplit(":", 1)[1], 16) in ports:  # 0A: LISTEN
+                inodes.add(columns[9])
+    return inodes
+
+
+def _newer_siblings(worker) -> list[int]:
+    """The workers of this worker's master started after it (a reload's new workers, a replacement), from /proc."""
+    def started(path: Path) -> tuple[int, int] | None:  # (parent, start time) from /proc/<pid>/stat
+        try:
+            fields = path.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            return None
+        return int(fields[1]), int(fields[19])
+
+    own = started(Path("/proc/self/stat"))
+    found = []
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        other = started(path)
+        if own is not None and other is not None and other[0] == worker.ppid and other[1] > own[1]:
+            found.append(int(path.parent.name))
+    return found
+
+
+def _tcp_listeners(worker) -> list:
+    """The worker's own TCP listening sockets (reuse_port gives each worker its own; a unix socket is shared)."""
+    return [listener for listener in worker.sockets if listener.family in (socket.AF_INET, socket.AF_INET6)]
+
+
+def _newer_sibling_listening(worker, siblings: list[int]) -> bool:
+    """Whether one of these workers listens on this worker's TCP port already."""
+    ports = {listener.getsockname()[1] for listener in _tcp_listeners(worker)}
+    listening = {f"socket:[{inode}]" for inode in _listening_sockets(ports)}
+    for pid in siblings:
+        try:
+            descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # gone, or not ours
+            continue
+        for descriptor in descriptors:
+            try:
+                if os.readlink(descriptor) in listening:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _kernel_migrates_requests() -> bool:
+    """Whether Linux moves the connections queued for a closing listening socket to another of its reuse_port group
+    (net.ipv4.tcp_migrate_req = 1, Linux 5.14 on) instead of resetting them."""
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def _refuse_new_handshakes(listener) -> bool:
+    """Drop every connection request (a segment with SYN and without ACK) that reaches this listening socket from
+    now on, with a classic BPF socket filter, while handshakes under way complete; whether the system allowed it.
+    The client sends a dropped SYN again a second later, when the kernel hands it to another worker's socket."""
+    import ctypes
+    import struct
+
+    instructions = [  # (code, jump if true, jump if false, constant), over the TCP header
+        (0x30, 0, 0, 13),          # load the flags byte
+        (0x54, 0, 0, 0x12),        # keep SYN and ACK
+        (0x15, 0, 1, 0x02),        # SYN alone: to the next, else to the one after
+        (0x06, 0, 0, 0),           # return 0: drop the segment
+        (0x06, 0, 0, 0xFFFFFFFF),  # return all of it: keep the segment
+    ]
+    program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *each) for each in instructions))
+    try:  # struct sock_fprog: the count and a pointer; the kernel copies the program
+        listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER,
+                            struct.pack("HP", len(instructions), ctypes.addressof(program)))
+    except OSError:  # not Linux: the sockets close without it
+        return False
+    return True
+
+
+def _accept_queued_and_close(worker) -> None:
+    """Stop listening: take the connections the kernel queued for this worker's sockets, then close them."""
+    worker.set_accept_enabled(False)
+    for listener in worker.sockets:
+        try:
+            while True:
+                accepted = worker.nr_conns
+                worker.accept(listener)  # as gthread accepts: the request goes to the worker's threads
+                if worker.nr_conns == accepted:  # nothing queued any more
+                    break
+        except OSError as error:  # out of files, say: what is still queued is lost with the socket
+            worker.log.warning("stopping worker: accepting its queued connections failed: %s", error)
+        listener.close()
+
+
+def _hand_over_listeners_on_stop(worker) -> None:
+    """Make a stopping worker hand its share of new connections over to the workers started after it.
+
+    With reuse_port the kernel hands each new connection to one of the workers' own listening sockets. gthread's
+    worker, told to stop (SIGTERM: a reload's old workers, or the server stopping), stops accepting but keeps its
+    socket until it exits, and the connections the kernel queued there meanwhile are reset then: failed requests.
+    So, when a newer worker exists (a reload forks the new workers just before it stops the old ones), a stopping
+    worker goes on accepting until one of them listens (_HANDOVER_SECONDS at most), then refuses new handshakes for
+    _HANDSHAKE_SECONDS, so those under way can complete; then it accepts what is queued, closes its sockets and
+    stops as gthread does, finishing its requests. Without a newer worker it does the last step at once. A client
+    whose connection request was refused sends it again a second later, to a new worker: a delay, not a failure;
+    with net.ipv4.tcp_migrate_req = 1 the kernel moves what a closing socket holds instead, and none is refused.
+    """
+    import threading
+    import time
+
+    stop, stopping = worker.handle_exit, threading.Event()
+
+    def hand_over() -> None:  # on the worker's main loop, between its events
+        try:
+            _accept_queued_and_close(worker)
+        finally:
+            stop(signal.SIGTERM, None)
+
+    def wait_then_hand_over() -> None:
+        siblings = _newer_siblings(worker) if _tcp_listeners(worker) else []
+        if siblings:
+            deadline = time.monotonic() + _HANDOVER_SECONDS
+            while time.monotonic() < deadline and not _newer_sibling_listening(worker, siblings):
+                time.sleep(0.02)
+            if not _kernel_migrates_requests():
+                refusing = [_refuse_new_handshakes(listener) for listener in _tcp_listeners(worker)]
+                if all(refusing):
+                    time.sleep(_HANDSHAKE_SECONDS)
+        worker.method_queue.defer(hand_over)
+
+    def handle_exit(sig, frame) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=wait_then_hand_over, name="listener-handover", daemon=True).start()
+
+    worker.handle_exit = handle_exit
+
+
 def post_fork(server, worker):
     """Spans are exported by a thread of each worker's own (when OTEL_EXPORTER_OTLP_ENDPOINT is set): threads do
-    not survive a fork, so it starts here."""
+    not survive a fork, so it starts here. With reuse_port, a stopping gthread worker hands its share of new
+    connections over to the workers started after it (_hand_over_listeners_on_stop)."""
     from gateway import tracing
 
     tracing.configure_from_environment("order-gateway")
+    if server.cfg.reuse_port and all(hasattr(worker, name) for name in ("method_queue", "set_accept_enabled")):
+        _hand_over_listeners_on_stop(worker)
 
 
 def worker_exit(server, worker):

@@ -13,15 +13,17 @@ import hashlib
 import hmac
 import os
 import re
+import ssl
 import stat
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates, validates_schema
 
 from gateway.canonical import flatten_errors
 from gateway.canonical.events import EVENT_TYPES
@@ -149,7 +151,65 @@ class WebhookSettingsSchema(Schema):
             raise ValidationError(f"Unknown time zone {data['timezone']!r}.", field_name="timezone") from None
 
 
-class ConnectionSchema(Schema):
+def _proxy_url(value: Secret) -> None:
+    """A forward proxy's URL; the message never repeats it (it may hold a password)."""
+    parts = urlsplit(value.reveal())
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or beyond 65535
+        port = 0
+    if port == 0:
+        raise ValidationError("The proxy's port is not a number from 1 to 65535.")
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")
+            or parts.query or parts.fragment):
+        raise ValidationError("Not a forward proxy's URL: http:// or https://, then user:password@ if the proxy "
+                              "wants them (percent-encoded), the host and an optional port.")
+
+
+#: the egress settings naming files, read from the configuration file's folder when relative
+EGRESS_FILES = ("ca_bundle", "client_cert", "client_key")
+#: a CA bundle, certificate or key file larger than this is refused (certifi's whole bundle is about 300 KB)
+MAX_PEM_FILE_BYTES = 16_777_216
+
+
+class EgressSchema(Schema):
+    """How calls to one peer (a connection's backend, a subscriber) leave the gateway: through which forward proxy,
+    trusting which CAs, presenting which client certificate. An empty string is the setting left out, so
+    `proxy_url = "${HTTPS_PROXY:-}"` uses the environment's proxy when there is one."""
+
+    class Meta:
+        unknown = RAISE
+
+    #: http:// or https:// forward proxy, with user:password@ if it wants them (a secret); HTTPS goes by CONNECT
+    proxy_url = SecretField(load_default=None, validate=_proxy_url)
+    #: PEM file of the CAs trusted for this peer, instead of certifi's (verification stays on)
+    ca_bundle = fields.String(load_default=None)
+    #: PEM files of the client certificate (its chain may follow it) and its unencrypted key, for mutual TLS
+    client_cert = fields.String(load_default=None)
+    client_key = fields.String(load_default=None)
+    #: false: certificates are not verified at all (tests only; a warning at start)
+    verify_tls = fields.Boolean(load_default=True)
+
+    @pre_load
+    def _empty_is_unset(self, data: Any, **_: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = {name: value for name, value in data.items()
+                    if not (name in ("proxy_url", *EGRESS_FILES) and value == "")}
+        return data
+
+    @validates_schema
+    def check_tls_settings(self, data: dict, **_: Any) -> None:
+        """client_cert and client_key come together; a ca_bundle means verifying."""
+        for name, other in (("client_cert", "client_key"), ("client_key", "client_cert")):
+            if data.get(name) is not None and data.get(other) is None:
+                raise ValidationError(f"needs {other} too: a client certificate is both files or neither.",
+                                      field_name=name)
+        if data.get("ca_bundle") is not None and data.get("verify_tls") is False:
+            raise ValidationError("cannot be used with verify_tls = false: nothing would be verified.",
+                                  field_name="ca_bundle")
+
+
+class ConnectionSchema(EgressSchema):
     """Settings every connection has; each backend extends it with its own (see Backend.settings_schema)."""
 
     class Meta:
@@ -177,7 +237,6 @@ class ConnectionSchema(Schema):
     #: JSON replies nested deeper are refused (502) before anything reads them
     max_reply_depth = fields.Integer(load_default=32, validate=validate.Range(min=2, max=256))
     pool_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=1000))
-    verify_tls = fields.Boolean(load_default=True)
     status_map = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=50)), load_default=dict)
     webhooks = fields.Nested(WebhookSettingsSchema, load_default=None)
 
@@ -187,8 +246,8 @@ def _whsec(value: Secret) -> None:
         raise ValidationError("Standard Webhooks secrets start with whsec_ followed by base64.")
 
 
-class SubscriberSchema(Schema):
-    """One internal service that receives canonical order events."""
+class SubscriberSchema(EgressSchema):
+    """One internal service that receives canonical order events (the egress settings as connections have them)."""
 
     class Meta:
         unknown = RAISE
@@ -345,8 +404,28 @@ class GatewaySectionSchema(Schema):
     sandbox = fields.Boolean(load_default=False)
 
 
+@dataclass(frozen=True, kw_only=True)
+class EgressSettings:
+    """How calls to one peer leave the gateway (EgressSchema), its files resolved and checked at start."""
+
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    proxy_url: Secret | None = None
+
+    def proxy_credentials(self) -> tuple[str, str] | None:
+        """The proxy's user name and password as they are sent (percent-decoded), or None without a password."""
+        if self.proxy_url is None:
+            return None
+        parts = urlsplit(self.proxy_url.reveal())
+        if parts.password is None:
+            return None
+        return unquote(parts.username or ""), unquote(parts.password)
+
+
 @dataclass(frozen=True)
-class ConnectionSettings:
+class ConnectionSettings(EgressSettings):
     """One configured connection: generic settings plus the backend's own, already validated."""
 
     name: str
@@ -366,7 +445,6 @@ class ConnectionSettings:
     max_reply_bytes: int
     max_reply_depth: int
     pool_size: int
-    verify_tls: bool
     status_map: Mapping[str, Any]
     webhooks: Mapping[str, Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -415,7 +493,7 @@ class CallerSettings:
 
 
 @dataclass(frozen=True)
-class SubscriberSettings:
+class SubscriberSettings(EgressSettings):
     """A subscriber: where its events go, which types it wants, and the secret deliveries are signed with."""
 
     name: str
@@ -479,6 +557,73 @@ def _config_folder(source: str) -> Path:
     return Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
 
 
+class _EncryptedKey(Exception):
+    """OpenSSL asked for a passphrase: the key file is encrypted."""
+
+
+def _refuse_passphrase() -> str:
+    raise _EncryptedKey
+
+
+def _pem_file_problem(path: Path, setting: str) -> str | None:
+    """Why the PEM file an egress setting names cannot serve (None: it can); never quotes the file's content."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return f"{path} cannot be read: not a regular file"
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PEM_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return f"file {path} is missing"
+    except OSError as error:
+        return f"{path} cannot be read: {error.strerror}"
+    if len(data) > MAX_PEM_FILE_BYTES:
+        return f"{path} is too large (more than {MAX_PEM_FILE_BYTES} bytes)"
+    if setting == "client_key":
+        return None if b"PRIVATE KEY-----" in data else f"{path} holds no PEM private key"
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        return f"{path} holds no PEM certificate"
+    if setting == "ca_bundle":
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+        except ssl.SSLError as error:
+            return f"{path} holds no usable PEM certificate ({error.reason or 'unreadable'})"
+    return None
+
+
+def _client_pair_problem(cert: Path, key: Path) -> str | None:
+    """Why client_key cannot serve with client_cert's certificate (None: it can), as OpenSSL loads them."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(cert), str(key), password=_refuse_passphrase)
+    except _EncryptedKey:
+        return f"{key} is encrypted: give the key unencrypted (the gateway holds no passphrase; protect the file)"
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            return f"{key} is not the key of client_cert's certificate ({cert})"
+        return f"{key} cannot be used with client_cert's certificate ({error.reason or 'unreadable PEM'})"
+    return None
+
+
+def _egress_settings(loaded: Mapping[str, Any], source: str, key: str, folder: Path,
+                     report: Callable[[ConfigError], None]) -> dict[str, Any]:
+    """The egress settings of a loaded connection or subscriber table, its files resolved from `folder` and checked:
+    each exists and holds what it should, the key is unencrypted and the certificate's. A file with a problem is
+    reported, naming its key, and left unset."""
+    settings = {name: loaded[name] for name in EgressSchema._declared_fields}
+    for name in EGRESS_FILES:
+        if settings[name] is not None:
+            path = (folder / settings[name]).resolve()
+            problem = _pem_file_problem(path, name)
+            if problem:
+                report(ConfigError(source, f"{key}.{name}", problem))
+            settings[name] = None if problem else path
+    if settings["client_cert"] is not None and settings["client_key"] is not None:
+        problem = _client_pair_problem(settings["client_cert"], settings["client_key"])
+        if problem:
+            report(ConfigError(source, f"{key}.client_key", problem))
+            settings["client_cert"] = settings["client_key"] = None
+    return settings
+
+
 def _read_secret_file(reference: str, folder: Path, source: str, key: str) -> str:
     """The content of a `${file:...}` secret, its trailing newlines stripped; a ConfigError naming the key, the
     file and the reason when it is missing, unreadable, too large or empty (never the content)."""
@@ -504,43 +649,55 @@ def _read_secret_file(reference: str, folder: Path, source: str, key: str) -> st
     return text
 
 
-def _interpolate(value: Any, source: str, key: str, folder: Path) -> Any:
+def _raise(error: ConfigError) -> None:
+    """How start-up reports a problem: the first one stops it."""
+    raise error
+
+
+def _interpolate(value: Any, source: str, key: str, folder: Path,
+                 report: Callable[[ConfigError], None] = _raise) -> Any:
     """Replace ${NAME} / ${NAME:-default} / ${file:path} in every string of a parsed TOML value; relative paths
-    are read from `folder`."""
+    are read from `folder`. A reference that cannot be resolved is reported (a placeholder when `report` returns)."""
     if isinstance(value, str):
         def substitute(match: re.Match) -> str:
-            if match["file"] is not None:
-                return _read_secret_file(match["file"], folder, source, key)
-            name, default = match["name"], match["default"]
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            raise ConfigError(source, key, f"environment variable {name} is not set")
+            try:
+                if match["file"] is not None:
+                    return _read_secret_file(match["file"], folder, source, key)
+                name, default = match["name"], match["default"]
+                if name in os.environ:
+                    return os.environ[name]
+                if default is not None:
+                    return default
+                raise ConfigError(source, key, f"environment variable {name} is not set")
+            except ConfigError as error:
+                report(error)
+                # a placeholder longer than a key must be: only the setting that holds it is refused again
+                return f"<unresolved reference of {key}>"
 
         return _REFERENCE.sub(substitute, value)
     if isinstance(value, Mapping):
-        return {k: _interpolate(v, source, f"{key}.{k}" if key else k, folder) for k, v in value.items()}
+        return {k: _interpolate(v, source, f"{key}.{k}" if key else k, folder, report) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, source, f"{key}.{i}", folder) for i, v in enumerate(value)]
+        return [_interpolate(v, source, f"{key}.{i}", folder, report) for i, v in enumerate(value)]
     return value
 
 
-def _refuse_public_demo_secrets(value: Any, source: str, key: str) -> None:
-    """A ConfigError naming the first key that holds a public demo secret or its SHA-256 (never the value)."""
+def _refuse_public_demo_secrets(value: Any, source: str, key: str,
+                                report: Callable[[ConfigError], None] = _raise) -> None:
+    """Report each key that holds a public demo secret or its SHA-256 (never the value)."""
     if isinstance(value, str):
         if value in PUBLIC_DEMO_SECRETS:
-            raise ConfigError(source, key, "is a public demo secret of config/sandbox.toml, accepted only with "
-                                           "[gateway] sandbox = true: set a secret of your own")
-        if value.lower() in _PUBLIC_DEMO_DIGESTS:
-            raise ConfigError(source, key, "is the SHA-256 of a public demo secret of config/sandbox.toml, accepted "
-                                           "only with [gateway] sandbox = true: set a key of your own")
+            report(ConfigError(source, key, "is a public demo secret of config/sandbox.toml, accepted only with "
+                                            "[gateway] sandbox = true: set a secret of your own"))
+        elif value.lower() in _PUBLIC_DEMO_DIGESTS:
+            report(ConfigError(source, key, "is the SHA-256 of a public demo secret of config/sandbox.toml, "
+                                            "accepted only with [gateway] sandbox = true: set a key of your own"))
     elif isinstance(value, Mapping):
         for name, item in value.items():
-            _refuse_public_demo_secrets(item, source, f"{key}.{name}" if key else str(name))
+            _refuse_public_demo_secrets(item, source, f"{key}.{name}" if key else str(name), report)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _refuse_public_demo_secrets(item, source, f"{key}.{index}")
+            _refuse_public_demo_secrets(item, source, f"{key}.{index}", report)
 
 
 def key_digest(key: str) -> bytes:
@@ -559,84 +716,117 @@ def caller_with_key(callers: Iterable[CallerSettings], key: str) -> CallerSettin
     return found
 
 
-def _load_section(schema: Schema, data: Any, source: str, key: str) -> dict:
-    """Load one table with a marshmallow schema, turning its first error into a ConfigError."""
+def _load_section(schema: Schema, data: Any, source: str, key: str,
+                  report: Callable[[ConfigError], None] = _raise) -> dict | None:
+    """Load one table with a marshmallow schema, reporting each of its errors as a ConfigError (None when any)."""
     if not isinstance(data, Mapping):
-        raise ConfigError(source, key, "must be a table")
+        report(ConfigError(source, key, "must be a table"))
+        return None
     try:
         return schema.load(data)
     except ValidationError as error:
-        path, messages = sorted(flatten_errors(error.messages).items())[0]
-        raise ConfigError(source, f"{key}.{path}", " ".join(messages)) from None
+        errors = sorted(flatten_errors(error.messages).items())
+    for path, messages in errors:
+        report(ConfigError(source, f"{key}.{path}", " ".join(messages)))
+    return None
 
 
-def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, type]) -> GatewaySettings:
-    """Validate a parsed configuration mapping against the generic and the per-backend schemas."""
-    raw = _interpolate(raw, source, "", _config_folder(source))
+def _load_defaulted_section(schema: Schema, data: Any, source: str, key: str,
+                            report: Callable[[ConfigError], None]) -> dict:
+    """A table whose settings all have defaults: loaded, or (its errors reported) those defaults."""
+    loaded = _load_section(schema, data, source, key, report)
+    return schema.load({}) if loaded is None else loaded
+
+
+def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, type],
+                  problems: list[ConfigError] | None = None) -> GatewaySettings:
+    """Validate a parsed configuration mapping against the generic and the per-backend schemas.
+
+    The first problem raises its ConfigError; given `problems`, each is appended to it instead and loading carries
+    on (an unresolved reference read as a placeholder, a broken table as absent or its defaults), so one run finds
+    them all.
+    """
+    report: Callable[[ConfigError], None] = _raise if problems is None else problems.append
+    raw = _interpolate(raw, source, "", _config_folder(source), report)
     unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers", "journal", "console",
                                  "stores"})
-    if unknown:
-        raise ConfigError(source, unknown[0], "unknown section (expected [gateway], [connections.<name>], [events] "
-                                              "[subscribers.<name>], [callers.<name>], [journal], [console] and "
-                                              "[stores])")
-    gateway = _load_section(GatewaySectionSchema(), raw.get("gateway", {}), source, "gateway")
+    for section in unknown:
+        report(ConfigError(source, section, "unknown section (expected [gateway], [connections.<name>], [events] "
+                                            "[subscribers.<name>], [callers.<name>], [journal], [console] and "
+                                            "[stores])"))
+    gateway = _load_defaulted_section(GatewaySectionSchema(), raw.get("gateway", {}), source, "gateway", report)
     tables = raw.get("connections", {})
     if not isinstance(tables, Mapping) or not tables:
-        raise ConfigError(source, "connections", "at least one [connections.<name>] table is required")
+        report(ConfigError(source, "connections", "at least one [connections.<name>] table is required"))
+        tables = {}
 
     connections: dict[str, ConnectionSettings] = {}
     for name, table in tables.items():
         key = f"connections.{name}"
         if not isinstance(table, Mapping):
-            raise ConfigError(source, key, "must be a table")
+            report(ConfigError(source, key, "must be a table"))
+            continue
         kind = table.get("backend")
         if kind not in backends:
             known = ", ".join(sorted(backends))
             problem = "missing backend kind" if kind is None else f"unknown backend kind {kind!r}"
-            raise ConfigError(source, f"{key}.backend", f"{problem} (known: {known})")
+            report(ConfigError(source, f"{key}.backend", f"{problem} (known: {known})"))
+            continue
         backend_class = backends[kind]
-        loaded = _load_section(backend_class.settings_schema(), table, source, key)
+        loaded = _load_section(backend_class.settings_schema(), table, source, key, report)
+        if loaded is None:
+            continue
         generic = {name: loaded.pop(name) for name in ConnectionSchema._declared_fields}
+        generic.update(_egress_settings(generic, source, key, _config_folder(source), report))
         connections[name] = ConnectionSettings(name=name, options=loaded, **generic)
         if connections[name].webhooks is not None and not backend_class.default_webhook_event_types:
-            raise ConfigError(source, f"{key}.webhooks", f"backend {kind!r} sends no webhooks")
+            report(ConfigError(source, f"{key}.webhooks", f"backend {kind!r} sends no webhooks"))
         problem = backend_class.check_settings(connections[name])
         if problem:
-            raise ConfigError(source, f"{key}.{problem[0]}", problem[1])
+            report(ConfigError(source, f"{key}.{problem[0]}", problem[1]))
 
     for name, connection in connections.items():
         if connection.call_timeout > gateway["request_timeout"]:
-            raise ConfigError(source, f"connections.{name}.call_timeout",
-                              f"{connection.call_timeout:g} s is longer than [gateway] request_timeout "
-                              f"({gateway['request_timeout']:g} s), the whole budget of a request")
+            report(ConfigError(source, f"connections.{name}.call_timeout",
+                               f"{connection.call_timeout:g} s is longer than [gateway] request_timeout "
+                               f"({gateway['request_timeout']:g} s), the whole budget of a request"))
     default = gateway["default_connection"]
-    if default is not None and default not in connections:
-        raise ConfigError(source, "gateway.default_connection", f"names no configured connection: {default!r}")
+    # `tables`, not `connections`: a connection whose table is broken is named in a problem of its own
+    if default is not None and default not in tables:
+        report(ConfigError(source, "gateway.default_connection", f"names no configured connection: {default!r}"))
 
-    events = _load_section(EventsSectionSchema(), raw.get("events", {}), source, "events")
+    events = _load_defaulted_section(EventsSectionSchema(), raw.get("events", {}), source, "events", report)
     for name, connection in connections.items():
         # A retry accepted after its event was removed would be stored and delivered again.
         if connection.webhooks is not None and connection.webhooks["max_age_hours"] > events["retention_days"] * 24:
-            raise ConfigError(source, f"connections.{name}.webhooks.max_age_hours",
-                              f"{connection.webhooks['max_age_hours']:g} h is longer than [events] retention_days "
-                              f"({events['retention_days']:g} days): retries must not outlive their events")
+            report(ConfigError(source, f"connections.{name}.webhooks.max_age_hours",
+                               f"{connection.webhooks['max_age_hours']:g} h is longer than [events] retention_days "
+                               f"({events['retention_days']:g} days): retries must not outlive their events"))
     base = _config_folder(source)
     for key in ("database", "queue_database"):
         events[key] = (base / events[key]).resolve()
     subscriber_tables = raw.get("subscribers", {})
     if not isinstance(subscriber_tables, Mapping):
-        raise ConfigError(source, "subscribers", "must be a table of [subscribers.<name>] tables")
+        report(ConfigError(source, "subscribers", "must be a table of [subscribers.<name>] tables"))
+        subscriber_tables = {}
     subscribers = {}
     for name, table in subscriber_tables.items():
-        loaded = _load_section(SubscriberSchema(), table, source, f"subscribers.{name}")
+        loaded = _load_section(SubscriberSchema(), table, source, f"subscribers.{name}", report)
+        if loaded is None:
+            continue
         subscribers[name] = SubscriberSettings(name=name, url=loaded["url"], types=tuple(loaded["types"]),
-                                               secret=loaded["secret"])
-    callers = _load_callers(raw.get("callers", {}), source, connections)
-    journal = JournalSettings(**_load_section(JournalSectionSchema(), raw.get("journal", {}), source, "journal"))
-    stores = StoreSettings(**_load_section(StoresSectionSchema(), raw.get("stores", {}), source, "stores"))
-    console = ConsoleSettings(**_load_section(ConsoleSectionSchema(), raw.get("console", {}), source, "console"))
+                                               secret=loaded["secret"],
+                                               **_egress_settings(loaded, source, f"subscribers.{name}", base,
+                                                                  report))
+    callers = _load_callers(raw.get("callers", {}), source, set(tables), report)
+    journal = JournalSettings(**_load_defaulted_section(JournalSectionSchema(), raw.get("journal", {}), source,
+                                                        "journal", report))
+    stores = StoreSettings(**_load_defaulted_section(StoresSectionSchema(), raw.get("stores", {}), source, "stores",
+                                                     report))
+    console = ConsoleSettings(**_load_defaulted_section(ConsoleSectionSchema(), raw.get("console", {}), source,
+                                                        "console", report))
     if not gateway["sandbox"]:
-        _refuse_public_demo_secrets(raw, source, "")
+        _refuse_public_demo_secrets(raw, source, "", report)
     return GatewaySettings(
         sandbox=gateway["sandbox"],
         console=console,
@@ -663,33 +853,39 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
     )
 
 
-def _load_callers(tables: Any, source: str, connections: Mapping[str, ConnectionSettings]) -> dict:
-    """The [callers.<name>] tables; a key may belong to one caller only, connections must exist."""
+def _load_callers(tables: Any, source: str, connections: Collection[str],
+                  report: Callable[[ConfigError], None] = _raise) -> dict:
+    """The [callers.<name>] tables; a key may belong to one caller only, `connections` named must exist."""
     if not isinstance(tables, Mapping):
-        raise ConfigError(source, "callers", "must be a table of [callers.<name>] tables")
+        report(ConfigError(source, "callers", "must be a table of [callers.<name>] tables"))
+        return {}
     callers, owners = {}, {}
     for name, table in tables.items():
         key = f"callers.{name}"
-        loaded = _load_section(CallerSchema(), table, source, key)
+        loaded = _load_section(CallerSchema(), table, source, key, report)
+        if loaded is None:
+            continue
         keys = tuple(([loaded["key"]] if loaded["key"] is not None else []) + loaded["keys"])
         digests = [(f"{key}.keys", key_digest(secret.reveal())) for secret in keys]
         digests += [(f"{key}.key_sha256s", bytes.fromhex(value)) for value in loaded["key_sha256s"]]
         for setting, digest in digests:
             if digest in owners:
-                raise ConfigError(source, setting, f"a key of caller {owners[digest]!r} too: each key names one caller")
-            owners[digest] = name
+                report(ConfigError(source, setting,
+                                   f"a key of caller {owners[digest]!r} too: each key names one caller"))
+            owners.setdefault(digest, name)
         allowed = loaded["connections"]
         unknown = [connection for connection in allowed if connection != "*" and connection not in connections]
         if unknown:
-            raise ConfigError(source, f"{key}.connections", f"names no configured connection: {unknown[0]!r}")
+            report(ConfigError(source, f"{key}.connections", f"names no configured connection: {unknown[0]!r}"))
         callers[name] = CallerSettings(name=name, keys=keys, scopes=frozenset(loaded["scopes"]),
                                        connections=None if "*" in allowed else frozenset(allowed),
                                        key_digests=frozenset(digest for _, digest in digests))
     return callers
 
 
-def read_config_file(path: str | os.PathLike, backends: Mapping[str, type]) -> GatewaySettings:
-    """Read and validate the TOML file at `path`."""
+def read_config_file(path: str | os.PathLike, backends: Mapping[str, type],
+                     problems: list[ConfigError] | None = None) -> GatewaySettings:
+    """Read and validate the TOML file at `path` (`problems`: as load_settings; an unreadable file still raises)."""
     source = str(path)
     try:
         with open(path, "rb") as handle:
@@ -700,7 +896,7 @@ def read_config_file(path: str | os.PathLike, backends: Mapping[str, type]) -> G
         raise ConfigError(source, "", f"cannot be read: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, "", f"is not valid TOML: {error}") from None
-    return load_settings(raw, source, backends)
+    return load_settings(raw, source, backends, problems)
 
 
 def read_configured_settings(backends: Mapping[str, type]) -> GatewaySettings:

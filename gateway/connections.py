@@ -260,7 +260,7 @@ class Connection:
             read_timeout=settings.read_timeout,
             max_reply_bytes=settings.max_reply_bytes,
             pool_size=settings.pool_size,
-            verify_tls=settings.verify_tls,
+            egress=settings,
             auth=self.auth,
         )
         self.recorder = recorder

@@ -24,7 +24,7 @@ import re
 import weakref
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 from gateway.config import MASK, GatewaySettings, Secret
 
@@ -85,9 +85,15 @@ class Scrubber:
     @classmethod
     def for_settings(cls, settings: GatewaySettings) -> Scrubber:
         """Every credential of the configuration: connections (their own settings and webhooks' included)
-        and subscribers, with the Basic pairs of connections and webhooks."""
+        and subscribers, with the Basic pairs of connections and webhooks, and the password of every proxy_url
+        (as written and decoded, and in the Basic pair its Proxy-Authorization header carries)."""
         secrets: list[str] = []
         pairs: list[tuple[str, str]] = []
+        for egress in (*settings.connections.values(), *settings.subscribers.values()):
+            credentials = egress.proxy_credentials()
+            if credentials is not None:
+                secrets += [credentials[1], urlsplit(egress.proxy_url.reveal()).password or ""]
+                pairs.append(credentials)
         for connection in settings.connections.values():
             webhooks = connection.webhooks or {}
             for value in (connection.password, *connection.options.values(), *webhooks.values()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -162,8 +163,6 @@ def test_without_gateway_config_the_processes_exit_78_with_one_line(command):
 
 def test_the_worker_builds_the_event_service_without_the_web_app(tmp_path, monkeypatch):
     """The worker needs the store and the queue, not the connections (no HTTP pools, no XSDs, no Flask)."""
-    import huey.consumer
-
     from gateway.connections import Connections
     from gateway.events import worker
 
@@ -173,8 +172,12 @@ def test_the_worker_builds_the_event_service_without_the_web_app(tmp_path, monke
     ran = []
     monkeypatch.setattr(Connections, "__init__", no_connections)
     monkeypatch.setattr(worker, "create_app", no_connections, raising=False)
-    monkeypatch.setattr(huey.consumer.Consumer, "run", lambda consumer: ran.append(consumer.workers))
+    monkeypatch.setattr(worker, "consume", lambda consumer: ran.append(consumer.workers) or False)  # stopped at once
     monkeypatch.setenv("TEST_ONGOING_PASSWORD", "s3cret")
     monkeypatch.setenv("GATEWAY_CONFIG", str(write(tmp_path, GOOD)))
+    blocked_before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     worker.main()
     assert ran == [4]  # the consumer ran with [events] worker_threads (default 4)
+    # the worker blocks SIGHUP until its consumer runs: it leaves the mask as it found it (processes started
+    # later inherit it, and a blocked SIGHUP would never reach them)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == blocked_before

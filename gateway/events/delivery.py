@@ -8,7 +8,8 @@ stored the event is observed when it is delivered.
 
 Deliveries go out through the same transport as backend calls (gateway/transport.py), one HttpTransport per
 subscriber: a pooled session, the whole attempt under `delivery_timeout` as a deadline (however a subscriber drips
-its reply), the reply read up to `[events] max_reply_bytes` and no further, and the transport's one error map.
+its reply), the reply read up to `[events] max_reply_bytes` and no further, the subscriber's egress settings (proxy,
+CA bundle, client certificate), and the transport's one error map.
 A subscriber answers with its status line: 2xx is delivered; 5xx, 408, 425, 429, a timeout or a failed exchange
 is retried with backoff; any other status is refused (dead). A reply whose body is larger than the cap is judged
 on its status all the same.
@@ -81,9 +82,12 @@ def judge_status(status: int) -> tuple[str, str | None]:
 def describe_failed_exchange(error: BackendError) -> str:
     """The error text of an attempt that got no complete reply, from the transport's mapped error.
 
-    It names the requests or urllib3 exception the transport translated (its context), as deliveries always have.
+    It names the requests or urllib3 exception the transport translated (its context), as deliveries always have;
+    a TLS or proxy failure adds the transport's account of it (certificate verification, handshake, the proxy).
     """
     cause = error.__context__ if error.from_transport and error.__context__ is not None else error
+    if isinstance(cause, requests.exceptions.SSLError | requests.exceptions.ProxyError):
+        return f"{type(cause).__name__}: {error.detail}"
     what = "could not reach the subscriber" if error.never_sent else "the subscriber's reply did not come complete"
     return f"{type(cause).__name__}: {what}"
 
@@ -104,8 +108,9 @@ class Dispatcher:
         self.transports = {
             name: HttpTransport(connection=f"subscriber:{name}", connect_timeout=settings.delivery_timeout,
                                 read_timeout=settings.delivery_timeout, max_reply_bytes=settings.max_reply_bytes,
-                                pool_size=settings.worker_threads, auth=self.auths[name])
-            for name in subscribers
+                                pool_size=settings.worker_threads, egress=subscriber, auth=self.auths[name],
+                                peer=f"Subscriber {name!r}")
+            for name, subscriber in subscribers.items()
         }
 
     def backoff(self, attempts: int) -> float:
