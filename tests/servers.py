@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -13,13 +14,14 @@ from werkzeug.wrappers import Request, Response
 
 
 @contextlib.contextmanager
-def serve_wsgi(app) -> Iterator[str]:
-    """Serve `app` on an ephemeral 127.0.0.1 port for the duration of the block; yields the base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+def serve_wsgi(app, ssl_context: ssl.SSLContext | None = None) -> Iterator[str]:
+    """Serve `app` on an ephemeral 127.0.0.1 port for the duration of the block (over TLS with `ssl_context`);
+    yields the base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=ssl_context)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()

@@ -12,7 +12,6 @@ import os
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import types
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ import pytest
 import requests
 import trustme
 from cryptography.hazmat.primitives import serialization
-from werkzeug.serving import make_server
 
 import sandbox
 from gateway.backends import BACKENDS
@@ -82,15 +80,8 @@ def serve_https(app, pki, *, client_certificates: bool) -> Iterator[int]:
     if client_certificates:
         context.verify_mode = ssl.CERT_REQUIRED
         pki.ca.configure_trust(context)
-    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=context)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_wsgi(app, context) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import trustme
 from cryptography import x509
 from flask import Flask
 from marshmallow import Schema
-from werkzeug.serving import make_server
 
 from gateway import check
 from gateway.backends import BACKENDS
@@ -197,15 +195,8 @@ def serve_tls(app, server_certificate: trustme.LeafCert) -> Iterator[str]:
     """`app` over HTTPS on an ephemeral 127.0.0.1 port for the block; yields the base URL."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_certificate.configure_cert(context)
-    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=context)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_wsgi(app, context) as url:
+        yield url
 
 
 def test_connect_reports_each_backend_and_subscriber_reachable_or_not_and_sends_nothing(tmp_path):
