@@ -23,9 +23,10 @@ operation's `call_size`; a failed call fails exactly its own updates. Each call,
                          its place); outcome first: what fails here is counted and logged (gateway/bookkeeping.py),
                          and the call's outcome stands
 
-A guard is one CallGuard subclass and one entry in `Connection.guards`. Before each attempt goes out, the listener in
-`attempt_listener` (the REST layer's Idempotency-Key record) is told of it, with the id the journal records its
-exchange under, and may stop it unsent by raising StoreUnavailable.
+A guard is one CallGuard subclass and one entry in `Connection.guards`. Who asks for the calls comes with them, as
+a CallContext passed to `send` (as the budget is): the caller and request id the journal records, and the listener
+(the REST layer's Idempotency-Key record) told of each attempt before it goes out, with the id the journal records
+its exchange under, which may stop it unsent by raising StoreUnavailable.
 
 The REST layer never needs to know which backend it talks to.
 """
@@ -41,7 +42,6 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
 
@@ -68,7 +68,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.journal import Exchange
-from gateway.journal.recorder import CallContext, JournalRecorder, call_context
+from gateway.journal.recorder import JournalRecorder
 from gateway.replies import read_reply, valid_retry_after
 from gateway.scrubbing import Scrubber
 from gateway.transport import BackendReply, HttpTransport, OutboundRequest, Transport
@@ -109,10 +109,20 @@ class AttemptListener(Protocol):
         """Note the attempt; raising StoreUnavailable stops it unsent."""
 
 
-#: when set, told of every attempt to send a call before it goes out: whoever set it learns whether anything may
-#: have reached a backend, and may note it where a crash cannot lose it (the REST layer keeps an Idempotency-Key's
-#: reply only then, and notes the call on the key first)
-attempt_listener: ContextVar[AttemptListener | None] = ContextVar("attempt_listener", default=None)
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who asks for the calls `Connection.send` makes: the request id and caller the journal records with each
+    exchange, and the listener told of every attempt before it goes out (whoever passes one learns whether anything
+    may have reached a backend, and may note it where a crash cannot lose it: the REST layer's Idempotency-Key
+    record notes the call on the key first)."""
+
+    request_id: str = ""
+    caller: str = ""
+    listener: AttemptListener | None = None
+
+
+#: the context of calls nobody in particular asked for
+NO_CONTEXT = CallContext()
 
 
 @dataclass(eq=False, slots=True)
@@ -124,6 +134,7 @@ class GuardedCall:
     updates: list[OrderUpdate]
     budget: Deadline | None
     idempotent: bool
+    context: CallContext = NO_CONTEXT
     attempts: int = 0
     error: BaseException | None = None
 
@@ -287,16 +298,17 @@ class Connection:
         return [self.backend.dry_run_view(operation.render(updates, credentials))
                 for operation, updates in self.calls(planned)]
 
-    def send(self, planned: Sequence[PlannedUpdate],
-             budget: Deadline | None = None) -> list[UpdateOutcome | GatewayError]:
-        """Send planned updates call by call, in order, within `budget`; a failed call fails exactly its updates
-        (with a BackendError, or StoreUnavailable when a store it needed before it was sent could not be used)."""
+    def send(self, planned: Sequence[PlannedUpdate], budget: Deadline | None = None,
+             context: CallContext = NO_CONTEXT) -> list[UpdateOutcome | GatewayError]:
+        """Send planned updates call by call, in order, within `budget`, on behalf of `context`; a failed call fails
+        exactly its updates (with a BackendError, or StoreUnavailable when a store it needed before it was sent could
+        not be used)."""
         results: list[UpdateOutcome | GatewayError] = []
         for operation, updates in self.calls(planned):
             try:
                 if budget is not None and budget.expired():
                     raise self._not_sent(budget)
-                outcomes = self._guarded_call(operation, updates, budget)
+                outcomes = self._guarded_call(operation, updates, budget, context)
             except CALL_FAILURES as error:
                 outcomes = [error] * len(updates)
             for outcome in outcomes:
@@ -328,10 +340,10 @@ class Connection:
         return BackendTimeout(f"Not sent: the request's time budget ran out ({budget.reason}) before this "
                               "item's turn.", connection=self.name, code="budget-exhausted")
 
-    def _guarded_call(self, operation: Operation, updates: list[OrderUpdate],
-                      budget: Deadline | None) -> list[UpdateOutcome | BackendError]:
+    def _guarded_call(self, operation: Operation, updates: list[OrderUpdate], budget: Deadline | None,
+                      context: CallContext) -> list[UpdateOutcome | BackendError]:
         """The call through the guards: admitted by each in turn, attempted, then its outcome handed back to each."""
-        call = GuardedCall(operation, updates, budget, operation.is_idempotent(updates))
+        call = GuardedCall(operation, updates, budget, operation.is_idempotent(updates), context)
         admitted: list[tuple[CallGuard, Any]] = []
         try:
             for guard in self.guards:
@@ -398,7 +410,7 @@ class Connection:
         # the trace goes on to the backend: its span is this call's
         request = replace(rendered, headers={**rendered.headers, **tracing.outbound_headers()})
         exchange_id = f"exc_{uuid.uuid4().hex}"
-        listener = attempt_listener.get()
+        listener = call.context.listener
         if listener is not None:
             listener.attempting(CallAttempt(exchange_id, self.name, operation.name,
                                             tuple(update.order_id for update in updates), call.idempotent,
@@ -431,7 +443,8 @@ class Connection:
                 metrics.backend_call_duration.labels(self.name, self.kind, operation.name).observe(took)
                 self._log_call(operation, updates, reply, outcome, took)
                 if self.recorder is not None:
-                    self._record(exchange_id, operation, updates, request, reply, started, outcome, error_text)
+                    self._record(exchange_id, operation, updates, request, reply, started, outcome, error_text,
+                                 call.context)
             except Exception as error:  # outcome first: the figures, the log line and the journal are bookkeeping
                 note_failure("call_record", error, f"{operation.name} on connection {self.name!r} was not fully "
                              "counted, logged or journaled; its outcome stands")
@@ -450,10 +463,10 @@ class Connection:
                 extra={**fields, "outcome": outcome, "backend_status": reply.status if reply is not None else None})
 
     def _record(self, exchange_id: str, operation: Operation, updates: list[OrderUpdate], request: OutboundRequest,
-                reply: BackendReply | None, started: float, outcome: str, error_text: str | None) -> None:
+                reply: BackendReply | None, started: float, outcome: str, error_text: str | None,
+                context: CallContext) -> None:
         """Hand the exchange to the journal, to be made (the request as a dry run shows it, everything scrubbed)
         and written on the journal's thread."""
-        context = call_context.get()
         self.recorder.record(functools.partial(
             self._make_exchange, exchange_id, operation.name, tuple(update.order_id for update in updates), request,
             None if reply is None else (reply.status, dict(reply.headers), reply.body), started,
@@ -461,14 +474,14 @@ class Connection:
 
     def _make_exchange(self, exchange_id: str, operation: str, order_ids: tuple[str, ...], request: OutboundRequest,
                        reply: tuple[int, dict[str, str], bytes] | None, started: float, duration_ms: float,
-                       outcome: str, error_text: str | None, context: CallContext | None) -> Exchange:
+                       outcome: str, error_text: str | None, context: CallContext) -> Exchange:
         """The exchange as the journal keeps it (on the journal's thread), under the id the call was given before
         it went out (an Idempotency-Key whose outcome is unknown names it)."""
         shown = self.backend.dry_run_view(request)
         clean = self.scrubber
         return Exchange(
             id=exchange_id, at=started,
-            request_id=context.request_id if context else "", caller=context.caller if context else "",
+            request_id=context.request_id, caller=context.caller,
             connection=self.name, backend=self.kind, operation=operation, order_ids=order_ids,
             request=clean.scrub_document({"method": shown.method, "url": shown.url, "headers": dict(shown.headers),
                                           "body": self.recorder.body_text(shown.body)}),

@@ -404,7 +404,7 @@ def redeliver(event_id: str) -> Response:
     method, path = redelivery_request(event_id)
     try:
         reply = run_idempotently(key, request_fingerprint(method, path, [], b""),
-                                 lambda: queue_redelivery(event_id))
+                                 lambda listener: queue_redelivery(event_id))
     except GatewayError as error:
         flash(error.detail, "error")
         return redirect(back, 303)

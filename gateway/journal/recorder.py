@@ -19,8 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 from gateway import metrics
@@ -36,17 +34,6 @@ BATCH_SIZE = 100
 LINGER_SECONDS = 0.05
 #: queued by flush(): write what is there now
 _WRITE_NOW: Any = object()
-
-
-@dataclass(frozen=True)
-class CallContext:
-    """Who asked for the calls being made: the REST layer sets it per request, the recorder reads it."""
-
-    request_id: str
-    caller: str
-
-
-call_context: ContextVar[CallContext | None] = ContextVar("call_context", default=None)
 
 
 class JournalRecorder:

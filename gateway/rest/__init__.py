@@ -41,7 +41,6 @@ def init_app(app: Flask) -> None:
     app.before_request(common.start_request_budget)
     limits.init_app(app)
     auth.init_app(app, app.config["GATEWAY_SETTINGS"])
-    app.before_request(exchanges.note_call_context)
     idempotency.init_app(app)
     request_ids.init_app(app)
     problems.init_app(app)

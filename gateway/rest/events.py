@@ -161,9 +161,9 @@ def show_event(event_id: str):
                       422: "an unknown query parameter, or the Idempotency-Key was used for another request",
                       500: "the gateway failed"})
 @idempotent
-def redeliver_event(event_id: str):
+def redeliver_event(event_id: str, listener: object):
     """Send an event of the caller's connections to its subscribers again (dead or delivered alike), in order with
-    its order's other events."""
+    its order's other events (no backend call: `listener` has nothing to be told)."""
     read_query(NoQuery)
     return queue_redelivery(event_id)
 

@@ -22,12 +22,10 @@ from marshmallow import fields, validate
 from gateway.canonical.schema import Text
 from gateway.errors import NotFound
 from gateway.journal import Exchange
-from gateway.journal.recorder import CallContext, call_context
 from gateway.rest.auth import current_caller, scoped_connections
 from gateway.rest.common import REQUEST_ID
 from gateway.rest.openapi import documented
 from gateway.rest.queries import AsciiInteger, NoQuery, QuerySchema, read_query
-from gateway.rest.request_ids import current_request_id
 
 blueprint = Blueprint("exchanges", __name__)
 OUTCOMES = ("ok", "refused", "failed", "timeout", "unreachable")
@@ -57,11 +55,6 @@ def describe(exchange: Exchange) -> dict[str, Any]:
     document["at"] = datetime.fromtimestamp(exchange.at, UTC).isoformat()
     document["order_ids"] = list(exchange.order_ids)
     return document
-
-
-def note_call_context() -> None:
-    """Tell the connections who asks for the calls this request makes (for the journal)."""
-    call_context.set(CallContext(request_id=current_request_id(), caller=current_caller().name))
 
 
 EXCHANGE_ID = {"name": "exchange_id", "in": "path", "required": True, "schema": {"type": "string"}}

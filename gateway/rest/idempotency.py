@@ -36,7 +36,7 @@ from flask import Flask, Response, current_app, make_response, request
 
 from gateway import metrics
 from gateway.bookkeeping import describe_error, note_failure
-from gateway.connections import CallAttempt, attempt_listener
+from gateway.connections import AttemptListener, CallAttempt
 from gateway.errors import (
     GatewayError,
     IdempotencyKeyInUse,
@@ -190,19 +190,22 @@ def outcome_unknown(key: str, attempts: tuple[Attempt, ...]) -> OutcomeUnknown:
 
 
 def idempotent(view: Callable) -> Callable:
-    """Make a view honour Idempotency-Key (dry runs excepted)."""
+    """Make a view honour Idempotency-Key (dry runs excepted): the view is given the `listener` its calls must be
+    noted on (None without a key)."""
     @functools.wraps(view)
     def with_idempotency_key(*args: Any, **kwargs: Any) -> Any:
         key = read_key()
         if key is None or request.args.get("dry_run", "").lower() in ("1", "true", "yes", "on"):
-            return view(*args, **kwargs)
-        return run_idempotently(key, fingerprint(), lambda: make_response(view(*args, **kwargs)))
+            return view(*args, listener=None, **kwargs)
+        return run_idempotently(key, fingerprint(),
+                                lambda listener: make_response(view(*args, listener=listener, **kwargs)))
 
     return with_idempotency_key
 
 
-def run_idempotently(key: str, print_: str, produce: Callable[[], Response]) -> Response:
-    """The reply `produce` makes, once per caller, key and fingerprint: a repeat gets the kept reply again."""
+def run_idempotently(key: str, print_: str, produce: Callable[[AttemptListener], Response]) -> Response:
+    """The reply `produce` makes, once per caller, key and fingerprint: a repeat gets the kept reply again. `produce`
+    is given the key's record, to be told of every backend call before it goes out."""
     settings = current_app.config["GATEWAY_SETTINGS"]
     store = current_app.extensions["order_gateway_idempotency"]
     scoped = f"{current_caller().name}:{key}"
@@ -225,9 +228,8 @@ def run_idempotently(key: str, print_: str, produce: Callable[[], Response]) -> 
     if begun.state == OUTCOME_UNKNOWN:
         raise outcome_unknown(key, begun.attempts)
     record = KeyRecord(store, scoped, print_, settings.idempotency_ttl_seconds)
-    token = attempt_listener.set(record)
     try:
-        response = produce()
+        response = produce(record)
     except GatewayError as error:  # the problem reply it becomes is this request's reply: kept like any other
         response = gateway_error_response(error)
     except BaseException:
@@ -236,8 +238,6 @@ def run_idempotently(key: str, print_: str, produce: Callable[[], Response]) -> 
         # An unforeseen failure after a call was attempted keeps the record until its lease ends: the outcome
         # is unknown, so a retry is not sent again before then (and afterwards only if it may be repeated).
         raise
-    finally:
-        attempt_listener.reset(token)
     if record.attempted or response.status_code < 400:
         headers = tuple((name, response.headers[name]) for name in KEPT_HEADERS if name in response.headers)
         try:

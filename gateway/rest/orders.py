@@ -16,9 +16,9 @@ from gateway.canonical import (
     load_bulk_item,
     load_order_update,
 )
-from gateway.connections import Connection, PlannedUpdate
+from gateway.connections import AttemptListener, CallContext, Connection, PlannedUpdate
 from gateway.errors import GatewayError, PayloadTooLarge, ValidationFailed
-from gateway.rest.auth import require_connection, require_scope
+from gateway.rest.auth import current_caller, require_connection, require_scope
 from gateway.rest.common import (
     IDEMPOTENCY_KEY,
     REQUEST_ID,
@@ -94,6 +94,11 @@ def authorize(connection: str, dry_run: bool) -> None:
     require_connection(connection)
 
 
+def call_context(listener: AttemptListener | None) -> CallContext:
+    """Who asks for this request's backend calls, and who must be told of each before it goes out."""
+    return CallContext(request_id=current_request_id(), caller=current_caller().name, listener=listener)
+
+
 def order_result(connection: Connection, planned: PlannedUpdate, outcome: UpdateOutcome | None = None) -> dict:
     """The one success shape of every backend and operation; without an outcome, the dry run's."""
     update = planned.update
@@ -122,7 +127,7 @@ def order_result(connection: Connection, planned: PlannedUpdate, outcome: Update
     problems={**REQUEST_PROBLEMS, **BACKEND_PROBLEMS, **IDEMPOTENCY_PROBLEMS},
 )
 @idempotent
-def update_order(order_id: str):
+def update_order(order_id: str, listener: AttemptListener | None):
     """Update one order in the backend of the requested connection.
 
     The body is one canonical document; which fields a connection accepts depends on its backend (a field it
@@ -145,7 +150,7 @@ def update_order(order_id: str):
         (outbound,) = connection.dry_run([planned])
         return jsonify({**order_result(connection, planned), "request": describe_request(outbound),
                         "request_id": current_request_id()})
-    (outcome,) = connection.send([planned], request_budget())
+    (outcome,) = connection.send([planned], request_budget(), call_context(listener))
     if isinstance(outcome, GatewayError):
         raise outcome
     return jsonify({**order_result(connection, planned, outcome), "request_id": current_request_id()})
@@ -163,7 +168,7 @@ def update_order(order_id: str):
               409: IDEMPOTENCY_PROBLEMS[409], 500: REQUEST_PROBLEMS[500]},
 )
 @idempotent
-def update_orders():
+def update_orders(listener: AttemptListener | None):
     """Update many orders of one connection; every item gets its own outcome (200 all done, 207 otherwise).
 
     Each item is validated on its own; invalid items are reported and never sent. Items travel as the backend
@@ -204,7 +209,8 @@ def update_orders():
                                  "body": {**order_result(connection, planned), "request_id": request_id}}
         reply.update(dry_run=True, requests=[describe_request(r) for r in connection.dry_run(planned_updates)])
     else:
-        for (position, planned), outcome in zip(valid, connection.send(planned_updates, request_budget()), strict=True):
+        for (position, planned), outcome in zip(valid, connection.send(planned_updates, request_budget(),
+                                                                     call_context(listener)), strict=True):
             if isinstance(outcome, GatewayError):
                 results[position] = _item_failure(position, items[position], outcome)
             else:
