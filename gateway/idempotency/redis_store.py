@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from gateway.config import StoreSettings
-from gateway.idempotency import (
+from gateway.idempotency.base import (
     OUTCOME_UNKNOWN,
     REPLAY,
     Attempt,

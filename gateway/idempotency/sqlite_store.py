@@ -12,7 +12,7 @@ import os
 import sqlite3
 
 from gateway.config import StoreSettings
-from gateway.idempotency import (
+from gateway.idempotency.base import (
     COMPLETED,
     IN_PROGRESS,
     MISMATCH,

@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway import metrics
 from gateway.bookkeeping import log_failure
-from gateway.journal import Exchange, ExchangeJournal
+from gateway.journal.base import Exchange, ExchangeJournal
 
 log = logging.getLogger("gateway.journal")
 QUEUE_SIZE = 1000

@@ -31,7 +31,7 @@ from collections.abc import Collection, Sequence
 import redis
 
 from gateway.config import StoreSettings
-from gateway.journal import (
+from gateway.journal.base import (
     TIMINGS_LIMIT,
     Exchange,
     ExchangeJournal,

@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Collection, Sequence
 
 from gateway.config import StoreSettings
-from gateway.journal import (
+from gateway.journal.base import (
     TIMINGS_LIMIT,
     Exchange,
     ExchangeJournal,
