@@ -213,8 +213,9 @@ def _range(low: float | None = None, high: float | None = None) -> validate.Rang
 # --- the tables -----------------------------------------------------------------------------------------------
 
 class WebhookSettingsSchema(Table):
-    """`[connections.<name>.webhooks]`: how a backend's webhooks authenticate to the gateway, and how their
-    templates map to event types (a mapping, as the backend reads it)."""
+    """How a backend's webhooks authenticate to the gateway, and how their templates map to event types.
+
+    Loaded as a mapping (ConnectionSettings.webhooks), as the backend reads it."""
 
     auth = described(fields.String(required=True, validate=validate.OneOf(["basic", "token"])),
                      "how webhooks authenticate: HTTP Basic (username, password) or a token in a header")
@@ -257,10 +258,12 @@ MAX_PEM_FILE_BYTES = 16_777_216
 
 @dataclass(frozen=True, kw_only=True)
 class EgressSettings:
-    """Egress, in `[connections.<name>]` and `[subscribers.<name>]`: how calls to one peer leave the gateway:
-    through which forward proxy, trusting which CAs, presenting which client certificate. An empty string is the
-    setting left out, so `proxy_url = "${HTTPS_PROXY:-}"` uses the environment's proxy when there is one. Loaded,
-    its files are resolved and checked at start."""
+    """How calls to one peer (a connection's backend, a subscriber) leave the gateway: through which forward proxy,
+    trusting which CAs, presenting which client certificate. An empty string is the setting left out, so
+    `proxy_url = "${HTTPS_PROXY:-}"` uses the environment's proxy when there is one; relative paths are read from
+    the configuration file's folder.
+
+    Loaded, its files are resolved and checked at start."""
 
     proxy_url: Secret | None = setting(
         SecretField(load_default=None, validate=_proxy_url),
@@ -310,8 +313,9 @@ class EgressSchema(settings_schema(EgressSettings)):
 
 @dataclass(frozen=True, kw_only=True)
 class ConnectionSettings(EgressSettings):
-    """`[connections.<name>]`: settings every connection has; its backend adds its own (Backend.settings_schema),
-    loaded into `options`."""
+    """Settings every connection has; its backend adds its own (the tables below).
+
+    The backend's own settings (Backend.settings_schema) are loaded into `options`."""
 
     name: str
     backend: str = setting(fields.String(required=True), "the backend kind: ongoing, speed4trade or sellercenter")
@@ -357,7 +361,7 @@ class ConnectionSettings(EgressSettings):
         "canonical status name -> the backend's status code, merged over the backend's defaults")
     webhooks: Mapping[str, Any] | None = setting(
         fields.Nested(WebhookSettingsSchema, load_default=None),
-        "the table [connections.<name>.webhooks]: the backend's webhooks are accepted (see below)")
+        "the table [connections.<name>.webhooks], for a backend that sends webhooks: they are accepted (below)")
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -367,8 +371,8 @@ class ConnectionSchema(settings_schema(ConnectionSettings, EgressSchema)):
 
 @dataclass(frozen=True)
 class SubscriberSettings(EgressSettings):
-    """`[subscribers.<name>]`: one internal service that receives canonical order events, the events it wants and
-    the secret deliveries are signed with (and the egress settings, as connections have them)."""
+    """One internal service that receives canonical order events: the events it wants and the secret deliveries
+    are signed with, and the egress settings, as connections have them."""
 
     name: str
     url: str = setting(fields.Url(required=True, schemes={"http", "https"}, require_tld=False),
@@ -386,7 +390,9 @@ class SubscriberSchema(settings_schema(SubscriberSettings, EgressSchema)):
 
 @dataclass(frozen=True)
 class EventSettings:
-    """`[events]`: where events and the delivery queue live, and how deliveries are retried and kept."""
+    """Where events and the delivery queue live, and how deliveries are retried and kept.
+
+    Loaded, the database paths are resolved."""
 
     database: Path = setting(fields.String(load_default="var/events.sqlite3"),
                              "the SQLite file of events, relative to the configuration file's folder",
@@ -434,9 +440,10 @@ EventsSectionSchema = settings_schema(EventSettings)
 
 @dataclass(frozen=True, kw_only=True)
 class CallerSettings:
-    """`[callers.<name>]`: one internal service allowed to call the gateway: its API keys, the connections it may
-    use and its scopes. Loaded, `keys` holds key and keys together, `connections` is None for every connection,
-    and `key_digests` are the SHA-256 digests of every key it may present, its plain keys' and its key_sha256s."""
+    """One internal service allowed to call the gateway: its API keys, the connections it may use and its scopes.
+
+    Loaded, `keys` holds key and keys together, `connections` is None for every connection, and `key_digests` are
+    the SHA-256 digests of every key it may present, its plain keys' and its key_sha256s."""
 
     name: str
     key: Secret | None = setting(SecretField(load_default=None), "the caller's API key (at least 16 characters)")
@@ -475,7 +482,7 @@ class CallerSchema(settings_schema(CallerSettings)):
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """`[stores]`: how long the gateway waits for Redis and SQLite, and how many files it keeps open."""
+    """How long the gateway waits for Redis and SQLite, and how many files it keeps open."""
 
     redis_connect_timeout: float = setting(fields.Float(load_default=1.0, validate=_range(0.01, 60)),
                                            "seconds to establish a connection to Redis")
@@ -495,7 +502,7 @@ StoresSectionSchema = settings_schema(StoreSettings)
 
 @dataclass(frozen=True)
 class JournalSettings:
-    """`[journal]`: how long, how many and how much of each backend exchange is kept."""
+    """How long, how many and how much of each backend exchange is kept."""
 
     max_age_days: float = setting(fields.Float(load_default=7.0, validate=_range(0.001, 3650)),
                                   "an exchange is removed this long after it was made")
@@ -512,7 +519,7 @@ JournalSectionSchema = settings_schema(JournalSettings)
 
 @dataclass(frozen=True)
 class ConsoleSettings:
-    """`[console]`: the operator's web console and its login session."""
+    """The operator's web console and its login session."""
 
     session_secret: Secret | None = setting(
         SecretField(load_default=None, validate=_console_secret_long_enough),
@@ -531,8 +538,9 @@ ConsoleSectionSchema = settings_schema(ConsoleSettings)
 
 @dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
-    """`[gateway]`: requests, their limits and budget, who may call without a key; loaded, the whole
-    configuration, every other table included."""
+    """Requests: their limits and budget, which connection they go to, who may call without a key.
+
+    Loaded, the whole configuration: the `[gateway]` table's settings and every other table."""
 
     source: str
     connections: Mapping[str, ConnectionSettings]
