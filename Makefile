@@ -8,7 +8,7 @@ WORKERS ?= 2
 LOCK ?= requirements/dev.txt
 BENCH_VENV ?= .venv-bench
 
-.PHONY: run test bench lint install lock upgrade system-packages clean
+.PHONY: run test bench lint docs install lock upgrade system-packages clean
 
 ## The virtualenv holds exactly build.txt and $(LOCK) (pip freeze equals them, checked) and the project itself,
 ## installed without its dependencies; it is made anew whenever a lock changes, so nothing unlocked stays in it.
@@ -56,6 +56,11 @@ bench:
 	scripts/install-system-packages bench
 	$(MAKE) install VENV=$(BENCH_VENV) LOCK=requirements/bench.txt
 	$(BENCH_VENV)/bin/python bench/run_all.py
+
+## docs/configuration.md from the settings' declarations (gateway/config.py, gateway/backends/*/backend.py); a test
+## fails while the committed file differs from what this writes.
+docs: install
+	$(BIN)/python -m gateway configuration-reference > docs/configuration.md
 
 lint: install
 	$(BIN)/ruff check .

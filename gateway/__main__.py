@@ -1,14 +1,16 @@
-"""`python -m gateway <command>`: the gateway's commands besides serving; today `check` (gateway/check.py)."""
+"""`python -m gateway <command>`: the gateway's commands besides serving: `check` (gateway/check.py) and
+`configuration-reference` (gateway/config_reference.py)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
 
-from gateway import check
+from gateway import check, config_reference
 
 #: command name -> its main(argv) -> exit status
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"check": check.main}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "check": check.main, "configuration-reference": config_reference.main}
 
 
 def main(argv: Sequence[str]) -> int:

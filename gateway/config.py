@@ -5,10 +5,22 @@ backend's own settings. Strings may reference environment variables as `${NAME}`
 files as `${file:path}` (container and Kubernetes secrets are files), so secrets stay out of the file. The public
 demo secrets config/sandbox.toml ships (PUBLIC_DEMO_SECRETS) are refused unless `[gateway] sandbox = true`.
 Anything wrong stops start-up with a ConfigError naming file, key and problem, never a secret's value.
+
+Each key is declared once. A table loaded into a dataclass (GatewaySettings, ConnectionSettings, EventSettings,
+...) declares each key as an attribute, `setting(marshmallow field, description)`: the field validates the key and
+gives its default (the attribute's default too), and `settings_schema` derives the table's marshmallow schema from
+those attributes (Schema.from_dict), to which a schema subclass adds cross-key checks. A table that stays a mapping
+(a backend's own settings, a connection's webhooks) declares its keys on its schema, `described(field,
+description)`. docs/configuration.md is generated from these declarations (gateway/config_reference.py).
+The derivation is our own, not marshmallow-dataclass: that library derives fields from type hints, while here each
+key needs its own field (Secret, ranges, defaults) and several attributes hold a converted form of what the key
+loads (paths resolved, keys digested), so it would save nothing, and it brings typeguard, typing-inspect and
+mypy-extensions into the lock (it does load with marshmallow 4.4: it sets no upper bound).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -17,13 +29,13 @@ import ssl
 import stat
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from gateway.canonical import flatten_errors
 from gateway.canonical.events import EVENT_TYPES
@@ -116,40 +128,50 @@ class RegexList(fields.List):
         return compiled
 
 
-class WebhookSettingsSchema(Schema):
-    """How a backend's webhooks authenticate to the gateway, and how their templates map to event types."""
+# --- declaring settings ---------------------------------------------------------------------------------------
+
+#: the dataclass field metadata key that holds a setting's marshmallow field
+SETTING = "setting"
+
+
+def setting(marshmallow_field: fields.Field, description: str, *, attribute_default: bool = True) -> Field:
+    """Declare one setting as a dataclass attribute: its marshmallow field validates it and gives its default, and
+    `description` (one line) is what docs/configuration.md says of it. The attribute defaults to the field's
+    load_default, unless the key is required or `attribute_default` is false (an attribute that stays positional)."""
+    marshmallow_field.metadata["description"] = description
+    metadata = {SETTING: marshmallow_field}
+    default = marshmallow_field.load_default
+    if marshmallow_field.required or not attribute_default:
+        return field(metadata=metadata)
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def described(marshmallow_field: fields.Field, description: str) -> fields.Field:
+    """A setting of a table that stays a mapping (a backend's own, a connection's webhooks): its marshmallow field,
+    with the one-line description docs/configuration.md shows."""
+    marshmallow_field.metadata["description"] = description
+    return marshmallow_field
+
+
+class Table(Schema):
+    """A configuration table: a key it does not declare is an error, never ignored."""
 
     class Meta:
         unknown = RAISE
 
-    auth = fields.String(required=True, validate=validate.OneOf(["basic", "token"]))
-    username = fields.String(load_default=None)
-    password = SecretField(load_default=None)
-    header = fields.String(load_default="X-Webhook-Token", validate=validate.Length(min=1))
-    token = SecretField(load_default=None)
-    #: the backend's template name -> canonical event type, merged over the backend's defaults
-    event_types = fields.Dict(keys=fields.String(), values=fields.String(validate=validate.OneOf(EVENT_TYPES)),
-                              load_default=dict)
-    #: the time zone of timestamps that carry no offset
-    timezone = fields.String(load_default="UTC")
-    #: a webhook whose timestamp is older than this is refused as a replay (Ongoing retries for a day)
-    max_age_hours = fields.Float(load_default=48.0, validate=validate.Range(min=0.1, max=24 * 3650))
-    #: ... and one this far ahead of the gateway's clock too (15 h: a wrong time zone plus clock skew refuses nothing
-    #: genuine; a date that cannot be is still refused)
-    max_ahead_minutes = fields.Float(load_default=900.0, validate=validate.Range(min=0, max=24 * 60))
 
-    @validates_schema
-    def check_credentials(self, data: dict, **_: Any) -> None:
-        """Basic needs a username and password; token needs a token; the time zone must exist."""
-        if data["auth"] == "basic" and (not data.get("username") or not data.get("password")):
-            raise ValidationError("auth = \"basic\" needs username and password.", field_name="auth")
-        if data["auth"] == "token" and not data.get("token"):
-            raise ValidationError("auth = \"token\" needs token.", field_name="token")
-        try:
-            ZoneInfo(data["timezone"])
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValidationError(f"Unknown time zone {data['timezone']!r}.", field_name="timezone") from None
+def settings_schema(settings_class: type, base: type[Schema] = Table) -> type[Schema]:
+    """The marshmallow schema of a settings dataclass: one field per `setting` attribute, in declaration order."""
+    declared = {item.name: item.metadata[SETTING] for item in dataclasses.fields(settings_class)
+                if SETTING in item.metadata}
+    schema = base.from_dict(declared, name=f"{settings_class.__name__}Schema")
+    schema.__doc__ = settings_class.__doc__
+    return schema
 
+
+# --- field checks ---------------------------------------------------------------------------------------------
 
 def _proxy_url(value: Secret) -> None:
     """A forward proxy's URL; the message never repeats it (it may hold a password)."""
@@ -166,29 +188,109 @@ def _proxy_url(value: Secret) -> None:
                               "wants them (percent-encoded), the host and an optional port.")
 
 
+def _whsec(value: Secret) -> None:
+    if not value.reveal().startswith("whsec_"):
+        raise ValidationError("Standard Webhooks secrets start with whsec_ followed by base64.")
+
+
+def _sha256_hex(value: str) -> None:
+    """64 hexadecimal digits; the message never repeats the value (it may be a key pasted by mistake)."""
+    if not _SHA256_HEX.fullmatch(value):
+        raise ValidationError("Not a SHA-256 digest: give its 64 hexadecimal digits, the first field of "
+                              "`printf %s \"$KEY\" | sha256sum`.")
+
+
+def _console_secret_long_enough(value: Secret) -> None:
+    """A session secret worth the name."""
+    if len(value.reveal()) < MIN_CONSOLE_SECRET_LENGTH:
+        raise ValidationError(f"At least {MIN_CONSOLE_SECRET_LENGTH} characters.")
+
+
+def _range(low: float | None = None, high: float | None = None) -> validate.Range:
+    return validate.Range(min=low, max=high)
+
+
+# --- the tables -----------------------------------------------------------------------------------------------
+
+class WebhookSettingsSchema(Table):
+    """How a backend's webhooks authenticate to the gateway, and how their templates map to event types.
+
+    Loaded as a mapping (ConnectionSettings.webhooks), as the backend reads it."""
+
+    auth = described(fields.String(required=True, validate=validate.OneOf(["basic", "token"])),
+                     "how webhooks authenticate: HTTP Basic (username, password) or a token in a header")
+    username = described(fields.String(load_default=None), "the Basic user name webhooks present")
+    password = described(SecretField(load_default=None), "the Basic password webhooks present")
+    header = described(fields.String(load_default="X-Webhook-Token", validate=validate.Length(min=1)),
+                       "the header that carries the token")
+    token = described(SecretField(load_default=None), "the token webhooks present in header")
+    event_types = described(
+        fields.Dict(keys=fields.String(), values=fields.String(validate=validate.OneOf(EVENT_TYPES)),
+                    load_default=dict),
+        "the backend's template name -> canonical event type, merged over the backend's defaults")
+    timezone = described(fields.String(load_default="UTC"), "the time zone of timestamps that carry no offset")
+    max_age_hours = described(
+        fields.Float(load_default=48.0, validate=_range(0.1, 24 * 3650)),
+        "a webhook whose timestamp is older than this is refused as a replay (Ongoing retries for a day)")
+    # 15 h: a wrong time zone plus clock skew refuses nothing genuine; a date that cannot be is still refused
+    max_ahead_minutes = described(
+        fields.Float(load_default=900.0, validate=_range(0, 24 * 60)),
+        "a webhook whose timestamp is this far ahead of the gateway's clock is refused too")
+
+    @validates_schema
+    def check_credentials(self, data: dict, **_: Any) -> None:
+        """Basic needs a username and password; token needs a token; the time zone must exist."""
+        if data["auth"] == "basic" and (not data.get("username") or not data.get("password")):
+            raise ValidationError("auth = \"basic\" needs username and password.", field_name="auth")
+        if data["auth"] == "token" and not data.get("token"):
+            raise ValidationError("auth = \"token\" needs token.", field_name="token")
+        try:
+            ZoneInfo(data["timezone"])
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValidationError(f"Unknown time zone {data['timezone']!r}.", field_name="timezone") from None
+
+
 #: the egress settings naming files, read from the configuration file's folder when relative
 EGRESS_FILES = ("ca_bundle", "client_cert", "client_key")
 #: a CA bundle, certificate or key file larger than this is refused (certifi's whole bundle is about 300 KB)
 MAX_PEM_FILE_BYTES = 16_777_216
 
 
-class EgressSchema(Schema):
+@dataclass(frozen=True, kw_only=True)
+class EgressSettings:
     """How calls to one peer (a connection's backend, a subscriber) leave the gateway: through which forward proxy,
     trusting which CAs, presenting which client certificate. An empty string is the setting left out, so
-    `proxy_url = "${HTTPS_PROXY:-}"` uses the environment's proxy when there is one."""
+    `proxy_url = "${HTTPS_PROXY:-}"` uses the environment's proxy when there is one; relative paths are read from
+    the configuration file's folder.
 
-    class Meta:
-        unknown = RAISE
+    Loaded, its files are resolved and checked at start."""
 
-    #: http:// or https:// forward proxy, with user:password@ if it wants them (a secret); HTTPS goes by CONNECT
-    proxy_url = SecretField(load_default=None, validate=_proxy_url)
-    #: PEM file of the CAs trusted for this peer, instead of certifi's (verification stays on)
-    ca_bundle = fields.String(load_default=None)
-    #: PEM files of the client certificate (its chain may follow it) and its unencrypted key, for mutual TLS
-    client_cert = fields.String(load_default=None)
-    client_key = fields.String(load_default=None)
-    #: false: certificates are not verified at all (tests only; a warning at start)
-    verify_tls = fields.Boolean(load_default=True)
+    proxy_url: Secret | None = setting(
+        SecretField(load_default=None, validate=_proxy_url),
+        "http:// or https:// forward proxy, with user:password@ if it wants them (a secret); HTTPS goes by CONNECT")
+    ca_bundle: Path | None = setting(
+        fields.String(load_default=None),
+        "PEM file of the CAs trusted for this peer, instead of certifi's (verification stays on)")
+    client_cert: Path | None = setting(
+        fields.String(load_default=None),
+        "PEM file of the client certificate for mutual TLS (its chain may follow it); needs client_key")
+    client_key: Path | None = setting(
+        fields.String(load_default=None), "PEM file of client_cert's key, unencrypted")
+    verify_tls: bool = setting(fields.Boolean(load_default=True),
+                               "false: certificates are not verified at all (tests only; a warning at start)")
+
+    def proxy_credentials(self) -> tuple[str, str] | None:
+        """The proxy's user name and password as they are sent (percent-decoded), or None without a password."""
+        if self.proxy_url is None:
+            return None
+        parts = urlsplit(self.proxy_url.reveal())
+        if parts.password is None:
+            return None
+        return unquote(parts.username or ""), unquote(parts.password)
+
+
+class EgressSchema(settings_schema(EgressSettings)):
+    """The egress settings of a connection or a subscriber (EgressSettings)."""
 
     @pre_load
     def _empty_is_unset(self, data: Any, **_: Any) -> Any:
@@ -209,106 +311,163 @@ class EgressSchema(Schema):
                                   field_name="ca_bundle")
 
 
-class ConnectionSchema(EgressSchema):
-    """Settings every connection has; each backend extends it with its own (see Backend.settings_schema)."""
+@dataclass(frozen=True, kw_only=True)
+class ConnectionSettings(EgressSettings):
+    """Settings every connection has; its backend adds its own (the tables below).
 
-    class Meta:
-        unknown = RAISE
+    The backend's own settings (Backend.settings_schema) are loaded into `options`."""
 
-    backend = fields.String(required=True)
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
-    username = fields.String(load_default="")
-    password = SecretField(load_default=None)
-    connect_timeout = fields.Float(load_default=3.05, validate=validate.Range(min=0.001, max=300))
-    read_timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.001, max=3600))
-    #: the whole call, reply included, however the backend drips it; within the request's budget
-    call_timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.01, max=3600))
-    #: calls in flight to this connection per gateway process (the bulkhead); beyond it a call waits queue_timeout
-    max_concurrent_calls = fields.Integer(load_default=8, validate=validate.Range(min=1, max=1000))
-    queue_timeout = fields.Float(load_default=2.0, validate=validate.Range(min=0, max=600))
-    #: how long a call waits for its backend's call lock (Ongoing: one goods owner's calls one after another)
-    lock_timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0, max=600))
-    #: consecutive failures that open the circuit breaker, and how long it stays open before one probe call
-    breaker_failures = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000))
-    breaker_reset_seconds = fields.Float(load_default=30.0, validate=validate.Range(min=0.01, max=86400))
-    #: attempts of a call that provably never reached the backend (or of an idempotent one), within its deadline
-    retry_attempts = fields.Integer(load_default=3, validate=validate.Range(min=1, max=10))
-    max_reply_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024))
-    #: JSON replies nested deeper are refused (502) before anything reads them
-    max_reply_depth = fields.Integer(load_default=32, validate=validate.Range(min=2, max=256))
-    pool_size = fields.Integer(load_default=10, validate=validate.Range(min=1, max=1000))
-    status_map = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=50)), load_default=dict)
-    webhooks = fields.Nested(WebhookSettingsSchema, load_default=None)
-
-
-def _whsec(value: Secret) -> None:
-    if not value.reveal().startswith("whsec_"):
-        raise ValidationError("Standard Webhooks secrets start with whsec_ followed by base64.")
-
-
-class SubscriberSchema(EgressSchema):
-    """One internal service that receives canonical order events (the egress settings as connections have them)."""
-
-    class Meta:
-        unknown = RAISE
-
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
-    types = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), load_default=lambda: list(EVENT_TYPES))
-    secret = SecretField(required=True, validate=_whsec)
-
-
-class EventsSectionSchema(Schema):
-    """The `[events]` table: where events and the delivery queue live, and how deliveries are retried."""
-
-    class Meta:
-        unknown = RAISE
-
-    database = fields.String(load_default="var/events.sqlite3")
-    queue_database = fields.String(load_default="var/queue.sqlite3")
-    redis_url = fields.String(load_default=None, validate=validate.Regexp(r"^rediss?://"))
-    max_attempts = fields.Integer(load_default=10, validate=validate.Range(min=1, max=1000))
-    backoff_base_seconds = fields.Float(load_default=1.0, validate=validate.Range(min=0.01))
-    backoff_max_seconds = fields.Float(load_default=3600.0, validate=validate.Range(min=0.01))
-    #: one delivery attempt's whole time, its reply included, however the subscriber drips it
-    delivery_timeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=300))
-    worker_threads = fields.Integer(load_default=4, validate=validate.Range(min=1, max=64))
-    #: a subscriber's reply body is read up to this and no further: its status alone decides the outcome
-    max_reply_bytes = fields.Integer(load_default=65_536, validate=validate.Range(min=1024))
-    #: how often the worker nudges the pending streams that have no drain scheduled (a lost task costs this much)
-    resume_interval_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=0.05, max=3600))
-    #: a GET /events reply holds no more bytes than this (then it says so, with a link to the rest)
-    max_list_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=4096, max=67_108_864))
-    #: an event keeps its webhook as received (`raw`) up to this many bytes of compact JSON; a larger one is 413
-    max_raw_bytes = fields.Integer(load_default=65_536, validate=validate.Range(min=1024, max=16_777_216))
-    #: an event is removed this long after its last delivery was delivered or went dead (pending ones are kept)
-    retention_days = fields.Float(load_default=30.0, validate=validate.Range(min=1, max=3650))
-    #: how often the worker removes what retention allows, and the most records one transaction removes
-    retention_interval_seconds = fields.Float(load_default=3600.0, validate=validate.Range(min=0.05, max=86400))
-    retention_batch_size = fields.Integer(load_default=500, validate=validate.Range(min=1, max=10_000))
+    name: str
+    backend: str = setting(fields.String(required=True), "the backend kind: ongoing, speed4trade or sellercenter")
+    url: str = setting(fields.Url(required=True, schemes={"http", "https"}, require_tld=False),
+                       "the backend's endpoint, http:// or https://")
+    username: str = setting(fields.String(load_default=""), "the user name the backend knows the gateway by")
+    password: Secret | None = setting(SecretField(load_default=None), "the password sent with username")
+    connect_timeout: float = setting(fields.Float(load_default=3.05, validate=_range(0.001, 300)),
+                                     "seconds to establish a connection to the backend")
+    read_timeout: float = setting(fields.Float(load_default=30.0, validate=_range(0.001, 3600)),
+                                  "seconds to wait for each read of the backend's reply")
+    call_timeout: float = setting(
+        fields.Float(load_default=30.0, validate=_range(0.01, 3600)),
+        "seconds for the whole call, reply included, however the backend drips it; within request_timeout")
+    max_concurrent_calls: int = setting(
+        fields.Integer(load_default=8, validate=_range(1, 1000)),
+        "calls in flight to this connection per gateway process (the bulkhead); beyond it a call waits "
+        "queue_timeout")
+    queue_timeout: float = setting(fields.Float(load_default=2.0, validate=_range(0, 600)),
+                                   "seconds a call waits for a place among max_concurrent_calls")
+    max_calls_per_second: float | None = setting(
+        fields.Float(load_default=None, validate=validate.Range(min=0, min_inclusive=False)),
+        "calls per second to the backend, per connection, across every gateway process sharing the stores")
+    lock_timeout: float = setting(
+        fields.Float(load_default=10.0, validate=_range(0, 600)),
+        "seconds a call waits for its backend's call lock (Ongoing: one goods owner's calls one after another)")
+    breaker_failures: int = setting(fields.Integer(load_default=5, validate=_range(1, 1000)),
+                                    "consecutive failures that open the circuit breaker")
+    breaker_reset_seconds: float = setting(
+        fields.Float(load_default=30.0, validate=_range(0.01, 86400)),
+        "seconds the open circuit breaker refuses calls before it lets one probe call through")
+    retry_attempts: int = setting(
+        fields.Integer(load_default=3, validate=_range(1, 10)),
+        "attempts of a call that provably never reached the backend (or of an idempotent one), within its deadline")
+    max_reply_bytes: int = setting(fields.Integer(load_default=1_048_576, validate=_range(1024)),
+                                   "a longer reply from the backend is refused (502)")
+    max_reply_depth: int = setting(fields.Integer(load_default=32, validate=_range(2, 256)),
+                                   "JSON replies nested deeper are refused (502) before anything reads them")
+    pool_size: int = setting(fields.Integer(load_default=10, validate=_range(1, 1000)),
+                             "HTTP connections to the backend kept open per gateway process")
+    status_map: Mapping[str, Any] = setting(
+        fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=50)), load_default=dict),
+        "canonical status name -> the backend's status code, merged over the backend's defaults")
+    webhooks: Mapping[str, Any] | None = setting(
+        fields.Nested(WebhookSettingsSchema, load_default=None),
+        "the table [connections.<name>.webhooks], for a backend that sends webhooks: they are accepted (below)")
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _sha256_hex(value: str) -> None:
-    """64 hexadecimal digits; the message never repeats the value (it may be a key pasted by mistake)."""
-    if not _SHA256_HEX.fullmatch(value):
-        raise ValidationError("Not a SHA-256 digest: give its 64 hexadecimal digits, the first field of "
-                              "`printf %s \"$KEY\" | sha256sum`.")
+class ConnectionSchema(settings_schema(ConnectionSettings, EgressSchema)):
+    """The settings every connection has (ConnectionSettings); each backend extends it with its own."""
 
 
-class CallerSchema(Schema):
-    """One internal service allowed to call the gateway: its keys, the connections it may use, its scopes."""
+@dataclass(frozen=True)
+class SubscriberSettings(EgressSettings):
+    """One internal service that receives canonical order events: the events it wants and the secret deliveries
+    are signed with, and the egress settings, as connections have them."""
 
-    class Meta:
-        unknown = RAISE
+    name: str
+    url: str = setting(fields.Url(required=True, schemes={"http", "https"}, require_tld=False),
+                       "where events are delivered (POST), http:// or https://")
+    types: tuple[str, ...] = setting(
+        fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), load_default=lambda: list(EVENT_TYPES)),
+        "the event types delivered to it", attribute_default=False)
+    secret: Secret = setting(SecretField(required=True, validate=_whsec),
+                             "the Standard Webhooks secret deliveries are signed with: whsec_ then base64")
 
-    key = SecretField(load_default=None)
-    #: several keys, so a key can be rotated without downtime: add the new one, move the caller, drop the old
-    keys = fields.List(SecretField(), load_default=list)
-    #: keys given as their SHA-256 (64 hex digits), so the configuration holds no key a reader could use
-    key_sha256s = fields.List(fields.String(validate=_sha256_hex), load_default=list)
-    connections = fields.List(fields.String(validate=validate.Length(min=1)), load_default=lambda: ["*"],
-                              validate=validate.Length(min=1))
-    scopes = fields.List(fields.String(validate=validate.OneOf(sorted(SCOPES))), required=True,
-                         validate=validate.Length(min=1))
+
+class SubscriberSchema(settings_schema(SubscriberSettings, EgressSchema)):
+    """A subscriber's settings (SubscriberSettings)."""
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """Where events and the delivery queue live, and how deliveries are retried and kept.
+
+    Loaded, the database paths are resolved."""
+
+    database: Path = setting(fields.String(load_default="var/events.sqlite3"),
+                             "the SQLite file of events, relative to the configuration file's folder",
+                             attribute_default=False)
+    queue_database: Path = setting(fields.String(load_default="var/queue.sqlite3"),
+                                   "the SQLite file of the delivery queue, relative to the configuration file's "
+                                   "folder", attribute_default=False)
+    redis_url: str | None = setting(fields.String(load_default=None, validate=validate.Regexp(r"^rediss?://")),
+                                    "redis:// or rediss://: events, queue and the shared state live in Redis")
+    max_attempts: int = setting(fields.Integer(load_default=10, validate=_range(1, 1000)),
+                                "delivery attempts of one event to one subscriber before it is dead")
+    backoff_base_seconds: float = setting(fields.Float(load_default=1.0, validate=_range(0.01)),
+                                          "the wait before the first retry; it doubles with each retry")
+    backoff_max_seconds: float = setting(fields.Float(load_default=3600.0, validate=_range(0.01)),
+                                         "the longest wait between two attempts")
+    delivery_timeout: float = setting(
+        fields.Float(load_default=5.0, validate=_range(0.1, 300)),
+        "seconds of one delivery attempt, its reply included, however the subscriber drips it")
+    worker_threads: int = setting(fields.Integer(load_default=4, validate=_range(1, 64)),
+                                  "threads of the event worker delivering events")
+    max_reply_bytes: int = setting(
+        fields.Integer(load_default=65_536, validate=_range(1024)),
+        "a subscriber's reply body is read up to this and no further: its status alone decides the outcome")
+    resume_interval_seconds: float = setting(
+        fields.Float(load_default=60.0, validate=_range(0.05, 3600)),
+        "how often the worker nudges pending streams with no drain scheduled (a lost task costs this much)")
+    max_list_bytes: int = setting(
+        fields.Integer(load_default=1_048_576, validate=_range(4096, 67_108_864)),
+        "a GET /events reply holds no more bytes than this (then it says so, with a link to the rest)")
+    max_raw_bytes: int = setting(
+        fields.Integer(load_default=65_536, validate=_range(1024, 16_777_216)),
+        "an event keeps its webhook as received (raw) up to this many bytes of compact JSON; a larger one is 413")
+    retention_days: float = setting(
+        fields.Float(load_default=30.0, validate=_range(1, 3650)),
+        "an event is removed this long after its last delivery was delivered or went dead (pending ones are kept)")
+    retention_interval_seconds: float = setting(
+        fields.Float(load_default=3600.0, validate=_range(0.05, 86400)),
+        "how often the worker removes what retention allows")
+    retention_batch_size: int = setting(fields.Integer(load_default=500, validate=_range(1, 10_000)),
+                                        "the most records one retention transaction removes")
+
+
+EventsSectionSchema = settings_schema(EventSettings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallerSettings:
+    """One internal service allowed to call the gateway: its API keys, the connections it may use and its scopes.
+
+    Loaded, `keys` holds key and keys together, `connections` is None for every connection, and `key_digests` are
+    the SHA-256 digests of every key it may present, its plain keys' and its key_sha256s."""
+
+    name: str
+    key: Secret | None = setting(SecretField(load_default=None), "the caller's API key (at least 16 characters)")
+    keys: tuple[Secret, ...] = setting(
+        fields.List(SecretField(), load_default=list),
+        "more API keys, so a key can be rotated without downtime: add the new one, move the caller, drop the old",
+        attribute_default=False)
+    key_sha256s: tuple[str, ...] = setting(
+        fields.List(fields.String(validate=_sha256_hex), load_default=list),
+        "keys given as their SHA-256 (64 hex digits), so the configuration holds no key a reader could use",
+        attribute_default=False)
+    connections: frozenset[str] | None = setting(
+        fields.List(fields.String(validate=validate.Length(min=1)), load_default=lambda: ["*"],
+                    validate=validate.Length(min=1)),
+        "the connections the caller may use; \"*\" is every one", attribute_default=False)
+    scopes: frozenset[str] = setting(
+        fields.List(fields.String(validate=validate.OneOf(sorted(SCOPES))), required=True,
+                    validate=validate.Length(min=1)),
+        "what the caller may do (README: scopes)")
+    key_digests: frozenset[bytes] = frozenset()
+
+
+class CallerSchema(settings_schema(CallerSettings)):
+    """A caller's settings (CallerSettings)."""
 
     @validates_schema
     def check_keys(self, data: dict, **_: Any) -> None:
@@ -321,222 +480,69 @@ class CallerSchema(Schema):
             raise ValidationError(f"API keys are at least {MIN_KEY_LENGTH} characters.", field_name="keys")
 
 
-class StoresSectionSchema(Schema):
-    """The `[stores]` table: how long the gateway waits for Redis and SQLite, and how many files it keeps open."""
-
-    class Meta:
-        unknown = RAISE
-
-    #: seconds to establish a connection to Redis, and each command's wait for its reply
-    redis_connect_timeout = fields.Float(load_default=1.0, validate=validate.Range(min=0.01, max=60))
-    redis_socket_timeout = fields.Float(load_default=2.0, validate=validate.Range(min=0.01, max=60))
-    #: seconds an SQLite write waits for another's write to end, and a thread for one of the pool's connections
-    sqlite_busy_timeout = fields.Float(load_default=2.0, validate=validate.Range(min=0.01, max=60))
-    #: connections per SQLite file per process, whatever the number of threads
-    sqlite_pool_size = fields.Integer(load_default=4, validate=validate.Range(min=1, max=64))
-    #: /readyz fails when the folders of the SQLite files have less free space than this
-    min_free_disk_mb = fields.Float(load_default=100.0, validate=validate.Range(min=0))
-
-
-class JournalSectionSchema(Schema):
-    """The `[journal]` table: how long, how many and how much of each backend exchange is kept."""
-
-    class Meta:
-        unknown = RAISE
-
-    max_age_days = fields.Float(load_default=7.0, validate=validate.Range(min=0.001, max=3650))
-    max_count = fields.Integer(load_default=100_000, validate=validate.Range(min=1, max=100_000_000))
-    #: bodies hold customers' addresses: false keeps only the metadata of each exchange
-    record_bodies = fields.Boolean(load_default=True)
-    max_body_bytes = fields.Integer(load_default=65_536, validate=validate.Range(min=0, max=16_777_216))
-
-
-class ConsoleSectionSchema(Schema):
-    """The `[console]` table: the operator's web console and its login session."""
-
-    class Meta:
-        unknown = RAISE
-
-    #: signs the session cookie; every gateway process (and machine) serving the console needs the same one
-    session_secret = SecretField(load_default=None)
-    #: a login's whole life, from the login on (fractions of a minute too); using the console does not extend it
-    session_minutes = fields.Float(load_default=480.0, validate=validate.Range(min=0.01, max=7 * 24 * 60))
-    #: false only for plain HTTP beyond localhost (browsers keep a Secure cookie for https and 127.0.0.1/localhost)
-    secure_cookie = fields.Boolean(load_default=True)
-
-    @validates("session_secret")
-    def _long_enough(self, value: Secret | None, **kwargs: Any) -> None:
-        """A secret worth the name."""
-        if value is not None and len(value.reveal()) < MIN_CONSOLE_SECRET_LENGTH:
-            raise ValidationError(f"At least {MIN_CONSOLE_SECRET_LENGTH} characters.")
-
-
-class GatewaySectionSchema(Schema):
-    """The `[gateway]` table."""
-
-    class Meta:
-        unknown = RAISE
-
-    default_connection = fields.String(load_default=None)
-    max_body_bytes = fields.Integer(load_default=4_194_304, validate=validate.Range(min=1024))
-    #: JSON bodies (requests and webhooks) nested deeper are refused with 400 before they are validated
-    max_json_depth = fields.Integer(load_default=32, validate=validate.Range(min=2, max=256))
-    max_bulk_items = fields.Integer(load_default=500, validate=validate.Range(min=1, max=100_000))
-    #: a request's whole budget (one call, or every call of a bulk); below the server's own worker timeout
-    request_timeout = fields.Float(load_default=60.0, validate=validate.Range(min=0.1, max=3600))
-    #: serve requests without an API key as the caller "anonymous", with every scope (never in production)
-    allow_anonymous = fields.Boolean(load_default=False)
-    #: /openapi.json and /docs without a key
-    open_docs = fields.Boolean(load_default=True)
-    #: /metrics without a key (a scraper on a trusted network); otherwise the scope metrics:read
-    open_metrics = fields.Boolean(load_default=False)
-    #: how long a stored Idempotency-Key reply is replayed
-    idempotency_ttl_seconds = fields.Float(load_default=86400.0, validate=validate.Range(min=1, max=30 * 86400))
-    #: an Idempotency-Key's request holds the key for request_timeout plus this; a holder that died frees it after
-    idempotency_lease_margin_seconds = fields.Float(load_default=30.0, validate=validate.Range(min=0.1, max=3600))
-    #: /readyz answers within this, reporting a check that did not finish in time as failed
-    readiness_timeout = fields.Float(load_default=2.0, validate=validate.Range(min=0.1, max=60))
-    #: failed authentications (API keys, console logins) allowed from one client address, or with one key prefix,
-    #: within auth_failure_window_seconds of the first; then 429 with Retry-After until the window ends
-    auth_failures_allowed = fields.Integer(load_default=10, validate=validate.Range(min=1, max=100_000))
-    auth_failure_window_seconds = fields.Float(load_default=300.0, validate=validate.Range(min=0.1, max=86400))
-    #: a sandbox configuration: accepts the public demo secrets of config/sandbox.toml (PUBLIC_DEMO_SECRETS)
-    sandbox = fields.Boolean(load_default=False)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EgressSettings:
-    """How calls to one peer leave the gateway (EgressSchema), its files resolved and checked at start."""
-
-    verify_tls: bool = True
-    ca_bundle: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    proxy_url: Secret | None = None
-
-    def proxy_credentials(self) -> tuple[str, str] | None:
-        """The proxy's user name and password as they are sent (percent-decoded), or None without a password."""
-        if self.proxy_url is None:
-            return None
-        parts = urlsplit(self.proxy_url.reveal())
-        if parts.password is None:
-            return None
-        return unquote(parts.username or ""), unquote(parts.password)
-
-
-@dataclass(frozen=True)
-class ConnectionSettings(EgressSettings):
-    """One configured connection: generic settings plus the backend's own, already validated."""
-
-    name: str
-    backend: str
-    url: str
-    username: str
-    password: Secret | None
-    connect_timeout: float
-    read_timeout: float
-    call_timeout: float
-    max_concurrent_calls: int
-    queue_timeout: float
-    lock_timeout: float
-    breaker_failures: int
-    breaker_reset_seconds: float
-    retry_attempts: int
-    max_reply_bytes: int
-    max_reply_depth: int
-    pool_size: int
-    status_map: Mapping[str, Any]
-    webhooks: Mapping[str, Any] | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class StoreSettings:
-    """The `[stores]` table."""
+    """How long the gateway waits for Redis and SQLite, and how many files it keeps open."""
 
-    redis_connect_timeout: float = 1.0
-    redis_socket_timeout: float = 2.0
-    sqlite_busy_timeout: float = 2.0
-    sqlite_pool_size: int = 4
-    min_free_disk_mb: float = 100.0
+    redis_connect_timeout: float = setting(fields.Float(load_default=1.0, validate=_range(0.01, 60)),
+                                           "seconds to establish a connection to Redis")
+    redis_socket_timeout: float = setting(fields.Float(load_default=2.0, validate=_range(0.01, 60)),
+                                          "seconds each Redis command waits for its reply")
+    sqlite_busy_timeout: float = setting(
+        fields.Float(load_default=2.0, validate=_range(0.01, 60)),
+        "seconds an SQLite write waits for another's write to end, and a thread for one of the pool's connections")
+    sqlite_pool_size: int = setting(fields.Integer(load_default=4, validate=_range(1, 64)),
+                                    "connections per SQLite file per process, whatever the number of threads")
+    min_free_disk_mb: float = setting(fields.Float(load_default=100.0, validate=_range(0)),
+                                      "/readyz fails when the folders of the SQLite files have less free space")
+
+
+StoresSectionSchema = settings_schema(StoreSettings)
 
 
 @dataclass(frozen=True)
 class JournalSettings:
-    """The `[journal]` table."""
+    """How long, how many and how much of each backend exchange is kept."""
 
-    max_age_days: float = 7.0
-    max_count: int = 100_000
-    record_bodies: bool = True
-    max_body_bytes: int = 65_536
+    max_age_days: float = setting(fields.Float(load_default=7.0, validate=_range(0.001, 3650)),
+                                  "an exchange is removed this long after it was made")
+    max_count: int = setting(fields.Integer(load_default=100_000, validate=_range(1, 100_000_000)),
+                             "the most exchanges kept; the oldest go first")
+    record_bodies: bool = setting(fields.Boolean(load_default=True),
+                                  "bodies hold customers' addresses: false keeps only the metadata of each exchange")
+    max_body_bytes: int = setting(fields.Integer(load_default=65_536, validate=_range(0, 16_777_216)),
+                                  "each request and reply body is kept up to this many bytes")
+
+
+JournalSectionSchema = settings_schema(JournalSettings)
 
 
 @dataclass(frozen=True)
 class ConsoleSettings:
-    """The `[console]` table (no session_secret: one made at start, so sessions end with the server)."""
+    """The operator's web console and its login session."""
 
-    session_secret: Secret | None = None
-    session_minutes: float = 480.0
-    secure_cookie: bool = True
-
-
-@dataclass(frozen=True)
-class CallerSettings:
-    """A caller: its API keys, the connections it may use (None: every one) and its scopes; `key_digests` are the
-    SHA-256 digests of every key it may present, its plain keys' and its key_sha256s."""
-
-    name: str
-    keys: tuple[Secret, ...]
-    connections: frozenset[str] | None
-    scopes: frozenset[str]
-    key_digests: frozenset[bytes] = frozenset()
+    session_secret: Secret | None = setting(
+        SecretField(load_default=None, validate=_console_secret_long_enough),
+        "signs the session cookie (at least 32 characters); every process serving the console needs the same; "
+        "unset: one made at start, so sessions end with the server")
+    session_minutes: float = setting(
+        fields.Float(load_default=480.0, validate=_range(0.01, 7 * 24 * 60)),
+        "a login's whole life, from the login on (fractions of a minute too); using the console does not extend it")
+    secure_cookie: bool = setting(
+        fields.Boolean(load_default=True),
+        "false only for plain HTTP beyond localhost (browsers keep a Secure cookie for https and localhost)")
 
 
-@dataclass(frozen=True)
-class SubscriberSettings(EgressSettings):
-    """A subscriber: where its events go, which types it wants, and the secret deliveries are signed with."""
-
-    name: str
-    url: str
-    types: tuple[str, ...]
-    secret: Secret
+ConsoleSectionSchema = settings_schema(ConsoleSettings)
 
 
-@dataclass(frozen=True)
-class EventSettings:
-    """The `[events]` table, with database paths resolved."""
-
-    database: Path
-    queue_database: Path
-    redis_url: str | None
-    max_attempts: int
-    backoff_base_seconds: float
-    backoff_max_seconds: float
-    delivery_timeout: float
-    worker_threads: int
-    max_reply_bytes: int = 65_536
-    resume_interval_seconds: float = 60.0
-    max_list_bytes: int = 1_048_576
-    max_raw_bytes: int = 65_536
-    retention_days: float = 30.0
-    retention_interval_seconds: float = 3600.0
-    retention_batch_size: int = 500
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
-    """The whole loaded configuration."""
+    """Requests: their limits and budget, which connection they go to, who may call without a key.
+
+    Loaded, the whole configuration: the `[gateway]` table's settings and every other table."""
 
     source: str
-    default_connection: str | None
-    max_body_bytes: int
-    max_json_depth: int
-    max_bulk_items: int
-    request_timeout: float
-    allow_anonymous: bool
-    open_docs: bool
-    open_metrics: bool
-    idempotency_ttl_seconds: float
     connections: Mapping[str, ConnectionSettings]
     events: EventSettings
     subscribers: Mapping[str, SubscriberSettings] = field(default_factory=dict)
@@ -544,11 +550,46 @@ class GatewaySettings:
     journal: JournalSettings = field(default_factory=JournalSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     stores: StoreSettings = field(default_factory=StoreSettings)
-    readiness_timeout: float = 2.0
-    idempotency_lease_margin_seconds: float = 30.0
-    sandbox: bool = False
-    auth_failures_allowed: int = 10
-    auth_failure_window_seconds: float = 300.0
+    default_connection: str | None = setting(fields.String(load_default=None),
+                                             "the connection of a request that names none")
+    max_body_bytes: int = setting(fields.Integer(load_default=4_194_304, validate=_range(1024)),
+                                  "a longer request body (chunked too) is refused with 413")
+    max_json_depth: int = setting(
+        fields.Integer(load_default=32, validate=_range(2, 256)),
+        "JSON bodies (requests and webhooks) nested deeper are refused with 400 before they are validated")
+    max_bulk_items: int = setting(fields.Integer(load_default=500, validate=_range(1, 100_000)),
+                                  "the most updates one PATCH /orders may carry")
+    request_timeout: float = setting(
+        fields.Float(load_default=60.0, validate=_range(0.1, 3600)),
+        "a request's whole budget in seconds (one call, or every call of a bulk); below the server's worker timeout")
+    allow_anonymous: bool = setting(
+        fields.Boolean(load_default=False),
+        "serve requests without an API key as the caller \"anonymous\", with every scope (never in production)")
+    open_docs: bool = setting(fields.Boolean(load_default=True), "/openapi.json and /docs without a key")
+    open_metrics: bool = setting(
+        fields.Boolean(load_default=False),
+        "/metrics without a key (a scraper on a trusted network); otherwise the scope metrics:read")
+    idempotency_ttl_seconds: float = setting(fields.Float(load_default=86400.0, validate=_range(1, 30 * 86400)),
+                                             "how long a stored Idempotency-Key reply is replayed")
+    idempotency_lease_margin_seconds: float = setting(
+        fields.Float(load_default=30.0, validate=_range(0.1, 3600)),
+        "an Idempotency-Key's request holds the key for request_timeout plus this; a holder that died frees it after")
+    readiness_timeout: float = setting(
+        fields.Float(load_default=2.0, validate=_range(0.1, 60)),
+        "/readyz answers within this, reporting a check that did not finish in time as failed")
+    auth_failures_allowed: int = setting(
+        fields.Integer(load_default=10, validate=_range(1, 100_000)),
+        "failed authentications allowed from one client address, or with one key prefix, within the window; "
+        "then 429")
+    auth_failure_window_seconds: float = setting(
+        fields.Float(load_default=300.0, validate=_range(0.1, 86400)),
+        "the window of auth_failures_allowed, from the first failure; 429 carries Retry-After until it ends")
+    sandbox: bool = setting(
+        fields.Boolean(load_default=False),
+        "a sandbox configuration: accepts the public demo secrets of config/sandbox.toml")
+
+
+GatewaySectionSchema = settings_schema(GatewaySettings)
 
 
 def _config_folder(source: str) -> Path:
@@ -827,30 +868,9 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
                                                         "console", report))
     if not gateway["sandbox"]:
         _refuse_public_demo_secrets(raw, source, "", report)
-    return GatewaySettings(
-        sandbox=gateway["sandbox"],
-        console=console,
-        stores=stores,
-        readiness_timeout=gateway["readiness_timeout"],
-        auth_failures_allowed=gateway["auth_failures_allowed"],
-        auth_failure_window_seconds=gateway["auth_failure_window_seconds"],
-        journal=journal,
-        callers=callers,
-        allow_anonymous=gateway["allow_anonymous"],
-        open_docs=gateway["open_docs"],
-        open_metrics=gateway["open_metrics"],
-        idempotency_ttl_seconds=gateway["idempotency_ttl_seconds"],
-        idempotency_lease_margin_seconds=gateway["idempotency_lease_margin_seconds"],
-        source=source,
-        default_connection=default,
-        max_body_bytes=gateway["max_body_bytes"],
-        max_json_depth=gateway["max_json_depth"],
-        max_bulk_items=gateway["max_bulk_items"],
-        request_timeout=gateway["request_timeout"],
-        connections=connections,
-        events=EventSettings(**events),
-        subscribers=subscribers,
-    )
+    return GatewaySettings(source=source, connections=connections, events=EventSettings(**events),
+                           subscribers=subscribers, callers=callers, journal=journal, console=console, stores=stores,
+                           **gateway)
 
 
 def _load_callers(tables: Any, source: str, connections: Collection[str],
@@ -877,7 +897,8 @@ def _load_callers(tables: Any, source: str, connections: Collection[str],
         unknown = [connection for connection in allowed if connection != "*" and connection not in connections]
         if unknown:
             report(ConfigError(source, f"{key}.connections", f"names no configured connection: {unknown[0]!r}"))
-        callers[name] = CallerSettings(name=name, keys=keys, scopes=frozenset(loaded["scopes"]),
+        callers[name] = CallerSettings(name=name, key=loaded["key"], keys=keys,
+                                       key_sha256s=tuple(loaded["key_sha256s"]), scopes=frozenset(loaded["scopes"]),
                                        connections=None if "*" in allowed else frozenset(allowed),
                                        key_digests=frozenset(digest for _, digest in digests))
     return callers

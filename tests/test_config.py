@@ -62,6 +62,15 @@ def test_a_good_file_loads_with_secrets_from_the_environment(tmp_path, monkeypat
     assert backend.status_map["picked"] == 400
 
 
+@pytest.mark.parametrize(("line", "expected"), [("", None), ("max_calls_per_second = 2.5", 2.5),
+                                                  ("max_calls_per_second = 40", 40.0)])
+def test_max_calls_per_second_is_optional_and_absent_means_no_limit(tmp_path, monkeypatch, line, expected):
+    monkeypatch.setenv("TEST_ONGOING_PASSWORD", "s3cret")
+    settings = read_config_file(write(tmp_path, GOOD.replace("read_timeout = 12.5", line)), BACKENDS)
+    assert settings.connections["wh"].max_calls_per_second == expected
+    assert "max_calls_per_second" not in settings.connections["wh"].options
+
+
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
     [
@@ -92,6 +101,12 @@ def test_a_good_file_loads_with_secrets_from_the_environment(tmp_path, monkeypat
          'username = "u"\n', "connections.wh2.password", "password of 1 to 50"),
         (GOOD.replace("read_timeout = 12.5", "order_not_found_patterns = ['(unclosed']"),
          "connections.wh.order_not_found_patterns", "Not a valid regular expression"),
+        (GOOD.replace("read_timeout = 12.5", "max_calls_per_second = 0"), "connections.wh.max_calls_per_second",
+         refusal(validate.Range(min=0, min_inclusive=False), 0)),
+        (GOOD.replace("read_timeout = 12.5", "max_calls_per_second = -2.5"), "connections.wh.max_calls_per_second",
+         refusal(validate.Range(min=0, min_inclusive=False), -2.5)),
+        (GOOD.replace("read_timeout = 12.5", 'max_calls_per_second = "fast"'),
+         "connections.wh.max_calls_per_second", refusal(fields.Float(), "fast")),
     ],
 )
 def test_a_broken_file_names_file_key_and_problem(tmp_path, monkeypatch, text, key, problem):

@@ -15,7 +15,7 @@ from gateway.backends.ongoing.webhooks import DEFAULT_EVENT_TYPES, WebhookOrderP
 from gateway.backends.ongoing.wire import ID_TYPES, INT32_MAX
 from gateway.canonical import OrderUpdate, flatten_errors
 from gateway.canonical.events import OrderEvent
-from gateway.config import ConnectionSchema, ConnectionSettings, RegexList
+from gateway.config import ConnectionSchema, ConnectionSettings, RegexList, described
 from gateway.errors import ValidationFailed
 
 DEFAULT_NOT_FOUND_PATTERNS = [r"^No order found with\b"]
@@ -44,11 +44,17 @@ def _check_xs_datetime(value: str) -> None:
 class OngoingSettingsSchema(ConnectionSchema):
     """Settings of a connection of kind `ongoing`."""
 
-    goods_owner_code = fields.String(required=True, validate=validate.Length(min=1, max=400))
-    order_not_found_patterns = RegexList(defaults=DEFAULT_NOT_FOUND_PATTERNS)
-    order_conflict_patterns = RegexList(defaults=DEFAULT_CONFLICT_PATTERNS)
-    #: the DeliveryDate ProcessOrder must carry when it removes an order (the WSDL requires one)
-    cancel_delivery_date = fields.String(load_default=DEFAULT_CANCEL_DELIVERY_DATE, validate=_check_xs_datetime)
+    goods_owner_code = described(fields.String(required=True, validate=validate.Length(min=1, max=400)),
+                                 "the goods owner whose orders this connection updates (GoodsOwnerCode)")
+    order_not_found_patterns = described(RegexList(defaults=DEFAULT_NOT_FOUND_PATTERNS),
+                                         "a failure message matching one of these means the order does not exist "
+                                         "(404)")
+    order_conflict_patterns = described(RegexList(defaults=DEFAULT_CONFLICT_PATTERNS),
+                                        "a failure message matching one of these means the order's state refuses "
+                                        "the change (409)")
+    cancel_delivery_date = described(
+        fields.String(load_default=DEFAULT_CANCEL_DELIVERY_DATE, validate=_check_xs_datetime),
+        "the DeliveryDate ProcessOrder must carry when it removes an order (the WSDL requires one)")
 
     @validates("username")
     def check_username(self, value: str, **_: Any) -> None:

@@ -12,7 +12,7 @@ from gateway.backends.base import Backend
 from gateway.backends.sellercenter.signing import SellerCenterSignature
 from gateway.backends.sellercenter.update_order_information import INT32_MAX, UpdateOrderInformation
 from gateway.canonical import OrderUpdate
-from gateway.config import MASK, ConnectionSchema, ConnectionSettings, RegexList, SecretField
+from gateway.config import MASK, ConnectionSchema, ConnectionSettings, RegexList, SecretField, described
 from gateway.transport import OutboundRequest
 
 DEFAULT_NOT_FOUND_PATTERNS = [r"does not exist"]
@@ -22,11 +22,17 @@ DEFAULT_CONFLICT_PATTERNS = [r"is not in pending status"]
 class SellerCenterSettingsSchema(ConnectionSchema):
     """Settings of a connection of kind `sellercenter`; `url` is the OMS API base, e.g. https://host/oms-api/."""
 
-    api_key = SecretField(required=True)
-    user_id = fields.String(load_default=None)
-    max_orders_per_call = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    order_not_found_patterns = RegexList(defaults=DEFAULT_NOT_FOUND_PATTERNS)
-    order_conflict_patterns = RegexList(defaults=DEFAULT_CONFLICT_PATTERNS)
+    api_key = described(SecretField(required=True), "the API key issued to the OMS system; every request is "
+                                                    "signed with it")
+    user_id = described(fields.String(load_default=None), "the UserID requests carry, when the installation wants one")
+    max_orders_per_call = described(fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000)),
+                                    "the most orders one UpdateOrderInformation call carries")
+    order_not_found_patterns = described(RegexList(defaults=DEFAULT_NOT_FOUND_PATTERNS),
+                                         "an error message matching one of these means the order does not exist "
+                                         "(404)")
+    order_conflict_patterns = described(RegexList(defaults=DEFAULT_CONFLICT_PATTERNS),
+                                        "an error message matching one of these means the order's state refuses "
+                                        "the change (409)")
 
 
 class SellerCenterBackend(Backend):

@@ -15,7 +15,7 @@ from requests.auth import HTTPBasicAuth
 
 from gateway.backends.base import Backend
 from gateway.backends.speed4trade.update_order_status import UpdateOrderStatus
-from gateway.config import MASK, ConnectionSchema, ConnectionSettings
+from gateway.config import MASK, ConnectionSchema, ConnectionSettings, described
 from gateway.soap import SOAP_VERSIONS
 from gateway.transport import OutboundRequest
 
@@ -25,14 +25,20 @@ STATUSES = ("FETCHED", "PAID", "SHIPPED", "CANCELED", "ACKNOWLEDGED")
 class Speed4TradeSettingsSchema(ConnectionSchema):
     """Settings of a connection of kind `speed4trade`."""
 
-    mandator_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
-    soap_version = fields.String(required=True, validate=validate.OneOf(sorted(SOAP_VERSIONS)))
-    namespace = fields.String(required=True, validate=validate.Length(min=1))
-    #: updateOrderStatus's SOAPAction, empty unless the installation's WSDL names one
-    soap_action = fields.String(load_default="")
-    max_orders_per_call = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    not_found_return_codes = fields.List(fields.Integer(strict=True), load_default=lambda: [-1])
-    conflict_return_codes = fields.List(fields.Integer(strict=True), load_default=lambda: [-2])
+    mandator_id = described(fields.Integer(required=True, strict=True, validate=validate.Range(min=0)),
+                            "the mandator (client) whose orders this connection updates")
+    soap_version = described(fields.String(required=True, validate=validate.OneOf(sorted(SOAP_VERSIONS))),
+                             "the SOAP version the installation speaks")
+    namespace = described(fields.String(required=True, validate=validate.Length(min=1)),
+                          "the target namespace of the installation's WSDL")
+    soap_action = described(fields.String(load_default=""),
+                            "updateOrderStatus's SOAPAction, empty unless the installation's WSDL names one")
+    max_orders_per_call = described(fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000)),
+                                    "the most orders one updateOrderStatus call carries")
+    not_found_return_codes = described(fields.List(fields.Integer(strict=True), load_default=lambda: [-1]),
+                                       "negative return codes that mean the order does not exist (404)")
+    conflict_return_codes = described(fields.List(fields.Integer(strict=True), load_default=lambda: [-2]),
+                                      "negative return codes that mean the order's state refuses the change (409)")
 
     @validates("status_map")
     def check_status_identifiers(self, value: dict, **_: Any) -> None:
