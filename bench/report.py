@@ -68,8 +68,8 @@ def carried_analysis(previous: Path) -> str:
     return f"{ANALYSIS}\n\nNot written yet: write it by hand from this run's figures, naming the run."
 
 
-def results_document(sections: Sequence[Section], *, command: str, started: datetime, seconds: float,
-                     quick: bool, previous: Path) -> str:
+def results_document(sections: Sequence[Section], *, command: str, revision: str, started: datetime,
+                     seconds: float, quick: bool, previous: Path) -> str:
     """The whole RESULTS.md."""
     memory = psutil.virtual_memory().total / 2**30
     header = [
@@ -78,7 +78,7 @@ def results_document(sections: Sequence[Section], *, command: str, started: date
         "at the end, which is written by hand. On a shared 2-core machine single figures move by 10 to 30 % from "
         "run to run: compare what was measured side by side in one run (the ratios)."
         + (" **This was a `--quick` smoke run: its figures are not worth quoting.**" if quick else ""),
-        f"- commit: {commit()}\n- date: {started.astimezone(UTC):%Y-%m-%d %H:%M} UTC; the run took "
+        f"- commit: {revision}\n- date: {started.astimezone(UTC):%Y-%m-%d %H:%M} UTC; the run took "
         f"{seconds / 60:.1f} min\n- command: `{command}`\n- machine: {cpu_model()}, {os.cpu_count()} logical cores, "
         f"{memory:.1f} GiB, {platform.system()} {platform.release()}\n- versions: {versions()}",
         "## Targets\n\n" + target_table(sections),

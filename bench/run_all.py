@@ -25,7 +25,7 @@ from bench.hostile_inputs import run_hostile_inputs
 from bench.load import run_end_to_end
 from bench.measure import Budget
 from bench.memory import run_memory
-from bench.report import results_document
+from bench.report import commit, results_document
 from bench.servers import running_deployment
 from bench.translate import run_translation
 from bench.workload import ROOT
@@ -50,7 +50,8 @@ def main() -> None:
     # A SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     budget = Budget.smoke() if options.quick else Budget.full()
-    started_at, started = datetime.now(UTC), time.monotonic()
+    # read before the run, which rewrites the live profiles in bench/profiles/
+    revision, started_at, started = commit(), datetime.now(UTC), time.monotonic()
 
     translation = run_translation(budget)
     with running_deployment(gateway_workers=2, with_passthrough=True) as deployment:
@@ -65,7 +66,7 @@ def main() -> None:
 
     seconds = time.monotonic() - started
     sections = [translation, load, memory, features, events, hostile]
-    options.output.write_text(results_document(sections, command=command_line(), started=started_at,
+    options.output.write_text(results_document(sections, command=command_line(), revision=revision, started=started_at,
                                                seconds=seconds, quick=options.quick, previous=options.output))
     print(f"\nwrote {options.output} after {seconds / 60:.1f} min", flush=True)
 
