@@ -88,7 +88,7 @@ class Variants:
         transports = {WORKLOAD.connection: CannedTransport(canned_reply(folder / "reply"))}
         self.apps = {}
         for authenticated in (True, False):
-            config = parsed_config(NO_BACKEND, folder / str(authenticated), redis_url)
+            config = parsed_config(NO_BACKEND, folder / ("callers" if authenticated else "anonymous"), redis_url)
             if not authenticated:
                 del config["callers"]
                 config["gateway"]["allow_anonymous"] = True
