@@ -49,9 +49,9 @@ test: install system-packages lint
 	$(BIN)/pytest --cov --cov-report=term
 	VENV=$(VENV) scripts/run-newman
 
-## The benchmarks: translation against zeep, HTTP load (wrk) against passthrough and direct, memory, bulk,
-## profiles; figures in bench/RESULTS.md. Installs wrk (and the test suite's Debian packages) when missing, and the
-## bench extra (zeep, pyinstrument, psutil, matplotlib), in a virtualenv of its own from requirements/bench.txt.
+## The benchmarks: translation against zeep, HTTP load (wrk) against passthrough and direct, memory, features,
+## webhook intake, hostile inputs; figures in bench/RESULTS.md. Installs wrk (and the test suite's Debian packages)
+## when missing, and the bench extra (zeep, py-spy, psutil, matplotlib), in a virtualenv of its own.
 bench:
 	scripts/install-system-packages bench
 	$(MAKE) install VENV=$(BENCH_VENV) LOCK=requirements/bench.txt

@@ -1,1 +1,2 @@
-"""Benchmarks of the order gateway: translation in process, HTTP load, memory, bulk updates and profiles."""
+"""Benchmarks of the order gateway against its performance targets: translation, HTTP load, memory, the
+production features' cost, webhook intake and hostile inputs."""

@@ -22,16 +22,11 @@ from itertools import count
 from pathlib import Path
 
 import psutil
-from flask import Flask
-from marshmallow import ValidationError
 
 from bench.measure import Budget, Section
-from bench.workload import as_demo_caller, parsed_config, recent_ongoing_timestamp
+from bench.workload import DEMO_KEY, NO_BACKEND, SANDBOX, default_of, parsed_config, recent_ongoing_timestamp
 from gateway import create_app
-from gateway.canonical.schema import flatten_errors, load_order_update
-from gateway.errors import ValidationFailed
-from gateway.rest.problems import MAX_LISTED_ERRORS, gateway_error_document
-from gateway.safejson import MAX_OBJECT_MEMBERS, load_untrusted_json
+from gateway.safejson import MAX_OBJECT_MEMBERS
 
 TIME_TARGET_SECONDS = 1.0
 REPLY_TARGET_BYTES = 10 * 1024
@@ -41,16 +36,15 @@ REPLY_TARGET = f"every refusal's reply < {REPLY_TARGET_BYTES // 1024} KB"
 PEAK_TARGET = f"peak traced memory per request < {PEAK_TARGET_BYTES // 2**20} MB"
 #: the configuration's max_json_depth
 MAX_JSON_DEPTH = 32
-#: traced memory a request may leave behind (caches, counters) before it counts as holding on to its input
-HELD_AFTER_NOISE_BYTES = 64 * 1024
 #: bodies are filled to at most this many bytes below max_body_bytes
 HEADROOM_BYTES = 64
 SPEED4TRADE_ORDER = "/orders/10001?dry_run=true"
 ONGOING_ORDER_ID = "SO-1006"
 ONGOING_ORDER = f"/orders/{ONGOING_ORDER_ID}?dry_run=true"
 BULK = "/orders?dry_run=true"
-WEBHOOK = "/webhooks/ongoing/ongoing-demo"
-WEBHOOK_AUTH = ("ongoing-webhooks", "webhook-demo-password")  # config/sandbox.toml's default
+ONGOING, SPEED4TRADE = (SANDBOX[kind].name.encode() for kind in ("ongoing", "speed4trade"))
+WEBHOOK = f"/webhooks/ongoing/{SANDBOX['ongoing'].name}"
+WEBHOOK_AUTH = tuple(default_of(SANDBOX["ongoing"].table["webhooks"][key]) for key in ("username", "password"))
 #: case names that the stage breakdown and the explanations of missed targets refer to
 BULK_ACCEPTED = "bulk: 500 valid Ongoing items"
 UNKNOWN_FIELDS = "unknown fields in one object"
@@ -117,13 +111,13 @@ class CaseFigures:
 
 
 def _integers(limit: int) -> tuple[bytes, int, str]:
-    head = b'{"connection":"speed4trade-demo","status":"shipped","shipments":['
+    head = b'{"connection":"' + SPEED4TRADE + b'","status":"shipped","shipments":['
     body, items = filled_list(head, (str(n).encode() for n in count()), b"]}", limit)
     return body, items, "integers"
 
 
 def _shipments(limit: int) -> tuple[bytes, int, str]:
-    head = b'{"connection":"speed4trade-demo","status":"shipped","shipments":['
+    head = b'{"connection":"' + SPEED4TRADE + b'","status":"shipped","shipments":['
     shipments = (compact_json({"tracking_number": f"T-{n}", "carrier": "DHL"}) for n in count())
     body, items = filled_list(head, shipments, b"]}", limit)
     return body, items, "shipment objects"
@@ -143,30 +137,30 @@ def _deep_object(limit: int) -> tuple[bytes, int, str]:
 
 def _unknown_fields(limit: int) -> tuple[bytes, int, str]:
     fields = (b'"x%d":1' % n for n in count())
-    body, items = filled_list(b'{"connection":"ongoing-demo",', fields, b"}", limit)
+    body, items = filled_list(b'{"connection":"' + ONGOING + b'",', fields, b"}", limit)
     return body, items, "unknown fields"
 
 
 def _unknown_fields_at_limit(limit: int) -> tuple[bytes, int, str]:
     # the most members the JSON reader lets through: `connection` and the rest unknown
     fields = b",".join(b'"x%d":1' % n for n in range(MAX_OBJECT_MEMBERS - 1))
-    return b'{"connection":"ongoing-demo",' + fields + b"}", MAX_OBJECT_MEMBERS - 1, "unknown fields"
+    return b'{"connection":"' + ONGOING + b'",' + fields + b"}", MAX_OBJECT_MEMBERS - 1, "unknown fields"
 
 
 def _long_string(limit: int) -> tuple[bytes, int, str]:
-    head, tail = b'{"connection":"ongoing-demo","warehouse_instruction":"', b'"}'
+    head, tail = b'{"connection":"' + ONGOING + b'","warehouse_instruction":"', b'"}'
     length = limit - len(head) - len(tail)
     return head + b"x" * length + tail, length, "characters"
 
 
 def _valid_bulk(limit: int) -> tuple[bytes, int, str]:
     orders = [{"order_id": f"SO-{1006 + n % 5}", "picking_priority": 5} for n in range(500)]
-    return compact_json({"connection": "ongoing-demo", "orders": orders}), len(orders), "items"
+    return compact_json({"connection": ONGOING.decode(), "orders": orders}), len(orders), "items"
 
 
 def _tiny_bulk(limit: int) -> tuple[bytes, int, str]:
     items = 200_000
-    body = b'{"connection":"ongoing-demo","orders":[' + b",".join([b'{"order_id":"1"}'] * items) + b"]}"
+    body = b'{"connection":"' + ONGOING + b'","orders":[' + b",".join([b'{"order_id":"1"}'] * items) + b"]}"
     return body, items, "items"
 
 
@@ -197,7 +191,8 @@ class GatewayUnderAttack:
 
     def __init__(self, config: dict) -> None:
         self.app = create_app(config)
-        self.client = as_demo_caller(self.app.test_client())
+        self.client = self.app.test_client()
+        self.client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {DEMO_KEY}"
 
     def send(self, case: HostileCase, body: bytes) -> tuple[int, int]:
         """Send the body as the case says; the reply's status and size in bytes."""
@@ -250,57 +245,6 @@ def measure_case(gateway: GatewayUnderAttack, case: HostileCase, max_body_bytes:
                        peak, held_after)
 
 
-#: the steps of refusing an invalid PATCH /orders/<id>, by the key of their figures
-REFUSAL_STAGES = {
-    "read": "read the bounded JSON (`load_untrusted_json`)",
-    "schema": "canonical schema (`load_order_update`, marshmallow)",
-    "paths": "field paths (`flatten_errors`)",
-    "error": "`ValidationFailed(...)`",
-    "problem": f"problem document (`gateway_error_document`: scrub every path, then keep {MAX_LISTED_ERRORS})",
-}
-
-
-def validation_stages(app: Flask, body: bytes, order_id: str) -> dict[str, Callable[[object], object]]:
-    """The steps PATCH /orders/<id> takes to refuse an invalid document, each fed what the one before returned."""
-    max_depth = app.config["GATEWAY_SETTINGS"].max_json_depth
-
-    def canonical_schema(document: object) -> object:
-        try:
-            load_order_update(order_id, document)
-        except ValidationError as error:
-            return error.messages
-        raise RuntimeError("the document was valid")
-
-    return {"read": lambda _: load_untrusted_json(body, max_depth=max_depth), "schema": canonical_schema,
-            "paths": flatten_errors, "error": ValidationFailed, "problem": gateway_error_document}
-
-
-def measure_validation_stages(app: Flask, body: bytes, order_id: str, *,
-                              trace_memory: bool) -> list[tuple[str, float, int | None]]:
-    """Per stage of refusing the body: seconds (an untraced pass) and, if asked, the traced peak (a second pass)."""
-    seconds: list[float] = []
-    peaks: list[int | None] = []
-    for traced in (False, True) if trace_memory else (False,):
-        with app.test_request_context(f"/orders/{order_id}", method="PATCH"):
-            gc.collect()
-            if traced:
-                tracemalloc.start()
-            value: object = None
-            for stage in validation_stages(app, body, order_id).values():
-                if traced:
-                    tracemalloc.reset_peak()
-                started = time.perf_counter()
-                value = stage(value)
-                if traced:
-                    peaks.append(tracemalloc.get_traced_memory()[1])
-                else:
-                    seconds.append(time.perf_counter() - started)
-            if traced:
-                tracemalloc.stop()
-            del value
-    return list(zip(REFUSAL_STAGES, seconds, peaks or [None] * len(REFUSAL_STAGES), strict=True))
-
-
 def rss_bytes() -> int:
     """This process's resident set size after a full garbage collection."""
     gc.collect()
@@ -317,21 +261,20 @@ def _ms(seconds: float) -> str:
 
 @dataclass
 class HostileRun:
-    """Everything the section measured: per case, an unknown-fields refusal by stage, this process's RSS."""
+    """Everything the section measured: per case, and this process's RSS."""
 
     cases: list[CaseFigures]
-    stages: list[tuple[str, float, int | None]]  # key, seconds, traced bytes at the stage's peak (full runs)
     rss: dict[str, int]
 
 
 def measure_hostile_inputs(budget: Budget) -> HostileRun:
-    """Run every case against one app, then take apart the refusal of the most unknown fields read."""
+    """Run every case against one app."""
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as scratch:
-        config = parsed_config("http://127.0.0.1:9", Path(scratch))
+        config = parsed_config(NO_BACKEND, Path(scratch))
         max_body_bytes = config["gateway"]["max_body_bytes"]
         gateway = GatewayUnderAttack(config)
         # the first request pays for what is loaded lazily
-        gateway.send(CASES[0], b'{"connection":"speed4trade-demo","status":"shipped"}')
+        gateway.send(CASES[0], b'{"connection":"' + SPEED4TRADE + b'","status":"shipped"}')
         rss = {"before": rss_bytes()}
         share = budget.hostile_seconds / len(CASES)
         cases = []
@@ -341,17 +284,13 @@ def measure_hostile_inputs(budget: Budget) -> HostileRun:
                                       seconds=share))
         rss["after"] = rss_bytes()
         rss["high-water"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux counts in KiB
-        (at_limit,) = (case for case in CASES if case.name == UNKNOWN_FIELDS_AT_LIMIT)
-        body, _, _ = at_limit.build_body(max_body_bytes - HEADROOM_BYTES)
-        print(f"  {UNKNOWN_FIELDS_AT_LIMIT}, stage by stage ...", flush=True)
-        stages = measure_validation_stages(gateway.app, body, ONGOING_ORDER_ID, trace_memory=not budget.quick)
-    return HostileRun(cases, stages, rss)
+    return HostileRun(cases, rss)
 
 
 def run_hostile_inputs(budget: Budget) -> Section:
     """Status, reply size, time and peak memory of one worker handling bodies built to be expensive."""
     section = Section(
-        "6. Hostile inputs",
+        "6. Hostile inputs, in process",
         "One gateway app in process (Flask's test client; the sandbox configuration with every URL at "
         "127.0.0.1:9): every case is a dry run or refused before anything would be sent. Bodies are filled to "
         f"just under `max_body_bytes` (at most {HEADROOM_BYTES} bytes below) unless their size says otherwise, "
@@ -375,42 +314,11 @@ def run_hostile_inputs(budget: Budget) -> Section:
                   _ms(result.median_seconds), _ms(max(result.wall_seconds)),
                   _ms(statistics.median(result.cpu_seconds)), len(result.wall_seconds),
                   _mb(result.peak_traced_bytes), f"{result.held_after_bytes / 1024:.1f}")
-        section.figures.update({f"{case.name} median s": result.median_seconds,
-                                f"{case.name} status": result.status,
-                                f"{case.name} reply bytes": result.reply_bytes,
-                                f"{case.name} peak traced bytes": result.peak_traced_bytes,
-                                f"{case.name} items": result.items})
     refused = [result for result in results if result.status >= 400]
-    accepted = [result for result in results if result.status < 400]
-    section.figures["largest refusal reply bytes"] = max(result.reply_bytes for result in refused)
-    stages = section.table(f"{UNKNOWN_FIELDS_AT_LIMIT}: the refusal stage by stage, outside Flask's dispatch",
-                           ["stage", "ms", "traced MB at the stage's peak (earlier stages' results held)"])
-    for key, seconds, peak in run.stages:
-        stages.add(REFUSAL_STAGES[key], _ms(seconds), "not traced in --quick runs" if peak is None else _mb(peak))
-        section.figures[f"refusal {key} s"] = seconds
-        if peak is not None:
-            section.figures[f"refusal {key} peak bytes"] = peak
     rss = run.rss
     memory = section.table("this process's RSS around all cases", ["before MB", "after MB", "growth MB",
                                                                    "high-water MB"])
     memory.add(_mb(rss["before"]), _mb(rss["after"]), _mb(rss["after"] - rss["before"]), _mb(rss["high-water"]))
-    section.figures.update({f"rss {moment} bytes": size for moment, size in rss.items()})
-    held_after = max(result.held_after_bytes for result in results)
-    growth = f"RSS grew by {_mb(rss['after'] - rss['before'])} MB over the cases"
-    if held_after < HELD_AFTER_NOISE_BYTES:
-        section.note(f"{growth} while at most {held_after / 1024:.1f} KB of traced memory outlived any request: "
-                     "the growth is freed memory the allocator keeps after the largest requests, not objects the "
-                     "gateway holds on to.")
-    else:
-        section.note(f"{growth}, and up to {_mb(held_after)} MB of traced memory outlived a request (column *held "
-                     "after*): requests leave objects behind.")
-    for result in accepted:
-        section.note(
-            f"{result.case.name}: accepted ({result.status}), the reply is {result.reply_bytes:,} bytes, "
-            f"{result.reply_bytes / max(result.items, 1):,.0f} per item. A dry run shows every request it would "
-            "send, so an accepted batch's reply grows with its items (at most max_bulk_items), not with the size of "
-            f"the body; the reply target covers refused inputs only, whose largest reply was "
-            f"{section.figures['largest refusal reply bytes']:,.0f} bytes.")
 
     judge_worst(section, results, TIME_TARGET, lambda result: result.median_seconds, TIME_TARGET_SECONDS,
                 lambda s: f"{_ms(s)} ms")

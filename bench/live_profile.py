@@ -2,9 +2,9 @@
 
 py-spy (`record --subprocesses --gil --nonblocking --format raw`) samples the gunicorn master and its workers while
 wrk sends them requests, keeping only the samples of a thread that holds the interpreter lock: what the worker
-spends CPU on, with gunicorn, Flask, requests, the journal's thread, logging and metrics included, which the
-in-process profiles of section 5 leave out. Each sample's innermost frame is put in a layer (the package its file
-belongs to), and each stack in the thread it ran on (a request thread, the journal's writer, gunicorn's main loop).
+spends CPU on, with gunicorn, Flask, requests, the journal's thread, logging and metrics included. Each sample's
+innermost frame is put in a layer (the package its file belongs to), and each stack in the thread it ran on (a
+request thread, the journal's writer, gunicorn's main loop).
 Time in C code (lxml, sqlite3, the json encoder) counts in the Python function that called it. A text report of
 each profile is kept beside the others (bench/profiles/live_*.txt).
 
@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.measure import Section
+
 SAMPLES_PER_SECOND = 500
-#: seconds of load at concurrency 1 per profiled target and backend
-SECONDS = 3
+#: the gateway's own functions the section's table lists
+TOP = 12
 PROFILES = Path(__file__).resolve().parent / "profiles"
 #: the layers a sample's innermost frame is put in, by the first pattern its file path matches
 LAYERS: tuple[tuple[str, str], ...] = (
@@ -182,3 +184,27 @@ def report_text(profile: LiveProfile, title: str, top: int = 30) -> str:
         *lines("the gateway's own functions, self:", profile.gateway_self_time(top)),
         *lines("every function, self:", ((name, count / total) for name, count in everything.most_common(top))),
     ])
+
+
+def describe(section: Section, profiles: dict[str, LiveProfile | str]) -> None:
+    """Write each backend's report to bench/profiles/live_gateway_<backend>.txt; its layers and the gateway's
+    hottest functions become tables of the section."""
+    PROFILES.mkdir(exist_ok=True)
+    for kind, profile in profiles.items():
+        if isinstance(profile, str) or not profile.samples:
+            section.table(f"{kind}: no live profile", ["why"]).add(profile or "no samples")
+            continue
+        (PROFILES / f"live_gateway_{kind}.txt").write_text(
+            report_text(profile, f"the gateway's workers under wrk at concurrency 1, {kind}"))
+        layers = section.table(f"{kind}: where the gateway workers' CPU goes at concurrency 1 (py-spy, "
+                               f"{profile.samples} samples; bench/profiles/live_gateway_{kind}.txt)",
+                               ["layer (innermost frame)", "share"])
+        for name, share in profile.by_layer():
+            layers.add(name, f"{share:.1%}")
+        own = section.table(f"{kind}: the gateway's own functions by share of the samples",
+                            ["rank", "inclusive", "function", "self", "function"])
+        inclusive, itself = profile.gateway_functions(TOP), profile.gateway_self_time(TOP)
+        for rank in range(max(len(inclusive), len(itself))):
+            wide = inclusive[rank] if rank < len(inclusive) else ("", 0.0)
+            narrow = itself[rank] if rank < len(itself) else ("", 0.0)
+            own.add(rank + 1, f"{wide[1]:.1%}", wide[0], f"{narrow[1]:.1%}", narrow[0])

@@ -15,22 +15,18 @@ class Budget:
     """How much work each section may do: the full run, or a fraction of it for smoke tests."""
 
     quick: bool
-    translation_rounds: int  # per case
+    translation_rounds: int  # timed calls per case
     translation_seconds: float  # for all cases together
-    load_requests: int  # per target and repetition
-    load_seconds: float  # per target and repetition
-    load_repetitions: int
-    memory_checkpoints: tuple[int, ...]
+    load_seconds: tuple[int, int]  # per wrk run: below concurrency 16, from 16 on (wrk counts whole seconds)
+    load_repetitions: int  # runs per backend, concurrency and target
+    profile_seconds: int  # of load at concurrency 1 per backend under py-spy
+    memory_checkpoints: tuple[int, ...]  # requests served when RSS is read
     memory_seconds: float  # for all checkpoints together
-    bulk_items: int
-    bulk_repetitions: int
-    profile_seconds: float  # per profile
     hostile_repetitions: int  # timed requests per case
     hostile_seconds: float  # for all cases together
-    resilience_rounds: int  # timed calls per case
-    resilience_seconds: float  # for all cases together
-    caller_rounds: int  # timed calls or requests per case
-    caller_seconds: float  # for all cases together
+    feature_rounds: int  # timed requests per case
+    feature_seconds: float  # per coordination
+    intake_seconds: int  # per wrk run of the webhook intake
 
     @classmethod
     def from_command_line(cls, description: str) -> Budget:
@@ -41,25 +37,19 @@ class Budget:
 
     @classmethod
     def full(cls) -> Budget:
-        """The budget of `run_all.py`: under ten minutes on a 2-core machine."""
-        return cls(quick=False, translation_rounds=20_000, translation_seconds=30.0,
-                   load_requests=2_500, load_seconds=1.6, load_repetitions=4,
-                   memory_checkpoints=(1_000, 4_000, 7_000, 10_000), memory_seconds=150.0,
-                   bulk_items=500, bulk_repetitions=3, profile_seconds=3.0,
-                   hostile_repetitions=7, hostile_seconds=25.0,
-                   resilience_rounds=5_000, resilience_seconds=25.0,
-                   caller_rounds=5_000, caller_seconds=25.0)
+        """The budget of `run_all.py`: about six minutes on a 2-core machine."""
+        return cls(quick=False, translation_rounds=20_000, translation_seconds=30.0, load_seconds=(1, 2),
+                   load_repetitions=2, profile_seconds=3, memory_checkpoints=(1_000, 4_000, 7_000, 10_000),
+                   memory_seconds=150.0, hostile_repetitions=7, hostile_seconds=25.0, feature_rounds=5_000,
+                   feature_seconds=12.5, intake_seconds=2)
 
     @classmethod
     def smoke(cls) -> Budget:
         """The budget of `run_all.py --quick`: every code path, few figures worth quoting."""
-        return cls(quick=True, translation_rounds=2_000, translation_seconds=6.0,
-                   load_requests=300, load_seconds=0.6, load_repetitions=1,
-                   memory_checkpoints=(200, 1_000), memory_seconds=30.0,
-                   bulk_items=500, bulk_repetitions=1, profile_seconds=0.5,
-                   hostile_repetitions=3, hostile_seconds=8.0,
-                   resilience_rounds=500, resilience_seconds=6.0,
-                   caller_rounds=500, caller_seconds=6.0)
+        return cls(quick=True, translation_rounds=2_000, translation_seconds=6.0, load_seconds=(1, 1),
+                   load_repetitions=1, profile_seconds=1, memory_checkpoints=(200, 1_000), memory_seconds=30.0,
+                   hostile_repetitions=3, hostile_seconds=8.0, feature_rounds=500, feature_seconds=3.0,
+                   intake_seconds=1)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -67,8 +57,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     if not values:
         return math.nan
     ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
 def time_cases_interleaved(cases: Mapping[str, Callable[[], Any]], *, rounds: int, seconds: float,
@@ -112,13 +101,12 @@ class Table:
         """The table in GitHub Markdown."""
         lines = [f"**{self.caption}**", "", "| " + " | ".join(self.columns) + " |",
                  "|" + "|".join("---" for _ in self.columns) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
-        return "\n".join(lines)
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows])
 
 
 @dataclass
 class Verdict:
-    """A target and whether this run met it."""
+    """A target and whether this run met it: PASS or MISS, and by how much."""
 
     target: str
     passed: bool
@@ -132,17 +120,14 @@ class Verdict:
 
 @dataclass
 class Section:
-    """What one benchmark reports: an introduction, tables, verdicts against targets and notes."""
+    """What one benchmark reports: a one-paragraph method, tables, and verdicts against its targets."""
 
     title: str
-    introduction: str
+    method: str
     tables: list[Table] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    #: named figures other sections' explanations refer to (seconds, or nanoseconds where the name says so)
+    #: named figures the scaling chart reads (`<backend> <concurrency> <target> rate|p99`)
     figures: dict[str, float] = field(default_factory=dict)
-    #: per profile, the gateway's functions by total time: (function, µs per call), most first
-    hot_spots: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
     def table(self, caption: str, columns: Sequence[str]) -> Table:
         """Start a new table in this section."""
@@ -151,27 +136,27 @@ class Section:
         self.tables.append(table)
         return table
 
-    def judge(self, target: str, passed: bool, detail: str) -> Verdict:
+    def judge(self, target: str, passed: bool, detail: str) -> None:
         """Record (and print) whether a target was met."""
         verdict = Verdict(target, passed, detail)
         self.verdicts.append(verdict)
         print(f"  {verdict.label}: {target} — {detail}", flush=True)
-        return verdict
 
-    def note(self, text: str) -> None:
-        """Record (and print) a remark on the figures."""
-        self.notes.append(text)
-        print(f"  note: {text}", flush=True)
+    def judge_at_most(self, target: str, value: float, limit: float, unit: str, context: str = "") -> None:
+        """Judge `value <= limit`; the detail says the value and by how much it is under or over."""
+        margin = (f"{limit - value:.2f} {unit} under" if value <= limit
+                  else f"{value - limit:.2f} {unit} over, {value / limit:.1f}x the target")
+        self.judge(target, value <= limit, f"{value:.2f} {unit}{f' ({context})' if context else ''}; {margin}")
+
+    def judge_at_least(self, target: str, share: float, limit: float, context: str = "") -> None:
+        """Judge a share `>= limit`; the detail says the share and by how many points it is over or under."""
+        points = (share - limit) * 100
+        self.judge(target, share >= limit, f"{share:.0%}{f' ({context})' if context else ''}; "
+                                           f"{abs(points):.0f} points {'over' if points >= 0 else 'under'}")
 
     def as_markdown(self) -> str:
-        """The section in GitHub Markdown."""
-        parts = [f"## {self.title}", self.introduction]
-        parts += [table.as_markdown() for table in self.tables]
-        if self.verdicts:
-            parts.append("| target | result | by how much |\n|---|---|---|\n" + "\n".join(
-                f"| {verdict.target} | **{verdict.label}** | {verdict.detail} |" for verdict in self.verdicts))
-        parts += self.notes
-        return "\n\n".join(parts)
+        """The section in GitHub Markdown: title, method, tables."""
+        return "\n\n".join([f"## {self.title}", self.method, *(table.as_markdown() for table in self.tables)])
 
 
 def microseconds(nanoseconds: float) -> str:

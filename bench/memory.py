@@ -1,138 +1,89 @@
 """Memory: the resident set of one gateway worker (gunicorn --workers 1) as requests accumulate.
 
-The repeatable updates of all three backends, in turn, from 4 client threads; RSS (psutil) of the worker
-process is read at each checkpoint. Run alone: `python -m bench.memory [--quick]`.
+Every backend's repeatable updates in turn, from 4 client threads with keep-alive sessions; RSS (and USS) of the
+worker process is read with psutil at each checkpoint. Run alone: `python -m bench.memory [--quick]`.
 """
 
 from __future__ import annotations
 
-import gc
-import json
-import multiprocessing
-import os
-import tempfile
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import requests
 
-from bench.load import gateway_sender, generate_load
 from bench.measure import Budget, Section
 from bench.servers import Deployment
-from bench.workload import REPEATABLE, parsed_config
+from bench.workload import DEMO_KEY, REPEATABLE
 
 CONCURRENCY = 4
-RSS_TARGET_BYTES = 80 * 10**6
-#: RSS moves by about this much between samples without any leak (allocator arenas, caches warming up)
-GROWTH_NOISE_BYTES = 2 * 10**6
 MB = 10**6
+RSS_TARGET_MB = 80.0
+#: RSS moves by about this much between readings without any leak (allocator arenas, caches warming up)
+GROWTH_NOISE_MB = 2.0
 
 
-def mixed_sender(base_url: str):
-    """The gateway's repeatable updates of every backend, one backend after the other."""
-    backends = list(REPEATABLE)
-    by_backend = [gateway_sender(base_url, backend) for backend in backends]
+class MixedLoad:
+    """PATCH /orders/<id> of every backend's repeatable updates in turn, each thread with its own session."""
 
-    def send(session: requests.Session, index: int) -> int:
-        return by_backend[index % len(backends)](session, index // len(backends))
-    return send
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.workloads = list(REPEATABLE.values())
+        self.local = threading.local()
 
-
-def unique_memory_around_full_collection(freeze: bool) -> tuple[int, int]:
-    """In a forked child: USS before and after gc.collect(), optionally with gc.freeze() before the fork."""
-    if freeze:
-        gc.freeze()
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child, like a gunicorn worker forked from the preloaded master
-        process = psutil.Process()
-        before = process.memory_full_info().uss
-        gc.collect()
-        os.write(writer, json.dumps([before, process.memory_full_info().uss]).encode())
-        os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader) as pipe:
-        before, after = json.loads(pipe.read())
-    os.waitpid(pid, 0)
-    if freeze:
-        gc.unfreeze()
-    return before, after
-
-
-def probe_copy_on_write() -> dict[str, tuple[int, int]]:
-    """Build the gateway app as gunicorn's preload does, then fork, with and without gc.freeze()."""
-    from gateway import create_app
-
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as scratch:
-        app = create_app(parsed_config("http://127.0.0.1:9", Path(scratch)))
+    def send(self, index: int, deadline: float) -> bool | None:
+        """The index-th request: whether it succeeded, or None when the deadline had passed (nothing sent)."""
+        if time.monotonic() >= deadline:
+            return None
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+            session.trust_env = False
+            session.headers["Authorization"] = f"Bearer {DEMO_KEY}"
+        workload = self.workloads[index % len(self.workloads)]
+        order_id = workload.order_id(index // len(self.workloads))
         try:
-            return {"without gc.freeze()": unique_memory_around_full_collection(freeze=False),
-                    "with gc.freeze() before the fork": unique_memory_around_full_collection(freeze=True)}
-        finally:
-            app.extensions["order_gateway"].close()
-            app.extensions["order_events"].close()
-
-
-def measure_copy_on_write(section: Section) -> None:
-    """Run the probe in a fresh interpreter (this one holds the benchmark's own objects) and tabulate it."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = pool.submit(probe_copy_on_write).result(timeout=120)
-    table = section.table("a forked copy of the preloaded app: USS before and after one full garbage collection",
-                          ["fork", "USS before MB", "USS after gc.collect() MB"])
-    for label, (before, after) in results.items():
-        table.add(label, f"{before / MB:.1f}", f"{after / MB:.1f}")
+            reply = session.patch(f"{self.base_url}/orders/{order_id}", json=workload.document(), timeout=15)
+        except requests.RequestException:
+            return False
+        return reply.status_code == 200
 
 
 def run_memory(deployment: Deployment, budget: Budget) -> Section:
     """RSS of the single worker at each checkpoint of requests served."""
     section = Section(
         "3. Memory",
-        f"RSS of the one worker of a gateway started with `--workers 1` (same `config/gunicorn.py`), read with "
-        f"psutil after each checkpoint; the load is the three backends' repeatable updates in turn from "
-        f"{CONCURRENCY} threads, the whole bounded to {budget.memory_seconds:g} s. MB = 10⁶ bytes. RSS counts the "
-        "pages the worker shares with the preloaded master (copy-on-write); USS only its own.",
+        f"RSS and USS (MB = 10⁶ bytes) of the one worker of a gateway started with `--workers 1` (same "
+        f"`config/gunicorn.py`), read with psutil after each checkpoint; the load is every backend's repeatable "
+        f"updates in turn from {CONCURRENCY} threads, the whole bounded to {budget.memory_seconds:g} s. RSS counts "
+        "the pages the worker shares with the preloaded master (copy-on-write); USS only its own.",
     )
     (worker_pid,) = deployment.gateway.worker_pids()
     worker = psutil.Process(worker_pid)
-    send = mixed_sender(deployment.gateway.url)
+    load = MixedLoad(deployment.gateway.url)
     table = section.table("RSS of the worker", ["requests served", "errors", "RSS MB", "USS MB"])
-    table.add(0, 0, f"{worker.memory_info().rss / MB:.1f}", f"{worker.memory_full_info().uss / MB:.1f}")
     deadline = time.monotonic() + budget.memory_seconds
-    served, errors = 0, 0
-    samples: dict[int, int] = {}
-    unique: dict[int, int] = {}
-    for checkpoint in budget.memory_checkpoints:
-        result = generate_load(send, concurrency=CONCURRENCY, max_requests=checkpoint - served,
-                               max_seconds=max(0.0, deadline - time.monotonic()))
-        served += result.requests
-        errors += result.errors
-        samples[served], unique[served] = worker.memory_info().rss, worker.memory_full_info().uss
-        table.add(served, errors, f"{samples[served] / MB:.1f}", f"{unique[served] / MB:.1f}")
-        if result.errors:
-            section.note(f"{result.errors} errors before {served} requests; the first: {result.first_error}")
-        if served < checkpoint:
-            section.note(f"stopped at {served} requests: the {budget.memory_seconds:g} s bound was reached")
-            break
+    served = errors = 0
+    rss: dict[int, float] = {}
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        for checkpoint in budget.memory_checkpoints:
+            outcomes = [outcome for outcome in pool.map(lambda index: load.send(index, deadline),
+                                                        range(served, checkpoint)) if outcome is not None]
+            served += len(outcomes)
+            errors += outcomes.count(False)
+            rss[served] = worker.memory_info().rss / MB
+            table.add(f"{served:,}", errors, f"{rss[served]:.1f}", f"{worker.memory_full_info().uss / MB:.1f}")
+            if served < checkpoint:
+                table.add(f"stopped: the {budget.memory_seconds:g} s bound was reached", "", "", "")
+                break
     if deployment.gateway.worker_pids() != [worker_pid]:
-        section.note("the worker was replaced during the run; the figures are of the first worker")
-
-    first, last = min(samples), max(samples)
-    growth = samples[last] - samples[first]
-    peak = max(samples.values())
-    section.judge(f"worker RSS < {RSS_TARGET_BYTES // MB} MB", peak < RSS_TARGET_BYTES,
-                  f"peak {peak / MB:.1f} MB ({(peak - RSS_TARGET_BYTES) / MB:+.1f} MB against the target)")
-    section.judge(f"growth from {first} to {last} requests within noise (≤ {GROWTH_NOISE_BYTES // MB} MB)",
-                  growth <= GROWTH_NOISE_BYTES, f"{growth / MB:+.2f} MB ({samples[first] / MB:.1f} → "
-                  f"{samples[last] / MB:.1f} MB; {growth / max(1, last - first):.0f} bytes per request)")
-    unique_growth = unique[last] - unique[first]
-    if unique_growth > GROWTH_NOISE_BYTES and growth <= GROWTH_NOISE_BYTES:
-        section.note(f"USS grew by {unique_growth / MB:.1f} MB while RSS did not: pages the worker shared with the "
-                     "preloaded master became its own (copy-on-write). Likely cause: a full garbage collection, which "
-                     "writes to the header of every object it visits, including those loaded before the fork. With "
-                     "several workers that memory is no longer shared (see the fork probe).")
-    measure_copy_on_write(section)
+        table.add("the worker was replaced during the run: the figures are of the first one", "", "", "")
+    first, last = min(rss), max(rss)
+    peak = max(rss.values())
+    section.judge_at_most("worker RSS < 80 MB", peak, RSS_TARGET_MB, "MB", "peak")
+    section.judge_at_most(f"worker RSS flat from {first:,} to {last:,} requests (growth ≤ {GROWTH_NOISE_MB:g} MB)",
+                          rss[last] - rss[first], GROWTH_NOISE_MB, "MB", f"{rss[first]:.1f} → {rss[last]:.1f} MB")
     return section
 
 

@@ -1,97 +1,74 @@
 """The gateway's lower bound, for the load benchmark: a WSGI app that forwards pre-rendered documents.
 
-`PATCH /<backend>/<order id>` reads (and ignores) the body, sends the pre-rendered request for that order to the
-sandbox with one pooled requests session, and returns the sandbox's reply as it came: no validation, no
-translation, no normalization. Served by gunicorn with the gateway's own settings (`config/gunicorn.py`); the
-documents come from the JSON file named by BENCH_PASSTHROUGH_DOCUMENTS (written by bench/servers.py).
-
-Ongoing serves one goods owner's calls one after another, so its calls are sent one at a time, as the gateway
-sends them: under a lock file beside the documents, shared by the app's workers — the gateway's own file call
-lock (`FileCallLocks`, flock on one descriptor per lock name in each process, opened again after gunicorn forks
-its workers).
-The passthrough is then the bound of a gateway that keeps Ongoing's rule. Its `config` holds the gateway's settings
-(from GATEWAY_CONFIG, the gateway's own file) for config/gunicorn.py's hooks, which size the open-files limit.
+At start it renders, with the gateway's own connections of the configuration GATEWAY_CONFIG names, the request of
+every repeatable update (bench/workload.py). `PATCH /<backend>/<order id>` then reads (and ignores) the body,
+sends that order's request to the backend with one pooled requests session and the connection's transport-level
+authentication (`Connection.auth`, signed per request), and answers with the backend's reply as it came: no
+validation, no translation, no normalization. A connection with a call lock (`Connection.lock_name`: Ongoing's
+one goods owner's calls one after another) sends under the gateway's file lock (`FileCallLocks`, in
+BENCH_LOCK_FOLDER), shared by the app's workers, so the passthrough is the bound of a gateway that keeps the rule.
+Served by gunicorn with the gateway's settings (`config/gunicorn.py`), whose hooks read the app's `config`.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import tempfile
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.auth import HTTPBasicAuth
 
 from bench.accept_app import hook_config
-from gateway.backends.sellercenter.signing import SellerCenterSignature
+from bench.workload import REPEATABLE, rendered_request
+from gateway.backends import BACKENDS
+from gateway.connections import Connection
 from gateway.coordination.locks import FileCallLocks, LockTimeout
 
 TIMEOUT = (3.05, 30.0)
-#: backends whose calls go one at a time (Ongoing: per goods owner; the benchmark uses one)
-ONE_CALL_AT_A_TIME = frozenset({"ongoing"})
-
-
-def transport_auth(description: dict) -> requests.auth.AuthBase | None:
-    """The transport-level authentication a backend needs: HTTP Basic, SellerCenter's signature, or none."""
-    if "basic" in description:
-        return HTTPBasicAuth(*description["basic"])
-    if "sellercenter_api_key" in description:
-        return SellerCenterSignature(description["sellercenter_api_key"])
-    return None
-
-
-def pooled_session() -> requests.Session:
-    """One keep-alive session, pooled as the gateway's transport pools its connections."""
-    session = requests.Session()
-    session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=10, max_retries=0)
-    session.mount("http://", adapter)
-    return session
 
 
 class PassthroughApp:
     """Forwards a pre-rendered request per order and answers with the backend's reply."""
 
-    def __init__(self, documents: dict[str, Any], lock_folder: str | None = None) -> None:
-        self.routes = {
-            (backend, order_id): (request, transport_auth(entry["auth"]))
-            for backend, entry in documents.items()
-            for order_id, request in entry["orders"].items()
-        }
-        for request, _ in self.routes.values():
-            request["body"] = request["body"].encode("utf-8")
-        self.session = pooled_session()
-        self.locks = FileCallLocks(lock_folder) if lock_folder is not None else None
+    def __init__(self) -> None:
         #: the gateway's settings, for config/gunicorn.py's hooks (the open-files limit is sized from them)
         self.config = hook_config()
+        settings = self.config["GATEWAY_SETTINGS"]
+        self.connections = {kind: Connection(settings.connections[workload.connection], BACKENDS[kind])
+                            for kind, workload in REPEATABLE.items()}
+        self.routes = {(kind, order_id): (rendered_request(self.connections[kind], workload, index),
+                                          self.connections[kind])
+                       for kind, workload in REPEATABLE.items() for index, order_id in enumerate(workload.order_ids)}
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=10, max_retries=0))
+        self.locks = FileCallLocks(os.environ.get("BENCH_LOCK_FOLDER") or tempfile.mkdtemp(prefix="passthrough-"))
 
     def __call__(self, environ: dict, start_response: Any) -> list[bytes]:
         """Answer GET with a liveness line; forward PATCH /<backend>/<order id>."""
-        path = environ.get("PATH_INFO", "").strip("/")
         if environ["REQUEST_METHOD"] == "GET":
             return self._answer(start_response, "200 OK", "text/plain", b"passthrough\n")
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        environ["wsgi.input"].read(length)
-        backend, _, order_id = path.partition("/")
-        route = self.routes.get((backend, order_id))
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        kind, _, order_id = environ.get("PATH_INFO", "").strip("/").partition("/")
+        route = self.routes.get((kind, order_id))
         if route is None:
             return self._answer(start_response, "404 Not Found", "text/plain", b"no pre-rendered document\n")
-        request, auth = route
+        request, connection = route
         try:
-            if self.locks is None or backend not in ONE_CALL_AT_A_TIME:
-                reply = self._forward(request, auth)
+            if connection.lock_name is None:
+                reply = self._forward(request, connection)
             else:
-                with self.locks.hold(backend, timeout=TIMEOUT[1]):
-                    reply = self._forward(request, auth)
+                with self.locks.hold(connection.lock_name, timeout=TIMEOUT[1]):
+                    reply = self._forward(request, connection)
         except (requests.RequestException, LockTimeout) as error:
             return self._answer(start_response, "502 Bad Gateway", "text/plain", f"{error}\n".encode())
         status = f"{reply.status_code} {reply.reason or ''}".strip()
         return self._answer(start_response, status, reply.headers.get("Content-Type", "text/plain"), reply.content)
 
-    def _forward(self, request: dict, auth: Any) -> requests.Response:
-        return self.session.request(request["method"], request["url"], headers=request["headers"],
-                                    data=request["body"], auth=auth, timeout=TIMEOUT, allow_redirects=False)
+    def _forward(self, request: Any, connection: Connection) -> requests.Response:
+        return self.session.request(request.method, request.url, headers=dict(request.headers), data=request.body,
+                                    auth=connection.auth, timeout=TIMEOUT, allow_redirects=False)
 
     @staticmethod
     def _answer(start_response: Any, status: str, content_type: str, body: bytes) -> list[bytes]:
@@ -100,10 +77,5 @@ class PassthroughApp:
 
 
 def create_app() -> PassthroughApp:
-    """The app with the documents named by BENCH_PASSTHROUGH_DOCUMENTS."""
-    documents = os.environ["BENCH_PASSTHROUGH_DOCUMENTS"]
-    with open(documents, encoding="utf-8") as handle:
-        return PassthroughApp(json.load(handle), lock_folder=os.path.dirname(os.path.abspath(documents)))
-
-
-app = create_app() if "BENCH_PASSTHROUGH_DOCUMENTS" in os.environ else None
+    """The app, for gunicorn (`bench.passthrough_app:create_app()`)."""
+    return PassthroughApp()

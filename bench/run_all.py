@@ -1,12 +1,9 @@
 """Run every benchmark in one go and write bench/RESULTS.md: `python bench/run_all.py [--quick]`.
 
-Sections: 1 translation in process (with zeep), 2 end to end over HTTP (gateway, passthrough, direct; wrk), with
-the scaling chart bench/scaling.png, 3 memory of one worker, 4 bulk against single updates, 5 profiles
-(bench/profiles/*.txt), 6 hostile inputs in process, 7 the cost of the resilience mechanisms per backend call (in
-process, with a redis-server when one is installed), 8 what authenticating callers and Idempotency-Key handling add
-per request (in process, likewise with Redis), 9 the event pipeline (webhook intake, delivery, lag, a backlog's
-drain; SQLite and Redis), 10 every production feature together and each alone (in process).
-Every server is started on a free 127.0.0.1 port and stopped before the script ends, whatever happens.
+Sections: 1 translation in process (against zeep), 2 end to end over HTTP (gateway, passthrough, direct; wrk),
+with the live profile (py-spy) and the scaling chart bench/scaling.png, 3 memory of one worker, 4 the production
+features' cost in process, 5 the event pipeline's webhook intake, 6 hostile inputs in process. Every server is
+started on a free 127.0.0.1 port and stopped before the script ends, whatever happens.
 """
 
 from __future__ import annotations
@@ -21,24 +18,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bulk import run_bulk
-from bench.caller_cost import run_caller_cost
 from bench.chart import draw_scaling_chart
 from bench.events import run_event_pipeline
-from bench.features_cost import run_features_cost
+from bench.features import run_features
 from bench.hostile_inputs import run_hostile_inputs
 from bench.load import run_end_to_end
 from bench.measure import Budget
 from bench.memory import run_memory
-from bench.profile_hotspots import run_profiles
-from bench.report import results_document, why_targets_were_missed
-from bench.resilience_cost import run_resilience_cost
+from bench.report import commit, results_document
 from bench.servers import running_deployment
 from bench.translate import run_translation
 from bench.workload import ROOT
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-CHART = RESULTS.with_name("scaling.png")
 
 
 def command_line() -> str:
@@ -58,34 +50,24 @@ def main() -> None:
     # A SIGTERM unwinds like Ctrl-C, so every server started so far is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     budget = Budget.smoke() if options.quick else Budget.full()
-    started_at, started = datetime.now(UTC), time.monotonic()
+    # read before the run, which rewrites the live profiles in bench/profiles/
+    revision, started_at, started = commit(), datetime.now(UTC), time.monotonic()
 
     translation = run_translation(budget)
     with running_deployment(gateway_workers=2, with_passthrough=True) as deployment:
         load = run_end_to_end(deployment, budget)
-        deployment.reset_sandboxes()
-        bulk = run_bulk(deployment, budget)
-        deployment.reset_sandboxes()
-        profiles = run_profiles(deployment.sandbox.url, budget)
     with running_deployment(gateway_workers=1, with_passthrough=False) as deployment:
         memory = run_memory(deployment, budget)
-    hostile = run_hostile_inputs(budget)
-    resilience = run_resilience_cost(budget)
-    callers = run_caller_cost(budget)
+    features = run_features(budget)
     events = run_event_pipeline(budget)
-    features = run_features_cost(budget)
-    chart = draw_scaling_chart(load, options.output.with_name(CHART.name))
-    load.note(f"![throughput and p99 against concurrency]({chart.name})\n\nThe chart `{chart.name}` beside this "
-              "file draws the table above: throughput and p99 against concurrency for the gateway, the passthrough "
-              "and direct calls.")
-    explanations = why_targets_were_missed(translation, load, profiles, hostile, resilience, callers, events,
-                                           features)
+    hostile = run_hostile_inputs(budget)
+    chart = draw_scaling_chart(load, options.output.with_name("scaling.png"))
+    load.method += f"\n\n![throughput and p99 against concurrency]({chart.name})"
 
     seconds = time.monotonic() - started
-    sections = [translation, load, memory, bulk, profiles, hostile, resilience, callers, events, features,
-                explanations]
-    options.output.write_text(results_document(sections, command=command_line(), started=started_at,
-                                               seconds=seconds, quick=options.quick))
+    sections = [translation, load, memory, features, events, hostile]
+    options.output.write_text(results_document(sections, command=command_line(), revision=revision, started=started_at,
+                                               seconds=seconds, quick=options.quick, previous=options.output))
     print(f"\nwrote {options.output} after {seconds / 60:.1f} min", flush=True)
 
 

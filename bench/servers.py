@@ -1,14 +1,14 @@
-"""The servers a benchmark runs against: the sandboxes, the gateway and the passthrough app under gunicorn.
+"""Every server a benchmark starts: the sandboxes, the gateway and the baselines under gunicorn, and redis-server.
 
-Every server gets a free 127.0.0.1 port and its own process group; `running_deployment` stops them all (and
-waits for their ports to close) whatever happens inside its block.
+Every server gets a free 127.0.0.1 port and its own process group; the context managers stop what they started
+(and wait for its port to close) whatever happens inside their block.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,21 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import redis
 import requests
 
-from bench.workload import (
-    REPEATABLE,
-    ROOT,
-    SERVICE_PATHS,
-    configured_connections,
-    environment_without_backend_urls,
-    rendered_request,
-    sandbox_urls,
-    write_config_copy,
-)
+from bench.workload import ROOT, SANDBOX, environment_without_backend_urls, sandbox_urls, write_config_copy
 
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 SANDBOX_THREADS = 8
+REDIS_STARTUP_SECONDS = 10.0
 
 
 def free_port() -> int:
@@ -53,7 +46,7 @@ def port_is_open(port: int) -> bool:
 
 @dataclass
 class Server:
-    """A gunicorn server started by the benchmark."""
+    """A process started by the benchmark, serving on 127.0.0.1:`port`."""
 
     name: str
     port: int
@@ -92,7 +85,7 @@ class Server:
 
     def log_tail(self) -> str:
         """The last lines of the server's output."""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:]) if self.log.exists() else ""
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it if it lingers, and wait until the port is closed."""
@@ -109,16 +102,59 @@ class Server:
             time.sleep(0.1)
 
 
-def start_gunicorn(name: str, arguments: list[str], env: dict[str, str], folder: Path) -> Server:
-    """Start gunicorn in its own process group on a free port, its output in `folder`/<name>.log."""
-    port = free_port()
+def start_server(name: str, command: list[str], env: dict[str, str] | None, folder: Path, port: int) -> Server:
+    """Start `command` in its own process group, its output in `folder`/<name>.log."""
     log = folder / f"{name}.log"
     with open(log, "ab") as output:
-        process = subprocess.Popen(  # noqa: S603 - our own gunicorn with our own arguments
-            [str(GUNICORN), "--bind", f"127.0.0.1:{port}", *arguments], cwd=ROOT, env=env,
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,  # noqa: S603 - ours
+                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     return Server(name, port, process, log)
+
+
+def start_gunicorn(name: str, arguments: list[str], env: dict[str, str], folder: Path) -> Server:
+    """gunicorn with `arguments` on a free port."""
+    port = free_port()
+    return start_server(name, [str(GUNICORN), "--bind", f"127.0.0.1:{port}", *arguments], env, folder, port)
+
+
+def gunicorn_like_the_gateway(name: str, app: str, workers: int, env: dict[str, str], folder: Path) -> Server:
+    """`app` under the gateway's own gunicorn settings (config/gunicorn.py) with `workers` workers."""
+    return start_gunicorn(name, ["--config", "config/gunicorn.py", "--workers", str(workers), app], env, folder)
+
+
+def answers_ping(url: str) -> bool:
+    """Whether a Redis at `url` answers PING right now."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def running_redis(folder: Path) -> Iterator[tuple[str | None, str]]:
+    """(url, "") of a redis-server without persistence on a free port, or (None, why there is none)."""
+    executable = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin")
+    if executable is None:
+        yield None, "redis-server is not installed (apt-get install redis-server)"
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = start_server("redis", [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", str(folder)], None, folder, port)
+    try:
+        deadline = time.monotonic() + REDIS_STARTUP_SECONDS
+        while server.process.poll() is None and time.monotonic() < deadline and not answers_ping(url):
+            time.sleep(0.05)
+        if answers_ping(url):
+            yield url, ""
+        else:
+            yield None, f"redis-server did not start: {server.log_tail()[-300:]}"
+    finally:
+        server.stop()
 
 
 @dataclass
@@ -129,79 +165,37 @@ class Deployment:
     sandbox: Server
     gateway: Server
     passthrough: Server | None = None
-    #: the pre-rendered requests the passthrough app forwards and direct calls send (see passthrough_app.py)
-    documents: Path | None = None
 
     def reset_sandboxes(self) -> None:
         """Reload every simulator's demo data."""
-        for backend in SERVICE_PATHS:
-            reset = f"{self.sandbox.url}/{backend}/_reset"
-            reply = requests.post(reset, timeout=10)
+        for kind in SANDBOX:
+            reply = requests.post(f"{self.sandbox.url}/{kind}/_reset", timeout=10)
             if reply.status_code >= 300:
-                raise RuntimeError(f"{reset} answered {reply.status_code}")
-
-
-def write_passthrough_documents(sandbox_url: str, folder: Path) -> Path:
-    """The pre-rendered request of every repeatable update, as the passthrough app and direct calls send it."""
-    connections = configured_connections(sandbox_url, folder)
-    documents = {}
-    for name, workload in REPEATABLE.items():
-        connection = connections[name]
-        documents[name] = {
-            "auth": backend_auth_description(connection),
-            "orders": {order_id: _describe(rendered_request(connection, workload, index))
-                       for index, order_id in enumerate(workload.order_ids)},
-        }
-        connection.close()
-    path = folder / "passthrough-documents.json"
-    path.write_text(json.dumps(documents))
-    return path
-
-
-def backend_auth_description(connection) -> dict:
-    """How the connection authenticates at the transport level, for the passthrough app to do the same."""
-    if connection.kind == "speed4trade":
-        return {"basic": [connection.settings.username, connection.settings.password.reveal()]}
-    if connection.kind == "sellercenter":
-        return {"sellercenter_api_key": connection.settings.options["api_key"].reveal()}
-    return {}
-
-
-def _describe(request) -> dict:
-    return {"method": request.method, "url": request.url, "headers": dict(request.headers),
-            "body": request.body.decode("utf-8")}
+                raise RuntimeError(f"{kind}/_reset answered {reply.status_code}")
 
 
 @contextlib.contextmanager
 def running_deployment(*, gateway_workers: int, with_passthrough: bool) -> Iterator[Deployment]:
     """Start the sandboxes, the gateway (and the passthrough app); stop every one of them on the way out."""
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as scratch, contextlib.ExitStack() as stack:
         folder = Path(scratch)
-        started: list[Server] = []
-        try:
-            # The direct calls of section 2 come from many connections at once, which Ongoing (and its sandbox)
-            # would refuse for one goods owner: the benchmark's sandbox serves them (the gateway and the
-            # passthrough still send Ongoing one call at a time).
-            env = {**environment_without_backend_urls(), "SANDBOX_ONGOING_REFUSE_OVERLAPPING_CALLS": "false"}
-            sandbox = start_gunicorn("sandbox", ["--no-control-socket", "--workers", "1", "--threads",
-                                                 str(SANDBOX_THREADS), "sandbox:create_app()"], env, folder)
-            started.append(sandbox)
-            sandbox.wait_until_serving("/ongoing/orders")
-            env = {**env, **sandbox_urls(sandbox.url), "GATEWAY_CONFIG": str(write_config_copy(folder))}
-            gateway_arguments = ["--config", "config/gunicorn.py", "--workers", str(gateway_workers)]
-            gateway = start_gunicorn("gateway", [*gateway_arguments, "wsgi:app"], env, folder)
-            started.append(gateway)
-            passthrough = documents = None
-            if with_passthrough:
-                documents = write_passthrough_documents(sandbox.url, folder)
-                env["BENCH_PASSTHROUGH_DOCUMENTS"] = str(documents)
-                passthrough = start_gunicorn("passthrough", [*gateway_arguments, "bench.passthrough_app:app"],
-                                             env, folder)
-                started.append(passthrough)
-            gateway.wait_until_serving("/openapi.json")
-            if passthrough is not None:
-                passthrough.wait_until_serving("/")
-            yield Deployment(folder, sandbox, gateway, passthrough, documents)
-        finally:
-            for server in reversed(started):
-                server.stop()
+        # Direct calls come from many connections at once, which Ongoing (and its sandbox) would refuse for one
+        # goods owner: the benchmark's sandbox serves them (the gateway and the passthrough still send a backend
+        # with a call lock one call at a time).
+        env = {**environment_without_backend_urls(), "SANDBOX_ONGOING_REFUSE_OVERLAPPING_CALLS": "false"}
+        sandbox = start_gunicorn("sandbox", ["--no-control-socket", "--workers", "1", "--threads",
+                                             str(SANDBOX_THREADS), "sandbox:create_app()"], env, folder)
+        stack.callback(sandbox.stop)
+        sandbox.wait_until_serving("/ongoing/orders")
+        env = {**env, **sandbox_urls(sandbox.url), "GATEWAY_CONFIG": str(write_config_copy(folder)),
+               "BENCH_LOCK_FOLDER": str(folder / "passthrough-locks")}
+        gateway = gunicorn_like_the_gateway("gateway", "wsgi:app", gateway_workers, env, folder)
+        stack.callback(gateway.stop)
+        passthrough = None
+        if with_passthrough:
+            passthrough = gunicorn_like_the_gateway("passthrough", "bench.passthrough_app:create_app()",
+                                                    gateway_workers, env, folder)
+            stack.callback(passthrough.stop)
+            passthrough.wait_until_serving("/")
+        gateway.wait_until_serving("/openapi.json")
+        yield Deployment(folder, sandbox, gateway, passthrough)

@@ -8,8 +8,6 @@ counts from its own million above `unique_base`; by default `n` itself: webhook 
 runs it; wrk's `done()` hook prints the figures as one JSON line, which is parsed into a `WrkResult`. wrk is
 pinned to one CPU with taskset when `cpu` is given (on a 2-core machine the servers still share that CPU: the
 report says so).
-
-Run alone as a smoke test: `python -m bench.wrk URL`.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -178,15 +175,3 @@ def run_wrk(url: str, script: Path, *, connections: int, seconds: float, threads
                      timeouts=figures["timeouts"], p50=figures["p50_us"] / 1e6, p90=figures["p90_us"] / 1e6,
                      p99=figures["p99_us"] / 1e6, max=figures["max_us"] / 1e6)
 
-
-def main() -> None:
-    """Smoke test: GET the given URL's path for 2 s at 4 connections."""
-    url = sys.argv[1]
-    base, _, path = url.partition("//")[2].partition("/")
-    with tempfile.TemporaryDirectory() as folder:
-        script = write_script(Path(folder), requests=[WrkRequest("GET", "/" + path)])
-        print(run_wrk(f"http://{base}", script, connections=4, seconds=2))
-
-
-if __name__ == "__main__":
-    main()
