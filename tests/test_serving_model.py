@@ -1,6 +1,6 @@
 """The serving model under gunicorn with the project's settings (config/gunicorn.py): clients that send their
 headers a byte at a time and a backend that never answers leave the gateway answering everyone else, and callers'
-connections are kept alive. bench/serving_model.py measures the same against other worker models."""
+connections are kept alive (docs/architecture.md says why this worker model was chosen over the others measured)."""
 
 from __future__ import annotations
 
