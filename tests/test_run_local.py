@@ -112,7 +112,8 @@ def port_free(port: int) -> bool:
 
 
 def stack_environment(tmp_path: Path, gateway_port: int, sandbox_port: int) -> dict[str, str]:
-    """The environment of README.md's "Other ports" example, with the event databases and the metrics in tmp_path."""
+    """The environment of the "Other ports" example (docs/operations.md), with the event databases and the metrics
+    in tmp_path."""
     sandbox = f"http://127.0.0.1:{sandbox_port}"
     env = {key: value for key, value in os.environ.items()
            # no make of an outer `make test` (its jobserver descriptors are not passed on), no metrics directory of

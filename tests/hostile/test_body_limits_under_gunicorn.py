@@ -10,7 +10,7 @@ import pytest
 
 from tests.hostile.conftest import chunked, gunicorn_gateway, read_while_sending, send_then_read
 
-MAX_BODY_BYTES = 4_194_304  # the default, stated in the configuration as README.md shows it
+MAX_BODY_BYTES = 4_194_304  # the default, as config/sandbox.toml states it
 DOCUMENT = json.dumps({"status": "released", "waybill": "WB-1"}).encode()
 
 
