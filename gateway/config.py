@@ -231,6 +231,8 @@ class ConnectionSchema(EgressSchema):
     #: consecutive failures that open the circuit breaker, and how long it stays open before one probe call
     breaker_failures = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000))
     breaker_reset_seconds = fields.Float(load_default=30.0, validate=validate.Range(min=0.01, max=86400))
+    #: calls per second to the backend, per connection, across every gateway process sharing the stores
+    max_calls_per_second = fields.Float(load_default=None, validate=validate.Range(min=0, min_inclusive=False))
     #: attempts of a call that provably never reached the backend (or of an idempotent one), within its deadline
     retry_attempts = fields.Integer(load_default=3, validate=validate.Range(min=1, max=10))
     max_reply_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024))
@@ -448,6 +450,7 @@ class ConnectionSettings(EgressSettings):
     status_map: Mapping[str, Any]
     webhooks: Mapping[str, Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    max_calls_per_second: float | None = None
 
 
 @dataclass(frozen=True)

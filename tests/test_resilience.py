@@ -266,9 +266,7 @@ class ScriptedTransport:
 
 
 def transport_error(error_class, *, never_sent: bool):
-    error = error_class("scripted", connection="o")
-    error.from_transport, error.never_sent = True, never_sent
-    return error
+    return error_class("scripted", connection="o", from_transport=True, never_sent=never_sent)
 
 
 S4T_OK = BackendReply(200, {"Content-Type": "text/xml"}, (
