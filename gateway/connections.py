@@ -218,9 +218,8 @@ class Connection:
 
     def breaker_state(self) -> dict:
         """The breaker's state for health views: state, consecutive failures, seconds until a probe."""
-        wait = self.breaker.retry_after()
-        return {"state": self.breaker.current_state, "failures": self.breaker.fail_counter,
-                "retry_after": None if wait is None else math.ceil(wait)}
+        state, failures, wait = self.breaker.snapshot()
+        return {"state": state, "failures": failures, "retry_after": None if wait is None else math.ceil(wait)}
 
     # --- one call --------------------------------------------------------------------------------------
 
