@@ -175,10 +175,10 @@ class Connection:
         self.lock_name = self.backend.call_lock_name()
         #: the policies around every call, in the order they admit it (and the reverse order they learn its outcome)
         self.guards: list[CallGuard] = build_guards(self)
-        by_name = {guard.name: guard for guard in self.guards}
-        #: the circuit breaker (health and metrics read its state) and the bulkhead's places
-        self.breaker = by_name["breaker"].breaker
-        self.bulkhead = by_name["bulkhead"].places
+        #: the circuit breaker (health and metrics read its state) and the bulkhead's places, which every
+        #: connection has
+        self.breaker = next(guard for guard in self.guards if isinstance(guard, BreakerGuard)).breaker
+        self.bulkhead = next(guard for guard in self.guards if isinstance(guard, BulkheadGuard)).places
 
     def check(self, update: OrderUpdate) -> PlannedUpdate:
         """Refuse (ValidationFailed, with field paths) what the backend cannot carry; plan the rest."""
