@@ -1,5 +1,5 @@
 """The configured connections of a running gateway: each a backend kind with its own settings, credentials,
-transport, bulkhead, call lock and circuit breaker, and the one update flow every backend plugs into.
+transport and guards, and the one update flow every backend plugs into.
 
     Connection.check(update)           -> PlannedUpdate     fields, ids and rules checked; operation chosen
     Connection.dry_run(planned)        -> [OutboundRequest] the calls that would go out, credentials masked
@@ -9,12 +9,16 @@ Updates travel in calls: consecutive updates planned onto the same operation sha
 operation's `call_size`; a failed call fails exactly its own updates. Each call, in this order:
 
     budget spent?        the request's time budget ran out: the call's updates are 504 "not sent"
-    guards, in order     each may wait (within its own setting and the request's budget) and may refuse the call,
-                         nothing sent:
-      breaker            open: 503 with Retry-After (the breaker's state is in the problem's backend.code)
+    guards, in order     Connection.guards, built from gateway/guards (GUARDS); each may wait (within its own
+                         setting and the request's budget) and may refuse the call, nothing sent; a refusal is
+                         counted by guard name (order_gateway_guard_refusals_total) and is the call's outcome:
+      breaker            open: 503 breaker-open with Retry-After
       bulkhead           at most max_concurrent_calls in flight per process; waiting beyond queue_timeout is 503
       call lock          the backend's (Ongoing: one goods owner's calls one after another, across processes and
                          machines); waiting beyond lock_timeout is 503; its store unusable is 503 store-unavailable
+      rate limit         at most max_calls_per_second to the backend, across the processes sharing the stores; a
+                         token the call cannot wait for is 503 rate-limited with Retry-After; its store unusable is
+                         503 store-unavailable
     attempts             within min(call_timeout, the budget), the call's deadline counted from when the guards let
                          it through (their waits, on stores too, are not the backend's time): retried with jittered
                          backoff only when the request provably never reached the backend, or the operation is
@@ -23,49 +27,58 @@ operation's `call_size`; a failed call fails exactly its own updates. Each call,
                          its place); outcome first: what fails here is counted and logged (gateway/bookkeeping.py),
                          and the call's outcome stands
 
-A guard is one CallGuard subclass and one entry in `Connection.guards`. Who asks for the calls comes with them, as
-a CallContext passed to `send` (as the budget is): the caller and request id the journal records, and the listener
-(the REST layer's Idempotency-Key record) told of each attempt before it goes out, with the id the journal records
-its exchange under, which may stop it unsent by raising StoreUnavailable.
+An attempt's failure is a value from where it is raised (the transport, the reply's reading, the operation's
+parse) to the call's outcome: a BackendError or StoreUnavailable is caught once, where the attempt or a guard
+raises it, and handed on as the result of its updates; only errors nothing expects (a gateway bug) propagate.
+Every attempt that went out is counted, logged and journaled, whatever it ended in.
+
+A guard is one CallGuard subclass and one entry in gateway/guards' GUARDS. Who asks for the calls comes with them,
+as a CallContext passed to `send` (as the budget is): the caller and request id the journal records, and the
+listener (the REST layer's Idempotency-Key record) told of each attempt before it goes out, with the id the journal
+records its exchange under, which may stop it unsent by raising StoreUnavailable.
 
 The REST layer never needs to know which backend it talks to.
 """
 
 from __future__ import annotations
 
-import abc
 import functools
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from opentelemetry.trace import SpanKind
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_random_exponential
+from tenacity import Retrying, retry_if_result, stop_after_attempt, stop_any, wait_random_exponential
 
 from gateway import logs, metrics, tracing
 from gateway.backends import Backend, Credentials, Operation
 from gateway.bookkeeping import note_failure
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.config import ConnectionSettings, GatewaySettings
-from gateway.coordination import ConcurrentCircuitBreaker, Coordination, LockTimeout
-from gateway.coordination.breakers import BreakerOpen
-from gateway.coordination.locks import LockUnavailable
+from gateway.coordination import Coordination
 from gateway.deadlines import Deadline
 from gateway.errors import (
     BackendError,
     BackendFailure,
     BackendTimeout,
     BackendUnavailable,
-    ConnectionBusy,
     GatewayError,
     StoreUnavailable,
     ValidationFailed,
+)
+from gateway.guards import (
+    UNWELL,
+    BreakerGuard,
+    BulkheadGuard,
+    CallGuard,
+    CallLockGuard,
+    GuardedCall,
+    RateLimitGuard,
+    build_guards,
 )
 from gateway.journal import Exchange
 from gateway.journal.recorder import JournalRecorder
@@ -75,10 +88,14 @@ from gateway.transport import BackendReply, HttpTransport, OutboundRequest, Tran
 
 log = logging.getLogger("gateway.backends")
 
-#: the failures that say a backend is unwell and count towards opening its breaker (refusals do not)
-UNWELL = (BackendFailure, BackendUnavailable, BackendTimeout)
 #: what a call's failure of its own may be besides a BackendError: a store it needed before it was sent
 CALL_FAILURES = (BackendError, StoreUnavailable)
+#: with the guards (gateway/guards), importable from here as they were when they lived here
+__all__ = [
+    "CALL_FAILURES", "NO_CONTEXT", "UNWELL", "AttemptListener", "BreakerGuard", "BulkheadGuard", "CallAttempt",
+    "CallContext", "CallGuard", "CallLockGuard", "Connection", "Connections", "GuardedCall", "PlannedUpdate",
+    "RateLimitGuard",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,131 +142,8 @@ class CallContext:
 NO_CONTEXT = CallContext()
 
 
-@dataclass(eq=False, slots=True)
-class GuardedCall:
-    """One call on its way through a connection's guards: what it carries, the request's budget, how many attempts
-    went out, and the error it ended in (None: its outcomes)."""
-
-    operation: Operation
-    updates: list[OrderUpdate]
-    budget: Deadline | None
-    idempotent: bool
-    context: CallContext = NO_CONTEXT
-    attempts: int = 0
-    error: BaseException | None = None
-
-    @property
-    def sent(self) -> bool:
-        """Whether any attempt went out (so the backend may have acted)."""
-        return self.attempts > 0
-
-    def wait_allowed(self, seconds: float) -> float:
-        """How long a guard may wait: its own setting, within what is left of the request's budget."""
-        return seconds if self.budget is None else min(seconds, self.budget.remaining())
-
-
-class CallGuard(abc.ABC):
-    """One policy around a connection's calls (breaker, bulkhead, call lock, ...), with its own settings and errors.
-
-    admit() runs before the call, in the guards' order: it waits if it must, refuses the call by raising a
-    GatewayError (nothing is sent), or lets it through; what it returns comes back to release(), which runs after
-    the call — sent or not, whatever its outcome — in reverse order. release() is bookkeeping: the connection counts
-    and logs what it raises, and the call's outcome stands.
-    """
-
-    #: the guard's name in the count and the log line of a release that failed
-    name: ClassVar[str]
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-
-    @abc.abstractmethod
-    def admit(self, call: GuardedCall) -> Any:
-        """Let the call through (returning what release() needs) or refuse it."""
-
-    @abc.abstractmethod
-    def release(self, call: GuardedCall, admission: Any) -> None:
-        """Learn the outcome of an admitted call (`call.sent`, `call.error`) and free what admit() took."""
-
-
-class BreakerGuard(CallGuard):
-    """The circuit breaker: an open breaker refuses at once; the outcome of a call that went out is counted (UNWELL
-    errors as failures), one that never went out is not."""
-
-    name = "breaker"
-
-    def admit(self, call: GuardedCall) -> bool:
-        """Whether the call is the probe of a half-open breaker; an open one (or a probe in flight) refuses."""
-        try:
-            return self.connection.breaker.admit()
-        except BreakerOpen as refusal:
-            raise self.connection.breaker_open(refusal.retry_after) from None
-
-    def release(self, call: GuardedCall, admission: bool) -> None:
-        """Count the outcome."""
-        breaker = self.connection.breaker
-        if not call.sent:
-            breaker.withdraw(admission)
-        elif isinstance(call.error, UNWELL):
-            breaker.record_failure(admission)
-        else:
-            breaker.record_success(admission)
-
-
-class BulkheadGuard(CallGuard):
-    """At most max_concurrent_calls in flight per process; a call waits at most queue_timeout for a place."""
-
-    name = "bulkhead"
-
-    def admit(self, call: GuardedCall) -> None:
-        """Take a place, or refuse with 503 bulkhead-full."""
-        settings = self.connection.settings
-        if not self.connection.bulkhead.acquire(timeout=call.wait_allowed(settings.queue_timeout)):
-            raise ConnectionBusy(
-                f"Connection {self.connection.name!r} has {settings.max_concurrent_calls} calls in flight "
-                f"(max_concurrent_calls) and none ended within queue_timeout ({settings.queue_timeout:g} s); "
-                "nothing was sent.", connection=self.connection.name, code="bulkhead-full")
-
-    def release(self, call: GuardedCall, admission: None) -> None:
-        """Free the place."""
-        self.connection.bulkhead.release()
-
-
-class CallLockGuard(CallGuard):
-    """The backend's call lock (Ongoing: one goods owner's calls one after another, in every process and machine);
-    a call waits at most lock_timeout for it. A lock store that cannot be used refuses the call (503
-    store-unavailable); one that cannot release the lock afterwards is the lock's own bookkeeping."""
-
-    name = "call_lock"
-
-    def admit(self, call: GuardedCall) -> AbstractContextManager[None] | None:
-        """Hold the lock (the held lock is the admission), or refuse."""
-        connection = self.connection
-        if connection.locks is None or connection.lock_name is None:
-            return None
-        holding = connection.locks.hold(connection.lock_name, call.wait_allowed(connection.settings.lock_timeout))
-        try:
-            holding.__enter__()
-        except LockTimeout:
-            raise ConnectionBusy(
-                f"Another call of connection {connection.name!r} held {connection.backend.display_name}'s call lock "
-                f"({connection.backend.call_lock_reason}) for lock_timeout ({connection.settings.lock_timeout:g} s); "
-                "nothing was sent.", connection=connection.name, code="lock-timeout") from None
-        except LockUnavailable as error:
-            raise StoreUnavailable(
-                f"The call locks ({error.store}) could not be used to take {connection.backend.display_name}'s call "
-                f"lock for connection {connection.name!r}; nothing was sent. Try again in a moment.",
-                store="call locks") from None
-        return holding
-
-    def release(self, call: GuardedCall, admission: AbstractContextManager[None] | None) -> None:
-        """Release the lock."""
-        if admission is not None:
-            admission.__exit__(None, None, None)
-
-
 class Connection:
-    """One configured connection: settings, credentials, transport, bulkhead, lock and breaker; it renders nothing.
+    """One configured connection: settings, credentials, transport and guards; it renders nothing.
 
     Its secrets are masked by the gateway's one Scrubber (gateway/scrubbing.py) wherever errors become documents
     and log lines, so nothing here needs to know which texts a backend might echo.
@@ -276,17 +170,15 @@ class Connection:
         )
         self.recorder = recorder
         self.scrubber = scrubber or Scrubber()
-        self.bulkhead = threading.BoundedSemaphore(settings.max_concurrent_calls)
+        self.coordination = coordination
         self.locks = coordination.locks if coordination is not None else None
         self.lock_name = self.backend.call_lock_name()
-        self.breaker = ConcurrentCircuitBreaker(
-            fail_max=settings.breaker_failures, reset_timeout=settings.breaker_reset_seconds,
-            state_storage=coordination.breaker_storage(settings.name) if coordination is not None else None,
-            exclude=[lambda error: not isinstance(error, UNWELL)], name=settings.name,
-            throw_new_error_on_trip=False,
-        )
         #: the policies around every call, in the order they admit it (and the reverse order they learn its outcome)
-        self.guards: list[CallGuard] = [BreakerGuard(self), BulkheadGuard(self), CallLockGuard(self)]
+        self.guards: list[CallGuard] = build_guards(self)
+        #: the circuit breaker (health and metrics read its state) and the bulkhead's places, which every
+        #: connection has
+        self.breaker = next(guard for guard in self.guards if isinstance(guard, BreakerGuard)).breaker
+        self.bulkhead = next(guard for guard in self.guards if isinstance(guard, BulkheadGuard)).places
 
     def check(self, update: OrderUpdate) -> PlannedUpdate:
         """Refuse (ValidationFailed, with field paths) what the backend cannot carry; plan the rest."""
@@ -305,16 +197,12 @@ class Connection:
         not be used)."""
         results: list[UpdateOutcome | GatewayError] = []
         for operation, updates in self.calls(planned):
-            try:
-                if budget is not None and budget.expired():
-                    raise self._not_sent(budget)
-                outcomes = self._guarded_call(operation, updates, budget, context)
-            except CALL_FAILURES as error:
-                outcomes = [error] * len(updates)
-            for outcome in outcomes:
-                if isinstance(outcome, BackendError):
-                    outcome.connection = self.name
-                results.append(outcome)
+            if budget is not None and budget.expired():
+                outcome: list[UpdateOutcome | BackendError] | GatewayError = self._not_sent(budget)
+            else:
+                outcome = self._call(GuardedCall(operation, updates, budget, operation.is_idempotent(updates),
+                                                 context))
+            results.extend(outcome if isinstance(outcome, list) else [outcome] * len(updates))
         return results
 
     def calls(self, planned: Sequence[PlannedUpdate]) -> Iterator[tuple[Operation, list[OrderUpdate]]]:
@@ -330,9 +218,8 @@ class Connection:
 
     def breaker_state(self) -> dict:
         """The breaker's state for health views: state, consecutive failures, seconds until a probe."""
-        wait = self.breaker.retry_after()
-        return {"state": self.breaker.current_state, "failures": self.breaker.fail_counter,
-                "retry_after": None if wait is None else math.ceil(wait)}
+        state, failures, wait = self.breaker.snapshot()
+        return {"state": state, "failures": failures, "retry_after": None if wait is None else math.ceil(wait)}
 
     # --- one call --------------------------------------------------------------------------------------
 
@@ -340,21 +227,47 @@ class Connection:
         return BackendTimeout(f"Not sent: the request's time budget ran out ({budget.reason}) before this "
                               "item's turn.", connection=self.name, code="budget-exhausted")
 
-    def _guarded_call(self, operation: Operation, updates: list[OrderUpdate], budget: Deadline | None,
-                      context: CallContext) -> list[UpdateOutcome | BackendError]:
-        """The call through the guards: admitted by each in turn, attempted, then its outcome handed back to each."""
-        call = GuardedCall(operation, updates, budget, operation.is_idempotent(updates), context)
+    def _call(self, call: GuardedCall) -> list[UpdateOutcome | BackendError] | GatewayError:
+        """The call through the guards: admitted by each in turn, attempted (retried where provably safe), then its
+        outcome handed back to each; its outcomes, or the error it ended in."""
         admitted: list[tuple[CallGuard, Any]] = []
         try:
             for guard in self.guards:
-                admitted.append((guard, guard.admit(call)))
-            if budget is not None and budget.expired():
-                raise self._not_sent(budget)
+                try:
+                    admitted.append((guard, guard.admit(call)))
+                except CALL_FAILURES as refusal:
+                    metrics.guard_refusals.labels(self.name, guard.name).inc()
+                    call.error = refusal
+                    return refusal
+            if call.budget is not None and call.budget.expired():
+                call.error = self._not_sent(call.budget)
+                return call.error
             # The call's own deadline starts now: what the guards waited for (a queue, a lock, a store) is not the
             # backend's time.
-            deadline = Deadline.after(self.settings.call_timeout, f"call_timeout {self.settings.call_timeout:g} s")
-            return self._attempts(call, deadline.earliest(budget))
-        except BaseException as error:
+            deadline = Deadline.after(self.settings.call_timeout,
+                                      f"call_timeout {self.settings.call_timeout:g} s").earliest(call.budget)
+
+            def retryable(result: object) -> bool:
+                return (isinstance(result, BackendError) and result.from_transport and not deadline.expired()
+                        and (result.never_sent or call.idempotent))
+
+            backoff = wait_random_exponential(multiplier=0.05, max=1.0)
+            result: list[UpdateOutcome | BackendError] | GatewayError = []
+            for attempt in Retrying(
+                stop=stop_any(stop_after_attempt(self.settings.retry_attempts),
+                              lambda state: deadline.remaining() < 0.01),
+                wait=lambda state: min(backoff(state), deadline.remaining()),
+                retry=retry_if_result(retryable),
+                retry_error_callback=lambda state: state.outcome.result(),
+            ):
+                with attempt:
+                    result = self._attempt(call, deadline)
+                if not attempt.retry_state.outcome.failed:  # (an error nothing expects is raised as it is)
+                    attempt.retry_state.set_result(result)
+            if not isinstance(result, list):
+                call.error = result
+            return result
+        except BaseException as error:  # a gateway bug (or an interrupt): the guards still learn the call ended
             call.error = error
             raise
         finally:
@@ -370,84 +283,66 @@ class Connection:
                 note_failure(guard.name, error, f"the {guard.name.replace('_', ' ')} of connection {self.name!r} "
                              "did not learn how a call ended; the call's outcome stands")
 
-    def breaker_open(self, wait: float | None) -> BackendUnavailable:
-        """The 503 of an open breaker, `wait` seconds before its probe (None: a probe is deciding now)."""
-        wait = self.settings.breaker_reset_seconds if wait is None else wait
-        error = BackendUnavailable(
-            f"The circuit breaker of connection {self.name!r} is open after "
-            f"{self.settings.breaker_failures} consecutive failures; nothing was sent. One probe call goes "
-            f"through in {math.ceil(wait)} s.", connection=self.name, code="breaker-open")
-        error.retry_after = str(max(math.ceil(wait), 1))
-        return error
-
-    def _attempts(self, call: GuardedCall, deadline: Deadline) -> list[UpdateOutcome | BackendError]:
-        def retryable(error: BaseException) -> bool:
-            return (isinstance(error, BackendError) and error.from_transport and not deadline.expired()
-                    and (error.never_sent or call.idempotent))
-
-        backoff = wait_random_exponential(multiplier=0.05, max=1.0)
-        for attempt in Retrying(
-            stop=stop_any(stop_after_attempt(self.settings.retry_attempts),
-                          lambda state: deadline.remaining() < 0.01),
-            wait=lambda state: min(backoff(state), deadline.remaining()),
-            retry=retry_if_exception(retryable),
-            reraise=True,
-        ):
-            with attempt:
-                return self._call(call, deadline)
-        raise AssertionError("unreachable: Retrying either returns or reraises")  # pragma: no cover
-
-    def _call(self, call: GuardedCall, deadline: Deadline) -> list[UpdateOutcome | BackendError]:
-        operation = call.operation
+    def _attempt(self, call: GuardedCall, deadline: Deadline) -> list[UpdateOutcome | BackendError] | GatewayError:
+        """One attempt, in its own span: its outcomes, or the error it ended in (StoreUnavailable: the listener
+        stopped it unsent); counted, logged and journaled once it went out, whatever it ended in."""
+        operation, updates = call.operation, call.updates
         with tracing.span(f"{self.kind} {operation.name}", kind=SpanKind.CLIENT, attributes={
                 "gateway.connection": self.name, "gateway.backend": self.kind, "gateway.operation": operation.name,
-                "gateway.order_count": len(call.updates)}):
-            return self._traced_call(call, deadline)
-
-    def _traced_call(self, call: GuardedCall, deadline: Deadline) -> list[UpdateOutcome | BackendError]:
-        operation, updates = call.operation, call.updates
-        rendered = operation.render(updates, self.credentials)
-        # the trace goes on to the backend: its span is this call's
-        request = replace(rendered, headers={**rendered.headers, **tracing.outbound_headers()})
-        exchange_id = f"exc_{uuid.uuid4().hex}"
-        listener = call.context.listener
-        if listener is not None:
-            listener.attempting(CallAttempt(exchange_id, self.name, operation.name,
-                                            tuple(update.order_id for update in updates), call.idempotent,
-                                            retry=call.sent))
-        call.attempts += 1
-        started, reply, outcome, error_text = time.time(), None, "failed", None
-        try:
-            reply = self.transport.send(request, deadline)
+                "gateway.order_count": len(updates)}):
+            rendered = operation.render(updates, self.credentials)
+            # the trace goes on to the backend: its span is this call's
+            request = replace(rendered, headers={**rendered.headers, **tracing.outbound_headers()})
+            exchange_id = f"exc_{uuid.uuid4().hex}"
+            listener = call.context.listener
+            if listener is not None:
+                try:
+                    listener.attempting(CallAttempt(exchange_id, self.name, operation.name,
+                                                    tuple(update.order_id for update in updates), call.idempotent,
+                                                    retry=call.sent))
+                except StoreUnavailable as error:
+                    return error
+            call.attempts += 1
+            started, reply = time.time(), None
+            result: list[UpdateOutcome | BackendError] | BackendError | None = None
             try:
+                reply = self.transport.send(request, deadline)
                 payload = read_reply(reply, operation.reply_format, self.name,
                                      max_depth=self.settings.max_reply_depth)
-                outcomes = operation.parse(payload, updates)
-            except BackendUnavailable as error:
-                error.retry_after = error.retry_after or valid_retry_after(reply.headers.get("Retry-After"))
-                raise
-            if len(outcomes) != len(updates):
-                raise BackendFailure(f"{operation.name} gave {len(outcomes)} outcomes for {len(updates)} orders.",
-                                     connection=self.name)
-            refusals = [item for item in outcomes if isinstance(item, BackendError)]
-            outcome = "refused" if refusals else "ok"
-            error_text = refusals[0].detail if refusals else None
-            return outcomes
-        except BackendError as error:
-            outcome, error_text = _journal_outcome(error), error.detail
-            raise
-        finally:
-            try:
-                took = time.time() - started
-                metrics.backend_calls.labels(self.name, self.kind, operation.name, outcome).inc()
-                metrics.backend_call_duration.labels(self.name, self.kind, operation.name).observe(took)
-                self._log_call(operation, updates, reply, outcome, took)
-                if self.recorder is not None:
-                    self._record(exchange_id, operation, updates, request, reply, started, outcome, error_text,
-                                 call.context)
-            except Exception as error:  # outcome first: the figures, the log line and the journal are bookkeeping
-                note_failure("call_record", error, f"{operation.name} on connection {self.name!r} was not fully "
-                             "counted, logged or journaled; its outcome stands")
+                result = operation.parse(payload, updates,
+                                         retry_after=valid_retry_after(reply.headers.get("Retry-After")))
+                if len(result) != len(updates):
+                    result = BackendFailure(f"{operation.name} gave {len(result)} outcomes for {len(updates)} "
+                                            "orders.", connection=self.name)
+            except BackendError as error:
+                result = error
+            finally:
+                self._account(call, exchange_id, request, reply, started, result)
+            return result
+
+    def _account(self, call: GuardedCall, exchange_id: str, request: OutboundRequest, reply: BackendReply | None,
+                 started: float, result: list[UpdateOutcome | BackendError] | BackendError | None) -> None:
+        """Count, log and journal an attempt that went out (`result` None: it ended in an error nothing expects);
+        outcome first: what fails here is counted and logged, never raised."""
+        operation, updates = call.operation, call.updates
+        if isinstance(result, list):
+            refusals = [item for item in result if isinstance(item, BackendError)]
+            outcome, error_text = ("refused", refusals[0].detail) if refusals else ("ok", None)
+        elif result is None:
+            outcome, error_text = "failed", None
+        else:
+            outcome, error_text = _journal_outcome(result), result.detail
+        try:
+            took = time.time() - started
+            metrics.backend_calls.labels(self.name, self.kind, operation.name, outcome).inc()
+            metrics.backend_call_duration.labels(self.name, self.kind, operation.name).observe(took)
+            self._log_call(operation, updates, reply, outcome, took)
+            if self.recorder is not None:
+                self._record(exchange_id, operation, updates, request, reply, started, outcome, error_text,
+                             call.context)
+        except Exception as error:  # outcome first: the figures, the log line and the journal are bookkeeping
+            note_failure("call_record", error, f"{operation.name} on connection {self.name!r} was not fully "
+                         "counted, logged or journaled; its outcome stands")
 
     def _log_call(self, operation: Operation, updates: list[OrderUpdate], reply: BackendReply | None, outcome: str,
                   took: float) -> None:

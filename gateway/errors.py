@@ -25,17 +25,20 @@
         ├── BackendRejected           422  the backend refused the update for another stated reason
         ├── BackendFailure            502  SOAP fault, 5xx, unparseable or hostile reply, refused credentials
         ├── BackendUnavailable        503  the backend could not be reached, or its breaker is open
-        │   └── ConnectionBusy        503  the connection's bulkhead or call lock stayed taken; nothing sent
+        │   ├── ConnectionBusy        503  the connection's bulkhead or call lock stayed taken; nothing sent
+        │   └── RateLimited           503  the connection's outbound rate limit left no call in time; nothing sent
         └── BackendTimeout            504  the backend did not answer in time
 
 Every class carries its HTTP status, a problem `type` slug, a `title` and the HTTP headers its reply needs
 (`Retry-After`, `WWW-Authenticate`), so the REST layer turns any of them into one application/problem+json
-shape without knowing which backend or endpoint raised it.
+shape without knowing which backend or endpoint raised it. An error is built whole: what it carries (a
+BackendError's `retry_after`, `from_transport`, `never_sent`) is given to its constructor, never set afterwards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class GatewayError(Exception):
@@ -256,17 +259,17 @@ class BackendError(GatewayError):
     slug = "backend-error"
     title = "Backend error"
 
-    def __init__(self, detail: str, *, connection: str = "", code: str | None = None,
-                 message: str | None = None) -> None:
+    def __init__(self, detail: str, *, connection: str = "", code: str | None = None, message: str | None = None,
+                 retry_after: str | None = None, from_transport: bool = False, never_sent: bool = False) -> None:
         super().__init__(detail)
         self.connection = connection
         self.code = code
         self.message = message
-        #: seconds (or an HTTP date) the client should wait before retrying, when the backend said so
-        self.retry_after: str | None = None
+        #: seconds (or an HTTP date) the client should wait before retrying, when the backend (or a guard) said so
+        self.retry_after = retry_after
         #: raised by the transport (no reply to read), and whether the request provably never reached the backend
-        self.from_transport = False
-        self.never_sent = False
+        self.from_transport = from_transport
+        self.never_sent = never_sent
 
     def reply_headers(self) -> dict[str, str]:
         """Retry-After, when the backend said how long to wait."""
@@ -318,11 +321,19 @@ class BackendUnavailable(BackendError):
 
 
 class ConnectionBusy(BackendUnavailable):
-    """The connection's bulkhead or call lock stayed taken beyond the wait allowed; nothing was sent."""
+    """The connection's bulkhead or call lock stayed taken beyond the wait allowed; nothing was sent. The client
+    may ask again in a second, unless told otherwise."""
 
-    def __init__(self, detail: str, **details: object) -> None:
-        super().__init__(detail, **details)
-        self.retry_after = "1"
+    def __init__(self, detail: str, *, retry_after: str | None = "1", **details: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **details)
+
+
+class RateLimited(BackendUnavailable):
+    """The connection's outbound rate limit (max_calls_per_second) had no call to spare within the wait allowed;
+    nothing was sent. `retry_after` (whole seconds, at least 1) says when the next call may go."""
+
+    def __init__(self, detail: str, *, retry_after: int, **details: Any) -> None:
+        super().__init__(detail, retry_after=str(max(retry_after, 1)), **details)
 
 
 class BackendTimeout(BackendError):

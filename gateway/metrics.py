@@ -8,7 +8,8 @@ scrape. Every directory lies under one metrics root (GATEWAY_METRICS_DIR, by def
 worker's, so one GET /metrics shows the deliveries too. The files are memory-mapped: `FailSafeFigures` makes sure a
 full filesystem under them costs figures, never the process.
 Without it (tests, `flask run`) the figures are the process's own. What the stores know at the moment of a scrape
-(pending deliveries, breaker states) is read then by `CurrentStateCollector`, never kept in files.
+(pending deliveries, breaker states) is read then by the REST layer's `CurrentStateCollector`
+(gateway/rest/metrics.py), never kept in files: this module knows nothing of connections or events.
 No label takes an unbounded value: routes are URL rules, not paths; subscribers and connections come from the
 configuration; no order or request ids.
 """
@@ -25,18 +26,13 @@ import re
 import shutil
 import stat
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess, values
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.mmap_dict import _INITIAL_MMAP_SIZE, MmapedDict
-
-if TYPE_CHECKING:
-    from gateway.connections import Connection
-    from gateway.events.store import EventStore
 
 PREFIX = "order_gateway"
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -179,6 +175,9 @@ bookkeeping_failures = Counter(f"{PREFIX}_bookkeeping_failures_total",
                                "Failures of the bookkeeping around backend calls, which never replace a call's "
                                "outcome, by what failed (breaker_state, call_lock, idempotency_record, "
                                "call_record, or a guard's name).", ("what",))
+guard_refusals = Counter(f"{PREFIX}_guard_refusals_total",
+                         "Calls a connection's guard refused, nothing sent, by connection and guard (breaker, "
+                         "bulkhead, call_lock, rate_limit).", ("connection", "guard"))
 event_deliveries = Counter(f"{PREFIX}_event_deliveries_total",
                            "Attempts to deliver an event, by subscriber and outcome (delivered, failed: to be "
                            "retried, dead).", ("subscriber", "outcome"))
@@ -273,56 +272,6 @@ class _ThisProcess:
     def collect(self) -> Iterable[Metric]:
         """Every metric this process registered."""
         return REGISTRY.collect()
-
-
-class CurrentStateCollector:
-    """Figures read from the stores at each scrape: pending deliveries per subscriber and each connection's breaker
-    state. One that cannot be read is left out of that scrape, counted and logged by its kind only (an error's text
-    may hold a URL)."""
-
-    def __init__(self, store: EventStore, subscribers: Sequence[str], connections: Mapping[str, Connection]) -> None:
-        self.store = store
-        self.subscribers = list(subscribers)
-        self.connections = connections
-
-    def collect(self) -> Iterable[Metric]:
-        """The gauges as the stores answer now."""
-        pending = self._pending()
-        if pending is not None:
-            yield pending
-        yield self._breakers()
-
-    def _pending(self) -> GaugeMetricFamily | None:
-        try:
-            counts = self.store.pending_counts(self.subscribers)
-        except Exception as error:
-            self._unreadable("events_pending", "the event store", error)
-            return None
-        family = GaugeMetricFamily(f"{PREFIX}_events_pending",
-                                   "Deliveries not yet delivered or dead, by subscriber.", labels=("subscriber",))
-        for subscriber in self.subscribers:
-            family.add_metric((subscriber,), counts.get(subscriber, 0))
-        return family
-
-    def _breakers(self) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(f"{PREFIX}_breaker_state",
-                                   "A connection's circuit breaker: 1 for its current state, 0 for the others.",
-                                   labels=("connection", "state"))
-        for name, connection in self.connections.items():
-            try:
-                current = connection.breaker_state()["state"].replace("-", "_")
-            except Exception as error:
-                self._unreadable("breaker_state", f"the breaker of connection {name!r}", error)
-                continue
-            for state in BREAKER_STATES:
-                family.add_metric((name, state), 1.0 if state == current else 0.0)
-        return family
-
-    @staticmethod
-    def _unreadable(figure: str, what: str, error: Exception) -> None:
-        unreadable_figures.labels(figure).inc()
-        log.warning("metrics: %s could not be read (%s); %s is left out of this scrape", what,
-                    type(error).__name__, figure)
 
 
 def exposition(*current: object) -> tuple[bytes, str]:

@@ -2,7 +2,8 @@
 
 HTTP status, media type, parseability and the SOAP envelope (fault or payload) are classified here, next to
 the transport's error mapping (transport.py), and turned into BackendErrors; an operation's `parse` hook gets
-only the payload it understands: the first element inside soap:Body, or a decoded JSON document.
+only the payload it understands: the first element inside soap:Body, or a decoded JSON document (and the reply's
+Retry-After as `valid_retry_after` passes it on, for a refusal of its own that says the backend is overloaded).
 
     a redirect (3xx), never followed                  BackendFailure  502, naming the status and where it
                                                       pointed (host and path: no credentials, query or fragment)
@@ -89,11 +90,9 @@ class _ReplyReader:
         """A BackendFailure, or BackendUnavailable (with Retry-After) when the backend said it is overloaded."""
         status = self.reply.status
         if status in OVERLOADED:
-            error: BackendError = BackendUnavailable(
-                f"The backend is rate limiting or overloaded (HTTP {status}).",
-                connection=self.connection, code=f"HTTP {status}")
-            error.retry_after = valid_retry_after(self.reply.headers.get("Retry-After"))
-            return error
+            return BackendUnavailable(f"The backend is rate limiting or overloaded (HTTP {status}).",
+                                      connection=self.connection, code=f"HTTP {status}",
+                                      retry_after=valid_retry_after(self.reply.headers.get("Retry-After")))
         return BackendFailure(detail, connection=self.connection, code=f"HTTP {status}")
 
     def check_status(self) -> None:

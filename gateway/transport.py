@@ -213,9 +213,8 @@ def map_transport_errors(connection: str, connect_timeout: float, read_timeout: 
                 detail = f"{peer} {_described(error, what)}"
                 if gateway_error is BackendTimeout:
                     detail += _timeout_named(error, connect_timeout, read_timeout)
-                mapped = gateway_error(detail + ".", connection=connection)
-                mapped.from_transport, mapped.never_sent = True, never_sent
-                raise mapped from None
+                raise gateway_error(detail + ".", connection=connection, from_transport=True,
+                                    never_sent=never_sent) from None
         raise  # pragma: no cover - TRANSPORT_ERROR_MAP ends with the base classes
 
 
@@ -440,10 +439,8 @@ class HttpTransport:
         raise AssertionError("unreachable: a connection opened only raises _ConnectionOpened")  # pragma: no cover
 
     def _deadline_passed(self, deadline: Deadline) -> BackendTimeout:
-        error = BackendTimeout(f"{self.peer} did not complete its reply within {deadline.reason}{OUTCOME_UNKNOWN}.",
-                               connection=self.connection)
-        error.from_transport = True
-        return error
+        return BackendTimeout(f"{self.peer} did not complete its reply within {deadline.reason}{OUTCOME_UNKNOWN}.",
+                              connection=self.connection, from_transport=True)
 
     def _exchange(self, request: OutboundRequest, timeouts: tuple[float, float]) -> BackendReply:
         with map_transport_errors(self.connection, *self.timeout, peer=self.peer):

@@ -25,9 +25,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 import sandbox
-from gateway.connections import CallGuard, GuardedCall
 from gateway.coordination.breakers import ConcurrentCircuitBreaker, FallbackBreakerStorage
 from gateway.errors import ConnectionBusy
+from gateway.guards import CallGuard, GuardedCall
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.processes import child_pids, start_gateway, stop, wait_until_serving
 from tests.redis_server import run_redis_server

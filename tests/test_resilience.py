@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.errors import BackendFailure, BackendUnavailable
 from gateway.replies import valid_retry_after
@@ -178,6 +179,12 @@ def test_a_bulk_that_runs_out_of_budget_stops_sending_and_reports_every_item(mak
             assert "request_timeout 1 s" in result["body"]["detail"]
 
 
+def guard_refusals(connection: str, guard: str) -> float:
+    """The calls of `connection` that `guard` refused, as counted so far."""
+    return REGISTRY.get_sample_value("order_gateway_guard_refusals_total",
+                                     {"connection": connection, "guard": guard}) or 0.0
+
+
 # --- bulkhead ------------------------------------------------------------------------------------------------
 
 def test_the_bulkhead_bounds_calls_in_flight_and_answers_503_beyond_it(make_gateway, server):
@@ -192,6 +199,7 @@ def test_the_bulkhead_bounds_calls_in_flight_and_answers_503_beyond_it(make_gate
     config = gateway_config(s=speed4trade_connection(f"http://127.0.0.1:{fake.port}/", read_timeout=10,
                                                      max_concurrent_calls=2, queue_timeout=0.2))
     app = make_gateway(config)
+    before = guard_refusals("s", "bulkhead")
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(app.test_client().patch, f"/orders/1000{n}", json={"status": "fetched"})
                    for n in range(4)]
@@ -206,6 +214,7 @@ def test_the_bulkhead_bounds_calls_in_flight_and_answers_503_beyond_it(make_gate
         assert answer.get_json()["backend"]["code"] == "bulkhead-full"
         assert answer.headers["Retry-After"] == "1"
     assert fake.max_in_flight == 2
+    assert guard_refusals("s", "bulkhead") == before + 2
 
 
 # --- circuit breaker -----------------------------------------------------------------------------------------
@@ -225,11 +234,13 @@ def test_the_breaker_opens_after_consecutive_failures_fails_fast_then_probes(mak
     for _ in range(3):
         assert client.patch("/orders/SO-1001", json={"status": "released"}).status_code == 502
     assert fake.requests == 3
+    before = guard_refusals("o", "breaker")
     fast = client.patch("/orders/SO-1001", json={"status": "released"})
     assert fast.status_code == 503
     assert fast.get_json()["backend"]["code"] == "breaker-open"
     assert fast.headers["Retry-After"] == "1"
     assert fake.requests == 3, "an open breaker sends nothing"
+    assert guard_refusals("o", "breaker") == before + 1, "the refusal is counted under the guard's name"
     time.sleep(0.6)
     healthy.set()
     probe = client.patch("/orders/SO-1001", json={"status": "released"})
@@ -266,9 +277,7 @@ class ScriptedTransport:
 
 
 def transport_error(error_class, *, never_sent: bool):
-    error = error_class("scripted", connection="o")
-    error.from_transport, error.never_sent = True, never_sent
-    return error
+    return error_class("scripted", connection="o", from_transport=True, never_sent=never_sent)
 
 
 S4T_OK = BackendReply(200, {"Content-Type": "text/xml"}, (

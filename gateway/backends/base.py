@@ -81,8 +81,11 @@ class Operation(abc.ABC):
         """Translate checked canonical updates (at most `call_size`) into one wire request."""
 
     @abc.abstractmethod
-    def parse(self, payload: Any, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
-        """One outcome or error per update, in order; raises a BackendError when the whole call failed."""
+    def parse(self, payload: Any, updates: Sequence[OrderUpdate], *,
+              retry_after: str | None = None) -> list[UpdateOutcome | BackendError]:
+        """One outcome or error per update, in order; raises a BackendError when the whole call failed.
+        `retry_after` is the reply's Retry-After (valid, else None), for a refusal that says the backend is
+        overloaded (503 with Retry-After)."""
 
 
 class Backend(abc.ABC):

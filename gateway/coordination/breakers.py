@@ -341,6 +341,13 @@ class ConcurrentCircuitBreaker(pybreaker.CircuitBreaker):
             return None
         return self._left(self._state_storage.opened_at)
 
+    def snapshot(self) -> tuple[str, int, float | None]:
+        """The state, the consecutive failures and the seconds until a probe (None: calls go through now), for
+        health views and metrics: the shared state read once."""
+        state = self.current_state
+        wait = self._left(self._state_storage.opened_at) if state == pybreaker.STATE_OPEN else None
+        return state, self.fail_counter, wait
+
     def admit(self) -> bool:
         """Let a call through, or raise BreakerOpen; True when the call is the probe of a half-open breaker (it
         then holds this process's probe until its outcome is recorded or it is withdrawn)."""

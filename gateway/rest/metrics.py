@@ -5,14 +5,23 @@ The scope metrics:read protects it unless [gateway] open_metrics says a scraper 
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway import metrics
 from gateway.rest.openapi import documented
 
+if TYPE_CHECKING:
+    from gateway.connections import Connection
+    from gateway.events.store import EventStore
+
 blueprint = Blueprint("metrics", __name__)
+log = logging.getLogger("gateway.metrics")
 UNMATCHED_ROUTE = "unmatched"  # a path no route serves: one label, however many such paths are asked for
 
 
@@ -33,6 +42,56 @@ def _count_request(response: Response) -> Response:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+class CurrentStateCollector:
+    """Figures read from the stores at each scrape: pending deliveries per subscriber and each connection's breaker
+    state. One that cannot be read is left out of that scrape, counted and logged by its kind only (an error's text
+    may hold a URL)."""
+
+    def __init__(self, store: EventStore, subscribers: Sequence[str], connections: Mapping[str, Connection]) -> None:
+        self.store = store
+        self.subscribers = list(subscribers)
+        self.connections = connections
+
+    def collect(self) -> Iterable[Metric]:
+        """The gauges as the stores answer now."""
+        pending = self._pending()
+        if pending is not None:
+            yield pending
+        yield self._breakers()
+
+    def _pending(self) -> GaugeMetricFamily | None:
+        try:
+            counts = self.store.pending_counts(self.subscribers)
+        except Exception as error:
+            self._unreadable("events_pending", "the event store", error)
+            return None
+        family = GaugeMetricFamily(f"{metrics.PREFIX}_events_pending",
+                                   "Deliveries not yet delivered or dead, by subscriber.", labels=("subscriber",))
+        for subscriber in self.subscribers:
+            family.add_metric((subscriber,), counts.get(subscriber, 0))
+        return family
+
+    def _breakers(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(f"{metrics.PREFIX}_breaker_state",
+                                   "A connection's circuit breaker: 1 for its current state, 0 for the others.",
+                                   labels=("connection", "state"))
+        for name, connection in self.connections.items():
+            try:
+                current = connection.breaker_state()["state"].replace("-", "_")
+            except Exception as error:
+                self._unreadable("breaker_state", f"the breaker of connection {name!r}", error)
+                continue
+            for state in metrics.BREAKER_STATES:
+                family.add_metric((name, state), 1.0 if state == current else 0.0)
+        return family
+
+    @staticmethod
+    def _unreadable(figure: str, what: str, error: Exception) -> None:
+        metrics.unreadable_figures.labels(figure).inc()
+        log.warning("metrics: %s could not be read (%s); %s is left out of this scrape", what,
+                    type(error).__name__, figure)
+
+
 def init_app(app: Flask) -> None:
     """Count every request; registered first, so its reply hook runs last and sees the final status."""
     app.before_request(_start_clock)
@@ -49,7 +108,7 @@ def show_metrics():
     """Requests, backend calls, webhooks, Idempotency-Key replays, journal failures and the event worker's
     deliveries, summed over the processes; pending deliveries and breaker states as the stores say now."""
     events = current_app.extensions["order_events"]
-    current = metrics.CurrentStateCollector(events.store, list(events.settings.subscribers),
+    current = CurrentStateCollector(events.store, list(events.settings.subscribers),
                                             current_app.extensions["order_gateway"].by_name)
     body, media_type = metrics.exposition(current)
     return Response(body, status=200, headers={"Content-Type": media_type})

@@ -67,7 +67,8 @@ class ProcessOrderRemove(Operation):
         check_rendered_document(envelope, XSD_PATH, "ProcessOrder")
         return soap_request(self.settings.url, self.name, envelope)
 
-    def parse(self, payload: etree._Element, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+    def parse(self, payload: etree._Element, updates: Sequence[OrderUpdate], *,
+              retry_after: str | None = None) -> list[UpdateOutcome | BackendError]:
         """ProcessOrderResult (Success, ErrorMessage or Message, OrderId) of the one order."""
         success, message, backend_order_id = read_result(payload, self.name, self.backend)
         if success:

@@ -136,7 +136,8 @@ class UpdateOrder(Operation):
         check_rendered_document(envelope, XSD_PATH, "UpdateOrder")
         return soap_request(self.settings.url, self.name, envelope)
 
-    def parse(self, payload: etree._Element, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+    def parse(self, payload: etree._Element, updates: Sequence[OrderUpdate], *,
+              retry_after: str | None = None) -> list[UpdateOutcome | BackendError]:
         """UpdateOrderResult (Success, Message, OrderId) of the one order; refusals mapped by their patterns."""
         success, message, backend_order_id = read_result(payload, self.name, self.backend)
         if success:

@@ -119,7 +119,7 @@ class UpdateOrderInformation(Operation):
             body=json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
         )
 
-    def _whole_call_error(self, head: dict) -> BackendError:
+    def _whole_call_error(self, head: dict, retry_after: str | None) -> BackendError:
         code, message = _error_code(head), str(head.get("ErrorMessage") or "")
         details = {"connection": self.backend.name, "code": code, "message": message or None}
         if code in ("E007", "E009"):
@@ -128,8 +128,9 @@ class UpdateOrderInformation(Operation):
         if code in ("E003", "E004"):
             return BackendFailure(f"SellerCenter refused the request's timestamp; check the gateway's clock: {message}",
                                   **details)
-        if code == "E429":  # the connection adds the reply's Retry-After
-            return BackendUnavailable(f"SellerCenter's rate limit was reached: {message}", **details)
+        if code == "E429":
+            return BackendUnavailable(f"SellerCenter's rate limit was reached: {message}", retry_after=retry_after,
+                                      **details)
         return BackendFailure(f"SellerCenter refused the call ({code}): {message}", **details)
 
     def _item_error(self, item: dict) -> BackendError:
@@ -137,7 +138,8 @@ class UpdateOrderInformation(Operation):
         return self.backend.refusal_by_message(str(item.get("ErrorMessage") or ""),
                                                None if code is None else str(code))
 
-    def parse(self, payload: Any, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+    def parse(self, payload: Any, updates: Sequence[OrderUpdate], *,
+              retry_after: str | None = None) -> list[UpdateOutcome | BackendError]:
         """All updated, some failed (by 0-based Position), or the whole call refused (raised)."""
         name = self.backend.name
         if not isinstance(payload, dict) or not ({"SuccessResponse", "ErrorResponse"} & payload.keys()):
@@ -149,7 +151,7 @@ class UpdateOrderInformation(Operation):
         response = payload["ErrorResponse"] if isinstance(payload["ErrorResponse"], dict) else {}
         head = response.get("Head") if isinstance(response.get("Head"), dict) else {}
         if str(head.get("ErrorCode", "")).strip() != "0":
-            raise self._whole_call_error(head)
+            raise self._whole_call_error(head, retry_after)
         body = response.get("Body")
         items = body.get(ACTION) if isinstance(body, dict) else None
         if not isinstance(items, list):

@@ -206,7 +206,8 @@ class UpdateOrderStatus(Operation):
         details = {"connection": self.backend.name, "code": str(code), "message": description}
         return BackendFailure(f"The backend sent an undocumented positive return code {code}.", **details)
 
-    def parse(self, payload: etree._Element, updates: Sequence[OrderUpdate]) -> list[UpdateOutcome | BackendError]:
+    def parse(self, payload: etree._Element, updates: Sequence[OrderUpdate], *,
+              retry_after: str | None = None) -> list[UpdateOutcome | BackendError]:
         """One report per order, matched by position; a reply with another number of reports fails the call."""
         reports = self.read_reports(payload)
         if len(reports) != len(updates):
