@@ -7,6 +7,7 @@ from gateway.rest import (
     auth,
     common,
     docs,
+    endpoints,
     events,
     exchanges,
     health,
@@ -51,3 +52,5 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(exchanges.blueprint)
+    # Flask's own static route: the gateway has no static folder, so a known caller gets a 404
+    endpoints.declare_route(app, "static", auth.Policy(auth.KNOWN, connection_data=False))
