@@ -34,18 +34,40 @@ def scrub_json_reply(response: Response) -> Response:
     return response
 
 
+def begin_request() -> None:
+    """Begin serving a request, before anything can log or read it: its span (the caller's trace continued, or a
+    new one), its log fields (which name the trace), its time budget's clock, and the refusal of a body BoundedBody
+    flagged (413) or could not read (400)."""
+    traces.start_server_span()
+    request_ids.start_request_log()
+    common.request_budget()
+    limits.refuse_oversized_body()
+
+
+def finish_reply(response: Response) -> Response:
+    """Finish every reply: the last scrub of a JSON one, the request id echoed, the connection closed after a body
+    that was not read to its end, and the status noted on the request's span."""
+    return traces.note_status(limits.close_after_cut_off_body(request_ids.echo_request_id(scrub_json_reply(response))))
+
+
+def end_request(error: BaseException | None = None) -> None:
+    """Once the request is answered: forget its log fields, then end its span."""
+    request_ids.end_request_log(error)
+    traces.end_server_span(error)
+
+
 def init_app(app: Flask) -> None:
-    """Attach the REST layer to the app."""
+    """Attach the REST layer to the app: the metrics' clock and count around everything (registered first, their
+    reply hook runs last and sees the final status), then the request's beginning, its caller, and its reply's
+    finish."""
     metrics.init_app(app)
-    traces.init_app(app)
-    request_ids.init_logging(app)
-    app.before_request(common.start_request_budget)
     limits.init_app(app)
+    app.before_request(begin_request)
+    app.teardown_request(end_request)
     auth.init_app(app, app.config["GATEWAY_SETTINGS"])
     idempotency.init_app(app)
-    request_ids.init_app(app)
     problems.init_app(app)
-    app.after_request(scrub_json_reply)
+    app.after_request(finish_reply)
     app.register_blueprint(orders.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(events.blueprint)

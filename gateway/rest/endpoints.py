@@ -29,6 +29,7 @@ from typing import Any
 from flask import Flask, Response, current_app
 from marshmallow import Schema, ValidationError
 
+from gateway import logs
 from gateway.canonical import flatten_errors
 from gateway.errors import ValidationFailed
 from gateway.rest.auth import DECLARATION_ATTRIBUTE as ATTRIBUTE
@@ -77,6 +78,8 @@ class Declaration:
     idempotent: bool = False
     #: the view loads its query and body itself, through its `arguments`, after checks of its own
     deferred: bool = False
+    #: (path arguments) -> the request's log fields, noted before anything is read
+    log_fields: Callable[..., dict[str, Any]] | None = None
     #: (schema class) -> instance, made once
     _schemas: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -155,11 +158,12 @@ def endpoint(method: str, path: str, summary: str, *, tags: list[str], policy: P
              query: type[QuerySchema] | None, body: type[Schema] | dict | None = None,
              load_body: Callable[..., Any] | None = None, reply: type[Schema] | OneOf | dict | None = None,
              replies: Mapping[int, str], idempotent: bool = False, deferred: bool = False,
-             **details: Any) -> Callable:
+             log_fields: Callable[..., dict[str, Any]] | None = None, **details: Any) -> Callable:
     """Declare an API operation: `policy` (who may call it), `query` (its QuerySchema; None: it reads none and any
     given is ignored), `body` (its schema, loaded by `load_body(document, **path)` when given), `reply` (the
     schema its result is dumped through, documented for each of `replies`, status -> description), and
-    `idempotent` (it honours Idempotency-Key: the view gets the `listener` its backend calls are noted on).
+    `idempotent` (it honours Idempotency-Key: the view gets the `listener` its backend calls are noted on), and
+    `log_fields` (what its path arguments add to the request's log fields, refused or not).
     The view is called with its path arguments, `query` and `body` (or, `deferred`, with `arguments` to load
     them itself); `details` are the OpenAPI document's (parameters, problems, security, examples, ...)."""
     def declare(view: Callable) -> Callable:
@@ -168,11 +172,13 @@ def endpoint(method: str, path: str, summary: str, *, tags: list[str], policy: P
             path=path, method=method.lower(), summary=summary, description=(view.__doc__ or "").strip(), tags=tags,
             body=body, replies={status: (text, documented_reply) for status, text in replies.items()}, **details)
         declaration = Declaration(policy=policy, operation=operation, query=query, body=body, load_body=load_body,
-                                  reply=reply, idempotent=idempotent, deferred=deferred)
+                                  reply=reply, idempotent=idempotent, deferred=deferred, log_fields=log_fields)
         OPERATIONS.append(operation)
 
         @functools.wraps(view)
         def serve(**path_arguments: Any) -> Response:
+            if log_fields is not None:
+                logs.note(**log_fields(**path_arguments))
             arguments = Arguments(declaration, path_arguments)
             key = read_key() if idempotent else None
             if deferred:

@@ -195,7 +195,6 @@ def close_after_cut_off_body(response: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    """Bound bodies in front of the app and refuse flagged ones in it."""
+    """Bound bodies in front of the app (the app refuses flagged ones: refuse_oversized_body, when each request
+    begins, and close_after_cut_off_body, when its reply is finished; gateway/rest/__init__.py)."""
     app.wsgi_app = BoundedBody(app.wsgi_app, app.config["GATEWAY_SETTINGS"].max_body_bytes)
-    app.before_request(refuse_oversized_body)
-    app.after_request(close_after_cut_off_body)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Response, g, request
 
 from gateway import logs, tracing
 
@@ -23,7 +23,8 @@ def current_request_id() -> str:
     return request_id
 
 
-def _echo_request_id(response: Response) -> Response:
+def echo_request_id(response: Response) -> Response:
+    """The reply with the request's id on it."""
     response.headers[HEADER] = current_request_id()
     return response
 
@@ -37,14 +38,3 @@ def start_request_log() -> None:
 def end_request_log(error: BaseException | None = None) -> None:
     """Forget the request's log fields once it is answered."""
     logs.end_request()
-
-
-def init_app(app: Flask) -> None:
-    """Make every reply carry the request id."""
-    app.after_request(_echo_request_id)
-
-
-def init_logging(app: Flask) -> None:
-    """Give every request its log fields, before anything else can log."""
-    app.before_request(start_request_log)
-    app.teardown_request(end_request_log)
