@@ -1,8 +1,9 @@
 """The REST layer: body limits, request ids, trace context, problem+json errors, metrics, the order endpoints,
 webhooks, events, the API docs, and the last scrub of every JSON reply."""
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 
+from gateway import logs, tracing
 from gateway.rest import (
     auth,
     common,
@@ -24,35 +25,36 @@ from gateway.rest import (
 SCRUBBED_MEDIA_TYPES = frozenset({"application/json", problems.PROBLEM_MEDIA_TYPE})
 
 
-def scrub_json_reply(response: Response) -> Response:
-    """Mask any secret a JSON reply still holds (a backend's success message echoing it, say)."""
-    if response.mimetype in SCRUBBED_MEDIA_TYPES and not response.direct_passthrough:
-        data = response.get_data()
-        clean = problems.scrubber().scrub_bytes(data)
-        if clean is not data and clean != data:
-            response.set_data(clean)
-    return response
-
-
 def begin_request() -> None:
     """Begin serving a request, before anything can log or read it: its span (the caller's trace continued, or a
     new one), its log fields (which name the trace), its time budget's clock, and the refusal of a body BoundedBody
     flagged (413) or could not read (400)."""
     traces.start_server_span()
-    request_ids.start_request_log()
+    # the request's log fields: records made while serving it carry them, and so does its access line
+    request.environ[logs.ENVIRON_KEY] = logs.start_request(request_id=request_ids.current_request_id(),
+                                                           trace_id=tracing.current_trace_id())
     common.request_budget()
     limits.refuse_oversized_body()
 
 
 def finish_reply(response: Response) -> Response:
-    """Finish every reply: the last scrub of a JSON one, the request id echoed, the connection closed after a body
-    that was not read to its end, and the status noted on the request's span."""
-    return traces.note_status(limits.close_after_cut_off_body(request_ids.echo_request_id(scrub_json_reply(response))))
+    """Finish every reply: the last scrub of a JSON one (a backend's success message may echo a secret), the request
+    id echoed, the connection closed after a body that was not read to its end, and the status noted on the
+    request's span."""
+    if response.mimetype in SCRUBBED_MEDIA_TYPES and not response.direct_passthrough:
+        data = response.get_data()
+        clean = problems.scrubber().scrub_bytes(data)
+        if clean is not data and clean != data:
+            response.set_data(clean)
+    response.headers[request_ids.HEADER] = request_ids.current_request_id()
+    if request.environ.get(limits.CUT_OFF):  # the connection is unusable after a body refused or not read to its end
+        response.headers["Connection"] = "close"
+    return traces.note_status(response)
 
 
 def end_request(error: BaseException | None = None) -> None:
     """Once the request is answered: forget its log fields, then end its span."""
-    request_ids.end_request_log(error)
+    logs.end_request()
     traces.end_server_span(error)
 
 

@@ -56,12 +56,6 @@ class Policy:
     connection_data: bool = field(kw_only=True)
     dry_run_scopes: tuple[str, ...] = field(default=(), kw_only=True)
 
-    def scopes_for(self, query: Mapping[str, Any]) -> tuple[str, ...]:
-        """The scopes of which the caller needs one for a request with this (loaded) query."""
-        if not isinstance(self.access, tuple):
-            raise TypeError(f"a policy of access {self.access!r} names no scopes")
-        return (*self.access, *self.dry_run_scopes) if query.get("dry_run") else self.access
-
 
 DOCS = OpenWhen("open_docs")
 METRICS = OpenWhen("open_metrics", ("metrics:read",))
@@ -226,7 +220,8 @@ def require_connection(name: str) -> None:
 def authorize(connection: str, query: Mapping[str, Any]) -> None:
     """403 unless the caller has the scope its endpoint's policy asks of a request with this query (a dry run's
     may be fewer), and may use `connection`."""
-    require_scope(*policy_of_view(current_app.view_functions.get(request.endpoint)).scopes_for(query))
+    policy = policy_of_view(current_app.view_functions.get(request.endpoint))
+    require_scope(*policy.access, *(policy.dry_run_scopes if query.get("dry_run") else ()))
     require_connection(connection)
 
 

@@ -37,7 +37,7 @@ from gateway.rest.auth import Policy
 from gateway.rest.common import read_json_body
 from gateway.rest.idempotency import body_fingerprint, fingerprint, read_key, run_idempotently
 from gateway.rest.openapi import OPERATIONS, DocumentedOperation
-from gateway.rest.queries import QuerySchema, read_query
+from gateway.rest.queries import IgnoredQuery, QuerySchema, read_query
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,13 @@ class OneOf:
     def __init__(self, *choices: tuple[type, type[Schema]]) -> None:
         object.__setattr__(self, "choices", choices)
 
-    def schema_for(self, value: Any) -> type[Schema]:
-        """The schema of this value's type."""
-        for kind, schema in self.choices:
-            if isinstance(value, kind):
-                return schema
-        raise TypeError(f"no reply schema for a {type(value).__name__}")
-
     def document(self) -> dict:
         """The reply's schema in the OpenAPI document."""
         return {"oneOf": [schema for _, schema in self.choices]}
+
+
+#: the key of `Declaration.dumpers` whose schema dumps a result of any type
+ANY_TYPE = object
 
 
 @dataclass(frozen=True)
@@ -69,26 +66,18 @@ class Declaration:
     policy: Policy
     #: None: no API operation (a page, an asset), absent from the OpenAPI document
     operation: DocumentedOperation | None = None
-    query: type[QuerySchema] | None = None
-    #: the body's documented schema (a marshmallow Schema loads it unless `load_body` is given); None: no body
+    query: type[QuerySchema] = IgnoredQuery
+    #: the body's documented schema; None: the endpoint takes no body
     body: type[Schema] | dict | None = None
-    #: the body's loader: (document, the view's path arguments) -> what the view gets as `body`
+    #: (document, **path arguments) -> what the view gets as `body`; None: the document itself
     load_body: Callable[..., Any] | None = None
-    reply: type[Schema] | OneOf | dict | None = None
+    #: the type of a view's result -> the schema that dumps it (ANY_TYPE: whatever the type)
+    dumpers: Mapping[type, Schema] = field(default_factory=dict)
     idempotent: bool = False
     #: the view loads its query and body itself, through its `arguments`, after checks of its own
     deferred: bool = False
-    #: (path arguments) -> the request's log fields, noted before anything is read
-    log_fields: Callable[..., dict[str, Any]] | None = None
-    #: (schema class) -> instance, made once
-    _schemas: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def schema(self, schema: type[Schema]) -> Schema:
-        """One instance of `schema`, kept (marshmallow schemas are reusable)."""
-        instance = self._schemas.get(schema)
-        if instance is None:
-            instance = self._schemas[schema] = schema()
-        return instance
+    #: log field -> the path argument it lists, noted before anything is read
+    log_fields: Mapping[str, str] = field(default_factory=dict)
 
 
 def declaration_of(view: Callable | None) -> Declaration | None:
@@ -96,108 +85,107 @@ def declaration_of(view: Callable | None) -> Declaration | None:
     return getattr(view, ATTRIBUTE, None)
 
 
+def read_body(declaration: Declaration, path: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(the parsed document, what the view gets): the body read as bounded JSON (415, 400), then loaded as
+    declared (422 naming each field path)."""
+    document = read_json_body()
+    if declaration.load_body is None:  # a document the view validates (a webhook: by its backend's own rules)
+        return document, document
+    try:
+        return document, declaration.load_body(document, **path)
+    except ValidationError as error:
+        raise ValidationFailed(flatten_errors(error.messages)) from None
+
+
 class Arguments:
-    """A request's query and body, loaded as its declaration says, each once, when first asked for."""
+    """A deferred view's query and body, loaded as its declaration says when it asks for them."""
 
     def __init__(self, declaration: Declaration, path: Mapping[str, Any]) -> None:
         self.declaration, self.path = declaration, path
-        self._query: dict[str, Any] | None = None
-        self._document: Any = None
-        self._body: Any = None
-        self._body_loaded = False
 
     def query(self) -> dict[str, Any]:
         """The query loaded by the declared schema; 422 naming each wrong parameter."""
-        if self._query is None:
-            schema = self.declaration.query
-            self._query = {} if schema is None else read_query(schema)
-        return self._query
+        return read_query(self.declaration.query)
 
     def body(self) -> Any:
-        """The body read as bounded JSON (415, 400) and loaded by the declared loader or schema (422)."""
-        if not self._body_loaded:
-            declaration = self.declaration
-            self._document = document = read_json_body()
-            try:
-                if declaration.load_body is not None:
-                    self._body = declaration.load_body(document, **self.path)
-                elif isinstance(declaration.body, type) and issubclass(declaration.body, Schema):
-                    self._body = declaration.schema(declaration.body).load(document)
-                else:  # a document the view validates (a webhook: by its backend's own rules)
-                    self._body = document
-            except ValidationError as error:
-                raise ValidationFailed(flatten_errors(error.messages)) from None
-            self._body_loaded = True
-        return self._body
-
-    def fingerprint(self) -> str:
-        """The request's Idempotency-Key fingerprint, of the same parsed body the view gets."""
-        if self.declaration.body is None:
-            return fingerprint()
-        return body_fingerprint(self._document)
+        """The body read as bounded JSON (415, 400) and loaded as declared (422)."""
+        return read_body(self.declaration, self.path)[1]
 
 
 def _reply(declaration: Declaration, result: Any) -> Response:
     """The view's result as a reply: a Response as it is; otherwise a value (or value, status) dumped through the
-    reply schema."""
+    reply schema of its type."""
     if isinstance(result, Response):
         return result
     value, status = result if isinstance(result, tuple) else (result, None)
-    reply = declaration.reply
-    schema = reply.schema_for(value) if isinstance(reply, OneOf) else reply
-    if not (isinstance(schema, type) and issubclass(schema, Schema)):
-        raise TypeError(f"{declaration.operation and declaration.operation.summary!r} returned a value but declares "
-                        "no reply schema to dump it")
-    response = current_app.json.response(declaration.schema(schema).dump(value))
+    dumpers = declaration.dumpers
+    schema = dumpers.get(type(value)) or dumpers.get(ANY_TYPE)
+    if schema is None:
+        raise TypeError(f"{declaration.operation.summary!r} declares no reply schema for a {type(value).__name__}")
+    response = current_app.json.response(schema.dump(value))
     if status is not None:
         response.status_code = status
     return response
 
 
-def endpoint(method: str, path: str, summary: str, *, tags: list[str], policy: Policy,
-             query: type[QuerySchema] | None, body: type[Schema] | dict | None = None,
-             load_body: Callable[..., Any] | None = None, reply: type[Schema] | OneOf | dict | None = None,
-             replies: Mapping[int, str], idempotent: bool = False, deferred: bool = False,
-             log_fields: Callable[..., dict[str, Any]] | None = None, **details: Any) -> Callable:
-    """Declare an API operation: `policy` (who may call it), `query` (its QuerySchema; None: it reads none and any
-    given is ignored), `body` (its schema, loaded by `load_body(document, **path)` when given), `reply` (the
-    schema its result is dumped through, documented for each of `replies`, status -> description), and
-    `idempotent` (it honours Idempotency-Key: the view gets the `listener` its backend calls are noted on), and
-    `log_fields` (what its path arguments add to the request's log fields, refused or not).
-    The view is called with its path arguments, `query` and `body` (or, `deferred`, with `arguments` to load
-    them itself); `details` are the OpenAPI document's (parameters, problems, security, examples, ...)."""
+def endpoint(method: str, path: str, summary: str, *, tags: list[str], policy: Policy, query: type[QuerySchema],
+             body: type[Schema] | dict | None = None, load_body: Callable[..., Any] | None = None,
+             reply: type[Schema] | OneOf | dict | None = None, replies: Mapping[int, str], idempotent: bool = False,
+             deferred: bool = False, log_fields: Mapping[str, str] | None = None,
+             **details: Any) -> Callable:
+    """Declare an API operation: `policy` (who may call it), `query` (its QuerySchema: NoQuery when it takes none,
+    IgnoredQuery when it reads none and ignores any given), `body` (its schema, which loads it unless
+    `load_body(document, **path)` is given), `reply` (what its result is dumped through, documented for each of
+    `replies`, status -> description), `idempotent` (it honours Idempotency-Key: the view gets the `listener` its
+    backend calls are noted on), and `log_fields` (log field -> the path argument it lists in the request's log
+    fields, refused or not). The view is called with its path arguments, `query` and `body` (or, `deferred`, with
+    `arguments` to load them itself); `details` are the OpenAPI document's (parameters, problems, security,
+    examples, ...)."""
+    if deferred and idempotent:
+        raise TypeError("an idempotent endpoint loads its body before the view: its fingerprint is of that body")
+    if load_body is None and isinstance(body, type) and issubclass(body, Schema):
+        load_body = body().load
+    if isinstance(reply, OneOf):
+        dumpers, documented_reply = {kind: schema() for kind, schema in reply.choices}, reply.document()
+    elif isinstance(reply, type) and issubclass(reply, Schema):
+        dumpers, documented_reply = {ANY_TYPE: reply()}, reply
+    else:  # documented only: the view returns its own Response
+        dumpers, documented_reply = {}, reply
+
     def declare(view: Callable) -> Callable:
-        documented_reply = reply.document() if isinstance(reply, OneOf) else reply
         operation = DocumentedOperation(
             path=path, method=method.lower(), summary=summary, description=(view.__doc__ or "").strip(), tags=tags,
             body=body, replies={status: (text, documented_reply) for status, text in replies.items()}, **details)
         declaration = Declaration(policy=policy, operation=operation, query=query, body=body, load_body=load_body,
-                                  reply=reply, idempotent=idempotent, deferred=deferred, log_fields=log_fields)
+                                  dumpers=dumpers, idempotent=idempotent, deferred=deferred,
+                                  log_fields=log_fields or {})
         OPERATIONS.append(operation)
 
         @functools.wraps(view)
         def serve(**path_arguments: Any) -> Response:
-            if log_fields is not None:
-                logs.note(**log_fields(**path_arguments))
-            arguments = Arguments(declaration, path_arguments)
+            for log_field, argument in declaration.log_fields.items():
+                logs.note(**{log_field: [path_arguments[argument]]})
             key = read_key() if idempotent else None
             if deferred:
-                given: dict[str, Any] = {"arguments": arguments}
+                given: dict[str, Any] = {"arguments": Arguments(declaration, path_arguments)}
             else:
-                given = {"query": arguments.query()}
+                given = {"query": read_query(query)}
                 if body is not None:
-                    given["body"] = arguments.body()
+                    document, given["body"] = read_body(declaration, path_arguments)
             if not idempotent:
                 return _reply(declaration, view(**path_arguments, **given))
-            if key is None or arguments.query().get("dry_run"):
+            if key is None or given["query"].get("dry_run"):  # a dry run sends nothing: no reply to keep
                 return _reply(declaration, view(**path_arguments, **given, listener=None))
-            return run_idempotently(key, arguments.fingerprint(), lambda listener: _reply(
+            # the fingerprint is of the same parsed document the view gets
+            print_ = fingerprint() if body is None else body_fingerprint(document)
+            return run_idempotently(key, print_, lambda listener: _reply(
                 declaration, view(**path_arguments, **given, listener=listener)))
 
         setattr(serve, ATTRIBUTE, declaration)
         return serve
 
     return declare
+
 
 
 def undocumented(policy: Policy) -> Callable:

@@ -94,34 +94,29 @@ def read_key() -> str | None:
 def fingerprint() -> str:
     """What makes two requests the same request: method, path, query (without dry_run) and the body's JSON, read
     from the raw body (an endpoint that declares no body: whatever was sent tells two requests apart)."""
-    return request_fingerprint(request.method, request.path, _query(), request.get_data(cache=True))
+    query = sorted((name, value) for name, value in request.args.items(multi=True) if name != "dry_run")
+    return request_fingerprint(request.method, request.path, query, request.get_data(cache=True))
 
 
 def body_fingerprint(document: Any) -> str:
     """The fingerprint of this request, whose body its endpoint parsed into `document`: the same as fingerprint()
-    gives for the raw body (the canonical form of the body's JSON), without parsing it again."""
-    return _fingerprint(request.method, request.path, _query(), _canonical(document))
-
-
-def _query() -> list[tuple[str, str]]:
-    return sorted((name, value) for name, value in request.args.items(multi=True) if name != "dry_run")
-
-
-def _canonical(document: Any) -> str:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    gives for the raw body (the same canonical form of its JSON), without parsing it again."""
+    query = sorted((name, value) for name, value in request.args.items(multi=True) if name != "dry_run")
+    return _digest(request.method, request.path, query,
+                   json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
 
 def request_fingerprint(method: str, path: str, query: list[tuple[str, str]], raw: bytes) -> str:
     """The fingerprint of a request given by its parts (the console's redelivery is the API's, so it has its
     fingerprint)."""
     try:
-        body = _canonical(json.loads(raw))
+        body = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (ValueError, RecursionError):
         body = raw.decode("utf-8", "replace")  # the view refuses it; its fingerprint still tells it apart
-    return _fingerprint(method, path, query, body)
+    return _digest(method, path, query, body)
 
 
-def _fingerprint(method: str, path: str, query: list[tuple[str, str]], body: str) -> str:
+def _digest(method: str, path: str, query: list[tuple[str, str]], body: str) -> str:
     text = json.dumps([method, path, query, body], ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, current_app, request
 
 from gateway.deadlines import WATCHDOG
 from gateway.errors import MalformedRequest, PayloadTooLarge
@@ -187,14 +187,7 @@ def refuse_oversized_body() -> None:
             "gateway accepts.")
 
 
-def close_after_cut_off_body(response: Response) -> Response:
-    """A body refused or not read to its end leaves the connection unusable: close it after the reply."""
-    if request.environ.get(CUT_OFF):
-        response.headers["Connection"] = "close"
-    return response
-
-
 def init_app(app: Flask) -> None:
-    """Bound bodies in front of the app (the app refuses flagged ones: refuse_oversized_body, when each request
-    begins, and close_after_cut_off_body, when its reply is finished; gateway/rest/__init__.py)."""
+    """Bound bodies in front of the app (the app refuses flagged ones when each request begins, and closes the
+    connection after the reply to one cut off: gateway/rest/__init__.py)."""
     app.wsgi_app = BoundedBody(app.wsgi_app, app.config["GATEWAY_SETTINGS"].max_body_bytes)

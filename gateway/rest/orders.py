@@ -129,7 +129,7 @@ def load_update(document: Any, order_id: str) -> OrderUpdate:
     "patch", "/orders/{order_id}", "Update one order", tags=["orders"], policy=UPDATE_POLICY,
     query=UpdateQuery, body=OrderUpdateSchema, load_body=load_update, body_examples=per_backend_examples,
     reply=ORDER_REPLY, replies={200: "updated; with dry_run, what would be sent"}, idempotent=True,
-    log_fields=lambda order_id: {"order_ids": [order_id]},
+    log_fields={"order_ids": "order_id"},
     parameters=[{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"},
                  "description": "the order's id, read as the document's id_type says"}, DRY_RUN, IDEMPOTENCY_KEY,
                 REQUEST_ID, *TRACE_CONTEXT],
