@@ -81,8 +81,9 @@ def _close_after_reply(start_response: Callable) -> None:
     """Ask the server to close the connection after the reply, and to say so.
 
     `Connection` is a hop-by-hop header gunicorn drops from an application's reply (writing its own), so the
-    header close_after_cut_off_body sets does not reach the client there; gunicorn closes, and says so, when its
-    response object, whose method start_response is, is told to. Servers that honour the header need nothing more.
+    header finish_reply (gateway/rest/__init__.py) sets does not reach the client there; gunicorn closes, and says
+    so, when its response object, whose method start_response is, is told to. Servers that honour the header need
+    nothing more.
     """
     force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
     if callable(force_close):
