@@ -1,6 +1,7 @@
-"""The policy table (gateway/rest/auth.py POLICIES) against the app's routes: every route is in it and every entry
-is a route, no route is open without saying so, and every route it says touches connection data reads the caller's
-connections when a caller limited to some connections uses it."""
+"""Every route's declaration (gateway/rest/endpoints.py) against the app's routes: every route declares its policy
+(and an API operation its query schema), a route without one is closed to all but known callers, no route is open
+without saying so, and every route whose policy says it touches connection data reads the caller's connections when
+a caller limited to some connections uses it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from flask import request, request_finished
+from flask import Blueprint, request, request_finished
 
 from gateway.config import SCOPES
 from gateway.console.views import PUBLIC_ENDPOINTS
-from gateway.rest.auth import KNOWN, OPEN, POLICIES, SCOPED_ENVIRON_KEY, SESSION, OpenWhen, Policy
+from gateway.rest.auth import KNOWN, OPEN, SCOPED_ENVIRON_KEY, SESSION, UNDECLARED, OpenWhen, Policy
+from gateway.rest.endpoints import declaration_of
+from gateway.rest.queries import QuerySchema
 from tests.conftest import ONGOING_SERVICE_PATH, ongoing_connection
 
 SCOPED_KEY = "scoped-caller-key-000001"
@@ -35,22 +38,48 @@ def app(make_gateway, sandbox_url):
     })
 
 
-def test_every_route_is_in_the_table_and_every_entry_is_a_route(app):
-    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+def policies(app) -> dict[str, Policy]:
+    """endpoint -> the policy its view declares, for every route of the app (None: no declaration)."""
+    return {rule.endpoint: getattr(declaration_of(app.view_functions[rule.endpoint]), "policy", None)
+            for rule in app.url_map.iter_rules()}
 
-    assert sorted(endpoints - POLICIES.keys()) == [], "routes missing from gateway.rest.auth.POLICIES"
-    assert sorted(POLICIES.keys() - endpoints) == [], "entries of POLICIES that are no route"
+
+def test_every_route_declares_its_policy(app):
+    undeclared = sorted(endpoint for endpoint, policy in policies(app).items() if policy is None)
+
+    assert undeclared == [], "routes without a declaration (@endpoint or @undocumented, gateway/rest/endpoints.py)"
 
 
-def test_every_entry_says_who_may_call_it_and_whether_it_touches_connection_data():
-    for endpoint, policy in POLICIES.items():
+def test_every_api_operation_declares_its_query(app):
+    for rule in app.url_map.iter_rules():
+        declaration = declaration_of(app.view_functions[rule.endpoint])
+        if declaration is not None and declaration.operation is not None:
+            assert isinstance(declaration.query, type) and issubclass(declaration.query, QuerySchema), rule.endpoint
+
+
+def test_every_declaration_says_who_may_call_it_and_whether_it_touches_connection_data(app):
+    for endpoint, policy in policies(app).items():
         assert isinstance(policy, Policy), endpoint
         assert type(policy.connection_data) is bool, endpoint
         access = policy.access
         assert access in (OPEN, SESSION, KNOWN) or isinstance(access, OpenWhen) or (
             isinstance(access, tuple) and access and set(access) <= set(SCOPES)), endpoint
+        assert set(policy.dry_run_scopes) <= set(SCOPES), endpoint
     with pytest.raises(TypeError):
-        Policy(("events:read",))  # connection_data has no default: every entry says it
+        Policy(("events:read",))  # connection_data has no default: every declaration says it
+
+
+def test_a_route_without_a_declaration_is_closed_to_all_but_known_callers(app):
+    undeclared = Blueprint("undeclared", __name__)
+    undeclared.add_url_rule("/undeclared", "view", lambda: {"served": True})
+    app.register_blueprint(undeclared)
+    client = app.test_client()
+
+    assert UNDECLARED.access == KNOWN and UNDECLARED.connection_data
+    assert client.get("/undeclared").status_code == 401
+    assert client.get("/undeclared", headers={"Authorization": "Bearer not-a-known-key-000"}).status_code == 401
+    reply = client.get("/undeclared", headers={"Authorization": f"Bearer {SCOPED_KEY}"})
+    assert (reply.status_code, reply.get_json()) == (200, {"served": True})
 
 
 def _path(rule) -> str:
@@ -61,8 +90,9 @@ def test_no_route_is_open_without_saying_so(app):
     settings = app.config["GATEWAY_SETTINGS"]
     client = app.test_client()
     checked = 0
+    declared = policies(app)
     for rule in app.url_map.iter_rules():
-        access = POLICIES[rule.endpoint].access
+        access = declared[rule.endpoint].access
         if isinstance(access, OpenWhen):
             if getattr(settings, access.setting):
                 continue
@@ -107,7 +137,7 @@ def known(app):
             "console": console, "csrf": re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)}
 
 
-#: endpoint -> a request of the scoped caller to it (a route the table marks as touching connection data needs one)
+#: endpoint -> a request of the scoped caller to it (a route whose policy says it touches connection data needs one)
 SAMPLES = {
     "orders.update_order": lambda k: k["api"].patch("/orders/SO-1001?dry_run=true", json={"status": "released"},
                                                     headers=k["bearer"]),
@@ -124,7 +154,8 @@ SAMPLES = {
     "console.redeliver": lambda k: k["console"].post(
         f"/console/events/{k['event']}/redeliver", data={"csrf_token": k["csrf"], "idempotency_key": "policy-1"}),
 }
-CONNECTION_DATA = sorted(endpoint for endpoint, policy in POLICIES.items() if policy.connection_data)
+#: the routes whose policy says they touch connection data (checked against the declarations below)
+CONNECTION_DATA = sorted(SAMPLES)
 
 
 def scoped_requests(app) -> tuple[list, object]:
@@ -138,8 +169,10 @@ def scoped_requests(app) -> tuple[list, object]:
     return seen, record
 
 
-def test_every_route_that_touches_connection_data_has_a_sample():
-    assert sorted(set(CONNECTION_DATA) - SAMPLES.keys()) == []
+def test_every_route_that_touches_connection_data_has_a_sample(app):
+    touching = sorted(endpoint for endpoint, policy in policies(app).items() if policy.connection_data)
+
+    assert touching == CONNECTION_DATA
 
 
 @pytest.mark.parametrize("endpoint", CONNECTION_DATA)
@@ -150,7 +183,7 @@ def test_a_route_that_touches_connection_data_reads_the_callers_connections(app,
 
     assert reply.status_code < 500, reply.get_data(as_text=True)[:500]
     assert (endpoint, True) in seen, (
-        f"{endpoint} touches connection data (POLICIES) but never read the caller's connections: use "
+        f"{endpoint} touches connection data (its declared policy) but never read the caller's connections: use "
         f"current_caller().sees(connection), scoped_connections() or require_connection(); seen: {seen}")
 
 

@@ -26,6 +26,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, Se
 from gateway.config import GatewaySettings
 from gateway.console import views
 from gateway.console.sessions import SESSIONS_EXTENSION, open_console_session_store
+from gateway.rest.endpoints import declare_route
 from gateway.stores import is_store_failure
 
 COOKIE_NAME = "order_gateway_console"
@@ -116,3 +117,4 @@ def init_app(app: Flask, settings: GatewaySettings) -> None:
     app.extensions[SESSIONS_EXTENSION] = open_console_session_store(settings)
     _sweep(app, settings)
     app.register_blueprint(views.blueprint)
+    declare_route(app, "console.static", views.PAGE)  # the stylesheet, served to the login form too

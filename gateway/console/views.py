@@ -40,6 +40,7 @@ from gateway.console import charts, sessions
 from gateway.errors import GatewayError, TooManyFailedAttempts
 from gateway.journal import Exchange
 from gateway.rest import auth
+from gateway.rest.endpoints import undocumented
 from gateway.rest.events import queue_redelivery, redelivery_request
 from gateway.rest.idempotency import request_fingerprint, run_idempotently
 from gateway.safexml import UnsafeXML, parse_untrusted_xml
@@ -66,6 +67,10 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+#: every page checks its session and the scope console itself (require_login, below); a page that shows or acts on
+#: a connection's data keeps to the caller's connections
+PAGE = auth.Policy(auth.SESSION, connection_data=False)
+DATA_PAGE = auth.Policy(auth.SESSION, connection_data=True)
 T = TypeVar("T")
 
 
@@ -184,6 +189,7 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
 
 
 @blueprint.get("/login")
+@undocumented(PAGE)
 def login_form() -> Response:
     """The login form: an API key of a caller with the console scope."""
     if _session_caller() is not None:
@@ -192,6 +198,7 @@ def login_form() -> Response:
 
 
 @blueprint.post("/login")
+@undocumented(PAGE)
 def log_in() -> Response:
     """Start a session for the caller whose key this is; a client the authentication throttle refuses gets 429
     whatever the key, and an unknown key counts towards it."""
@@ -231,6 +238,7 @@ def log_in() -> Response:
 
 
 @blueprint.post("/logout")
+@undocumented(PAGE)
 def log_out() -> Response:
     """End the session, on the server: a copy of the cookie opens nothing afterwards."""
     _sessions().end(g.console_session.id)
@@ -295,6 +303,7 @@ def _delivery_rows(events: list[dict], states: set[str]) -> list[dict]:
 
 
 @blueprint.get("")
+@undocumented(DATA_PAGE)
 def overview() -> Response:
     """Connections (state, calls, latency), the order search, and the deliveries that need a look."""
     now, unavailable = time.time(), []
@@ -348,6 +357,7 @@ def _exchange_entry(exchange: Exchange) -> dict:
 
 
 @blueprint.get("/orders")
+@undocumented(DATA_PAGE)
 def order_timeline() -> Response:
     """Every exchange with a backend and every event of one order, in the order they happened."""
     order_id = request.args.get("order_id", "").strip()
@@ -390,6 +400,7 @@ def order_timeline() -> Response:
 # -- redelivery ------------------------------------------------------------------------------------------------------
 
 @blueprint.post("/events/<event_id>/redeliver")
+@undocumented(DATA_PAGE)
 def redeliver(event_id: str) -> Response:
     """The API's POST /events/<id>/redeliver, from a button: the same rules (an event of a connection the caller
     may not use is unknown), its Idempotency-Key the form's."""

@@ -2,11 +2,13 @@
 it asks for is checked against the caller's scopes and connections.
 
 Keys are compared in constant time against every configured key (never looked up by value), and never logged or
-answered: the scrubber masks them. What each endpoint needs is one table, POLICIES: who may call it, and whether it
-touches a connection's data (orders, events, exchanges) — then its view keeps to the caller's connections, through
-`Caller.sees()`, `scoped_connections()` or `require_connection()`. An endpoint not in the table needs a known
-caller, so a new endpoint is closed until it says otherwise; tests/test_route_policies.py fails for a route missing
-from it, and for a connection-data route whose view never reads the caller's connections. The caller's name is on
+answered: the scrubber masks them. What each endpoint needs is its Policy, part of its view's one declaration
+(gateway/rest/endpoints.py: `@endpoint(..., policy=...)`, or `@undocumented(policy)` for a page): who may call it,
+and whether it touches a connection's data (orders, events, exchanges) — then its view keeps to the caller's
+connections, through `Caller.sees()`, `scoped_connections()`, `require_connection()` or `authorize()`. A route
+without a declaration needs a known caller, so a new endpoint is closed until it says otherwise;
+tests/test_route_policies.py fails for a route without one, and for a connection-data route whose view never reads
+the caller's connections. The caller's name is on
 `g.caller`, in the WSGI environ for the access log (`gateway.caller`), and in what operators see of its actions.
 Nothing else establishes a caller: without one, current_caller() is NOBODY, with no scope and no connection; only
 `[gateway] allow_anonymous = true` serves a request without a key, as ANONYMOUS, with every scope.
@@ -18,7 +20,9 @@ address or key prefix with too many failures is refused with 429, whatever the k
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from flask import Flask, current_app, g, has_request_context, request
 
@@ -43,12 +47,14 @@ class OpenWhen:
 
 @dataclass(frozen=True)
 class Policy:
-    """One endpoint's entry in POLICIES. `access`: OPEN, SESSION, KNOWN, an OpenWhen, or the scopes of which the
-    caller needs one (views may ask for more, e.g. a dry run). `connection_data`: whether it reads or changes a
+    """Who may call an endpoint. `access`: OPEN, SESSION, KNOWN, an OpenWhen, or the scopes of which the caller
+    needs one; `dry_run_scopes`: scopes that serve it too when its query's dry_run is true (so a caller with none of
+    these nor of `access` is refused before anything is read); `connection_data`: whether it reads or changes a
     connection's data (orders, events, exchanges), so that its view must keep to the caller's connections."""
 
     access: str | OpenWhen | tuple[str, ...]
     connection_data: bool = field(kw_only=True)
+    dry_run_scopes: tuple[str, ...] = field(default=(), kw_only=True)
 
 
 DOCS = OpenWhen("open_docs")
@@ -60,49 +66,18 @@ ENVIRON_KEY = "gateway.caller"
 SCOPED_ENVIRON_KEY = "gateway.connections_scoped"
 THROTTLE_EXTENSION = "order_gateway_auth_throttle"
 
-#: endpoint -> what it needs and whether it touches connection data; every route of the app is listed
-#: (tests/test_route_policies.py)
-POLICIES: dict[str, Policy] = {
-    "orders.update_order": Policy(("orders:write", "orders:dry-run"), connection_data=True),
-    "orders.update_orders": Policy(("orders:write", "orders:dry-run"), connection_data=True),
-    "events.list_events": Policy(("events:read",), connection_data=True),
-    "events.show_event": Policy(("events:read",), connection_data=True),
-    "events.redeliver_event": Policy(("events:redeliver",), connection_data=True),
-    # a backend's webhook proves itself with its connection's own credentials: there is no caller to scope
-    "webhooks.receive_webhook": Policy(OPEN, connection_data=False),
-    "exchanges.list_exchanges": Policy(("exchanges:read",), connection_data=True),
-    "exchanges.show_exchange": Policy(("exchanges:read",), connection_data=True),
-    "health.livez": Policy(OPEN, connection_data=False),
-    "health.readyz": Policy(OPEN, connection_data=False),
-    # counts and states per connection, for the operators' monitoring: not scoped per caller
-    "metrics.show_metrics": Policy(METRICS, connection_data=False),
-    "docs.openapi_document": Policy(DOCS, connection_data=False),
-    "docs.swagger_ui": Policy(DOCS, connection_data=False),
-    "docs.swagger_ui_asset": Policy(DOCS, connection_data=False),
-    # Flask's own static route: the gateway has no static folder, so a known caller gets a 404
-    "static": Policy(KNOWN, connection_data=False),
-    # the console's pages check their session and the scope console themselves (gateway.console.views)
-    "console.login_form": Policy(SESSION, connection_data=False),
-    "console.log_in": Policy(SESSION, connection_data=False),
-    "console.log_out": Policy(SESSION, connection_data=False),
-    "console.static": Policy(SESSION, connection_data=False),
-    "console.overview": Policy(SESSION, connection_data=True),
-    "console.order_timeline": Policy(SESSION, connection_data=True),
-    "console.redeliver": Policy(SESSION, connection_data=True),
-}
-#: the policy of an endpoint missing from POLICIES: closed to all but known callers, and assumed to touch data
-UNLISTED = Policy(KNOWN, connection_data=True)
+#: the attribute of a view function that holds its declaration (gateway/rest/endpoints.py), its policy among it
+DECLARATION_ATTRIBUTE = "declaration"
+#: the policy of a route without a declaration: closed to all but known callers, and assumed to touch data
+UNDECLARED = Policy(KNOWN, connection_data=True)
+#: a request no route serves: answered 404 or 405 as usual
+OPEN_ROUTE = Policy(OPEN, connection_data=False)
 
 
-def policy_of(endpoint: str) -> Policy:
-    """The endpoint's policy (UNLISTED when the table has none)."""
-    return POLICIES.get(endpoint, UNLISTED)
-
-
-def touches_connection_data(endpoint: str) -> bool:
-    """Whether the endpoint's view reads or changes a connection's data, and so must keep to the caller's
-    connections."""
-    return policy_of(endpoint).connection_data
+def policy_of_view(view: Callable | None) -> Policy:
+    """The policy a view function declares (UNDECLARED when it declares none)."""
+    declaration = getattr(view, DECLARATION_ATTRIBUTE, None)
+    return UNDECLARED if declaration is None else declaration.policy
 
 
 def _note_scoped() -> None:
@@ -186,7 +161,9 @@ def _bearer_key() -> str | None:
 def authenticate() -> None:
     """Establish the caller before any view runs; 429 while the throttle refuses the client, 401 without a known
     key, 403 without any of the scopes."""
-    access = policy_of(request.endpoint).access if request.endpoint else OPEN  # no route: the 404 or 405 as usual
+    # no route: the 404 or 405 as usual
+    policy = policy_of_view(current_app.view_functions.get(request.endpoint)) if request.endpoint else OPEN_ROUTE
+    access = policy.access
     authenticator: Authenticator = current_app.extensions["order_gateway_auth"]
     if isinstance(access, OpenWhen):
         if access.setting in authenticator.opened:
@@ -210,8 +187,8 @@ def authenticate() -> None:
     g.caller = caller
     request.environ[ENVIRON_KEY] = caller.name
     logs.note(caller=caller.name)
-    if isinstance(access, tuple):
-        require_scope(*access)
+    if isinstance(access, tuple):  # a dry run's scopes are enough for now: the view's authorize() knows the query
+        require_scope(*access, *policy.dry_run_scopes)
 
 
 def current_caller() -> Caller:
@@ -238,6 +215,14 @@ def require_connection(name: str) -> None:
     if not caller.sees(name):
         raise Forbidden(f"Caller {caller.name!r} may not use connection {name!r}; it may use: "
                         f"{', '.join(sorted(caller.connections or ()))}.")
+
+
+def authorize(connection: str, query: Mapping[str, Any]) -> None:
+    """403 unless the caller has the scope its endpoint's policy asks of a request with this query (a dry run's
+    may be fewer), and may use `connection`."""
+    policy = policy_of_view(current_app.view_functions.get(request.endpoint))
+    require_scope(*policy.access, *(policy.dry_run_scopes if query.get("dry_run") else ()))
+    require_connection(connection)
 
 
 def init_app(app: Flask, settings: GatewaySettings) -> None:

@@ -42,11 +42,6 @@ def request_budget() -> Deadline:
     return budget
 
 
-def start_request_budget() -> None:
-    """Start the budget's clock before the request is read."""
-    request_budget()
-
-
 def connections() -> Connections:
     """The running gateway's connections."""
     return current_app.extensions["order_gateway"]

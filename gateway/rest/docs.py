@@ -8,6 +8,8 @@ from importlib.metadata import version
 import swagger_ui_bundle
 from flask import Blueprint, Response, current_app, jsonify, send_from_directory
 
+from gateway.rest.auth import DOCS, Policy
+from gateway.rest.endpoints import undocumented
 from gateway.rest.openapi import build_openapi
 
 blueprint = Blueprint("docs", __name__)
@@ -39,7 +41,12 @@ def _package_version() -> str:
         return "0.0.0"
 
 
+#: the docs are the API's contract: open when [gateway] open_docs says so, otherwise for any known caller
+DOCS_POLICY = Policy(DOCS, connection_data=False)
+
+
 @blueprint.get("/openapi.json")
+@undocumented(DOCS_POLICY)
 def openapi_document():
     """The OpenAPI 3 document (built once per process)."""
     document = current_app.extensions.get("order_gateway_openapi")
@@ -51,12 +58,14 @@ def openapi_document():
 
 @blueprint.get("/docs")
 @blueprint.get("/docs/")
+@undocumented(DOCS_POLICY)
 def swagger_ui():
     """Swagger UI for the OpenAPI document."""
     return Response(SWAGGER_PAGE, mimetype="text/html")
 
 
 @blueprint.get("/docs/<path:filename>")
+@undocumented(DOCS_POLICY)
 def swagger_ui_asset(filename: str):
     """Swagger UI's own files, from the swagger-ui-bundle package."""
     return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=3600)

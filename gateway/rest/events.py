@@ -22,11 +22,10 @@ from flask import Blueprint, Response, current_app, jsonify, make_response, url_
 from gateway.canonical.events import EVENT_TYPES
 from gateway.errors import EventNotFound
 from gateway.events.store import event_connection
-from gateway.rest.auth import current_caller, scoped_connections
+from gateway.rest.auth import Policy, current_caller, scoped_connections
 from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID, TRACE_CONTEXT
-from gateway.rest.idempotency import idempotent
-from gateway.rest.openapi import documented
-from gateway.rest.queries import DELIVERY_STATES, EventListQuery, NoQuery, read_query
+from gateway.rest.endpoints import endpoint
+from gateway.rest.queries import DELIVERY_STATES, EventListQuery, NoQuery
 from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
 
 blueprint = Blueprint("events", __name__)
@@ -112,8 +111,11 @@ HIDDEN = "no such event (an event of a connection the caller may not use is not 
 
 
 @blueprint.get("/events")
-@documented(
-    "/events", "get", "List stored events", tags=["events"],
+@endpoint(
+    "get", "/events", "List stored events", tags=["events"], policy=Policy(("events:read",), connection_data=True),
+    query=EventListQuery, reply=EventListSchema,
+    replies={200: "events of the caller's connections, newest first, at most `limit` and at most `[events] "
+                  "max_list_bytes` bytes; `next` is the rest"},
     parameters=[
         {"name": "order_id", "in": "query", "schema": {"type": "string"}, "description": "backend id or number"},
         {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(EVENT_TYPES)}},
@@ -127,14 +129,11 @@ HIDDEN = "no such event (an event of a connection the caller may not use is not 
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
         REQUEST_ID,
     ],
-    replies={200: ("events of the caller's connections, newest first, at most `limit` and at most `[events] "
-                   "max_list_bytes` bytes; `next` is the rest", EventListSchema)},
     problems={422: "an invalid filter, or an unknown query parameter", 500: "the gateway failed"},
 )
-def list_events():
+def list_events(query: dict):
     """Stored events of the caller's connections, newest first, filtered by order, type, delivery state and
     connection, a page at a time."""
-    query = read_query(EventListQuery)
     service = _service()
     # One more than the page holds: whether there is a next page.
     found = service.store.list_events(order_id=query.get("order_id"), type=query.get("type"),
@@ -144,28 +143,27 @@ def list_events():
 
 
 @blueprint.get("/events/<event_id>")
-@documented("/events/{event_id}", "get", "Show one event with its delivery attempts", tags=["events"],
-            parameters=[EVENT_ID, REQUEST_ID], replies={200: ("the event", StoredEventSchema)},
-            problems={404: HIDDEN, 422: "an unknown query parameter", 500: "the gateway failed"})
-def show_event(event_id: str):
+@endpoint("get", "/events/{event_id}", "Show one event with its delivery attempts", tags=["events"],
+          policy=Policy(("events:read",), connection_data=True), query=NoQuery, reply=StoredEventSchema,
+          replies={200: "the event"}, parameters=[EVENT_ID, REQUEST_ID],
+          problems={404: HIDDEN, 422: "an unknown query parameter", 500: "the gateway failed"})
+def show_event(event_id: str, query: dict):
     """One event of the caller's connections with every delivery and its attempts."""
-    read_query(NoQuery)
     return jsonify(with_iso_times(visible_event(event_id)))
 
 
 @blueprint.post("/events/<event_id>/redeliver")
-@documented("/events/{event_id}/redeliver", "post", "Deliver an event again", tags=["events"],
-            parameters=[EVENT_ID, IDEMPOTENCY_KEY, REQUEST_ID, *TRACE_CONTEXT],
-            replies={202: ("queued again", RedeliveryReplySchema)},
-            problems={404: HIDDEN, 409: "a redelivery with the same Idempotency-Key is still being served",
-                      422: "an unknown query parameter, or the Idempotency-Key was used for another request",
-                      500: "the gateway failed"})
-@idempotent
-def redeliver_event(event_id: str, listener: object):
+@endpoint("post", "/events/{event_id}/redeliver", "Deliver an event again", tags=["events"],
+          policy=Policy(("events:redeliver",), connection_data=True), query=NoQuery, reply=RedeliveryReplySchema,
+          replies={202: "queued again"}, idempotent=True,
+          parameters=[EVENT_ID, IDEMPOTENCY_KEY, REQUEST_ID, *TRACE_CONTEXT],
+          problems={404: HIDDEN, 409: "a redelivery with the same Idempotency-Key is still being served",
+                    422: "an unknown query parameter, or the Idempotency-Key was used for another request",
+                    500: "the gateway failed"})
+def redeliver_event(event_id: str, query: dict, listener: object):
     """Send an event of the caller's connections to its subscribers again (dead or delivered alike), in order with
     its order's other events (no backend call: `listener` has nothing to be told)."""
-    read_query(NoQuery)
-    return queue_redelivery(event_id)
+    return redeliver(event_id), 202
 
 
 def redelivery_request(event_id: str) -> tuple[str, str]:
@@ -176,7 +174,16 @@ def redelivery_request(event_id: str) -> tuple[str, str]:
 
 def queue_redelivery(event_id: str) -> Response:
     """Make every delivery of the event pending again and wake the worker: the 202 reply (404 when unknown, or of a
-    connection the caller may not use)."""
+    connection the caller may not use), as the API's redelivery answers it."""
+    return make_response(jsonify(_REDELIVERY_REPLY.dump(redeliver(event_id))), 202)
+
+
+_REDELIVERY_REPLY = RedeliveryReplySchema()
+
+
+def redeliver(event_id: str) -> dict:
+    """Make every delivery of the event pending again and wake the worker: what the 202 reply says (404 when
+    unknown, or of a connection the caller may not use)."""
     visible_event(event_id)
     service = _service()
     caller = current_caller().name
@@ -186,5 +193,5 @@ def queue_redelivery(event_id: str) -> Response:
     for subscriber, order_key in streams:
         service.queue.nudge(subscriber, order_key)
     log.info("event %s redelivered at the request of caller %s", event_id, caller)
-    return make_response(jsonify({"id": event_id, "redelivering_to": sorted({subscriber for subscriber, _ in streams}),
-                                  "requested_by": caller}), 202)
+    return {"id": event_id, "redelivering_to": sorted({subscriber for subscriber, _ in streams}),
+            "requested_by": caller}

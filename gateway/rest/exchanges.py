@@ -22,10 +22,10 @@ from marshmallow import fields, validate
 from gateway.canonical.schema import Text
 from gateway.errors import NotFound
 from gateway.journal import Exchange
-from gateway.rest.auth import current_caller, scoped_connections
+from gateway.rest.auth import Policy, current_caller, scoped_connections
 from gateway.rest.common import REQUEST_ID
-from gateway.rest.openapi import documented
-from gateway.rest.queries import AsciiInteger, NoQuery, QuerySchema, read_query
+from gateway.rest.endpoints import endpoint
+from gateway.rest.queries import AsciiInteger, NoQuery, QuerySchema
 
 blueprint = Blueprint("exchanges", __name__)
 OUTCOMES = ("ok", "refused", "failed", "timeout", "unreachable")
@@ -61,8 +61,10 @@ EXCHANGE_ID = {"name": "exchange_id", "in": "path", "required": True, "schema": 
 
 
 @blueprint.get("/exchanges")
-@documented(
-    "/exchanges", "get", "List recorded backend exchanges", tags=["operations"],
+@endpoint(
+    "get", "/exchanges", "List recorded backend exchanges", tags=["operations"],
+    policy=Policy(("exchanges:read",), connection_data=True), query=ExchangeListQuery,
+    replies={200: "exchanges of the caller's connections, newest first"},
     parameters=[
         {"name": "order_id", "in": "query", "schema": {"type": "string"}, "description": "an order id of the call"},
         {"name": "connection", "in": "query", "schema": {"type": "string"},
@@ -74,13 +76,11 @@ EXCHANGE_ID = {"name": "exchange_id", "in": "path", "required": True, "schema": 
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
         REQUEST_ID,
     ],
-    replies={200: ("exchanges of the caller's connections, newest first", None)},
     problems={422: "an invalid filter, or an unknown query parameter", 500: "the gateway failed"},
 )
-def list_exchanges():
+def list_exchanges(query: dict):
     """Recorded exchanges of the caller's connections, newest first, filtered by order, connection, outcome,
     request id and time."""
-    query = read_query(ExchangeListQuery)
     since = query.get("since")
     journal = current_app.extensions["order_gateway_journal"].flushed_journal()
     exchanges = journal.list(order_id=query.get("order_id"), connection=query.get("connection"),
@@ -91,13 +91,13 @@ def list_exchanges():
 
 
 @blueprint.get("/exchanges/<exchange_id>")
-@documented("/exchanges/{exchange_id}", "get", "Show one recorded backend exchange", tags=["operations"],
-            parameters=[EXCHANGE_ID, REQUEST_ID], replies={200: ("the exchange", None)},
-            problems={404: "no such exchange (an exchange of a connection the caller may not use is not one it can "
-                           "see)", 422: "an unknown query parameter", 500: "the gateway failed"})
-def show_exchange(exchange_id: str):
+@endpoint("get", "/exchanges/{exchange_id}", "Show one recorded backend exchange", tags=["operations"],
+          policy=Policy(("exchanges:read",), connection_data=True), query=NoQuery, replies={200: "the exchange"},
+          parameters=[EXCHANGE_ID, REQUEST_ID],
+          problems={404: "no such exchange (an exchange of a connection the caller may not use is not one it can "
+                         "see)", 422: "an unknown query parameter", 500: "the gateway failed"})
+def show_exchange(exchange_id: str, query: dict):
     """One exchange of the caller's connections with its request and reply."""
-    read_query(NoQuery)
     exchange = current_app.extensions["order_gateway_journal"].flushed_journal().get(exchange_id)
     # The caller is asked whether or not the exchange exists: an unknown id and a hidden one take the same path.
     if not current_caller().sees(exchange.connection if exchange else None) or exchange is None:

@@ -30,8 +30,9 @@ from flask import Blueprint, Response, current_app, json
 from gateway.config import GatewaySettings
 from gateway.console.sessions import SESSIONS_EXTENSION
 from gateway.events.heartbeat import BEAT_SECONDS, Heartbeat
-from gateway.rest.auth import THROTTLE_EXTENSION
-from gateway.rest.openapi import documented
+from gateway.rest.auth import OPEN, THROTTLE_EXTENSION, Policy
+from gateway.rest.endpoints import endpoint
+from gateway.rest.queries import IgnoredQuery
 from gateway.stores import redis_client
 
 blueprint = Blueprint("health", __name__)
@@ -44,6 +45,8 @@ _ORDER = {"pass": 0, "warn": 1, "fail": 2}
 HEALTH = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": list(_ORDER)}, "description": {"type": "string"},
     "checks": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "object"}}}}}
+#: the probes need no key (a load balancer or an orchestrator asks them) and show no connection's data
+PROBE = Policy(OPEN, connection_data=False)
 #: a check: its componentType and its probe, which returns None (pass, timed) or its entries (status, output, ...)
 Check = tuple[str, Callable[[], dict | list[dict] | None]]
 
@@ -217,18 +220,18 @@ def _configuration_loaded(settings: GatewaySettings) -> str:
 
 
 @blueprint.get("/livez")
-@documented("/livez", "get", "Liveness: the process serves", tags=["operations"], security=[],
-            reply_media_type=MEDIA_TYPE, replies={200: ("it serves", HEALTH)})
-def livez():
+@endpoint("get", "/livez", "Liveness: the process serves", tags=["operations"], policy=PROBE, query=IgnoredQuery,
+          security=[], reply_media_type=MEDIA_TYPE, reply=HEALTH, replies={200: "it serves"})
+def livez(query: dict):
     """Always pass while the process answers."""
     return _health({"status": "pass", "description": "order gateway"}, 200)
 
 
 @blueprint.get("/readyz")
-@documented("/readyz", "get", "Readiness: stores, disk, worker and breakers", tags=["operations"], security=[],
-            reply_media_type=MEDIA_TYPE, replies={200: ("pass or warn: the gateway takes requests", HEALTH),
-                                                  503: ("fail: a store it needs cannot be used", HEALTH)})
-def readyz():
+@endpoint("get", "/readyz", "Readiness: stores, disk, worker and breakers", tags=["operations"], policy=PROBE,
+          query=IgnoredQuery, security=[], reply_media_type=MEDIA_TYPE, reply=HEALTH,
+          replies={200: "pass or warn: the gateway takes requests", 503: "fail: a store it needs cannot be used"})
+def readyz(query: dict):
     """Each component's state within readiness_timeout; 200 for pass and warn, 503 for fail."""
     settings = current_app.config["GATEWAY_SETTINGS"]
     runner = current_app.extensions.setdefault("order_gateway_readiness", ReadinessChecks())

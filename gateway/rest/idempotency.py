@@ -24,7 +24,6 @@ calls, until the key's lifetime ends: the order may have changed, and only a loo
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -32,7 +31,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, current_app, make_response, request
+from flask import Flask, Response, current_app, request
 
 from gateway import metrics
 from gateway.bookkeeping import describe_error, note_failure
@@ -93,9 +92,18 @@ def read_key() -> str | None:
 
 
 def fingerprint() -> str:
-    """What makes two requests the same request: method, path, query (without dry_run) and the body's JSON."""
+    """What makes two requests the same request: method, path, query (without dry_run) and the body's JSON, read
+    from the raw body (an endpoint that declares no body: whatever was sent tells two requests apart)."""
     query = sorted((name, value) for name, value in request.args.items(multi=True) if name != "dry_run")
     return request_fingerprint(request.method, request.path, query, request.get_data(cache=True))
+
+
+def body_fingerprint(document: Any) -> str:
+    """The fingerprint of this request, whose body its endpoint parsed into `document`: the same as fingerprint()
+    gives for the raw body (the same canonical form of its JSON), without parsing it again."""
+    query = sorted((name, value) for name, value in request.args.items(multi=True) if name != "dry_run")
+    return _digest(request.method, request.path, query,
+                   json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
 
 def request_fingerprint(method: str, path: str, query: list[tuple[str, str]], raw: bytes) -> str:
@@ -105,6 +113,10 @@ def request_fingerprint(method: str, path: str, query: list[tuple[str, str]], ra
         body = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except (ValueError, RecursionError):
         body = raw.decode("utf-8", "replace")  # the view refuses it; its fingerprint still tells it apart
+    return _digest(method, path, query, body)
+
+
+def _digest(method: str, path: str, query: list[tuple[str, str]], body: str) -> str:
     text = json.dumps([method, path, query, body], ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -187,20 +199,6 @@ def outcome_unknown(key: str, attempts: tuple[Attempt, ...]) -> OutcomeUnknown:
         "It may or may not have been applied, and sending it again is not safe, so it is not sent again. Check "
         f"the order in the backend ({journal} what was recorded of the calls) and send what is still needed with "
         "a new key.")
-
-
-def idempotent(view: Callable) -> Callable:
-    """Make a view honour Idempotency-Key (dry runs excepted): the view is given the `listener` its calls must be
-    noted on (None without a key)."""
-    @functools.wraps(view)
-    def with_idempotency_key(*args: Any, **kwargs: Any) -> Any:
-        key = read_key()
-        if key is None or request.args.get("dry_run", "").lower() in ("1", "true", "yes", "on"):
-            return view(*args, listener=None, **kwargs)
-        return run_idempotently(key, fingerprint(),
-                                lambda listener: make_response(view(*args, listener=listener, **kwargs)))
-
-    return with_idempotency_key
 
 
 def run_idempotently(key: str, print_: str, produce: Callable[[AttemptListener], Response]) -> Response:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, current_app, request
 
 from gateway.deadlines import WATCHDOG
 from gateway.errors import MalformedRequest, PayloadTooLarge
@@ -81,8 +81,9 @@ def _close_after_reply(start_response: Callable) -> None:
     """Ask the server to close the connection after the reply, and to say so.
 
     `Connection` is a hop-by-hop header gunicorn drops from an application's reply (writing its own), so the
-    header close_after_cut_off_body sets does not reach the client there; gunicorn closes, and says so, when its
-    response object, whose method start_response is, is told to. Servers that honour the header need nothing more.
+    header finish_reply (gateway/rest/__init__.py) sets does not reach the client there; gunicorn closes, and says
+    so, when its response object, whose method start_response is, is told to. Servers that honour the header need
+    nothing more.
     """
     force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
     if callable(force_close):
@@ -187,15 +188,7 @@ def refuse_oversized_body() -> None:
             "gateway accepts.")
 
 
-def close_after_cut_off_body(response: Response) -> Response:
-    """A body refused or not read to its end leaves the connection unusable: close it after the reply."""
-    if request.environ.get(CUT_OFF):
-        response.headers["Connection"] = "close"
-    return response
-
-
 def init_app(app: Flask) -> None:
-    """Bound bodies in front of the app and refuse flagged ones in it."""
+    """Bound bodies in front of the app (the app refuses flagged ones when each request begins, and closes the
+    connection after the reply to one cut off: gateway/rest/__init__.py)."""
     app.wsgi_app = BoundedBody(app.wsgi_app, app.config["GATEWAY_SETTINGS"].max_body_bytes)
-    app.before_request(refuse_oversized_body)
-    app.after_request(close_after_cut_off_body)

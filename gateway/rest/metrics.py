@@ -14,7 +14,9 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway import metrics
-from gateway.rest.openapi import documented
+from gateway.rest.auth import METRICS, Policy
+from gateway.rest.endpoints import endpoint
+from gateway.rest.queries import IgnoredQuery
 
 if TYPE_CHECKING:
     from gateway.connections import Connection
@@ -100,11 +102,12 @@ def init_app(app: Flask) -> None:
 
 
 @blueprint.get("/metrics")
-@documented("/metrics", "get", "Prometheus metrics of every gateway process", tags=["operations"],
-            reply_media_type="text/plain", replies={200: ("the metrics in Prometheus' text format",
-                                                          {"type": "string"})},
-            problems={401: "no valid API key", 403: "the key lacks the scope metrics:read", 500: "the gateway failed"})
-def show_metrics():
+# counts and states per connection, for the operators' monitoring: not scoped per caller
+@endpoint("get", "/metrics", "Prometheus metrics of every gateway process", tags=["operations"],
+          policy=Policy(METRICS, connection_data=False), query=IgnoredQuery, reply_media_type="text/plain",
+          reply={"type": "string"}, replies={200: "the metrics in Prometheus' text format"},
+          problems={401: "no valid API key", 403: "the key lacks the scope metrics:read", 500: "the gateway failed"})
+def show_metrics(query: dict):
     """Requests, backend calls, webhooks, Idempotency-Key replays, journal failures and the event worker's
     deliveries, summed over the processes; pending deliveries and breaker states as the stores say now."""
     events = current_app.extensions["order_events"]

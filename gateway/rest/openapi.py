@@ -1,7 +1,8 @@
 """The OpenAPI 3 document, generated from the marshmallow schemas that validate requests and shape replies.
 
-Each view declares its operation with `@documented(...)`: summary, parameters and which schema is its body
-and each reply. `build_openapi` turns those declarations into the document served at /openapi.json.
+Each API view's one declaration (`@endpoint(...)`, gateway/rest/endpoints.py) records its operation here: summary,
+parameters, and which schema is its body and each reply — the same schemas that load its requests and dump its
+replies. `build_openapi` turns those records into the document served at /openapi.json.
 """
 
 from __future__ import annotations
@@ -43,16 +44,6 @@ class DocumentedOperation:
 
 
 OPERATIONS: list[DocumentedOperation] = []
-
-
-def documented(path: str, method: str, summary: str, *, tags: list[str], **details: Any) -> Callable:
-    """Record a view's operation for the OpenAPI document; the view itself is unchanged."""
-    def record(view: Callable) -> Callable:
-        OPERATIONS.append(DocumentedOperation(path=path, method=method, summary=summary,
-                                    description=(view.__doc__ or "").strip(), tags=tags, **details))
-        return view
-
-    return record
 
 
 def operation_id(operation: DocumentedOperation) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
-from gateway import logs
 from gateway.canonical import (
+    OrderUpdate,
     OrderUpdateSchema,
     UpdateOutcome,
     flatten_errors,
@@ -18,19 +19,17 @@ from gateway.canonical import (
 )
 from gateway.connections import AttemptListener, CallContext, Connection, PlannedUpdate
 from gateway.errors import GatewayError, PayloadTooLarge, ValidationFailed
-from gateway.rest.auth import current_caller, require_connection, require_scope
+from gateway.rest.auth import Policy, authorize, current_caller
 from gateway.rest.common import (
     IDEMPOTENCY_KEY,
     REQUEST_ID,
     TRACE_CONTEXT,
     connections,
-    read_json_body,
     request_budget,
 )
-from gateway.rest.idempotency import idempotent
-from gateway.rest.openapi import documented
+from gateway.rest.endpoints import OneOf, endpoint
 from gateway.rest.problems import gateway_error_document
-from gateway.rest.queries import UpdateQuery, read_query
+from gateway.rest.queries import UpdateQuery
 from gateway.rest.request_ids import current_request_id
 from gateway.rest.schemas import BulkReplySchema, BulkRequestSchema, DryRunReplySchema, UpdateReplySchema
 from gateway.transport import OutboundRequest
@@ -87,47 +86,56 @@ def bulk_examples(gateway_connections) -> dict:
     return examples
 
 
-def authorize(connection: str, dry_run: bool) -> None:
-    """403 unless the caller may use the connection, and may send (not only dry-run) when this is no dry run."""
-    if not dry_run:
-        require_scope("orders:write")
-    require_connection(connection)
-
-
 def call_context(listener: AttemptListener | None) -> CallContext:
     """Who asks for this request's backend calls, and who must be told of each before it goes out."""
     return CallContext(request_id=current_request_id(), caller=current_caller().name, listener=listener)
 
 
-def order_result(connection: Connection, planned: PlannedUpdate, outcome: UpdateOutcome | None = None) -> dict:
-    """The one success shape of every backend and operation; without an outcome, the dry run's."""
-    update = planned.update
-    result: dict[str, Any] = {
-        "order_id": update.order_id,
-        "connection": connection.name,
-        "backend": connection.kind,
-        "operation": planned.operation.name,
-    }
-    if outcome is None:
-        result.update(dry_run=True, updated=dict(update.fields))
-    else:
-        result.update(updated=dict(update.fields), backend_order_id=outcome.backend_order_id,
-                      message=outcome.message)
-    return result
+@dataclass(frozen=True)
+class OrderUpdated:
+    """An update a backend applied: UpdateReplySchema dumps it, the one success shape of every backend and
+    operation."""
+
+    connection: Connection
+    planned: PlannedUpdate
+    outcome: UpdateOutcome
+    request_id: str
+
+
+@dataclass(frozen=True)
+class OrderDryRun:
+    """What an update would send: DryRunReplySchema dumps it."""
+
+    connection: Connection
+    planned: PlannedUpdate
+    request: dict
+    request_id: str
+    dry_run: bool = True
+
+
+#: the single update's reply, and each successful bulk item's body
+ORDER_REPLY = OneOf((OrderUpdated, UpdateReplySchema), (OrderDryRun, DryRunReplySchema))
+#: PATCH: orders:write, or orders:dry-run for a dry run
+UPDATE_POLICY = Policy(("orders:write",), dry_run_scopes=("orders:dry-run",), connection_data=True)
+
+
+def load_update(document: Any, order_id: str) -> OrderUpdate:
+    """The body of PATCH /orders/<id>: one canonical document for that order."""
+    return load_order_update(order_id, document)
 
 
 @blueprint.patch("/orders/<path:order_id>")
-@documented(
-    "/orders/{order_id}", "patch", "Update one order", tags=["orders"],
-    body=OrderUpdateSchema, body_examples=per_backend_examples,
+@endpoint(
+    "patch", "/orders/{order_id}", "Update one order", tags=["orders"], policy=UPDATE_POLICY,
+    query=UpdateQuery, body=OrderUpdateSchema, load_body=load_update, body_examples=per_backend_examples,
+    reply=ORDER_REPLY, replies={200: "updated; with dry_run, what would be sent"}, idempotent=True,
+    log_fields={"order_ids": "order_id"},
     parameters=[{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"},
                  "description": "the order's id, read as the document's id_type says"}, DRY_RUN, IDEMPOTENCY_KEY,
                 REQUEST_ID, *TRACE_CONTEXT],
-    replies={200: ("updated; with dry_run, what would be sent", {"oneOf": [UpdateReplySchema, DryRunReplySchema]})},
     problems={**REQUEST_PROBLEMS, **BACKEND_PROBLEMS, **IDEMPOTENCY_PROBLEMS},
 )
-@idempotent
-def update_order(order_id: str, listener: AttemptListener | None):
+def update_order(order_id: str, query: dict, body: OrderUpdate, listener: AttemptListener | None):
     """Update one order in the backend of the requested connection.
 
     The body is one canonical document; which fields a connection accepts depends on its backend (a field it
@@ -136,57 +144,42 @@ def update_order(order_id: str, listener: AttemptListener | None):
     ProcessOrder (OrderOperation Remove, alone) and Speed4Trade's updateOrderStatus CANCELED; SellerCenter,
     whose UpdateOrderInformation carries addresses only, refuses it with a 422.
     """
-    logs.note(order_ids=[order_id])
-    dry_run = read_query(UpdateQuery)["dry_run"]
-    document = read_json_body()
-    try:
-        update = load_order_update(order_id, document)
-    except ValidationError as error:
-        raise ValidationFailed(flatten_errors(error.messages)) from None
-    connection = connections().resolve(update.connection)
-    authorize(connection.name, dry_run)
-    planned = connection.check(update)
-    if dry_run:
+    connection = connections().resolve(body.connection)
+    authorize(connection.name, query)
+    planned = connection.check(body)
+    if query["dry_run"]:
         (outbound,) = connection.dry_run([planned])
-        return jsonify({**order_result(connection, planned), "request": describe_request(outbound),
-                        "request_id": current_request_id()})
+        return OrderDryRun(connection, planned, describe_request(outbound), current_request_id())
     (outcome,) = connection.send([planned], request_budget(), call_context(listener))
     if isinstance(outcome, GatewayError):
         raise outcome
-    return jsonify({**order_result(connection, planned, outcome), "request_id": current_request_id()})
+    return OrderUpdated(connection, planned, outcome, current_request_id())
 
 
 @blueprint.patch("/orders")
-@documented(
-    "/orders", "patch", "Update many orders of one connection", tags=["orders"],
-    body=BulkRequestSchema, body_examples=bulk_examples,
+@endpoint(
+    "patch", "/orders", "Update many orders of one connection", tags=["orders"], policy=UPDATE_POLICY,
+    query=UpdateQuery, body=BulkRequestSchema, load_body=load_bulk_envelope, body_examples=bulk_examples,
+    reply=BulkReplySchema, replies={200: "every item succeeded", 207: "some items failed"}, idempotent=True,
     parameters=[DRY_RUN, IDEMPOTENCY_KEY, REQUEST_ID, *TRACE_CONTEXT],
-    replies={200: ("every item succeeded", BulkReplySchema), 207: ("some items failed", BulkReplySchema)},
     problems={400: REQUEST_PROBLEMS[400], 413: "more items than max_bulk_items, or too large a body",
               415: REQUEST_PROBLEMS[415], 422: "the envelope is malformed or names an unknown connection, or the "
                                                "Idempotency-Key was used for another request",
               409: IDEMPOTENCY_PROBLEMS[409], 500: REQUEST_PROBLEMS[500]},
 )
-@idempotent
-def update_orders(listener: AttemptListener | None):
+def update_orders(query: dict, body: dict, listener: AttemptListener | None):
     """Update many orders of one connection; every item gets its own outcome (200 all done, 207 otherwise).
 
     Each item is validated on its own; invalid items are reported and never sent. Items travel as the backend
     allows: Ongoing one call per item in order, Speed4Trade and SellerCenter many per call; consecutive items
     of one vendor operation share a call.
     """
-    dry_run = read_query(UpdateQuery)["dry_run"]
-    document = read_json_body()
-    try:
-        envelope = load_bulk_envelope(document)
-    except ValidationError as error:
-        raise ValidationFailed(flatten_errors(error.messages)) from None
-    items = envelope["orders"]
+    items = body["orders"]
     limit = current_app.config["GATEWAY_SETTINGS"].max_bulk_items
     if len(items) > limit:
         raise PayloadTooLarge(f"A bulk update carries at most {limit} orders; this one has {len(items)}.")
-    connection = connections().resolve(envelope.get("connection"))
-    authorize(connection.name, dry_run)  # the whole bulk is refused before any item is looked at
+    connection = connections().resolve(body.get("connection"))
+    authorize(connection.name, query)  # the whole bulk is refused before any item is looked at
 
     results: list[dict | None] = [None] * len(items)
     valid: list[tuple[int, PlannedUpdate]] = []
@@ -203,10 +196,9 @@ def update_orders(listener: AttemptListener | None):
     reply: dict[str, Any] = {"connection": connection.name, "backend": connection.kind}
     planned_updates = [planned for _, planned in valid]
     request_id = current_request_id()
-    if dry_run:
+    if query["dry_run"]:
         for position, planned in valid:
-            results[position] = {"position": position, "order_id": planned.update.order_id, "status": 200,
-                                 "body": {**order_result(connection, planned), "request_id": request_id}}
+            results[position] = _item_success(position, OrderDryRun(connection, planned, {}, request_id))
         reply.update(dry_run=True, requests=[describe_request(r) for r in connection.dry_run(planned_updates)])
     else:
         for (position, planned), outcome in zip(valid, connection.send(planned_updates, request_budget(),
@@ -214,12 +206,21 @@ def update_orders(listener: AttemptListener | None):
             if isinstance(outcome, GatewayError):
                 results[position] = _item_failure(position, items[position], outcome)
             else:
-                results[position] = {"position": position, "order_id": planned.update.order_id, "status": 200,
-                                     "body": {**order_result(connection, planned, outcome),
-                                              "request_id": request_id}}
+                results[position] = _item_success(position, OrderUpdated(connection, planned, outcome, request_id))
     failed = sum(1 for result in results if result["status"] != 200)
     reply.update(succeeded=len(results) - failed, failed=failed, results=results, request_id=request_id)
-    return jsonify(reply), 200 if failed == 0 else 207
+    return reply, 200 if failed == 0 else 207
+
+
+#: a dry-run bulk item's body: the single dry run's without its request (the bulk's `requests` list them)
+_BULK_DRY_RUN_ITEM = DryRunReplySchema(exclude=("request",))
+_UPDATED_ITEM = UpdateReplySchema()
+
+
+def _item_success(position: int, result: OrderUpdated | OrderDryRun) -> dict:
+    schema = _BULK_DRY_RUN_ITEM if isinstance(result, OrderDryRun) else _UPDATED_ITEM
+    return {"position": position, "order_id": result.planned.update.order_id, "status": 200,
+            "body": schema.dump(result)}
 
 
 def _item_failure(position: int, item: Any, error: GatewayError) -> dict:

@@ -56,6 +56,11 @@ class NoQuery(QuerySchema):
     """An endpoint that takes no query parameters."""
 
 
+class IgnoredQuery(QuerySchema):
+    """An endpoint that reads no query and ignores any given (a health probe, a metrics scraper): nothing is loaded,
+    so nothing is refused."""
+
+
 class UpdateQuery(QuerySchema):
     """PATCH /orders/<id> and PATCH /orders."""
 
@@ -77,6 +82,8 @@ class EventListQuery(QuerySchema):
 
 def read_query(schema: type[QuerySchema]) -> dict[str, Any]:
     """The request's query parameters loaded by `schema`; 422 naming each parameter that is wrong."""
+    if schema is IgnoredQuery:
+        return {}
     arguments = request.args
     repeated = [name for name in arguments if len(arguments.getlist(name)) > 1]
     if repeated:

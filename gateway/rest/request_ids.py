@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from flask import Flask, Response, g, request
-
-from gateway import logs, tracing
+from flask import g, request
 
 HEADER = "X-Request-ID"
 _ACCEPTABLE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -23,28 +21,3 @@ def current_request_id() -> str:
     return request_id
 
 
-def _echo_request_id(response: Response) -> Response:
-    response.headers[HEADER] = current_request_id()
-    return response
-
-
-def start_request_log() -> None:
-    """Begin the request's log fields (records made while serving it carry them; so does its access line)."""
-    request.environ[logs.ENVIRON_KEY] = logs.start_request(request_id=current_request_id(),
-                                                           trace_id=tracing.current_trace_id())
-
-
-def end_request_log(error: BaseException | None = None) -> None:
-    """Forget the request's log fields once it is answered."""
-    logs.end_request()
-
-
-def init_app(app: Flask) -> None:
-    """Make every reply carry the request id."""
-    app.after_request(_echo_request_id)
-
-
-def init_logging(app: Flask) -> None:
-    """Give every request its log fields, before anything else can log."""
-    app.before_request(start_request_log)
-    app.teardown_request(end_request_log)

@@ -1,4 +1,5 @@
-"""marshmallow schemas of the gateway's replies, for the OpenAPI document (the requests use the canonical ones)."""
+"""marshmallow schemas of the gateway's replies: what an endpoint's declaration dumps its view's result through,
+and what the OpenAPI document says of it (the requests use the canonical schemas)."""
 
 from __future__ import annotations
 
@@ -34,20 +35,22 @@ class ProblemSchema(Schema):
                                                    "store, idempotency store, exchange journal, call locks, ..."})
 
 
-OPERATION = fields.String(required=True, metadata={
-    "description": "the vendor call that carried the update (UpdateOrder, ProcessOrder, updateOrderStatus, ...)"})
+def _operation() -> fields.String:
+    return fields.String(required=True, attribute="planned.operation.name", metadata={
+        "description": "the vendor call that carried the update (UpdateOrder, ProcessOrder, updateOrderStatus, ...)"})
 
 
 class UpdateReplySchema(Schema):
-    """The one success shape of every backend and operation."""
+    """The one success shape of every backend and operation (dumps gateway.rest.orders.OrderUpdated)."""
 
-    order_id = fields.String(required=True)
-    connection = fields.String(required=True)
-    backend = fields.String(required=True)
-    operation = OPERATION
-    updated = fields.Dict(required=True, metadata={"description": "the canonical fields applied, as sent"})
-    backend_order_id = fields.String(required=True, allow_none=True)
-    message = fields.String(required=True)
+    order_id = fields.String(required=True, attribute="planned.update.order_id")
+    connection = fields.String(required=True, attribute="connection.name")
+    backend = fields.String(required=True, attribute="connection.kind")
+    operation = _operation()
+    updated = fields.Dict(required=True, attribute="planned.update.fields",
+                          metadata={"description": "the canonical fields applied, as sent"})
+    backend_order_id = fields.String(required=True, allow_none=True, attribute="outcome.backend_order_id")
+    message = fields.String(required=True, attribute="outcome.message")
     request_id = fields.String(required=True)
 
 
@@ -61,14 +64,14 @@ class OutboundRequestSchema(Schema):
 
 
 class DryRunReplySchema(Schema):
-    """What ?dry_run=true shows instead of sending."""
+    """What ?dry_run=true shows instead of sending (dumps gateway.rest.orders.OrderDryRun)."""
 
-    order_id = fields.String(required=True)
-    connection = fields.String(required=True)
-    backend = fields.String(required=True)
-    operation = OPERATION
+    order_id = fields.String(required=True, attribute="planned.update.order_id")
+    connection = fields.String(required=True, attribute="connection.name")
+    backend = fields.String(required=True, attribute="connection.kind")
+    operation = _operation()
     dry_run = fields.Boolean(required=True)
-    updated = fields.Dict(required=True)
+    updated = fields.Dict(required=True, attribute="planned.update.fields")
     request = fields.Nested(OutboundRequestSchema, required=True)
     request_id = fields.String(required=True)
 

@@ -6,7 +6,7 @@ The span is current while the request is served, so backend calls (gateway.conne
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, request
+from flask import Response, g, request
 from opentelemetry.trace import SpanKind
 
 from gateway import tracing
@@ -38,10 +38,3 @@ def end_server_span(error: BaseException | None = None) -> None:
     started = g.pop("server_span", None)
     if started is not None:
         tracing.end_span(*started, error=type(error).__name__ if error is not None else g.get("server_span_error"))
-
-
-def init_app(app: Flask) -> None:
-    """Give every request a span; registered before the request's log fields, which name its trace id."""
-    app.before_request(start_server_span)
-    app.after_request(note_status)
-    app.teardown_request(end_server_span)

@@ -7,15 +7,16 @@ import hmac
 import json
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, request
 
 from gateway import logs, metrics, tracing
 from gateway.backends import BACKENDS
 from gateway.bookkeeping import log_failure
 from gateway.errors import GatewayError, PayloadTooLarge, StoreUnavailable, Unauthorized, WebhookNotFound
-from gateway.rest.common import REQUEST_ID, TRACE_CONTEXT, connections, read_json_body
-from gateway.rest.openapi import documented
-from gateway.rest.queries import NoQuery, read_query
+from gateway.rest.auth import OPEN, Policy
+from gateway.rest.common import REQUEST_ID, TRACE_CONTEXT, connections
+from gateway.rest.endpoints import Arguments, endpoint
+from gateway.rest.queries import NoQuery
 from gateway.rest.schemas import WebhookAcceptedSchema
 
 blueprint = Blueprint("webhooks", __name__)
@@ -62,15 +63,18 @@ def is_authenticated(webhooks: dict) -> bool:
 
 
 @blueprint.post("/webhooks/<kind>/<connection>")
-@documented(
-    "/webhooks/{backend}/{connection}", "post", "Receive a backend's order webhook", tags=["events"],
-    body={"oneOf": list(WEBHOOK_BACKENDS.values())},
+@endpoint(
+    "post", "/webhooks/{backend}/{connection}", "Receive a backend's order webhook", tags=["events"],
+    # a backend's webhook proves itself with its connection's own credentials: there is no caller to scope
+    policy=Policy(OPEN, connection_data=False),
+    # nothing of a request is read before its credentials are checked: the view loads query and body after
+    query=NoQuery, body={"oneOf": list(WEBHOOK_BACKENDS.values())}, deferred=True,
+    reply=WebhookAcceptedSchema, replies={202: "stored and queued for the subscribers",
+                                          200: "already received (a retry): acknowledged, not stored again"},
     parameters=[{"name": "backend", "in": "path", "required": True,
                  "schema": {"type": "string", "enum": sorted(WEBHOOK_BACKENDS)}},
                 {"name": "connection", "in": "path", "required": True, "schema": {"type": "string"}}, REQUEST_ID,
                 *TRACE_CONTEXT],
-    replies={202: ("stored and queued for the subscribers", WebhookAcceptedSchema),
-             200: ("already received (a retry): acknowledged, not stored again", WebhookAcceptedSchema)},
     security=[{"webhookBasic": []}, {"webhookToken": []}],
     problems={400: "the body is not JSON, or nested too deeply", 401: "missing or wrong webhook credentials",
               404: "no such webhook receiver",
@@ -81,7 +85,7 @@ def is_authenticated(webhooks: dict) -> bool:
                    "too far ahead",
               500: "the gateway failed", 503: "the event could not be stored"},
 )
-def receive_webhook(kind: str, connection: str):
+def receive_webhook(kind: str, connection: str, arguments: Arguments):
     """Authenticate, validate, store (deduplicated) and queue one webhook; 202 new, 200 already known.
 
     Authentication is the connection's: HTTP Basic or a static token header. The event is stored before the
@@ -94,7 +98,7 @@ def receive_webhook(kind: str, connection: str):
         metrics.webhooks_received.labels("unknown", "not_found").inc()
         raise WebhookNotFound(f"No connection {connection!r} of backend {kind!r} receives webhooks.")
     try:
-        reply, created = _store_webhook(receiver, webhooks, connection)
+        reply, created = _store_webhook(receiver, webhooks, connection, arguments)
     except StoreUnavailable:
         metrics.webhooks_received.labels(connection, "not_stored").inc()
         raise
@@ -116,13 +120,13 @@ def check_raw_size(raw: dict, limit: int) -> None:
                               "([events] max_raw_bytes). Nothing was stored.")
 
 
-def _store_webhook(receiver, webhooks: dict, connection: str):
+def _store_webhook(receiver, webhooks: dict, connection: str, arguments: Arguments):
     """Authenticate, validate, store and queue one webhook: its reply body, and whether it was new."""
     if not is_authenticated(webhooks):
         challenge = f'Basic realm="order gateway webhooks ({connection})"' if webhooks["auth"] == "basic" else None
         raise Unauthorized("The webhook's credentials are missing or wrong.", challenge=challenge)
-    read_query(NoQuery)
-    event = receiver.backend.read_webhook(read_json_body())
+    arguments.query()
+    event = receiver.backend.read_webhook(arguments.body())
     check_raw_size(event.raw, current_app.config["GATEWAY_SETTINGS"].events.max_raw_bytes)
     service = current_app.extensions["order_events"]
     subscribers = service.subscribers_for(event.type)
@@ -142,5 +146,5 @@ def _store_webhook(receiver, webhooks: dict, connection: str):
                 log_failure(error, "could not queue event %s for %s; the worker will resume it", event_id, subscriber,
                             logger=log)
     logs.note(connection=connection, event_id=event_id)
-    body = {"id": event_id, "type": event.type, "duplicate": not created, "subscribers": subscribers if created else []}
-    return jsonify(body), created
+    return {"id": event_id, "type": event.type, "duplicate": not created,
+            "subscribers": subscribers if created else []}, created
