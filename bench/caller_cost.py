@@ -62,6 +62,7 @@ from gateway.idempotency.redis_store import RedisIdempotencyStore
 from gateway.idempotency.sqlite_store import SqliteIdempotencyStore
 from gateway.rest.auth import Authenticator, authenticate, current_caller
 from gateway.rest.idempotency import HEADER, LEASE_MARGIN_SECONDS, REPLAYED, fingerprint, read_key
+from gateway.runtime import gateway_of
 from gateway.transport import BackendReply
 
 BACKEND = "ongoing"
@@ -205,15 +206,15 @@ class Gateways:
         self.callers, self.anonymous = gateway("callers"), gateway("anonymous", anonymous=True)
         self.in_memory, self.store_timed = gateway("memory"), gateway("store-timed")
         self.in_memory.extensions.pop("order_gateway_idempotency").close()
-        self.in_memory.extensions["order_gateway_idempotency"] = MemoryIdempotencyStore()
+        gateway_of(self.in_memory).idempotency = MemoryIdempotencyStore()
         self.spent_in_store, self.store_nanoseconds = 0, []
-        self._time_store_calls(self.store_timed.extensions["order_gateway_idempotency"])
+        self._time_store_calls(gateway_of(self.store_timed).idempotency)
         self.client = as_demo_caller(self.callers.test_client())
         self.in_memory_client = as_demo_caller(self.in_memory.test_client())
         self.timed_client = as_demo_caller(self.store_timed.test_client())
         self.anonymous_client = self.anonymous.test_client()
         self.keys = itertools.count()
-        self.store = self.callers.extensions["order_gateway_idempotency"]
+        self.store = gateway_of(self.callers).idempotency
         expected = RedisIdempotencyStore if redis_url is not None else SqliteIdempotencyStore
         if not isinstance(self.store, expected):
             raise RuntimeError(f"the gateway's Idempotency-Key store is a {type(self.store).__name__}, "

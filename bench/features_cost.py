@@ -34,6 +34,7 @@ from bench.workload import CONNECTIONS, DEMO_KEY
 from gateway import create_app, logs
 from gateway.connections import BreakerGuard, BulkheadGuard, CallGuard, CallLockGuard
 from gateway.rest.idempotency import HEADER
+from gateway.runtime import gateway_of
 
 BACKEND = "ongoing"
 TOTAL_TARGET_NS = 300_000
@@ -68,7 +69,7 @@ class Variants:
 
     @staticmethod
     def _connection(app: Flask) -> Any:
-        return app.extensions["order_gateway"].resolve(CONNECTIONS[BACKEND])
+        return gateway_of(app).connections.resolve(CONNECTIONS[BACKEND])
 
     def _remove_handler(self) -> None:
         self.root.removeHandler(self.handler)
@@ -104,7 +105,7 @@ class Variants:
         if '"logger": "gateway.backends"' not in stream.getvalue():
             raise RuntimeError("no JSON log line was written with everything on")
         self.request(off=frozenset(FEATURES))
-        recorder = self.with_callers.extensions["order_gateway_journal"]
+        recorder = gateway_of(self.with_callers).recorder
         recorder.flush(timeout=5)
         if not recorder.journal.list(limit=1):
             raise RuntimeError("the journal recorded nothing with everything on")

@@ -22,6 +22,7 @@ from bench.load import gateway_sender, generate_load
 from bench.measure import Budget, Section
 from bench.servers import Deployment
 from bench.workload import REPEATABLE, parsed_config
+from gateway.runtime import gateway_of
 
 CONCURRENCY = 4
 RSS_TARGET_BYTES = 80 * 10**6
@@ -71,8 +72,8 @@ def probe_copy_on_write() -> dict[str, tuple[int, int]]:
             return {"without gc.freeze()": unique_memory_around_full_collection(freeze=False),
                     "with gc.freeze() before the fork": unique_memory_around_full_collection(freeze=True)}
         finally:
-            app.extensions["order_gateway"].close()
-            app.extensions["order_events"].close()
+            gateway_of(app).connections.close()
+            gateway_of(app).events.close()
 
 
 def measure_copy_on_write(section: Section) -> None:

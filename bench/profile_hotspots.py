@@ -37,6 +37,7 @@ from gateway import create_app
 from gateway.backends.ongoing.update_order import XSD_PATH as UPDATE_ORDER_XSD
 from gateway.canonical import OrderUpdateSchema
 from gateway.canonical.schema import load_order_update
+from gateway.runtime import gateway_of
 from gateway.safexml import load_xsd, parse_untrusted_xml
 from gateway.transport import BackendReply, OutboundRequest
 
@@ -153,8 +154,8 @@ def time_request_without_network(section: Section, folder: Path, rounds: dict[st
         timings = time_cases_interleaved(cases, rounds=max(200, budget.translation_rounds // 5),
                                          seconds=budget.profile_seconds * 3)
     finally:
-        app.extensions["order_gateway"].close()
-        app.extensions["order_events"].close()
+        gateway_of(app).connections.close()
+        gateway_of(app).events.close()
 
     table = section.table(
         "where one request's CPU goes, without the network (µs, medians; the backend answers from memory)",
@@ -273,8 +274,8 @@ def run_profiles(sandbox_url: str, budget: Budget) -> Section:
             profiler, calls = profile_calls(receive_one, budget.profile_seconds)
             summarize_profile(section, "webhook_intake", profiler, calls)
         finally:
-            app.extensions["order_gateway"].close()
-            app.extensions["order_events"].close()
+            gateway_of(app).connections.close()
+            gateway_of(app).events.close()
     return section
 
 

@@ -10,6 +10,7 @@ from gateway.events.leases import RedisStreamLeases, SqliteStreamLeases, StreamL
 from gateway.events.queue import DeliveryQueue, make_huey
 from gateway.events.redis_store import RedisEventStore
 from gateway.events.store import EventStore, SqliteEventStore
+from gateway.runtime import gateway_of
 
 
 def open_event_store(settings: GatewaySettings) -> tuple[EventStore, StreamLeases]:
@@ -43,5 +44,5 @@ class EventService:
 
 def init_app(app: Flask, settings: GatewaySettings) -> EventService:
     """Attach the event service to the app."""
-    service = app.extensions["order_events"] = EventService(settings)
+    service = gateway_of(app).events = EventService(settings)
     return service

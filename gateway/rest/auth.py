@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, g, has_request_context, request
 
 from gateway import logs
 from gateway.config import SCOPES, GatewaySettings, caller_with_key, key_digest
 from gateway.errors import ConfigError, Forbidden, Unauthorized
+from gateway.runtime import current_gateway, gateway_of
 from gateway.throttle import AuthThrottle
 
 OPEN = "open"  # authenticated otherwise (the webhook receiver: the vendor's own credentials), or public
@@ -58,7 +59,6 @@ ENVIRON_KEY = "gateway.caller"
 #: set in the WSGI environ when a request read its caller's connections (tests/test_route_policies.py asks it of
 #: every route whose policy says it touches connection data)
 SCOPED_ENVIRON_KEY = "gateway.connections_scoped"
-THROTTLE_EXTENSION = "order_gateway_auth_throttle"
 
 #: endpoint -> what it needs and whether it touches connection data; every route of the app is listed
 #: (tests/test_route_policies.py)
@@ -187,7 +187,7 @@ def authenticate() -> None:
     """Establish the caller before any view runs; 429 while the throttle refuses the client, 401 without a known
     key, 403 without any of the scopes."""
     access = policy_of(request.endpoint).access if request.endpoint else OPEN  # no route: the 404 or 405 as usual
-    authenticator: Authenticator = current_app.extensions["order_gateway_auth"]
+    authenticator: Authenticator = current_gateway().authenticator
     if isinstance(access, OpenWhen):
         if access.setting in authenticator.opened:
             return
@@ -198,7 +198,7 @@ def authenticate() -> None:
     if not presented and authenticator.allow_anonymous:
         caller: Caller | None = ANONYMOUS
     else:
-        throttle: AuthThrottle = current_app.extensions[THROTTLE_EXTENSION]
+        throttle: AuthThrottle = current_gateway().auth_throttle
         if presented:
             throttle.check(request.remote_addr, key)
         caller = authenticator.caller_for(key) if key is not None else None
@@ -246,6 +246,6 @@ def init_app(app: Flask, settings: GatewaySettings) -> None:
         raise ConfigError(settings.source, "callers", "no [callers.<name>] is configured, so every request would be "
                                                       "refused: configure the services that call the gateway, or set "
                                                       "[gateway] allow_anonymous = true to serve anyone without a key")
-    app.extensions["order_gateway_auth"] = Authenticator(settings)
-    app.extensions[THROTTLE_EXTENSION] = AuthThrottle.for_settings(settings)
+    gateway_of(app).authenticator = Authenticator(settings)
+    gateway_of(app).auth_throttle = AuthThrottle.for_settings(settings)
     app.before_request(authenticate)

@@ -28,13 +28,14 @@ from gateway.rest.idempotency import idempotent
 from gateway.rest.openapi import documented
 from gateway.rest.queries import DELIVERY_STATES, EventListQuery, NoQuery, read_query
 from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
+from gateway.runtime import current_gateway
 
 blueprint = Blueprint("events", __name__)
 log = logging.getLogger("gateway.events")
 
 
 def _service():
-    return current_app.extensions["order_events"]
+    return current_gateway().events
 
 
 def _iso(seconds: float | None) -> str | None:

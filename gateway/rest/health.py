@@ -28,10 +28,9 @@ import redis
 from flask import Blueprint, Response, current_app, json
 
 from gateway.config import GatewaySettings
-from gateway.console.sessions import SESSIONS_EXTENSION
 from gateway.events.heartbeat import BEAT_SECONDS, Heartbeat
-from gateway.rest.auth import THROTTLE_EXTENSION
 from gateway.rest.openapi import documented
+from gateway.runtime import current_gateway
 from gateway.stores import redis_client
 
 blueprint = Blueprint("health", __name__)
@@ -185,18 +184,18 @@ def _redis_setting(settings: GatewaySettings, name: str) -> dict:
 
 def readiness_checks(settings: GatewaySettings) -> dict[str, Check]:
     """The checks of this gateway's configuration (each probe runs without the app's context)."""
-    events = current_app.extensions["order_events"]
-    idempotency = current_app.extensions["order_gateway_idempotency"]
+    events = current_gateway().events
+    idempotency = current_gateway().idempotency
     checks: dict[str, Check] = {
         "eventStore:responseTime": ("datastore", _answers(lambda: events.store.list_events(limit=1))),
         "deliveryQueue:responseTime": ("datastore", _answers(events.queue.huey.pending_count)),
         "idempotencyStore:responseTime": ("datastore", idempotency.ping),
         # every request that presents a key asks the throttle first; every console page its session
-        "authThrottle:responseTime": ("datastore", current_app.extensions[THROTTLE_EXTENSION].store.ping),
-        "consoleSessions:responseTime": ("datastore", current_app.extensions[SESSIONS_EXTENSION].ping),
+        "authThrottle:responseTime": ("datastore", current_gateway().auth_throttle.store.ping),
+        "consoleSessions:responseTime": ("datastore", current_gateway().console_sessions.ping),
         "eventWorker:heartbeatAge": ("component", lambda: _worker_heartbeat(settings)),
     }
-    for name, connection in current_app.extensions["order_gateway"].by_name.items():
+    for name, connection in current_gateway().connections.by_name.items():
         checks[f"connection:{name}"] = ("component", lambda connection=connection: _breaker(connection))
     if settings.events.redis_url:
         for name in REDIS_REQUIREMENTS:

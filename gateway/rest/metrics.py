@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 
 from gateway import metrics
 from gateway.rest.openapi import documented
+from gateway.runtime import current_gateway
 
 blueprint = Blueprint("metrics", __name__)
 UNMATCHED_ROUTE = "unmatched"  # a path no route serves: one label, however many such paths are asked for
@@ -48,8 +49,8 @@ def init_app(app: Flask) -> None:
 def show_metrics():
     """Requests, backend calls, webhooks, Idempotency-Key replays, journal failures and the event worker's
     deliveries, summed over the processes; pending deliveries and breaker states as the stores say now."""
-    events = current_app.extensions["order_events"]
+    events = current_gateway().events
     current = metrics.CurrentStateCollector(events.store, list(events.settings.subscribers),
-                                            current_app.extensions["order_gateway"].by_name)
+                                            current_gateway().connections.by_name)
     body, media_type = metrics.exposition(current)
     return Response(body, status=200, headers={"Content-Type": media_type})

@@ -17,6 +17,7 @@ from gateway.rest.common import REQUEST_ID, TRACE_CONTEXT, connections, read_jso
 from gateway.rest.openapi import documented
 from gateway.rest.queries import NoQuery, read_query
 from gateway.rest.schemas import WebhookAcceptedSchema
+from gateway.runtime import current_gateway
 
 blueprint = Blueprint("webhooks", __name__)
 #: the backends that send webhooks, and the payload schema of each, for the API's documentation
@@ -124,7 +125,7 @@ def _store_webhook(receiver, webhooks: dict, connection: str):
     read_query(NoQuery)
     event = receiver.backend.read_webhook(read_json_body())
     check_raw_size(event.raw, current_app.config["GATEWAY_SETTINGS"].events.max_raw_bytes)
-    service = current_app.extensions["order_events"]
+    service = current_gateway().events
     subscribers = service.subscribers_for(event.type)
     try:
         # the deliveries continue this request's trace: their spans are children of its span
