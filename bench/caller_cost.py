@@ -122,11 +122,8 @@ def canned_reply(folder: Path) -> BackendReply:
 
 
 def close_app(app: Flask) -> None:
-    """Release what the app holds: connections, coordination, events and the Idempotency-Key store."""
-    for name in ("order_gateway", "order_events", "order_gateway_idempotency"):
-        # a gateway that failed half-way through the bench's changes may lack one: close what it has
-        if name in app.extensions:
-            app.extensions[name].close()
+    """Release what the app holds: connections, coordination, events, stores and the journal."""
+    gateway_of(app).close()
 
 
 @dataclass
@@ -205,7 +202,7 @@ class Gateways:
 
         self.callers, self.anonymous = gateway("callers"), gateway("anonymous", anonymous=True)
         self.in_memory, self.store_timed = gateway("memory"), gateway("store-timed")
-        self.in_memory.extensions.pop("order_gateway_idempotency").close()
+        gateway_of(self.in_memory).idempotency.close()
         gateway_of(self.in_memory).idempotency = MemoryIdempotencyStore()
         self.spent_in_store, self.store_nanoseconds = 0, []
         self._time_store_calls(gateway_of(self.store_timed).idempotency)

@@ -154,9 +154,7 @@ def make_gateway(tmp_path):
 
     yield make
     for app in apps:
-        gateway_of(app).connections.close()
-        gateway_of(app).events.close()
-        gateway_of(app).idempotency.close()
+        gateway_of(app).close()
 
 
 @pytest.fixture

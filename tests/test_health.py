@@ -209,8 +209,7 @@ def test_readyz_says_the_configuration_is_loaded_and_never_where_its_file_is(tmp
     try:
         reply = app.test_client().get("/readyz")
     finally:
-        for extension in ("order_gateway", "order_events", "order_gateway_idempotency"):
-            app.extensions[extension].close()
+        gateway_of(app).close()
     entry = reply.get_json()["checks"]["configuration:loaded"][0]
     assert entry["status"] == "pass"
     assert entry["output"] == ("loaded: a sandbox configuration ([gateway] sandbox = true), which accepts the public "
