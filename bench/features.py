@@ -40,6 +40,7 @@ from bench.workload import (
     sandbox_reply,
 )
 from gateway import create_app, logs
+from gateway.runtime import gateway_of
 from gateway.transport import BackendReply, OutboundRequest
 
 WORKLOAD = TYPICAL["ongoing"]
@@ -72,14 +73,6 @@ def canned_reply(folder: Path) -> BackendReply:
         connection.close()
 
 
-def close_app(app: Flask) -> None:
-    """Release what the app's extensions hold open (connections, journal, stores), the last made first."""
-    for extension in reversed(list(app.extensions.values())):
-        close = getattr(extension, "close", None)
-        if callable(close):
-            close()
-
-
 class Variants:
     """Two in-process gateways (with callers, and anonymous) whose features are switched per request."""
 
@@ -93,7 +86,7 @@ class Variants:
                 del config["callers"]
                 config["gateway"]["allow_anonymous"] = True
             app = self.apps[authenticated] = create_app(config, transports=transports)
-            stack.callback(close_app, app)
+            stack.callback(gateway_of(app).close)
         self.originals = {authenticated: (list(self.connection(app).guards), self.connection(app).recorder)
                           for authenticated, app in self.apps.items()}
         self.guards = [guard.name for guard in self.originals[True][0]]
@@ -109,7 +102,7 @@ class Variants:
     @staticmethod
     def connection(app: Flask) -> Any:
         """The app's connection of the workload."""
-        return app.extensions["order_gateway"].resolve(WORKLOAD.connection)
+        return gateway_of(app).connections.resolve(WORKLOAD.connection)
 
     def request(self, off: frozenset[str]) -> None:
         """One PATCH with the features in `off` switched off."""

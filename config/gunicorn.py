@@ -423,15 +423,17 @@ def post_fork(server, worker):
 
 
 def worker_exit(server, worker):
-    """Write the exchanges a stopping worker still queues for the journal (its writer is a daemon thread, and
-    lingers 50 ms for more), within _JOURNAL_CLOSE_SECONDS; then export the spans it still holds."""
+    """Close the stopping worker's Gateway: first the exchanges it still queues for the journal are written (its
+    writer is a daemon thread, and lingers 50 ms for more), within _JOURNAL_CLOSE_SECONDS, then its stores, pools
+    and connections are closed; then export the spans it still holds."""
     from gateway import tracing
+    from gateway.runtime import find_gateway
 
     # gunicorn calls this in the master too, for a worker that vanished: only the worker's own app is closed here
     app = getattr(worker, "wsgi", None) if worker.pid == os.getpid() else None
-    recorder = getattr(app, "extensions", {}).get("order_gateway_journal")
-    if recorder is not None:
-        recorder.close(timeout=_JOURNAL_CLOSE_SECONDS)
+    gateway = find_gateway(app)
+    if gateway is not None:
+        gateway.close(journal_timeout=_JOURNAL_CLOSE_SECONDS)
     tracing.shutdown()
 
 

@@ -13,6 +13,7 @@ from gateway.config import GatewaySettings, load_settings, read_configured_setti
 from gateway.connections import Connections
 from gateway.journal import open_exchange_journal
 from gateway.journal.recorder import JournalRecorder
+from gateway.runtime import Gateway
 from gateway.scrubbing import Scrubber, install_log_scrubbing
 from gateway.transport import Transport
 
@@ -34,15 +35,21 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
         GATEWAY_SETTINGS=settings,
     )
     app.json.sort_keys = False
-    scrubber = app.extensions["order_gateway_scrubber"] = Scrubber.for_settings(settings)
+    scrubber = Scrubber.for_settings(settings)
     install_log_scrubbing(scrubber)
     journal = settings.journal
-    recorder = app.extensions["order_gateway_journal"] = JournalRecorder(
+    recorder = JournalRecorder(
         open_exchange_journal(settings, max_age_seconds=journal.max_age_days * 86400, max_count=journal.max_count,
                               record_bodies=journal.record_bodies),
         record_bodies=journal.record_bodies, max_body_bytes=journal.max_body_bytes)
-    app.extensions["order_gateway"] = Connections(settings, BACKENDS, transports, recorder, scrubber)
-    events.init_app(app, settings)
-    rest.init_app(app)
-    console.init_app(app, settings)
+    gateway = Gateway(settings, scrubber=scrubber, recorder=recorder)
+    gateway.init_app(app)
+    try:
+        gateway.connections = Connections(settings, BACKENDS, transports, recorder, scrubber)
+        gateway.events = events.EventService(settings)
+        rest.init_app(app)
+        console.init_app(app, settings)
+    except BaseException:
+        gateway.close()  # an app that cannot be built leaves nothing open
+        raise
     return app

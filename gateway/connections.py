@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry.trace import SpanKind
 from tenacity import Retrying, retry_if_result, stop_after_attempt, stop_any, wait_random_exponential
@@ -57,6 +57,7 @@ from tenacity import Retrying, retry_if_result, stop_after_attempt, stop_any, wa
 from gateway import logs, metrics, tracing
 from gateway.backends import Backend, Credentials, Operation
 from gateway.bookkeeping import note_failure
+from gateway.calls import NO_CONTEXT, CallAttempt, CallContext
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.config import ConnectionSettings, GatewaySettings
 from gateway.coordination import Coordination
@@ -71,13 +72,10 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.guards import (
-    UNWELL,
     BreakerGuard,
     BulkheadGuard,
     CallGuard,
-    CallLockGuard,
     GuardedCall,
-    RateLimitGuard,
     build_guards,
 )
 from gateway.journal import Exchange
@@ -90,12 +88,6 @@ log = logging.getLogger("gateway.backends")
 
 #: what a call's failure of its own may be besides a BackendError: a store it needed before it was sent
 CALL_FAILURES = (BackendError, StoreUnavailable)
-#: with the guards (gateway/guards), importable from here as they were when they lived here
-__all__ = [
-    "CALL_FAILURES", "NO_CONTEXT", "UNWELL", "AttemptListener", "BreakerGuard", "BulkheadGuard", "CallAttempt",
-    "CallContext", "CallGuard", "CallLockGuard", "Connection", "Connections", "GuardedCall", "PlannedUpdate",
-    "RateLimitGuard",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,42 +96,6 @@ class PlannedUpdate:
 
     update: OrderUpdate
     operation: Operation
-
-
-@dataclass(frozen=True, slots=True)
-class CallAttempt:
-    """An attempt about to be sent: the id its journal exchange will have, where it goes, for which orders, whether
-    the operation may be sent twice, and whether it repeats an attempt of the same call (a retry)."""
-
-    exchange_id: str
-    connection: str
-    operation: str
-    order_ids: tuple[str, ...]
-    idempotent: bool
-    retry: bool
-
-
-class AttemptListener(Protocol):
-    """Told of every attempt before it is sent (the REST layer's Idempotency-Key record)."""
-
-    def attempting(self, attempt: CallAttempt) -> None:
-        """Note the attempt; raising StoreUnavailable stops it unsent."""
-
-
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    """Who asks for the calls `Connection.send` makes: the request id and caller the journal records with each
-    exchange, and the listener told of every attempt before it goes out (whoever passes one learns whether anything
-    may have reached a backend, and may note it where a crash cannot lose it: the REST layer's Idempotency-Key
-    record notes the call on the key first)."""
-
-    request_id: str = ""
-    caller: str = ""
-    listener: AttemptListener | None = None
-
-
-#: the context of calls nobody in particular asked for
-NO_CONTEXT = CallContext()
 
 
 class Connection:
@@ -435,9 +391,8 @@ class Connections:
         return connection
 
     def close(self) -> None:
-        """Close every connection's HTTP pool and the shared coordination state."""
+        """Close every connection's HTTP pool and the shared coordination state (the journal's recorder is the
+        Gateway's to close: gateway/runtime.py)."""
         for connection in self.by_name.values():
             connection.close()
         self.coordination.close()
-        if self.recorder is not None:
-            self.recorder.close()

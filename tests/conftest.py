@@ -11,6 +11,7 @@ import sandbox
 from gateway import create_app
 from gateway.events.redis_store import RedisEventStore
 from gateway.events.store import SqliteEventStore
+from gateway.runtime import gateway_of
 from tests.log_lines import unchecked_problems
 from tests.processes import SERVER_KINDS, SERVER_LOGS
 from tests.redis_server import run_redis_server
@@ -153,9 +154,7 @@ def make_gateway(tmp_path):
 
     yield make
     for app in apps:
-        app.extensions["order_gateway"].close()
-        app.extensions["order_events"].close()
-        app.extensions["order_gateway_idempotency"].close()
+        gateway_of(app).close()
 
 
 @pytest.fixture

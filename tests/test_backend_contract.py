@@ -15,6 +15,7 @@ from gateway.config import ConnectionSchema, ConnectionSettings, load_settings
 from gateway.connections import Connection
 from gateway.errors import ValidationFailed
 from gateway.replies import READERS
+from gateway.runtime import gateway_of
 from gateway.transport import BackendReply
 from tests.calls import RecordingTransport
 from tests.conftest import (
@@ -239,8 +240,7 @@ def test_a_transport_passed_to_the_app_carries_every_call(kind, tmp_path):
         assert reply.get_json()["operation"] == key[1]
         assert len(transport.sent) == 1
     finally:
-        app.extensions["order_gateway"].close()
-        app.extensions["order_events"].close()
+        gateway_of(app).close()
     assert transport.closed
 
 

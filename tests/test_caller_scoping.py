@@ -15,6 +15,7 @@ import pytest
 
 from gateway.errors import ConfigError
 from gateway.journal import Exchange
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, ongoing_connection, speed4trade_connection
 from tests.test_console import csrf_of, log_in, redeliver_form
 
@@ -68,7 +69,7 @@ def store_event(app, event_id: str, connection: str | None, *, order: str = "100
              "order": {"backend_order_id": order, "order_number": f"SO-{order}"}, "raw": {"pad": "x" * raw_bytes}}
     if connection is None:
         del event["source"]["connection"]
-    store = app.extensions["order_events"].store
+    store = gateway_of(app).events.store
     store.add_event(event, dedupe_key=f"{connection}:{event_id}", order_key=f"{connection}:{order}",
                     subscribers=["demo"], now=at)
     if dead:
@@ -77,7 +78,7 @@ def store_event(app, event_id: str, connection: str | None, *, order: str = "100
 
 
 def record_exchange(app, exchange_id: str, connection: str, *, order: str = "1001", at: float = T0) -> str:
-    app.extensions["order_gateway_journal"].journal.record(Exchange(
+    gateway_of(app).recorder.journal.record(Exchange(
         id=exchange_id, at=at, request_id=f"req-{exchange_id}", caller="everything", connection=connection,
         backend="ongoing" if connection == OURS else "speed4trade", operation="UpdateOrder", order_ids=(order,),
         request={"method": "POST", "url": "http://backend/", "headers": {}, "body": f"<secret-of-{exchange_id}/>"},
@@ -176,7 +177,7 @@ def test_another_connections_event_is_a_404_exactly_like_an_unknown_one(app, dat
 
 
 def test_another_connections_event_is_not_redelivered(app, data):
-    store = app.extensions["order_events"].store
+    store = gateway_of(app).events.store
     reply = app.test_client().post("/events/evt_theirs/redeliver",
                                    headers={**bearer(LIMITED_KEY), "Idempotency-Key": '"scoped-1"'})
 
@@ -319,7 +320,7 @@ def test_the_redeliver_button_on_another_connections_event_says_it_is_unknown(ap
 
     assert reply.status_code == 303
     assert "No event &#39;evt_theirs&#39;." in limited_console.get("/console").get_data(as_text=True)
-    (delivery,) = app.extensions["order_events"].store.get_event("evt_theirs")["deliveries"]
+    (delivery,) = gateway_of(app).events.store.get_event("evt_theirs")["deliveries"]
     assert delivery["state"] == "dead"
 
 
@@ -329,7 +330,7 @@ def test_the_redeliver_button_on_the_callers_own_event_queues_it(app, data, limi
     assert limited_console.post("/console/events/evt_ours/redeliver", data=form).status_code == 303
 
     assert "Event evt_ours is queued again for demo." in limited_console.get("/console").get_data(as_text=True)
-    (delivery,) = app.extensions["order_events"].store.get_event("evt_ours")["deliveries"]
+    (delivery,) = gateway_of(app).events.store.get_event("evt_ours")["deliveries"]
     assert delivery["state"] == "pending" and delivery["history"][-1]["requested_by"] == "ongoing-only"
 
 

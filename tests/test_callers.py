@@ -19,6 +19,7 @@ from gateway.rest.auth import (
     require_scope,
     scoped_connections,
 )
+from gateway.runtime import gateway_of
 from tests.calls import RecordingTransport
 from tests.conftest import ONGOING_SERVICE_PATH, ongoing_connection, speed4trade_connection
 from tests.ongoing_timestamps import recent_timestamp
@@ -116,8 +117,7 @@ def test_a_forbidden_bulk_is_refused_whole_and_sends_nothing(make_gateway, sandb
             "connection": "speed4trade", "orders": [{"order_id": "10001", "status": "fetched"},
                                                     {"order_id": "10002", "status": "fetched"}]})
     finally:
-        app.extensions["order_gateway"].close()
-        app.extensions["order_events"].close()
+        gateway_of(app).close()
     assert reply.status_code == 403
     assert transport.sent == []
 

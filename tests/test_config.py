@@ -16,6 +16,7 @@ from gateway import create_app
 from gateway.backends import BACKENDS
 from gateway.config import Secret, read_config_file
 from gateway.errors import ConfigError
+from gateway.runtime import gateway_of
 from tests.refusals import refusal
 
 GOOD = """
@@ -139,12 +140,11 @@ def test_create_app_reads_gateway_config(tmp_path, monkeypatch):
     app = create_app()
     try:
         assert app.config["GATEWAY_SETTINGS"].source == str(tmp_path / "gateway.toml")
-        assert app.extensions["order_gateway"].resolve(None).name == "wh"
+        assert gateway_of(app).connections.resolve(None).name == "wh"
         # relative database paths are read from the configuration file's folder
         assert app.config["GATEWAY_SETTINGS"].events.database == tmp_path / "var" / "events.sqlite3"
     finally:
-        app.extensions["order_gateway"].close()
-        app.extensions["order_events"].close()
+        gateway_of(app).close()
 
 
 def test_without_gateway_config_the_gateway_refuses_to_start(monkeypatch):

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from gateway.console import charts
+from gateway.runtime import gateway_of
 from gateway.scrubbing import Scrubber
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.ongoing_timestamps import recent_timestamp
@@ -55,7 +56,7 @@ def ops(app):
 
 
 def store_dead_event(app, number: int = 1, order: str = "SO-1004") -> str:
-    store = app.extensions["order_events"].store
+    store = gateway_of(app).events.store
     event = {"id": f"evt_console{number}", "type": "order.picked", "occurred_at": "2026-11-23T12:00:00Z",
              "source": {"backend": "ongoing", "connection": "ongoing-demo", "template": "OrderPicked"},
              "order": {"backend_order_id": order.removeprefix("SO-"), "order_number": order}}
@@ -183,7 +184,7 @@ def test_a_store_that_cannot_be_read_leaves_the_page_saying_so(ops, app, monkeyp
     def broken(*args, **kwargs):
         raise OSError("redis://user:pw@10.0.0.1 is down")
 
-    monkeypatch.setattr(app.extensions["order_events"].store, "list_events", broken)
+    monkeypatch.setattr(gateway_of(app).events.store, "list_events", broken)
     reply = ops.get("/console")
     assert reply.status_code == 200
     html = reply.get_data(as_text=True)
@@ -231,7 +232,7 @@ def test_an_unusable_search_is_a_422_page(ops, query, says):
 def test_no_page_shows_a_secret_even_when_a_backend_echoes_one(ops, app):
     scrubber = Scrubber.for_settings(app.config["GATEWAY_SETTINGS"])
     store_dead_event(app, order="SO-1003")
-    app.extensions["order_gateway_journal"].journal.record(_echoing_exchange())
+    gateway_of(app).recorder.journal.record(_echoing_exchange())
     for path in ("/console", "/console/orders?order_id=SO-1003", "/console/login"):
         html = ops.get(path).get_data(as_text=True)
         assert scrubber.scrub(html) == html, path
@@ -255,7 +256,7 @@ def _echoing_exchange():
 
 def test_the_redeliver_button_queues_the_event_once_however_often_it_is_pressed(ops, app):
     event_id = store_dead_event(app)
-    store = app.extensions["order_events"].store
+    store = gateway_of(app).events.store
     form = redeliver_form(ops.get("/console").get_data(as_text=True), event_id)
     first = ops.post(f"/console/events/{event_id}/redeliver", data=form)
     assert first.status_code == 303 and first.headers["Location"] == "/console"
@@ -288,7 +289,7 @@ def test_a_redeliver_without_the_csrf_token_is_refused(ops, app):
     for token in ("", "forged-token"):
         reply = ops.post(f"/console/events/{event_id}/redeliver", data={**form, "csrf_token": token})
         assert reply.status_code == 403 and 'id="refused"' in reply.get_data(as_text=True)
-    assert app.extensions["order_events"].store.get_event(event_id)["deliveries"][0]["state"] == "dead"
+    assert gateway_of(app).events.store.get_event(event_id)["deliveries"][0]["state"] == "dead"
 
 
 def test_without_events_redeliver_there_is_no_button_and_the_form_is_refused(app):
@@ -301,7 +302,7 @@ def test_without_events_redeliver_there_is_no_button_and_the_form_is_refused(app
                         data={"csrf_token": csrf_of(html), "idempotency_key": "k-1", "next": "/console"})
     assert reply.status_code == 303
     assert "lacks the scope events:redeliver" in viewer.get("/console").get_data(as_text=True)
-    assert app.extensions["order_events"].store.get_event(event_id)["deliveries"][0]["state"] == "dead"
+    assert gateway_of(app).events.store.get_event(event_id)["deliveries"][0]["state"] == "dead"
 
 
 def test_redelivering_an_unknown_event_says_so(ops):
@@ -360,7 +361,7 @@ def test_hostile_redeliver_forms_are_refused_with_a_message(ops, app, form):
     sent = {**redeliver_form(html, event_id), **form}
     reply = ops.post(f"/console/events/{event_id}/redeliver", data=sent)
     assert reply.status_code == 303 and reply.headers["Location"] == "/console"
-    state = app.extensions["order_events"].store.get_event(event_id)["deliveries"][0]["state"]
+    state = gateway_of(app).events.store.get_event(event_id)["deliveries"][0]["state"]
     assert state == ("pending" if set(form) == {"next"} else "dead")
 
 

@@ -13,16 +13,16 @@ from dataclasses import replace
 import pytest
 import redis
 
+from gateway.callers import Authenticator
 from gateway.config import load_settings
 from gateway.console import COOKIE_NAME
 from gateway.console.sessions import (
-    SESSIONS_EXTENSION,
     ConsoleSessionStore,
     RedisConsoleSessionStore,
     SqliteConsoleSessionStore,
     id_digest,
 )
-from gateway.rest.auth import THROTTLE_EXTENSION, Authenticator
+from gateway.runtime import gateway_of
 from gateway.stores import store_unavailable
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.servers import closed_port
@@ -201,8 +201,8 @@ def build(make_gateway, sandbox_url, redis_or_not):
 
     yield build_
     for app in apps:
-        app.extensions[SESSIONS_EXTENSION].close()
-        app.extensions[THROTTLE_EXTENSION].close()
+        gateway_of(app).console_sessions.close()
+        gateway_of(app).auth_throttle.close()
 
 
 def log_in(client, key: str = OPS_KEYS[0]):
@@ -229,16 +229,16 @@ def test_the_cookie_holds_only_the_sessions_random_id(build):
     held = app.session_interface.get_signing_serializer(app).loads(cookie_of(client))
 
     assert set(held) == {"sid"}
-    started = app.extensions[SESSIONS_EXTENSION].get(held["sid"])
+    started = gateway_of(app).console_sessions.get(held["sid"])
     assert started is not None and started.caller == "ops"
     assert "ops" not in held["sid"] and started.csrf_token not in cookie_of(client)
     # a flashed message waits on the server, not in the cookie
     page = client.post("/console/events/evt_unknown/redeliver",
                        data={"csrf_token": started.csrf_token, "idempotency_key": "k-1"})
     assert page.status_code == 303 and "Set-Cookie" not in page.headers
-    assert app.extensions[SESSIONS_EXTENSION].get(held["sid"]).notes
+    assert gateway_of(app).console_sessions.get(held["sid"]).notes
     assert "lacks the scope events:redeliver" in client.get("/console").get_data(as_text=True)
-    assert app.extensions[SESSIONS_EXTENSION].get(held["sid"]).notes == ()
+    assert gateway_of(app).console_sessions.get(held["sid"]).notes == ()
 
 
 def test_logging_out_ends_every_copy_of_the_cookie(build):
@@ -253,7 +253,7 @@ def test_logging_out_ends_every_copy_of_the_cookie(build):
     token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
     assert client.post("/console/logout", data={"csrf_token": token}).status_code == 303
 
-    assert app.extensions[SESSIONS_EXTENSION].get(session_id) is None
+    assert gateway_of(app).console_sessions.get(session_id) is None
     refused = with_cookie(app, copied).get("/console")
     assert refused.status_code == 303 and refused.headers["Location"].startswith("/console/login")
     assert client.get("/console").status_code == 303
@@ -270,7 +270,7 @@ def test_a_login_gets_a_new_id_so_an_id_planted_before_it_is_worth_nothing(build
 
     after = serializer.loads(cookie_of(client))["sid"]
     assert after != before
-    assert app.extensions[SESSIONS_EXTENSION].get(before) is None
+    assert gateway_of(app).console_sessions.get(before) is None
     assert with_cookie(app, serializer.dumps({"sid": before})).get("/console").status_code == 303
     # the form sent again (another tab's copy) is refused: its token belonged to the id before the login
     again = client.post("/console/login", data={"csrf_token": token, "key": VIEWER_KEY})
@@ -352,10 +352,10 @@ def test_every_request_checks_the_callers_configuration_as_it_is_now(build):
     settings = app.config["GATEWAY_SETTINGS"]
     ops = settings.callers["ops"]
     reloaded = replace(settings, callers={**settings.callers, "ops": replace(ops, scopes=frozenset({"events:read"}))})
-    app.extensions["order_gateway_auth"] = Authenticator(reloaded)  # a configuration reloaded in the process
+    gateway_of(app).authenticator = Authenticator(reloaded)  # a configuration reloaded in the process
 
     assert client.get("/console").status_code == 303
-    assert app.extensions[SESSIONS_EXTENSION].get(session_id) is None
+    assert gateway_of(app).console_sessions.get(session_id) is None
 
 
 def test_an_old_style_cookie_naming_a_caller_opens_nothing(build):
@@ -375,8 +375,8 @@ def test_a_session_store_that_cannot_be_read_answers_503(make_gateway, sandbox_u
         reply = client.get("/console")
         assert reply.status_code == 503 and reply.get_json()["store"] == "console session store"
     finally:
-        app.extensions[SESSIONS_EXTENSION].close()
-        app.extensions[THROTTLE_EXTENSION].close()
+        gateway_of(app).console_sessions.close()
+        gateway_of(app).auth_throttle.close()
 
 
 def test_settings_say_how_long_a_session_lasts(sandbox_url):

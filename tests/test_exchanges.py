@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.runtime import gateway_of
 from tests.conftest import (
     ONGOING_SERVICE_PATH,
     SELLERCENTER_API_KEY,
@@ -110,7 +111,7 @@ def test_reading_the_journal_needs_its_scope(client):
 
 @pytest.mark.expected_traceback  # the failure is logged with its traceback, as it should be
 def test_a_journal_that_fails_never_fails_the_request(client, monkeypatch):
-    recorder = client.application.extensions["order_gateway_journal"]
+    recorder = gateway_of(client.application).recorder
 
     def broken(exchanges):
         raise OSError("disk full")
@@ -123,8 +124,8 @@ def test_a_journal_that_fails_never_fails_the_request(client, monkeypatch):
 
 @pytest.mark.expected_traceback  # the failure is logged with its traceback, as it should be
 def test_an_exchange_that_cannot_be_made_never_fails_the_request(client, monkeypatch):
-    recorder = client.application.extensions["order_gateway_journal"]
-    connection = client.application.extensions["order_gateway"].resolve("ongoing")
+    recorder = gateway_of(client.application).recorder
+    connection = gateway_of(client.application).connections.resolve("ongoing")
 
     def broken(request):
         raise ValueError("cannot mask this")
@@ -138,7 +139,7 @@ def test_an_exchange_that_cannot_be_made_never_fails_the_request(client, monkeyp
 def test_the_exchange_is_masked_and_scrubbed_on_the_journals_thread_not_the_requests(client, monkeypatch):
     import threading
 
-    connection = client.application.extensions["order_gateway"].resolve("ongoing")
+    connection = gateway_of(client.application).connections.resolve("ongoing")
     made_on = []
     view = connection.backend.dry_run_view
 
@@ -148,7 +149,7 @@ def test_the_exchange_is_masked_and_scrubbed_on_the_journals_thread_not_the_requ
 
     monkeypatch.setattr(connection.backend, "dry_run_view", noting_thread)
     assert client.patch("/orders/SO-1003", json={"waybill": "WB-4"}, headers=auth()).status_code == 200
-    assert client.application.extensions["order_gateway_journal"].flush()
+    assert gateway_of(client.application).recorder.flush()
     assert made_on == ["gateway-journal"]
     (exchange, *_) = exchanges_of(client)
     assert exchange["order_ids"] == ["SO-1003"] and "demo-password" not in str(exchange)

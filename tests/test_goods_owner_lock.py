@@ -11,6 +11,7 @@ import pytest
 import requests
 
 import sandbox
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.servers import RecordingMiddleware, serve_wsgi
 
@@ -90,7 +91,7 @@ def test_without_a_shared_lock_the_sandbox_refuses_the_overlapping_call(make_gat
         first=ongoing_connection(ongoing.service_url),
         second=ongoing_connection(ongoing.service_url + "?copy=1"),
     ))
-    connections = app.extensions["order_gateway"].by_name
+    connections = gateway_of(app).connections.by_name
     assert connections["first"].lock_name != connections["second"].lock_name
     replies = concurrently([patch(app, "SO-1001", {"connection": "first", "waybill": "WB-1"}),
                             patch(app, "SO-1002", {"connection": "second", "waybill": "WB-2"})])
@@ -105,7 +106,7 @@ def test_without_a_shared_lock_the_sandbox_refuses_the_overlapping_call(make_gat
 
 def test_a_lock_held_elsewhere_beyond_lock_timeout_is_503_and_nothing_is_sent(make_gateway, ongoing):
     app = make_gateway(demo_config(ongoing, lock_timeout=0.3))
-    gateway = app.extensions["order_gateway"]
+    gateway = gateway_of(app).connections
     connection = gateway.by_name["ongoing-demo"]
     holding, done = threading.Event(), threading.Event()
 

@@ -12,6 +12,7 @@ import redis
 
 from gateway import create_app
 from gateway.events.heartbeat import Heartbeat
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 
 SECRET = "s3cret-ongoing-password"
@@ -56,7 +57,7 @@ def test_a_missing_or_stale_worker_and_an_open_breaker_warn(make_gateway, sandbo
     stale = client.get("/readyz").get_json()["checks"]["eventWorker:heartbeatAge"][0]
     assert stale["status"] == "warn" and stale["observedValue"] >= 299
     Heartbeat(app.config["GATEWAY_SETTINGS"]).beat()
-    connection = app.extensions["order_gateway"].resolve("ongoing")
+    connection = gateway_of(app).connections.resolve("ongoing")
     connection.breaker.open()
     health = client.get("/readyz")
     assert health.status_code == 200
@@ -72,7 +73,7 @@ def test_a_store_that_cannot_be_reached_fails_with_503(make_gateway, sandbox_url
     def unreachable(*args, **kwargs):
         raise ConnectionError("redis://user:pw@10.0.0.1 refused")
 
-    monkeypatch.setattr(app.extensions["order_gateway_idempotency"], "ping", unreachable)
+    monkeypatch.setattr(gateway_of(app).idempotency, "ping", unreachable)
     reply = app.test_client().get("/readyz")
     assert reply.status_code == 503
     health = reply.get_json()
@@ -82,8 +83,8 @@ def test_a_store_that_cannot_be_reached_fails_with_503(make_gateway, sandbox_url
 
 
 @pytest.mark.parametrize(("check", "store"), [
-    ("authThrottle:responseTime", lambda app: app.extensions["order_gateway_auth_throttle"].store),
-    ("consoleSessions:responseTime", lambda app: app.extensions["order_gateway_console_sessions"]),
+    ("authThrottle:responseTime", lambda app: gateway_of(app).auth_throttle.store),
+    ("consoleSessions:responseTime", lambda app: gateway_of(app).console_sessions),
 ])
 def test_an_unreachable_throttle_or_session_store_fails_readiness(make_gateway, sandbox_url, monkeypatch, check,
                                                                    store):
@@ -154,7 +155,7 @@ def test_a_check_that_does_not_finish_fails_within_the_readiness_timeout(make_ga
     app.config["GATEWAY_SETTINGS"] = dataclasses.replace(app.config["GATEWAY_SETTINGS"], readiness_timeout=0.5)
     Heartbeat(app.config["GATEWAY_SETTINGS"]).beat()
     release = threading.Event()
-    monkeypatch.setattr(app.extensions["order_gateway_idempotency"], "ping", lambda: release.wait(30))
+    monkeypatch.setattr(gateway_of(app).idempotency, "ping", lambda: release.wait(30))
     try:
         started = time.monotonic()
         reply = app.test_client().get("/readyz")
@@ -208,8 +209,7 @@ def test_readyz_says_the_configuration_is_loaded_and_never_where_its_file_is(tmp
     try:
         reply = app.test_client().get("/readyz")
     finally:
-        for extension in ("order_gateway", "order_events", "order_gateway_idempotency"):
-            app.extensions[extension].close()
+        gateway_of(app).close()
     entry = reply.get_json()["checks"]["configuration:loaded"][0]
     assert entry["status"] == "pass"
     assert entry["output"] == ("loaded: a sandbox configuration ([gateway] sandbox = true), which accepts the public "

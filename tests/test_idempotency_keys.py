@@ -10,6 +10,7 @@ import pytest
 import requests
 
 import sandbox
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, ongoing_connection
 from tests.servers import serve_wsgi
 
@@ -157,7 +158,7 @@ def test_a_kept_reply_expires(make_gateway, sandbox_url):
 
 
 def test_a_double_clicked_redelivery_delivers_once(client):
-    service = client.application.extensions["order_events"]
+    service = gateway_of(client.application).events
     event_id, _ = service.store.add_event({"id": "evt_click", "type": "order.created",
                                           "occurred_at": "2026-11-23T12:00:00Z"}, dedupe_key="click",
                                          order_key="o:1", subscribers=["crm"])

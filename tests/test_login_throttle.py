@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from gateway.rest.auth import THROTTLE_EXTENSION
+from gateway.runtime import gateway_of
 from gateway.stores import store_unavailable
 from gateway.throttle import (
     KEY_PREFIX_CHARS,
@@ -238,7 +238,7 @@ def store_kind(request) -> str | None:
 def throttled_app(make_gateway, sandbox_url, store_kind):
     app = make_gateway(throttled_config(sandbox_url, redis_url=store_kind))
     yield app
-    app.extensions[THROTTLE_EXTENSION].close()
+    gateway_of(app).auth_throttle.close()
 
 
 def from_address(app, address: str):
@@ -313,7 +313,7 @@ def test_the_throttle_ends_with_its_window(make_gateway, sandbox_url, store_kind
         time.sleep(window + 0.2)
         assert events_with(client, WRITER_KEY).status_code == 200
     finally:
-        app.extensions[THROTTLE_EXTENSION].close()
+        gateway_of(app).auth_throttle.close()
 
 
 def log_in(client, key: str):
@@ -375,7 +375,7 @@ def test_a_throttle_that_cannot_be_read_answers_503_and_lets_nobody_in(make_gate
         console = log_in(client, OPS_KEY)
         assert console.status_code == 503 and console.get_json()["store"] == "authentication throttle"
     finally:
-        app.extensions[THROTTLE_EXTENSION].close()
+        gateway_of(app).auth_throttle.close()
 
 
 def test_the_openapi_document_names_the_429(throttled_app):

@@ -17,6 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.ongoing_timestamps import recent_timestamp
 from tests.processes import (
@@ -199,7 +200,7 @@ def store_event(store, number: int, subscribers: list[str]) -> None:
 
 def test_pending_deliveries_and_breaker_states_are_read_at_each_scrape(subscribed_gateway):
     client = subscribed_gateway.test_client()
-    store = subscribed_gateway.extensions["order_events"].store
+    store = gateway_of(subscribed_gateway).events.store
     store_event(store, 1, ["crm", "shop"])
     store_event(store, 2, ["crm"])
     store_event(store, 3, ["crm", "unconfigured"])
@@ -211,7 +212,7 @@ def test_pending_deliveries_and_breaker_states_are_read_at_each_scrape(subscribe
 
     store.record_attempt("evt_m1", "crm", outcome="delivered")
     store.record_attempt("evt_m1", "shop", outcome="dead", error="gone")
-    connections = subscribed_gateway.extensions["order_gateway"]
+    connections = gateway_of(subscribed_gateway).connections
     connections.resolve("spare").breaker.open()
     text = client.get("/metrics").get_data(as_text=True)
     assert value(text, "order_gateway_events_pending", subscriber="crm") == 2
@@ -232,8 +233,8 @@ def test_a_store_that_cannot_be_read_leaves_its_figure_out_of_a_scrape_that_succ
         raise redis.ConnectionError(f"Error 111 connecting to {secret_url}. Connection refused.")
 
     before = client.get("/metrics").get_data(as_text=True)
-    monkeypatch.setattr(subscribed_gateway.extensions["order_events"].store, "pending_counts", unreachable)
-    monkeypatch.setattr(subscribed_gateway.extensions["order_gateway"].resolve("spare"), "breaker_state", unreachable)
+    monkeypatch.setattr(gateway_of(subscribed_gateway).events.store, "pending_counts", unreachable)
+    monkeypatch.setattr(gateway_of(subscribed_gateway).connections.resolve("spare"), "breaker_state", unreachable)
     with caplog.at_level(logging.WARNING, logger="gateway.metrics"):
         reply = client.get("/metrics")
     assert reply.status_code == 200

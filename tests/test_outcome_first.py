@@ -28,6 +28,7 @@ import sandbox
 from gateway.coordination.breakers import ConcurrentCircuitBreaker, FallbackBreakerStorage
 from gateway.errors import ConnectionBusy
 from gateway.guards import CallGuard, GuardedCall
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.processes import child_pids, start_gateway, stop, wait_until_serving
 from tests.redis_server import run_redis_server
@@ -469,7 +470,7 @@ def slow_sandbox_app(make_gateway):
 
         def make(**connection) -> tuple:
             app = make_gateway(gateway_config(o=ongoing_connection(url + ONGOING_SERVICE_PATH, **connection)))
-            return app, app.extensions["order_gateway"].resolve("o"), counting
+            return app, gateway_of(app).connections.resolve("o"), counting
 
         yield make
 
@@ -549,7 +550,7 @@ def test_a_lock_store_that_cannot_be_used_is_a_fast_503_and_nothing_is_sent(slow
 
 def test_a_call_the_key_store_cannot_note_is_not_sent(slow_sandbox_app, monkeypatch):
     app, _, counting = slow_sandbox_app()
-    store = app.extensions["order_gateway_idempotency"]
+    store = gateway_of(app).idempotency
     note = store.attempt
     monkeypatch.setattr(store, "attempt", lambda *args, **kwargs: (_ for _ in ()).throw(
         sqlite3.OperationalError("database is locked")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from marshmallow import Schema, fields
 
+from gateway.runtime import gateway_of
 from tests.conftest import gateway_config, ongoing_connection
 from tests.refusals import refusal
 from tests.servers import ScriptedBackend, closed_port, serve_wsgi
@@ -116,7 +117,7 @@ def test_an_unexpected_exception_is_a_bare_500(client, app, monkeypatch):
     def explode(planned):
         raise RuntimeError("secret internals: demo-password")
 
-    connection = app.extensions["order_gateway"].resolve(None)
+    connection = gateway_of(app).connections.resolve(None)
     monkeypatch.setattr(connection, "send", explode)
     problem = assert_problem(client.patch("/orders/SO-1001", json={"status": "open"}), 500, "internal-error")
     assert "secret internals" not in problem["detail"]
@@ -127,7 +128,7 @@ def test_a_rendering_that_fails_the_xsd_is_a_500_and_nothing_is_sent(make_gatewa
     with serve_wsgi(fake) as url:
         app = make_gateway(gateway_config(o=ongoing_connection(url)))
         # The settings check refuses such a code at start-up; bypass it to provoke the XSD gate.
-        app.extensions["order_gateway"].resolve("o").backend.status_map["overflow"] = 2**40
+        gateway_of(app).connections.resolve("o").backend.status_map["overflow"] = 2**40
         reply = app.test_client().patch("/orders/SO-1", json={"status": "overflow"})
     assert_problem(reply, 500, "translation-error")
     assert fake.requests == []

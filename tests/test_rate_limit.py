@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway import create_app
+from gateway.runtime import gateway_of
 from gateway.transport import BackendReply, OutboundRequest
 from tests.conftest import ongoing_connection, speed4trade_connection
 from tests.redis_server import run_redis_server
@@ -63,9 +64,7 @@ def make_app(tmp_path):
 
     yield make
     for app in apps:
-        app.extensions["order_gateway"].close()
-        app.extensions["order_events"].close()
-        app.extensions["order_gateway_idempotency"].close()
+        gateway_of(app).close()
 
 
 def patch_order(app, order_id: str = "1001", status: str = "released") -> tuple[object, float]:
@@ -80,8 +79,8 @@ def refusals(guard: str = "rate_limit") -> float:
 
 
 def test_the_rate_limit_is_a_guard_only_where_it_is_set(make_app):
-    unlimited = make_app(CountingTransport()).extensions["order_gateway"].resolve("o")
-    limited = make_app(CountingTransport(), max_calls_per_second=2.5).extensions["order_gateway"].resolve("o")
+    unlimited = gateway_of(make_app(CountingTransport())).connections.resolve("o")
+    limited = gateway_of(make_app(CountingTransport(), max_calls_per_second=2.5)).connections.resolve("o")
 
     assert [guard.name for guard in unlimited.guards] == ["breaker", "bulkhead", "call_lock"]
     assert [guard.name for guard in limited.guards] == ["breaker", "bulkhead", "call_lock", "rate_limit"]
@@ -148,7 +147,7 @@ def test_a_wait_beyond_the_budget_is_a_503_rate_limited_with_retry_after_and_not
     assert took < 1.5, "a wait that cannot fit the budget is refused at once, not waited out"
     assert len(transport.sent) == 1
     assert refusals() == before + 1
-    journal = app.extensions["order_gateway_journal"].flushed_journal()
+    journal = gateway_of(app).recorder.flushed_journal()
     assert [exchange.order_ids for exchange in journal.list(connection="o")] == [("1001",)], \
         "a refused call is journaled as the other guards' refusals are: not at all, since it never went out"
 
@@ -183,8 +182,7 @@ def test_a_rate_limit_store_that_cannot_be_used_is_a_fast_503_and_nothing_is_sen
         before = refusals()
         refused, took = patch_order(app, status="fetched")
     finally:
-        for extension in ("order_gateway", "order_events", "order_gateway_idempotency"):
-            app.extensions[extension].close()
+        gateway_of(app).close()
 
     assert refused.status_code == 503, refused.get_json()
     problem = refused.get_json()

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from gateway.errors import BackendFailure, BackendUnavailable
 from gateway.replies import valid_retry_after
+from gateway.runtime import gateway_of
 from gateway.transport import BackendReply, OutboundRequest
 from tests.conftest import gateway_config, ongoing_connection, speed4trade_connection
 from tests.hostile.conftest import read_http_request
@@ -255,7 +256,7 @@ def test_refusals_do_not_count_against_the_breaker(make_gateway, server):
     app, client = ongoing_client(make_gateway, fake.port, breaker_failures=2)
     for _ in range(5):
         assert client.patch("/orders/X", json={"status": "released"}).status_code == 404
-    assert app.extensions["order_gateway"].resolve("o").breaker_state()["state"] == "closed"
+    assert gateway_of(app).connections.resolve("o").breaker_state()["state"] == "closed"
 
 
 # --- retries -------------------------------------------------------------------------------------------------
@@ -307,8 +308,7 @@ def test_retries_only_where_provably_safe(make_gateway, kind, document, never_se
     try:
         answer = app.test_client().patch("/orders/1001", json=document)
     finally:
-        app.extensions["order_gateway"].close()
-        app.extensions["order_events"].close()
+        gateway_of(app).close()
     assert answer.status_code == status, answer.get_json()
     assert len(transport.sent) == attempts
 

@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from flask import Blueprint, request, request_finished
 
+from gateway.callers import SCOPED_ENVIRON_KEY
 from gateway.config import SCOPES
 from gateway.console.views import PUBLIC_ENDPOINTS
-from gateway.rest.auth import KNOWN, OPEN, SCOPED_ENVIRON_KEY, SESSION, UNDECLARED, OpenWhen, Policy
+from gateway.rest.auth import KNOWN, OPEN, SESSION, UNDECLARED, OpenWhen, Policy
 from gateway.rest.endpoints import declaration_of
 from gateway.rest.queries import QuerySchema
 from tests.conftest import ONGOING_SERVICE_PATH, ongoing_connection

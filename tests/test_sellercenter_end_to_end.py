@@ -6,6 +6,7 @@ import pytest
 import requests
 
 import sandbox
+from gateway.runtime import gateway_of
 from tests.conftest import SELLERCENTER_SERVICE_PATH, gateway_config, sellercenter_connection
 from tests.servers import serve_wsgi
 
@@ -78,7 +79,7 @@ def test_a_skewed_clock_is_a_502_about_the_timestamp(make_gateway, monkeypatch):
     with serve_wsgi(app) as url:
         connection = sellercenter_connection(url + SELLERCENTER_SERVICE_PATH)
         gateway = make_gateway(gateway_config(sc=connection))
-        signer = gateway.extensions["order_gateway"].resolve("sc").auth
+        signer = gateway_of(gateway).connections.resolve("sc").auth
         monkeypatch.setattr(signer, "clock", lambda: "2015-07-01T11:11:11+00:00")
         reply = gateway.test_client().patch("/orders/300001", json={"billing_address": {"city": "X"}})
     assert reply.status_code == 502

@@ -25,6 +25,7 @@ import requests
 
 from gateway.config import StoreSettings
 from gateway.errors import StoreUnavailable
+from gateway.runtime import gateway_of
 from gateway.stores import UNREACHABLE_HOLD_SECONDS, mark_store, redis_client, store_unavailable
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.ongoing_timestamps import recent_timestamp
@@ -110,7 +111,7 @@ def test_a_store_error_in_a_request_is_a_503_naming_the_store_and_never_its_addr
         raise mark_store(redis.ConnectionError(f"Error 111 connecting to redis://:{REDIS_PASSWORD}@10.0.0.1:6379"),
                          "event store")
 
-    monkeypatch.setattr(app.extensions["order_events"].store, "list_events", refused)
+    monkeypatch.setattr(gateway_of(app).events.store, "list_events", refused)
     reply = app.test_client().get("/events")
     assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"
     problem = reply.get_json()
@@ -374,7 +375,7 @@ def test_write_locked_stores_fail_webhooks_and_keyed_updates_with_503(sqlite_app
 
 
 def test_threads_share_a_few_connections_and_a_borrow_waits_at_most_the_busy_timeout(sqlite_app):
-    store = sqlite_app.extensions["order_events"].store
+    store = gateway_of(sqlite_app).events.store
     pool_size = StoreSettings().sqlite_pool_size
     start = threading.Barrier(32, timeout=10)
 

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from gateway import logs, tracing
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.ongoing_timestamps import recent_timestamp
 from tests.servers import RecordingMiddleware, serve_wsgi
@@ -148,7 +149,7 @@ def test_a_delivery_is_a_span_of_the_trace_its_webhook_came_in_with(make_gateway
         json={"webhookEventId": 77, "system": "trace-test", "timestamp": recent_timestamp(), "orderId": 1004,
               "orderNumber": "SO-1004", "webhookTemplate": "OrderStatusChanged", "orderStatus": {"number": 300}})
     assert reply.status_code == 202, reply.get_data(as_text=True)
-    service = app.extensions["order_events"]
+    service = gateway_of(app).events
     for subscriber, order_key in service.store.pending_streams():
         service.dispatcher.drain_stream(subscriber, order_key)
     spans = exported.get_finished_spans()

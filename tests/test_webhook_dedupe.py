@@ -14,6 +14,7 @@ import requests
 from gateway.events import redis_store
 from gateway.events.redis_store import RedisEventStore
 from gateway.events.store import SCHEMA_VERSION, SqliteEventStore, connection_dedupe_key
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.test_webhooks_receiving import BASIC, PAYLOAD, SECRET
 
@@ -57,7 +58,7 @@ def test_one_webhook_event_id_from_two_connections_is_stored_and_delivered_twice
     ids = {planted.get_json()["id"], genuine.get_json()["id"]}
     assert len(ids) == 2
 
-    service = gateway.extensions["order_events"]
+    service = gateway_of(gateway).events
     for connection in ("ongoing-b", "ongoing-demo"):
         assert service.dispatcher.drain_stream("demo", f"{connection}:{PAYLOAD['orderId']}") is None
     received = requests.get(f"{sandbox_url}/subscriber/events", timeout=5).json()["received"]

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 from tests.ongoing_timestamps import RECENT, recent_timestamp
 
@@ -181,7 +182,7 @@ def test_only_configured_webhook_receivers_exist(make_gateway, path):
 @pytest.mark.expected_traceback
 def test_a_store_failure_is_503_so_the_sender_retries(client):
     app = client.application
-    service = app.extensions["order_events"]
+    service = gateway_of(app).events
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -230,7 +231,7 @@ def test_webhook_settings_are_checked_at_start_up(make_gateway):
 
 def test_redeliver_puts_every_delivery_back_and_queues_it(client):
     event_id = post(client).get_json()["id"]
-    service = client.application.extensions["order_events"]
+    service = gateway_of(client.application).events
     service.store.record_attempt(event_id, "picker", outcome="dead", error="HTTP 410")
     assert client.get("/events?state=dead").get_json()["count"] == 1
     queued_before = service.queue.huey.pending_count()
@@ -246,7 +247,7 @@ def test_redeliver_puts_every_delivery_back_and_queues_it(client):
 
 
 def test_an_accepted_event_is_queued_for_each_subscriber(client):
-    service = client.application.extensions["order_events"]
+    service = gateway_of(client.application).events
     before = service.queue.huey.pending_count()
     post(client)
     assert service.queue.huey.pending_count() == before + 1

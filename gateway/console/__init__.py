@@ -25,8 +25,9 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface, Se
 
 from gateway.config import GatewaySettings
 from gateway.console import views
-from gateway.console.sessions import SESSIONS_EXTENSION, open_console_session_store
+from gateway.console.sessions import open_console_session_store
 from gateway.rest.endpoints import declare_route
+from gateway.runtime import gateway_of
 from gateway.stores import is_store_failure
 
 COOKIE_NAME = "order_gateway_console"
@@ -81,14 +82,14 @@ class ConsoleSessionInterface(SecureCookieSessionInterface):
 
 def _sweep(app: Flask, settings: GatewaySettings) -> None:
     """End the sessions whose caller, scope console or key this configuration no longer has."""
-    authenticator = app.extensions["order_gateway_auth"]
+    authenticator = gateway_of(app).authenticator
 
     def allowed(caller: str, key_tag: str) -> bool:
         found = authenticator.holding(caller, key_tag)
         return found is not None and views.SCOPE in found.scopes
 
     try:
-        ended = app.extensions[SESSIONS_EXTENSION].end_unless(allowed)
+        ended = gateway_of(app).console_sessions.end_unless(allowed)
     except Exception as error:
         if not is_store_failure(error):
             raise
@@ -114,7 +115,7 @@ def init_app(app: Flask, settings: GatewaySettings) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=console.session_minutes),
     )
     app.session_interface = ConsoleSessionInterface()
-    app.extensions[SESSIONS_EXTENSION] = open_console_session_store(settings)
+    gateway_of(app).console_sessions = open_console_session_store(settings)
     _sweep(app, settings)
     app.register_blueprint(views.blueprint)
     declare_route(app, "console.static", views.PAGE)  # the stylesheet, served to the login form too

@@ -33,8 +33,6 @@ from gateway.stores import redis_client
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
 
-#: where the app keeps its session store (app.extensions)
-SESSIONS_EXTENSION = "order_gateway_console_sessions"
 #: the SQLite file's name, beside the events database
 SQLITE_FILE_NAME = "console-sessions.sqlite3"
 STORE_NAME = "console session store"

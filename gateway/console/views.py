@@ -43,6 +43,7 @@ from gateway.rest import auth
 from gateway.rest.endpoints import undocumented
 from gateway.rest.events import queue_redelivery, redelivery_request
 from gateway.rest.idempotency import request_fingerprint, run_idempotently
+from gateway.runtime import current_gateway
 from gateway.safexml import UnsafeXML, parse_untrusted_xml
 from gateway.stores import is_store_failure
 
@@ -79,7 +80,7 @@ T = TypeVar("T")
 
 
 def _sessions() -> sessions.ConsoleSessionStore:
-    return current_app.extensions[sessions.SESSIONS_EXTENSION]
+    return current_gateway().console_sessions
 
 
 def _login_token() -> str:
@@ -112,7 +113,7 @@ def _session_caller() -> auth.Caller | None:
     current = _sessions().get(session_id) if session_id else None
     if current is None:
         return None
-    caller = current_app.extensions["order_gateway_auth"].holding(current.caller, current.key_tag)
+    caller = current_gateway().authenticator.holding(current.caller, current.key_tag)
     if caller is None or SCOPE not in caller.scopes:
         _sessions().end(current.id)
         log.info("console session of caller %s ended: the caller, its scope console or the key it logged in with is "
@@ -177,7 +178,7 @@ def harden(response: Response) -> Response:
         response.headers.setdefault(name, value)
     if response.mimetype == "text/html" and not response.direct_passthrough:
         data = response.get_data()
-        clean = current_app.extensions["order_gateway_scrubber"].scrub_bytes(data)
+        clean = current_gateway().scrubber.scrub_bytes(data)
         if clean != data:
             response.set_data(clean)
     return response
@@ -207,14 +208,14 @@ def log_in() -> Response:
         return _page("console/login.html", 403, next=target,
                      error="The login form expired. Log in again.")
     key = request.form.get("key", "").strip()
-    throttle = current_app.extensions[auth.THROTTLE_EXTENSION]
+    throttle = current_gateway().auth_throttle
     try:
         throttle.check(request.remote_addr, key or None)
     except TooManyFailedAttempts as refusal:
         reply = _page("console/login.html", 429, next=target, error=refusal.detail)
         reply.headers.update(refusal.reply_headers())
         return reply
-    authenticator = current_app.extensions["order_gateway_auth"]
+    authenticator = current_gateway().authenticator
     found = authenticator.log_in(key) if 0 < len(key) <= MAX_KEY_CHARS else None
     if found is None:
         throttle.note_failure(request.remote_addr, key or None)
@@ -262,7 +263,7 @@ def _read(what: str, read: Callable[[], T], unavailable: list[str]) -> T | None:
 
 def _visible_connections() -> dict:
     caller: auth.Caller = g.caller
-    return {name: connection for name, connection in current_app.extensions["order_gateway"].by_name.items()
+    return {name: connection for name, connection in current_gateway().connections.by_name.items()
             if caller.sees(name)}
 
 
@@ -271,7 +272,7 @@ def _at(seconds: float | None) -> str:
 
 
 def _connection_summary(name: str, connection: Any, now: float, unavailable: list[str]) -> dict:
-    journal = current_app.extensions["order_gateway_journal"].flushed_journal()
+    journal = current_gateway().recorder.flushed_journal()
     timings = _read(f"the journal of {name}", lambda: journal.timings(name, since=now - 3600), unavailable) or []
     per_minute = charts.minutes(timings, now)
     breaker = _read(f"the breaker of {name}", connection.breaker_state, unavailable)
@@ -309,7 +310,7 @@ def overview() -> Response:
     now, unavailable = time.time(), []
     summaries = [_connection_summary(name, connection, now, unavailable)
                  for name, connection in _visible_connections().items()]
-    store, scope = current_app.extensions["order_events"].store, auth.scoped_connections()
+    store, scope = current_gateway().events.store, auth.scoped_connections()
     dead = _read("the dead deliveries", lambda: store.list_events(state="dead", limit=LIST_LIMIT, connections=scope),
                  unavailable)
     pending = _read("the pending deliveries",
@@ -377,10 +378,10 @@ def order_timeline() -> Response:
     unavailable: list[str] = []
     # The stores filter by the caller's connections (the one searched for, when given: one of them, see above).
     scope = auth.scoped_connections() if connection is None else {connection}
-    journal = current_app.extensions["order_gateway_journal"].flushed_journal()
+    journal = current_gateway().recorder.flushed_journal()
     exchanges = _read("the exchange journal", lambda: journal.list(order_id=order_id, connections=scope,
                                                                    limit=TIMELINE_LIMIT), unavailable) or []
-    store = current_app.extensions["order_events"].store
+    store = current_gateway().events.store
     events = _read("the event store", lambda: store.list_events(order_id=order_id, connections=scope,
                                                                 limit=TIMELINE_LIMIT), unavailable) or []
     entries = [_exchange_entry(exchange) for exchange in exchanges]

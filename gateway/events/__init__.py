@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from flask import Flask
-
 from gateway.config import GatewaySettings
 from gateway.events.delivery import Dispatcher
 from gateway.events.leases import RedisStreamLeases, SqliteStreamLeases, StreamLeases
@@ -39,9 +37,3 @@ class EventService:
         self.dispatcher.close()
         self.leases.close()
         self.store.close()
-
-
-def init_app(app: Flask, settings: GatewaySettings) -> EventService:
-    """Attach the event service to the app."""
-    service = app.extensions["order_events"] = EventService(settings)
-    return service

@@ -26,7 +26,7 @@ from gateway.guards.call_lock import CallLockGuard
 from gateway.guards.rate_limit import RateLimitGuard
 
 if TYPE_CHECKING:
-    from gateway.connections import Connection
+    from gateway.guards.base import GuardedConnection
 
 __all__ = ["GUARDS", "UNWELL", "BreakerGuard", "BulkheadGuard", "CallGuard", "CallLockGuard", "GuardedCall",
            "RateLimitGuard", "build_guards"]
@@ -36,6 +36,6 @@ __all__ = ["GUARDS", "UNWELL", "BreakerGuard", "BulkheadGuard", "CallGuard", "Ca
 GUARDS: tuple[type[CallGuard], ...] = (BreakerGuard, BulkheadGuard, CallLockGuard, RateLimitGuard)
 
 
-def build_guards(connection: Connection) -> list[CallGuard]:
+def build_guards(connection: GuardedConnection) -> list[CallGuard]:
     """The guards `connection` needs, in GUARDS' order."""
     return [guard(connection) for guard in GUARDS if guard.applies(connection)]

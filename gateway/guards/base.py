@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.backends import Operation
+    from gateway.backends import Backend, Operation
+    from gateway.calls import CallContext
     from gateway.canonical import OrderUpdate
-    from gateway.connections import CallContext, Connection
+    from gateway.config import ConnectionSettings
+    from gateway.coordination import Coordination
+    from gateway.coordination.locks import CallLocks
     from gateway.deadlines import Deadline
+
+
+class GuardedConnection(Protocol):
+    """What a guard reads of the connection it guards (gateway.connections.Connection is one)."""
+
+    name: str
+    settings: ConnectionSettings
+    backend: Backend
+    coordination: Coordination | None
+    locks: CallLocks | None
+    lock_name: str | None
 
 
 @dataclass(eq=False, slots=True)
@@ -56,11 +70,11 @@ class CallGuard(abc.ABC):
     refusal: ClassVar[type[GatewayError]]
     code: ClassVar[str]
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: GuardedConnection) -> None:
         self.connection = connection
 
     @classmethod
-    def applies(cls, connection: Connection) -> bool:
+    def applies(cls, connection: GuardedConnection) -> bool:
         """Whether `connection` needs this guard at all (a rate limit only when one is set)."""
         return True
 

@@ -12,7 +12,7 @@ from gateway.errors import BackendFailure, BackendTimeout, BackendUnavailable
 from gateway.guards.base import CallGuard, GuardedCall
 
 if TYPE_CHECKING:
-    from gateway.connections import Connection
+    from gateway.guards.base import GuardedConnection
 
 #: the failures that say a backend is unwell and count towards opening its breaker (refusals do not)
 UNWELL = (BackendFailure, BackendUnavailable, BackendTimeout)
@@ -27,7 +27,7 @@ class BreakerGuard(CallGuard):
     refusal = BackendUnavailable
     code = "breaker-open"
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: GuardedConnection) -> None:
         super().__init__(connection)
         coordination, settings = connection.coordination, connection.settings
         self.breaker = ConcurrentCircuitBreaker(

@@ -9,7 +9,7 @@ from gateway.errors import ConnectionBusy
 from gateway.guards.base import CallGuard, GuardedCall
 
 if TYPE_CHECKING:
-    from gateway.connections import Connection
+    from gateway.guards.base import GuardedConnection
 
 
 class BulkheadGuard(CallGuard):
@@ -20,7 +20,7 @@ class BulkheadGuard(CallGuard):
     refusal = ConnectionBusy
     code = "bulkhead-full"
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: GuardedConnection) -> None:
         super().__init__(connection)
         self.places = threading.BoundedSemaphore(connection.settings.max_concurrent_calls)
 

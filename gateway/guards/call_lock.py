@@ -12,7 +12,7 @@ from gateway.errors import ConnectionBusy, StoreUnavailable
 from gateway.guards.base import CallGuard, GuardedCall
 
 if TYPE_CHECKING:
-    from gateway.connections import Connection
+    from gateway.guards.base import GuardedConnection
 
 
 class CallLockGuard(CallGuard):
@@ -25,7 +25,7 @@ class CallLockGuard(CallGuard):
     code = "lock-timeout"
 
     @classmethod
-    def applies(cls, connection: Connection) -> bool:
+    def applies(cls, connection: GuardedConnection) -> bool:
         """Only a backend with a call lock, where there are locks to take (a gateway's connections have both)."""
         return connection.locks is not None and connection.lock_name is not None
 

@@ -28,7 +28,7 @@ from gateway.errors import RateLimited, StoreUnavailable
 from gateway.guards.base import CallGuard, GuardedCall
 
 if TYPE_CHECKING:
-    from gateway.connections import Connection
+    from gateway.guards.base import GuardedConnection
 
 #: the bucket's rate is counted per this many milliseconds, so that fractions of a call per second stay exact
 RATE_INTERVAL_MS = 1_000_000
@@ -49,11 +49,11 @@ class RateLimitGuard(CallGuard):
     code = "rate-limited"
 
     @classmethod
-    def applies(cls, connection: Connection) -> bool:
+    def applies(cls, connection: GuardedConnection) -> bool:
         """Only when max_calls_per_second is set."""
         return connection.settings.max_calls_per_second is not None
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: GuardedConnection) -> None:
         super().__init__(connection)
         self.rates = [token_bucket_rate(connection.settings.max_calls_per_second)]
         self.algorithm = TokenBucket()

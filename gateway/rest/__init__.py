@@ -4,6 +4,7 @@ webhooks, events, the API docs, and the last scrub of every JSON reply."""
 from flask import Flask, Response, request
 
 from gateway import logs, tracing
+from gateway.readiness import ReadinessChecks
 from gateway.rest import (
     auth,
     common,
@@ -21,6 +22,7 @@ from gateway.rest import (
     traces,
     webhooks,
 )
+from gateway.runtime import gateway_of
 
 SCRUBBED_MEDIA_TYPES = frozenset({"application/json", problems.PROBLEM_MEDIA_TYPE})
 
@@ -68,6 +70,7 @@ def init_app(app: Flask) -> None:
     app.teardown_request(end_request)
     auth.init_app(app, app.config["GATEWAY_SETTINGS"])
     idempotency.init_app(app)
+    gateway_of(app).readiness_checks = ReadinessChecks()
     problems.init_app(app)
     app.after_request(finish_reply)
     app.register_blueprint(orders.blueprint)

@@ -19,16 +19,17 @@ address or key prefix with too many failures is refused with 429, whatever the k
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, current_app, g, request
 
 from gateway import logs
-from gateway.config import SCOPES, GatewaySettings, caller_with_key, key_digest
+from gateway.callers import ANONYMOUS, NOBODY, Authenticator, Caller
+from gateway.config import GatewaySettings
 from gateway.errors import ConfigError, Forbidden, Unauthorized
+from gateway.runtime import current_gateway, gateway_of
 from gateway.throttle import AuthThrottle
 
 OPEN = "open"  # authenticated otherwise (the webhook receiver: the vendor's own credentials), or public
@@ -61,10 +62,6 @@ DOCS = OpenWhen("open_docs")
 METRICS = OpenWhen("open_metrics", ("metrics:read",))
 CHALLENGE = 'Bearer realm="order gateway"'
 ENVIRON_KEY = "gateway.caller"
-#: set in the WSGI environ when a request read its caller's connections (tests/test_route_policies.py asks it of
-#: every route whose policy says it touches connection data)
-SCOPED_ENVIRON_KEY = "gateway.connections_scoped"
-THROTTLE_EXTENSION = "order_gateway_auth_throttle"
 
 #: the attribute of a view function that holds its declaration (gateway/rest/endpoints.py), its policy among it
 DECLARATION_ATTRIBUTE = "declaration"
@@ -80,77 +77,6 @@ def policy_of_view(view: Callable | None) -> Policy:
     return UNDECLARED if declaration is None else declaration.policy
 
 
-def _note_scoped() -> None:
-    if has_request_context():
-        request.environ[SCOPED_ENVIRON_KEY] = True
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking, and what it may do: scopes, and connections (None: every one)."""
-
-    name: str
-    scopes: frozenset[str]
-    allowed_connections: frozenset[str] | None
-
-    @property
-    def connections(self) -> frozenset[str] | None:
-        """The connections whose data (orders, events, exchanges) this caller may see and use; None: every one.
-        Reading them marks the request as scoped to them."""
-        _note_scoped()
-        return self.allowed_connections
-
-    def sees(self, connection: str | None) -> bool:
-        """Whether this caller may see or use the data of `connection` (None, a record of no connection: only a
-        caller of every connection may)."""
-        connections = self.connections
-        return connections is None or connection in connections
-
-
-#: who current_caller() is when nothing established a caller (an open route, the console's login form): no scope,
-#: no connection
-NOBODY = Caller("anonymous", frozenset(), frozenset())
-#: a request without a key when `[gateway] allow_anonymous = true`, and only then: every scope, every connection
-ANONYMOUS = Caller("anonymous", frozenset(SCOPES), None)
-
-
-def _key_tag(digest: bytes) -> str:
-    """A name for one key that a store may keep (a console session): a digest of the key's digest."""
-    return hashlib.sha256(b"order-gateway key tag\0" + digest).hexdigest()
-
-
-class Authenticator:
-    """The configured callers' keys, kept as digests and compared in constant time."""
-
-    def __init__(self, settings: GatewaySettings) -> None:
-        self.allow_anonymous = settings.allow_anonymous
-        self.opened = frozenset(policy.setting for policy in (DOCS, METRICS) if getattr(settings, policy.setting))
-        self.by_name = {caller.name: Caller(caller.name, caller.scopes, caller.connections)
-                        for caller in settings.callers.values()}
-        self.callers = tuple(settings.callers.values())
-        self._key_tags = {caller.name: frozenset(_key_tag(digest) for digest in caller.key_digests)
-                          for caller in self.callers}
-
-    def caller_named(self, name: str) -> Caller | None:
-        """The configured caller of this name, or None."""
-        return self.by_name.get(name)
-
-    def caller_for(self, key: str) -> Caller | None:
-        """The caller whose key this is; every key is compared, so the time taken says nothing about which."""
-        found = caller_with_key(self.callers, key)
-        return None if found is None else self.by_name[found.name]
-
-    def log_in(self, key: str) -> tuple[Caller, str] | None:
-        """The caller whose key this is, with the key's tag (which key, for a console session to keep), or None."""
-        caller = self.caller_for(key)
-        return None if caller is None else (caller, _key_tag(key_digest(key)))
-
-    def holding(self, name: str, key_tag: str) -> Caller | None:
-        """The caller of this name as configured now, if it still holds the key of this tag; else None."""
-        caller = self.by_name.get(name)
-        return caller if caller is not None and key_tag in self._key_tags[name] else None
-
-
 def _bearer_key() -> str | None:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
@@ -164,9 +90,9 @@ def authenticate() -> None:
     # no route: the 404 or 405 as usual
     policy = policy_of_view(current_app.view_functions.get(request.endpoint)) if request.endpoint else OPEN_ROUTE
     access = policy.access
-    authenticator: Authenticator = current_app.extensions["order_gateway_auth"]
+    authenticator: Authenticator = current_gateway().authenticator
     if isinstance(access, OpenWhen):
-        if access.setting in authenticator.opened:
+        if getattr(authenticator.settings, access.setting):
             return
         access = access.scopes or KNOWN
     if access in (OPEN, SESSION):
@@ -175,7 +101,7 @@ def authenticate() -> None:
     if not presented and authenticator.allow_anonymous:
         caller: Caller | None = ANONYMOUS
     else:
-        throttle: AuthThrottle = current_app.extensions[THROTTLE_EXTENSION]
+        throttle: AuthThrottle = current_gateway().auth_throttle
         if presented:
             throttle.check(request.remote_addr, key)
         caller = authenticator.caller_for(key) if key is not None else None
@@ -231,6 +157,6 @@ def init_app(app: Flask, settings: GatewaySettings) -> None:
         raise ConfigError(settings.source, "callers", "no [callers.<name>] is configured, so every request would be "
                                                       "refused: configure the services that call the gateway, or set "
                                                       "[gateway] allow_anonymous = true to serve anyone without a key")
-    app.extensions["order_gateway_auth"] = Authenticator(settings)
-    app.extensions[THROTTLE_EXTENSION] = AuthThrottle.for_settings(settings)
+    gateway_of(app).authenticator = Authenticator(settings)
+    gateway_of(app).auth_throttle = AuthThrottle.for_settings(settings)
     app.before_request(authenticate)

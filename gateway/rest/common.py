@@ -9,6 +9,7 @@ from flask import current_app, g, request
 from gateway.connections import Connections
 from gateway.deadlines import Deadline
 from gateway.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
+from gateway.runtime import current_gateway
 from gateway.safejson import MalformedJSON, UnrepresentableJSON, load_untrusted_json
 
 
@@ -44,7 +45,7 @@ def request_budget() -> Deadline:
 
 def connections() -> Connections:
     """The running gateway's connections."""
-    return current_app.extensions["order_gateway"]
+    return current_gateway().connections
 
 
 

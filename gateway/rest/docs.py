@@ -6,11 +6,12 @@ import functools
 from importlib.metadata import version
 
 import swagger_ui_bundle
-from flask import Blueprint, Response, current_app, jsonify, send_from_directory
+from flask import Blueprint, Response, jsonify, send_from_directory
 
 from gateway.rest.auth import DOCS, Policy
 from gateway.rest.endpoints import undocumented
 from gateway.rest.openapi import build_openapi
+from gateway.runtime import current_gateway
 
 blueprint = Blueprint("docs", __name__)
 
@@ -49,10 +50,10 @@ DOCS_POLICY = Policy(DOCS, connection_data=False)
 @undocumented(DOCS_POLICY)
 def openapi_document():
     """The OpenAPI 3 document (built once per process)."""
-    document = current_app.extensions.get("order_gateway_openapi")
+    document = current_gateway().openapi_document
     if document is None:
-        document = current_app.extensions["order_gateway_openapi"] = build_openapi(
-            _package_version(), current_app.extensions["order_gateway"])
+        document = current_gateway().openapi_document = build_openapi(
+            _package_version(), current_gateway().connections)
     return jsonify(document)
 
 

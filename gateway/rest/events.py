@@ -27,13 +27,14 @@ from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID, TRACE_CONTEXT
 from gateway.rest.endpoints import endpoint
 from gateway.rest.queries import DELIVERY_STATES, EventListQuery, NoQuery
 from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
+from gateway.runtime import current_gateway
 
 blueprint = Blueprint("events", __name__)
 log = logging.getLogger("gateway.events")
 
 
 def _service():
-    return current_app.extensions["order_events"]
+    return current_gateway().events
 
 
 def _iso(seconds: float | None) -> str | None:

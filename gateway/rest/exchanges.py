@@ -16,7 +16,7 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 from marshmallow import fields, validate
 
 from gateway.canonical.schema import Text
@@ -26,6 +26,7 @@ from gateway.rest.auth import Policy, current_caller, scoped_connections
 from gateway.rest.common import REQUEST_ID
 from gateway.rest.endpoints import endpoint
 from gateway.rest.queries import AsciiInteger, NoQuery, QuerySchema
+from gateway.runtime import current_gateway
 
 blueprint = Blueprint("exchanges", __name__)
 OUTCOMES = ("ok", "refused", "failed", "timeout", "unreachable")
@@ -82,7 +83,7 @@ def list_exchanges(query: dict):
     """Recorded exchanges of the caller's connections, newest first, filtered by order, connection, outcome,
     request id and time."""
     since = query.get("since")
-    journal = current_app.extensions["order_gateway_journal"].flushed_journal()
+    journal = current_gateway().recorder.flushed_journal()
     exchanges = journal.list(order_id=query.get("order_id"), connection=query.get("connection"),
                              outcome=query.get("outcome"), request_id=query.get("request_id"),
                              since=since.timestamp() if since else None, limit=query["limit"],
@@ -98,7 +99,7 @@ def list_exchanges(query: dict):
                          "see)", 422: "an unknown query parameter", 500: "the gateway failed"})
 def show_exchange(exchange_id: str, query: dict):
     """One exchange of the caller's connections with its request and reply."""
-    exchange = current_app.extensions["order_gateway_journal"].flushed_journal().get(exchange_id)
+    exchange = current_gateway().recorder.flushed_journal().get(exchange_id)
     # The caller is asked whether or not the exchange exists: an unknown id and a hidden one take the same path.
     if not current_caller().sees(exchange.connection if exchange else None) or exchange is None:
         raise ExchangeNotFound(f"No exchange {exchange_id!r} (exchanges are kept for the journal's retention).")

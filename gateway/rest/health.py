@@ -16,11 +16,7 @@ a check's thread no longer than the store's own timeouts (`[stores]`).
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,85 +24,28 @@ import redis
 from flask import Blueprint, Response, current_app, json
 
 from gateway.config import GatewaySettings
-from gateway.console.sessions import SESSIONS_EXTENSION
 from gateway.events.heartbeat import BEAT_SECONDS, Heartbeat
-from gateway.rest.auth import OPEN, THROTTLE_EXTENSION, Policy
+from gateway.readiness import Check, now
+from gateway.rest.auth import OPEN, Policy
 from gateway.rest.endpoints import endpoint
 from gateway.rest.queries import IgnoredQuery
+from gateway.runtime import current_gateway
 from gateway.stores import redis_client
 
 blueprint = Blueprint("health", __name__)
 MEDIA_TYPE = "application/health+json"
 #: a heartbeat older than this warns that deliveries are not being made
 STALE_WORKER_SECONDS = 6 * BEAT_SECONDS
-#: threads per process that run readiness checks
-CHECK_THREADS = 8
 _ORDER = {"pass": 0, "warn": 1, "fail": 2}
 HEALTH = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": list(_ORDER)}, "description": {"type": "string"},
     "checks": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "object"}}}}}
 #: the probes need no key (a load balancer or an orchestrator asks them) and show no connection's data
 PROBE = Policy(OPEN, connection_data=False)
-#: a check: its componentType and its probe, which returns None (pass, timed) or its entries (status, output, ...)
-Check = tuple[str, Callable[[], dict | list[dict] | None]]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _health(document: dict, status: int) -> Response:
     return Response(json.dumps(document), status=status, mimetype=MEDIA_TYPE)
-
-
-def _unreachable(error: BaseException) -> dict:
-    """A failed probe, naming the error's kind (never its text: it may hold an address)."""
-    return {"status": "fail", "output": f"unreachable ({type(error).__name__})"}
-
-
-def _probe(probe: Callable[[], dict | list[dict] | None]) -> list[dict]:
-    """Run a probe: its entries, or a pass with its response time, or a fail naming the error's kind."""
-    started = time.perf_counter()
-    try:
-        found = probe()
-    except Exception as error:
-        return [_unreachable(error)]
-    if found is None:
-        return [{"status": "pass", "observedValue": round((time.perf_counter() - started) * 1000, 3),
-                 "observedUnit": "ms"}]
-    return found if isinstance(found, list) else [found]
-
-
-class ReadinessChecks:
-    """The threads /readyz runs its checks on: CHECK_THREADS, started in the process that serves (a forked worker
-    makes its own)."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid = 0
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._guard:
-            if self._pool is None or self._pid != os.getpid():
-                self._pool, self._pid = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="readiness"), os.getpid()
-            return self._pool
-
-    def run(self, checks: dict[str, Check], timeout: float) -> dict[str, list[dict]]:
-        """Every check's entries within `timeout` seconds; a check not done by then fails (and, if it has not
-        started, never runs)."""
-        deadline = time.monotonic() + timeout
-        pool = self._executor()
-        futures = {name: pool.submit(_probe, probe) for name, (_, probe) in checks.items()}
-        results = {}
-        for name, future in futures.items():
-            try:
-                entries = future.result(timeout=max(deadline - time.monotonic(), 0))
-            except TimeoutError:
-                future.cancel()
-                entries = [{"status": "fail", "output": f"no answer within readiness_timeout ({timeout:g} s)"}]
-            results[name] = [{"componentType": checks[name][0], "time": _now(), **entry} for entry in entries]
-        return results
 
 
 def _answers(ask: Callable[[], object]) -> Callable[[], None]:
@@ -188,18 +127,18 @@ def _redis_setting(settings: GatewaySettings, name: str) -> dict:
 
 def readiness_checks(settings: GatewaySettings) -> dict[str, Check]:
     """The checks of this gateway's configuration (each probe runs without the app's context)."""
-    events = current_app.extensions["order_events"]
-    idempotency = current_app.extensions["order_gateway_idempotency"]
+    events = current_gateway().events
+    idempotency = current_gateway().idempotency
     checks: dict[str, Check] = {
         "eventStore:responseTime": ("datastore", _answers(lambda: events.store.list_events(limit=1))),
         "deliveryQueue:responseTime": ("datastore", _answers(events.queue.huey.pending_count)),
         "idempotencyStore:responseTime": ("datastore", idempotency.ping),
         # every request that presents a key asks the throttle first; every console page its session
-        "authThrottle:responseTime": ("datastore", current_app.extensions[THROTTLE_EXTENSION].store.ping),
-        "consoleSessions:responseTime": ("datastore", current_app.extensions[SESSIONS_EXTENSION].ping),
+        "authThrottle:responseTime": ("datastore", current_gateway().auth_throttle.store.ping),
+        "consoleSessions:responseTime": ("datastore", current_gateway().console_sessions.ping),
         "eventWorker:heartbeatAge": ("component", lambda: _worker_heartbeat(settings)),
     }
-    for name, connection in current_app.extensions["order_gateway"].by_name.items():
+    for name, connection in current_gateway().connections.by_name.items():
         checks[f"connection:{name}"] = ("component", lambda connection=connection: _breaker(connection))
     if settings.events.redis_url:
         for name in REDIS_REQUIREMENTS:
@@ -234,8 +173,8 @@ def livez(query: dict):
 def readyz(query: dict):
     """Each component's state within readiness_timeout; 200 for pass and warn, 503 for fail."""
     settings = current_app.config["GATEWAY_SETTINGS"]
-    runner = current_app.extensions.setdefault("order_gateway_readiness", ReadinessChecks())
-    checks = {"configuration:loaded": [{"componentType": "system", "status": "pass", "time": _now(),
+    runner = current_gateway().readiness_checks
+    checks = {"configuration:loaded": [{"componentType": "system", "status": "pass", "time": now(),
                                         "output": _configuration_loaded(settings)}]}
     checks.update(runner.run(readiness_checks(settings), settings.readiness_timeout))
     status = max((entry["status"] for entries in checks.values() for entry in entries), key=_ORDER.__getitem__)

@@ -35,7 +35,7 @@ from flask import Flask, Response, current_app, request
 
 from gateway import metrics
 from gateway.bookkeeping import describe_error, note_failure
-from gateway.connections import AttemptListener, CallAttempt
+from gateway.calls import AttemptListener, CallAttempt
 from gateway.errors import (
     GatewayError,
     IdempotencyKeyInUse,
@@ -57,6 +57,7 @@ from gateway.idempotency import (
 from gateway.rest.auth import current_caller
 from gateway.rest.problems import gateway_error_response
 from gateway.rest.request_ids import current_request_id
+from gateway.runtime import current_gateway, gateway_of
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
@@ -205,7 +206,7 @@ def run_idempotently(key: str, print_: str, produce: Callable[[AttemptListener],
     """The reply `produce` makes, once per caller, key and fingerprint: a repeat gets the kept reply again. `produce`
     is given the key's record, to be told of every backend call before it goes out."""
     settings = current_app.config["GATEWAY_SETTINGS"]
-    store = current_app.extensions["order_gateway_idempotency"]
+    store = current_gateway().idempotency
     scoped = f"{current_caller().name}:{key}"
     lease = settings.request_timeout + settings.idempotency_lease_margin_seconds
     try:
@@ -263,4 +264,4 @@ def _abandon(store: IdempotencyStore, key: str, print_: str) -> None:
 
 def init_app(app: Flask) -> None:
     """Open the store of Idempotency-Key replies, closed with the app's other resources."""
-    app.extensions["order_gateway_idempotency"] = open_idempotency_store(app.config["GATEWAY_SETTINGS"])
+    gateway_of(app).idempotency = open_idempotency_store(app.config["GATEWAY_SETTINGS"])

@@ -10,13 +10,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway import metrics
 from gateway.rest.auth import METRICS, Policy
 from gateway.rest.endpoints import endpoint
 from gateway.rest.queries import IgnoredQuery
+from gateway.runtime import current_gateway
 
 if TYPE_CHECKING:
     from gateway.connections import Connection
@@ -110,8 +111,8 @@ def init_app(app: Flask) -> None:
 def show_metrics(query: dict):
     """Requests, backend calls, webhooks, Idempotency-Key replays, journal failures and the event worker's
     deliveries, summed over the processes; pending deliveries and breaker states as the stores say now."""
-    events = current_app.extensions["order_events"]
+    events = current_gateway().events
     current = CurrentStateCollector(events.store, list(events.settings.subscribers),
-                                            current_app.extensions["order_gateway"].by_name)
+                                            current_gateway().connections.by_name)
     body, media_type = metrics.exposition(current)
     return Response(body, status=200, headers={"Content-Type": media_type})

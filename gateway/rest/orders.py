@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app
 from marshmallow import ValidationError
 
+from gateway.calls import AttemptListener, CallContext
 from gateway.canonical import (
     OrderUpdate,
     OrderUpdateSchema,
@@ -17,7 +18,7 @@ from gateway.canonical import (
     load_bulk_item,
     load_order_update,
 )
-from gateway.connections import AttemptListener, CallContext, Connection, PlannedUpdate
+from gateway.connections import Connection, PlannedUpdate
 from gateway.errors import GatewayError, PayloadTooLarge, ValidationFailed
 from gateway.rest.auth import Policy, authorize, current_caller
 from gateway.rest.common import (

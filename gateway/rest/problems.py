@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from gateway.errors import BackendError, GatewayError, PayloadTooLarge, StoreUnavailable, ValidationFailed
 from gateway.rest.request_ids import current_request_id
+from gateway.runtime import find_gateway
 from gateway.scrubbing import Scrubber
 from gateway.stores import store_unavailable
 
@@ -32,7 +33,7 @@ _NO_SCRUBBING = Scrubber()
 
 def scrubber() -> Scrubber:
     """The running gateway's scrubber (none outside an app, e.g. for Werkzeug's own errors in tests)."""
-    return current_app.extensions.get("order_gateway_scrubber", _NO_SCRUBBING)
+    return getattr(find_gateway(current_app), "scrubber", _NO_SCRUBBING)
 
 
 def bounded(text: str | None, limit: int) -> str | None:

@@ -18,6 +18,7 @@ from gateway.rest.common import REQUEST_ID, TRACE_CONTEXT, connections
 from gateway.rest.endpoints import Arguments, endpoint
 from gateway.rest.queries import NoQuery
 from gateway.rest.schemas import WebhookAcceptedSchema
+from gateway.runtime import current_gateway
 
 blueprint = Blueprint("webhooks", __name__)
 #: the backends that send webhooks, and the payload schema of each, for the API's documentation
@@ -128,7 +129,7 @@ def _store_webhook(receiver, webhooks: dict, connection: str, arguments: Argumen
     arguments.query()
     event = receiver.backend.read_webhook(arguments.body())
     check_raw_size(event.raw, current_app.config["GATEWAY_SETTINGS"].events.max_raw_bytes)
-    service = current_app.extensions["order_events"]
+    service = current_gateway().events
     subscribers = service.subscribers_for(event.type)
     try:
         # the deliveries continue this request's trace: their spans are children of its span

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, SPEED4TRADE_SERVICE_PATH, gateway_config, speed4trade_connection
 from tests.hostile.conftest import (
     ARABIC_INDIC_ONE,
@@ -327,7 +328,7 @@ def test_an_unforeseen_exception_is_a_500_problem_never_html(every_backend_app, 
     def explode(planned):
         raise RuntimeError("<html>internal state</html>")
 
-    monkeypatch.setattr(every_backend_app.extensions["order_gateway"].resolve(kind), "send", explode)
+    monkeypatch.setattr(gateway_of(every_backend_app).connections.resolve(kind), "send", explode)
     order_id, document = VALID_UPDATES[kind]
     client = every_backend_app.test_client()
     if bulk:
