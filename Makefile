@@ -44,9 +44,12 @@ system-packages:
 	scripts/install-system-packages
 
 ## Lint, then every test: pytest (with schemathesis and headless Chromium, through Selenium for the console), then
-## the Postman collection in newman.
+## the Postman collection in newman. pytest runs in TEST_WORKERS parallel processes (pytest-xdist): most tests wait
+## on servers and timeouts rather than on the CPU, so even 2 cores keep more than 2 workers busy (`TEST_WORKERS=0`
+## runs them in this one process). Tests marked xdist_group stay in one worker together (--dist loadgroup).
+TEST_WORKERS ?= 4
 test: install system-packages lint
-	$(BIN)/pytest --cov --cov-report=term
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --cov --cov-report=term
 	VENV=$(VENV) scripts/run-newman
 
 ## The benchmarks: translation against zeep, HTTP load (wrk) against passthrough and direct, memory, features,

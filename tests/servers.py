@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+import os
+import random
+import socket
 import ssl
 import threading
 import time
@@ -72,11 +76,40 @@ class RecordingMiddleware:
         return any(text.encode() in body for body in self.bodies)
 
 
-def closed_port() -> int:
-    """A 127.0.0.1 port nothing listens on (connections to it are refused)."""
-    import socket
+#: closed_port's ports lie below the kernel's ephemeral range (32768-60999 by default, where bind(0) and outgoing
+#: connections take theirs), in a block of this process's own: under pytest-xdist each worker (PYTEST_XDIST_WORKER
+#: gw0, gw1, ...) has its own, so two workers never hand out one port between picking it and a server binding it
+FIRST_PORT, PORTS_PER_PROCESS, LAST_PORT = 10_000, 1_000, 32_767
+_ports: Iterator[int] | None = None
+_ports_lock = threading.Lock()
 
-    with socket.socket() as probe:
+
+def port_block(worker: str | None) -> range:
+    """The ports closed_port hands out in the pytest process `worker` names (None: a run without workers); empty
+    for a worker number past the block below the ephemeral range."""
+    number = int(worker[2:]) + 1 if worker and worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = FIRST_PORT + number * PORTS_PER_PROCESS
+    return range(start, min(start + PORTS_PER_PROCESS, LAST_PORT + 1))
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (connections to it are refused), from this process's block; each call a
+    different one until the block has gone round (from a random start: two runs at once rarely meet)."""
+    global _ports
+    with _ports_lock:
+        if _ports is None:
+            block = port_block(os.environ.get("PYTEST_XDIST_WORKER"))
+            start = random.randrange(len(block)) if block else 0
+            _ports = itertools.cycle([*block[start:], *block[:start]])
+        for port in itertools.islice(_ports, PORTS_PER_PROCESS):
+            # no SO_REUSEADDR: a port that any socket still holds (listening, connected, TIME_WAIT) is passed over
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    with socket.socket() as probe:  # the block is all taken (or there is none): a port of the kernel's choice
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 

@@ -123,7 +123,13 @@ def test_the_loop_a_patch_to_picked_ends_as_a_signed_order_picked_event(deployme
     # the status change happened first and reached the subscriber first
     types = [r["event"]["type"] for r in deployment.subscriber()["received"]]
     assert types.index("order.status_changed") < types.index("order.picked")
-    shown = requests.get(f"{deployment.gateway_url}/events?order_id=1004", timeout=5).json()["events"]
+
+    def shown_once_delivered():
+        # the worker records a delivery after the subscriber's answer: on a busy machine a moment after it
+        shown = requests.get(f"{deployment.gateway_url}/events?order_id=1004", timeout=5).json()["events"]
+        return shown if all(d["state"] == "delivered" for e in shown for d in e["deliveries"]) else None
+
+    shown = deployment.wait_for(shown_once_delivered, seconds=10)
     assert {e["event"]["type"] for e in shown} == {"order.status_changed", "order.picked"}
     assert all(d["state"] == "delivered" for e in shown for d in e["deliveries"])
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -170,17 +171,18 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread_over_
     assert min(held.values()) >= 1, held
 
 
-def refused_start(bind: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GATEWAY_CONFIG": str(ROOT / "config" / "sandbox.toml")}
+def refused_start(bind: str, folder: Path) -> subprocess.CompletedProcess:
+    """gunicorn started with the project's settings on `bind`, its event databases in `folder`."""
+    env = {**os.environ, "GATEWAY_CONFIG": write_sandbox_config_copy(folder)}
     return subprocess.run([GUNICORN, "--config", "config/gunicorn.py", "--bind", bind, "wsgi:app"], cwd=ROOT, env=env,
                           capture_output=True, timeout=30, check=False)
 
 
-def test_a_port_another_server_listens_on_stops_start_up_with_a_clear_message(deployment):
+def test_a_port_another_server_listens_on_stops_start_up_with_a_clear_message(deployment, tmp_path):
     gateway_url, _ = deployment
     port = gateway_url.rsplit(":", 1)[1]
     # the running gateway's own workers listen there with SO_REUSEPORT, which a second gateway could share
-    result = refused_start(f"127.0.0.1:{port}")
+    result = refused_start(f"127.0.0.1:{port}", tmp_path)
     output = (result.stdout + result.stderr).decode()
     assert result.returncode != 0
     # the gateway's own line, with the reason as the OS words it, and nothing after it: no worker was started
@@ -189,8 +191,8 @@ def test_a_port_another_server_listens_on_stops_start_up_with_a_clear_message(de
     assert "Traceback" not in output
 
 
-def test_port_0_stops_start_up_with_a_clear_message():
-    result = refused_start("127.0.0.1:0")
+def test_port_0_stops_start_up_with_a_clear_message(tmp_path):
+    result = refused_start("127.0.0.1:0", tmp_path)
     output = (result.stdout + result.stderr).decode()
     assert result.returncode != 0
     assert "cannot listen on 127.0.0.1:0: each worker would listen on a port of its own" in output

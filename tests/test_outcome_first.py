@@ -6,6 +6,7 @@ sandbox that counts the calls it receives, and in-process for the guards' own ru
 from __future__ import annotations
 
 import collections
+import io
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import redis
 import requests
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.wrappers import Request
 
 import sandbox
 from gateway.coordination.breakers import ConcurrentCircuitBreaker, FallbackBreakerStorage
@@ -47,7 +49,8 @@ BOOKKEEPING = "order_gateway_bookkeeping_failures_total"
 
 class CountingSandbox:
     """The sandboxes, behind a middleware that counts each backend's calls and holds each call `delay` seconds before
-    the sandbox sees it; `arrived` is set when a call comes in."""
+    the sandbox sees it; `arrived` is set when a call has come in whole (its body too: the gateway sends it after
+    the head, and a test that kills the gateway's worker once the call arrived must not catch it in between)."""
 
     SERVICES: ClassVar[dict[str, str]] = {ONGOING_SERVICE_PATH: "ongoing", "/speed4trade/": "speed4trade"}
 
@@ -61,6 +64,8 @@ class CountingSandbox:
     def __call__(self, environ, start_response):
         backend = self.SERVICES.get(environ["PATH_INFO"])
         if environ["REQUEST_METHOD"] == "POST" and backend is not None:
+            body = Request(environ).get_data()
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
             self.calls[backend] += 1
             self.arrived.set()
             time.sleep(self.delay)
