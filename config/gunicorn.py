@@ -297,6 +297,15 @@ def _newer_siblings(worker) -> list[int]:
     return found
 
 
+def _running(pid: int) -> bool:
+    """Whether the process `pid` still runs (neither gone nor a zombie its master has not reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def _tcp_listeners(worker) -> list:
     """The worker's own TCP listening sockets (reuse_port gives each worker its own; a unix socket is shared)."""
     return [listener for listener in worker.sockets if listener.family in (socket.AF_INET, socket.AF_INET6)]
@@ -374,7 +383,8 @@ def _hand_over_listeners_on_stop(worker) -> None:
     worker, told to stop (SIGTERM: a reload's old workers, or the server stopping), stops accepting but keeps its
     socket until it exits, and the connections the kernel queued there meanwhile are reset then: failed requests.
     So, when a newer worker exists (a reload forks the new workers just before it stops the old ones), a stopping
-    worker goes on accepting until one of them listens (_HANDOVER_SECONDS at most), then refuses new handshakes for
+    worker goes on accepting until one of them listens (_HANDOVER_SECONDS at most, and no longer than one of them
+    runs: when the whole server stops, the newer ones stop too, and first), then refuses new handshakes for
     _HANDSHAKE_SECONDS, so those under way can complete; then it accepts what is queued, closes its sockets and
     stops as gthread does, finishing its requests. Without a newer worker it does the last step at once. A client
     whose connection request was refused sends it again a second later, to a new worker: a delay, not a failure;
@@ -396,6 +406,8 @@ def _hand_over_listeners_on_stop(worker) -> None:
         if siblings:
             deadline = time.monotonic() + _HANDOVER_SECONDS
             while time.monotonic() < deadline and not _newer_sibling_listening(worker, siblings):
+                if not any(_running(pid) for pid in siblings):  # the server is stopping: they stopped first
+                    break
                 time.sleep(0.02)
             if not _kernel_migrates_requests():
                 refusing = [_refuse_new_handshakes(listener) for listener in _tcp_listeners(worker)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -196,3 +197,27 @@ def test_port_0_stops_start_up_with_a_clear_message(tmp_path):
     output = (result.stdout + result.stderr).decode()
     assert result.returncode != 0
     assert "cannot listen on 127.0.0.1:0: each worker would listen on a port of its own" in output
+
+
+def test_a_server_told_to_stop_does_not_wait_for_a_hand_over_to_workers_stopping_with_it(tmp_path):
+    """SIGTERM to the master stops every worker at once: an older worker has no newer one to hand its listening
+    socket to (they stop too), so the server is gone within seconds, not after the hand-over's 10 s wait."""
+    port = closed_port()
+    env = {**os.environ, "GATEWAY_CONFIG": write_sandbox_config_copy(tmp_path),
+           "GATEWAY_METRICS_DIR": str(tmp_path / "metrics")}
+    gateway = start_gateway(port, env, workers=3)
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/livez", gateway)
+        deadline = time.monotonic() + 20
+        while len(listening_sockets(child_pids(gateway.pid), port)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(listening_sockets(child_pids(gateway.pid), port)) == 3, "every worker listens on its own socket"
+        started = time.monotonic()
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        stop(gateway)
+
+    assert gateway.returncode == 0
+    assert took < 6, f"the server took {took:.1f} s to stop"
