@@ -22,6 +22,7 @@ from gateway.coordination import Coordination
 from gateway.coordination.breakers import (
     BreakerFile,
     ConcurrentCircuitBreaker,
+    FallbackBreakerStorage,
     SqliteBreakerStorage,
     redis_breaker_storage,
 )
@@ -312,6 +313,8 @@ def test_two_storage_objects_of_one_name_share_one_state(make_storage):
 
 #: both storages keep the opening time to the microsecond (see the test above), so a short reset is exact
 RESET_SECONDS = 0.5
+#: the longest a process goes on with its copy before it learns of another process's transition
+REFRESH_SECONDS = FallbackBreakerStorage.REFRESH_SECONDS
 
 
 class Unwell(Exception):
@@ -375,9 +378,11 @@ def test_failures_below_the_threshold_keep_it_closed_and_a_success_resets_them(s
     assert breaker.current_state == pybreaker.STATE_CLOSED, "failures must be consecutive to open it"
 
 
-def test_a_breaker_opened_by_one_process_rejects_in_another(make_storage):
+def test_a_breaker_opened_by_one_process_rejects_in_another_within_the_refresh_interval(make_storage):
     here, elsewhere = breaker_over(make_storage("ongoing-demo")), breaker_over(make_storage("ongoing-demo"))
+    assert here.call(lambda: "done") == "done"  # here's copy is fresh now
     trip(elsewhere)
+    time.sleep(REFRESH_SECONDS)
     called = []
     with pytest.raises(pybreaker.CircuitBreakerError):
         here.call(called.append, "sent")
@@ -386,6 +391,93 @@ def test_a_breaker_opened_by_one_process_rejects_in_another(make_storage):
     assert here.retry_after() is not None and here.retry_after() > 0
     unrelated = breaker_over(make_storage("speed4trade-demo"))
     assert unrelated.call(lambda: "done") == "done"
+
+
+def test_failures_in_two_processes_add_up_and_the_one_that_reaches_the_threshold_opens_it(make_storage):
+    here, elsewhere = breaker_over(make_storage("ongoing-demo")), breaker_over(make_storage("ongoing-demo"))
+
+    def failing() -> None:
+        raise Unwell
+
+    for breaker in (here, elsewhere, here):
+        with pytest.raises(Unwell):
+            breaker.call(failing)
+    # the third failure, counted by `here`, reached fail_max (3): open at once there, and shared
+    assert here.current_state == pybreaker.STATE_OPEN
+    assert make_storage("ongoing-demo").state == pybreaker.STATE_OPEN
+    time.sleep(REFRESH_SECONDS)
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        elsewhere.call(lambda: "not sent")
+
+
+def test_a_success_clears_the_failures_another_process_counted_once_it_has_read_them(make_storage):
+    shared = make_storage("ongoing-demo")
+    here, elsewhere = breaker_over(make_storage("ongoing-demo")), breaker_over(make_storage("ongoing-demo"))
+
+    def failing() -> None:
+        raise Unwell
+
+    for _ in range(2):
+        with pytest.raises(Unwell):
+            elsewhere.call(failing)
+    assert shared.counter == 2
+    time.sleep(REFRESH_SECONDS)
+    assert here.call(lambda: "done") == "done"
+    assert shared.counter == 0, "a success did not clear the failures counted elsewhere"
+    with pytest.raises(Unwell):
+        elsewhere.call(failing)
+    assert (elsewhere.current_state, shared.counter) == (pybreaker.STATE_CLOSED, 1)
+
+
+def test_a_breaker_closed_by_a_probe_in_one_process_lets_calls_through_in_another(make_storage):
+    shared = make_storage("ongoing-demo")
+    shared.state = pybreaker.STATE_OPEN
+    shared.opened_at = datetime.now(UTC)
+    here, elsewhere = breaker_over(make_storage("ongoing-demo")), breaker_over(make_storage("ongoing-demo"))
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        here.call(lambda: "not sent")
+    time.sleep(RESET_SECONDS)
+    assert elsewhere.call(lambda: "probed") == "probed"
+    assert shared.state == pybreaker.STATE_CLOSED
+    time.sleep(REFRESH_SECONDS)
+    assert here.current_state == pybreaker.STATE_CLOSED
+    assert [here.call(lambda: "done") for _ in range(3)] == ["done"] * 3
+
+
+class CountingStorage(pybreaker.CircuitMemoryStorage):
+    """pybreaker's memory storage, counting every read and write of the shared state."""
+
+    def __init__(self) -> None:
+        super().__init__(pybreaker.STATE_CLOSED)
+        self.uses = 0
+
+    def __getattribute__(self, name: str):
+        if not name.startswith("_") and name not in ("uses", "name"):
+            object.__setattr__(self, "uses", object.__getattribute__(self, "uses") + 1)
+        return super().__getattribute__(name)
+
+
+def test_calls_through_a_closed_breaker_read_the_shared_state_at_most_once_per_refresh_interval():
+    shared = CountingStorage()
+    breaker = ConcurrentCircuitBreaker(fail_max=3, reset_timeout=RESET_SECONDS, state_storage=shared)
+    shared.uses = 0
+    calls, started = 0, time.monotonic()
+    while time.monotonic() - started < 3 * REFRESH_SECONDS:
+        assert breaker.call(lambda: "done") == "done"
+        calls += 1
+    elapsed = time.monotonic() - started
+    reads = elapsed / REFRESH_SECONDS + 1
+    # one read of the whole state is four values of pybreaker's storage
+    assert shared.uses <= 4 * reads, f"{shared.uses} uses of the shared state for {calls} calls"
+    assert calls > 10 * reads
+
+    def failing() -> None:
+        raise Unwell
+
+    shared.uses = 0
+    with pytest.raises(Unwell):
+        breaker.call(failing)
+    assert shared.uses >= 1 and shared.counter == 1, "a failure was not counted in the shared state at once"
 
 
 def test_while_a_probe_is_in_flight_other_calls_are_rejected(storage):

@@ -304,7 +304,8 @@ def test_redis_dying_during_a_call_leaves_the_backends_outcome_as_the_reply(back
     assert backends.calls["ongoing"] == 1
     records = gateway.log_records()
     failed = {record["bookkeeping"] for record in records if record["logger"] == "gateway.bookkeeping"}
-    assert {"call_lock", "breaker_state", "idempotency_record"} <= failed
+    # (a successful call leaves the breaker's shared state alone: only the lock and the key touch Redis after it)
+    assert {"call_lock", "idempotency_record"} <= failed
     assert all(record["level"] == "WARNING" and "traceback" not in record
                for record in records if record["logger"] == "gateway.bookkeeping")
     assert [record["logger"] for record in records if "traceback" in record] == []  # a store down is no bug

@@ -3,9 +3,23 @@ var/ (every process of one machine) or in Redis (every machine).
 
 tests/test_coordination.py runs one contract over both. `ConcurrentCircuitBreaker` is pybreaker's breaker
 without the lock pybreaker holds around every guarded call (which would serialize all calls to a connection in a
-process); instead a half-open breaker lets one probe at a time through per process, and fails the others fast. Its
-shared state is bookkeeping (gateway/bookkeeping.py): when it cannot be read or written the breaker goes on with
-this process's own copy (FallbackBreakerStorage), and no call fails for it.
+process); instead a half-open breaker lets one probe at a time through per process, and fails the others fast.
+
+Each process keeps its own copy of the state (FallbackBreakerStorage), as Envoy's outlier detection keeps one per
+worker, and shares what changes it:
+
+- a call admitted or succeeding through a closed breaker reads and writes nothing shared: the copy answers;
+- the copy is read again from the shared state when it is older than REFRESH_SECONDS (0.25 s: one read of the whole
+  state, so a busy process reads it at most four times a second per connection), which bounds how late a process
+  learns that another opened, half-opened or closed the breaker;
+- a failure is counted in the shared state at once (one increment, which answers the count), so failures in
+  different processes add up to breaker_failures and the process whose failure reaches it opens the breaker for all;
+- a success writes the shared count back to zero only when the copy counts failures;
+- every transition (open, half-open, close) is written to the shared state at once; health views and metrics read
+  the shared state afresh.
+
+The shared state is bookkeeping (gateway/bookkeeping.py): when it cannot be read or written the breaker goes on
+with the copy, and no call fails for it.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pybreaker
 import redis
@@ -28,8 +42,23 @@ from gateway.sqlite_file import SqliteFile
 
 STATES = (pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)
 log = logging.getLogger("gateway.breakers")
-#: what FallbackBreakerStorage reads -> the attribute of its copy
-_COPIES = {"state": "_state", "counter": "_failures", "success_counter": "_successes", "opened_at": "_opened_at"}
+
+
+class BreakerRecord(NamedTuple):
+    """One breaker's whole state, as one read of its shared storage answers it."""
+
+    state: str
+    failures: int
+    successes: int
+    opened_at: datetime | None
+
+
+def read_record(storage: pybreaker.CircuitBreakerStorage) -> BreakerRecord:
+    """A storage's whole state: in one round trip from the gateway's storages (`read`), value by value from any
+    other pybreaker storage."""
+    if isinstance(storage, SqliteBreakerStorage | RedisBreakerStorage):
+        return storage.read()
+    return BreakerRecord(storage.state, storage.counter, storage.success_counter, storage.opened_at)
 
 
 BREAKERS_SCHEMA = ("CREATE TABLE IF NOT EXISTS breakers (name TEXT PRIMARY KEY, state TEXT NOT NULL, "
@@ -71,6 +100,13 @@ class SqliteBreakerStorage(pybreaker.CircuitBreakerStorage):
     def _value(self, column: str) -> Any:
         return self._execute(f"SELECT {column} FROM breakers WHERE name = ?", (self.breaker,))[0][0]  # noqa: S608
 
+    def read(self) -> BreakerRecord:
+        """The whole state in one statement."""
+        state, failures, successes, opened_at = self._execute(
+            "SELECT state, fail_counter, success_counter, opened_at FROM breakers WHERE name = ?", (self.breaker,))[0]
+        return BreakerRecord(state, failures, successes,
+                             None if opened_at is None else datetime.fromtimestamp(opened_at, UTC))
+
     @property
     def state(self) -> str:
         """closed, open or half-open."""
@@ -80,9 +116,10 @@ class SqliteBreakerStorage(pybreaker.CircuitBreakerStorage):
     def state(self, state: str) -> None:
         self._execute("UPDATE breakers SET state = ? WHERE name = ?", (str(state), self.breaker))
 
-    def increment_counter(self) -> None:
-        """One more consecutive failure."""
-        self._execute("UPDATE breakers SET fail_counter = fail_counter + 1 WHERE name = ?", (self.breaker,))
+    def increment_counter(self) -> int:
+        """One more consecutive failure; how many there are now."""
+        return self._execute("UPDATE breakers SET fail_counter = fail_counter + 1 WHERE name = ? "
+                             "RETURNING fail_counter", (self.breaker,))[0][0]
 
     def reset_counter(self) -> None:
         """No consecutive failures; writes nothing when there were none (every success calls this)."""
@@ -138,8 +175,14 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
         self._prefix = f"{namespace}:pybreaker:"
 
     def _get(self, name: str) -> str | None:
-        value = self._redis.get(self._prefix + name)
-        return value.decode() if isinstance(value, bytes) else value
+        return _text(self._redis.get(self._prefix + name))
+
+    def read(self) -> BreakerRecord:
+        """The whole state in one MGET."""
+        state, failures, successes, opened_at = map(_text, self._redis.mget(
+            [self._prefix + name for name in ("state", "fail_counter", "success_counter", "opened_at")]))
+        return BreakerRecord(state or pybreaker.STATE_CLOSED, int(failures or 0), int(successes or 0),
+                             datetime.fromtimestamp(float(opened_at), UTC) if opened_at else None)
 
     @property
     def state(self) -> str:
@@ -150,9 +193,9 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
     def state(self, state: str) -> None:
         self._redis.set(self._prefix + "state", str(state))
 
-    def increment_counter(self) -> None:
-        """One more consecutive failure."""
-        self._redis.incr(self._prefix + "fail_counter")
+    def increment_counter(self) -> int:
+        """One more consecutive failure; how many there are now."""
+        return int(self._redis.incr(self._prefix + "fail_counter"))
 
     def reset_counter(self) -> None:
         """No consecutive failures."""
@@ -195,22 +238,26 @@ class RedisBreakerStorage(pybreaker.CircuitBreakerStorage):
         self._redis.transaction(set_if_later, key)
 
 
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def redis_breaker_storage(client: redis.Redis, name: str) -> RedisBreakerStorage:
     """The Redis storage of the breaker `name`."""
     return RedisBreakerStorage(client, namespace=f"gateway:breakers:{name}")
 
 
 class FallbackBreakerStorage(pybreaker.CircuitBreakerStorage):
-    """A breaker's shared state with this process's own copy, which it goes on with while the shared one cannot be
-    read or written.
+    """This process's copy of a breaker's state, which answers every read, over the shared state, which it reads
+    again when the copy is older than REFRESH_SECONDS and writes on every transition and counted failure (the
+    module's docstring says what is shared when).
 
-    Every write goes to the copy and to the shared state; every read that succeeds refreshes the copy. When the shared
-    state fails (STORE_ERRORS), the copy answers, and the shared state is left alone for RETRY_SECONDS, so a store
-    that hangs costs one wait, not one per read; each failure is counted, and logged at most once per
-    LOG_INTERVAL_SECONDS. Resetting a counter reads it first and writes only when it is not zero already: every
-    successful call resets the failures, and a read still succeeds while another process holds SQLite's write lock.
+    When the shared state fails (STORE_ERRORS), the copy goes on alone, and the shared state is left alone for
+    RETRY_SECONDS, so a store that hangs costs one wait, not one per call; each failure is counted, and logged at
+    most once per LOG_INTERVAL_SECONDS.
     """
 
+    REFRESH_SECONDS = 0.25
     RETRY_SECONDS = 5.0
     LOG_INTERVAL_SECONDS = 60.0
 
@@ -220,6 +267,8 @@ class FallbackBreakerStorage(pybreaker.CircuitBreakerStorage):
         self._state: str = pybreaker.STATE_CLOSED
         self._failures = self._successes = 0
         self._opened_at: datetime | None = None
+        self._read_at: float | None = None  # when the copy was last read from the shared state (monotonic)
+        self._changes = 0  # the copy's own changes: a read that began before one must not undo it
         self._skip_until = 0.0
         self._failing = False
 
@@ -240,67 +289,92 @@ class FallbackBreakerStorage(pybreaker.CircuitBreakerStorage):
             log.info("the shared state of the circuit breaker of connection %r answers again", self.breaker)
         return True, value
 
-    def _read(self, name: str) -> Any:
-        """The shared value of `name`, kept in the copy; the copy's when the shared state cannot answer."""
-        ok, value = self._shared(lambda: getattr(self.shared, name))
-        if ok:
-            setattr(self, _COPIES[name], value)
-            return value
-        return getattr(self, _COPIES[name])
+    def refresh(self, *, force: bool = False) -> None:
+        """Read the shared state into the copy, when the copy is older than REFRESH_SECONDS or `force`; the other
+        threads go on with the copy while one reads."""
+        now = time.monotonic()
+        if not force and self._read_at is not None and now - self._read_at < self.REFRESH_SECONDS:
+            return
+        self._read_at, changes = now, self._changes
+        ok, record = self._shared(lambda: read_record(self.shared))
+        if ok and changes == self._changes:
+            self._state, self._failures, self._successes, self._opened_at = record
+
+    def _write(self, action: Callable[[], Any]) -> tuple[bool, Any]:
+        """Write the shared state (after changing the copy); a read overlapping the write is not kept."""
+        self._changes += 1
+        try:
+            return self._shared(action)
+        finally:
+            self._changes += 1
 
     @property
     def state(self) -> str:
         """closed, open or half-open."""
-        return self._read("state")
+        self.refresh()
+        return self._state
 
     @state.setter
     def state(self, state: str) -> None:
         self._state = str(state)
-        self._shared(lambda: setattr(self.shared, "state", state))
+        self._write(lambda: setattr(self.shared, "state", state))
 
-    def increment_counter(self) -> None:
-        """One more consecutive failure."""
+    def increment_counter(self) -> int:
+        """One more consecutive failure, counted in the shared state at once; how many there are now (in this
+        process alone while the shared state cannot be used)."""
+        def count() -> int:
+            failures = self.shared.increment_counter()
+            return self.shared.counter if failures is None else failures  # (pybreaker's storages answer nothing)
+
         self._failures += 1
-        self._shared(self.shared.increment_counter)
+        ok, failures = self._write(count)
+        if ok:
+            self._failures = failures
+        return self._failures
 
     def reset_counter(self) -> None:
-        """No consecutive failures; nothing is written when there were none."""
+        """No consecutive failures (the breaker closes)."""
         self._failures = 0
-        ok, value = self._shared(lambda: self.shared.counter)
-        if ok and value:
-            self._shared(self.shared.reset_counter)
+        self._write(self.shared.reset_counter)
+
+    def clear_failures(self) -> None:
+        """A call succeeded: no consecutive failures. The shared count is written only when the copy counts some,
+        so a success through a healthy backend costs no round trip."""
+        if self._failures:
+            self.reset_counter()
 
     def increment_success_counter(self) -> None:
         """One more consecutive success while half-open."""
         self._successes += 1
-        self._shared(self.shared.increment_success_counter)
+        self._write(self.shared.increment_success_counter)
 
     def reset_success_counter(self) -> None:
-        """No consecutive successes; nothing is written when there were none."""
+        """No consecutive successes (the breaker changes state)."""
         self._successes = 0
-        ok, value = self._shared(lambda: self.shared.success_counter)
-        if ok and value:
-            self._shared(self.shared.reset_success_counter)
+        self._write(self.shared.reset_success_counter)
 
     @property
     def counter(self) -> int:
         """Consecutive failures."""
-        return self._read("counter")
+        self.refresh()
+        return self._failures
 
     @property
     def success_counter(self) -> int:
         """Consecutive successes while half-open."""
-        return self._read("success_counter")
+        self.refresh()
+        return self._successes
 
     @property
     def opened_at(self) -> datetime | None:
         """When the breaker last opened."""
-        return self._read("opened_at")
+        self.refresh()
+        return self._opened_at
 
     @opened_at.setter
     def opened_at(self, when: datetime) -> None:
         self._opened_at = when
-        self._shared(lambda: setattr(self.shared, "opened_at", when))
+        self._write(lambda: setattr(self.shared, "opened_at", when))
 
 
 class BreakerOpen(Exception):
@@ -314,18 +388,20 @@ class BreakerOpen(Exception):
 
 
 class ConcurrentCircuitBreaker(pybreaker.CircuitBreaker):
-    """pybreaker's state machine, its shared state behind a FallbackBreakerStorage, with calls running concurrently
-    and one probe at a time (per process) when half-open.
+    """pybreaker's state machine over this process's copy of its state (FallbackBreakerStorage, in front of the
+    shared state, or of pybreaker's memory storage when there is none), with calls running concurrently and one
+    probe at a time (per process) when half-open.
 
-    A call is admitted (`admit`, which reads the state once) and its outcome recorded afterwards (`record_success`,
+    A call is admitted (`admit`, which reads the copy) and its outcome recorded afterwards (`record_success`,
     `record_failure`, or `withdraw` when it was never sent), so the connection runs the call between the two without
     the breaker around it; `call` does all three around a function.
     """
 
+    _state_storage: FallbackBreakerStorage
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        shared = kwargs.get("state_storage")
-        if shared is not None:
-            kwargs["state_storage"] = FallbackBreakerStorage(shared, kwargs.get("name") or shared.name)
+        shared = kwargs.get("state_storage") or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        kwargs["state_storage"] = FallbackBreakerStorage(shared, kwargs.get("name") or shared.name)
         super().__init__(*args, **kwargs)
         self._probe = threading.Lock()
 
@@ -343,7 +419,8 @@ class ConcurrentCircuitBreaker(pybreaker.CircuitBreaker):
 
     def snapshot(self) -> tuple[str, int, float | None]:
         """The state, the consecutive failures and the seconds until a probe (None: calls go through now), for
-        health views and metrics: the shared state read once."""
+        health views and metrics: the shared state read afresh, once."""
+        self._state_storage.refresh(force=True)
         state = self.current_state
         wait = self._left(self._state_storage.opened_at) if state == pybreaker.STATE_OPEN else None
         return state, self.fail_counter, wait
@@ -371,7 +448,7 @@ class ConcurrentCircuitBreaker(pybreaker.CircuitBreaker):
     def record_success(self, probe: bool) -> None:
         """The admitted call succeeded (or was refused by the backend for a reason of the order's own)."""
         try:
-            self._state_storage.reset_counter()
+            self._state_storage.clear_failures()
             if probe:
                 self._state_storage.increment_success_counter()
                 if self._state_storage.success_counter >= self.success_threshold:
@@ -382,8 +459,8 @@ class ConcurrentCircuitBreaker(pybreaker.CircuitBreaker):
     def record_failure(self, probe: bool) -> bool:
         """The admitted call failed in a way that says the backend is unwell; whether this opened the breaker."""
         try:
-            self._inc_counter()
-            if probe or self._state_storage.counter >= self.fail_max:
+            failures = self._state_storage.increment_counter()
+            if probe or failures >= self.fail_max:
                 self.open()
                 return True
             return False

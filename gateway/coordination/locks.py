@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+import redis.lock
 
 from gateway.bookkeeping import STORE_ERRORS, note_failure
 from gateway.config import StoreSettings
@@ -158,7 +159,15 @@ class FileCallLocks(CallLocks):
 
 
 class RedisCallLocks(CallLocks):
-    """Locks in Redis, for every gateway process on every machine that shares it."""
+    """Locks in Redis, for every gateway process on every machine that shares it.
+
+    A lock held costs two round trips, which is nearly all its cost: SET NX PX with the holder's token to take it,
+    and redis-py's Lua script to release it only if the token is still the holder's (a plain DEL could free a
+    lock that expired and another holder took). Each process keeps one redis-py Lock per name, made once: only the
+    thread whose turn it is at the name uses it, so its token needs no thread-local storage.
+    """
+
+    POLL_SECONDS = 0.005
 
     def __init__(self, url: str, *, expiry: float, prefix: str = "gateway:locks:",
                  stores: StoreSettings | None = None) -> None:
@@ -166,16 +175,27 @@ class RedisCallLocks(CallLocks):
         self.client = redis_client(url, stores, store="call locks")
         self.expiry = expiry
         self.prefix = prefix
+        self._locks: dict[str, redis.lock.Lock] = {}
+        self._locks_pid = os.getpid()
+
+    def _lock(self, name: str) -> redis.lock.Lock:
+        """This process's redis-py Lock of `name` (made again in a child process); used under the name's turn."""
+        if self._locks_pid != os.getpid():  # a forked child: its parent's locks (and their tokens) are not its own
+            self._locks, self._locks_pid = {}, os.getpid()
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = self.client.lock(self.prefix + name, timeout=self.expiry,
+                                                        sleep=self.POLL_SECONDS, thread_local=False)
+        return lock
 
     @contextlib.contextmanager
     def hold(self, name: str, timeout: float) -> Iterator[None]:
         """This process's turn, then redis-py's Lock: SET NX PX with a token; released only by its holder, expired if
         the holder died."""
         with self._turn(name, timeout) as left:
-            lock = self.client.lock(self.prefix + name, timeout=self.expiry, sleep=0.005, blocking=True,
-                                    blocking_timeout=max(left, 0.001))
+            lock = self._lock(name)
             try:
-                acquired = lock.acquire()
+                acquired = lock.acquire(blocking=True, blocking_timeout=max(left, 0.001))
             except STORE_ERRORS as error:
                 raise LockUnavailable("Redis", error) from error
             if not acquired:

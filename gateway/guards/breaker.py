@@ -19,8 +19,9 @@ UNWELL = (BackendFailure, BackendUnavailable, BackendTimeout)
 
 
 class BreakerGuard(CallGuard):
-    """The circuit breaker (its state shared through the coordination stores): read once when a call is admitted;
-    the outcome of a call that went out is counted (UNWELL errors as failures), one that never went out is not."""
+    """The circuit breaker, its state shared through the coordination stores on every transition and failure
+    (gateway/coordination/breakers.py): this process's copy admits a call, without a round trip to the store; the
+    outcome of a call that went out is counted (UNWELL errors as failures), one that never went out is not."""
 
     name = "breaker"
     settings = ("breaker_failures", "breaker_reset_seconds")
