@@ -16,7 +16,6 @@ connection is borrowed names the store (gateway/stores.py), so a busy, full or b
 from __future__ import annotations
 
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -52,8 +51,9 @@ class SqliteFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._what, self._synchronous, self._pragmas = what, synchronous, pragmas
         self._busy_timeout, self._pool_size = stores.sqlite_busy_timeout, stores.sqlite_pool_size
-        self._pool_lock = threading.Lock()
-        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        # One condition guards the idle connections (the last given back is taken first) and wakes a waiter.
+        self._pool_lock = threading.Condition(threading.Lock())
+        self._idle: list[sqlite3.Connection] = []
         self._pool_pid, self._pool_opened = os.getpid(), 0
         self._held = threading.local()  # the connection this thread has borrowed, and from which process
         self._connections: list[tuple[int, sqlite3.Connection]] = []  # (opening process id, connection)
@@ -119,29 +119,26 @@ class SqliteFile:
             raise RuntimeError(f"the {self._what} is closed")
         with self._pool_lock:
             if self._pool_pid != os.getpid():  # a forked child: its parent's connections are not its own
-                self._pool, self._pool_pid, self._pool_opened = queue.LifoQueue(), os.getpid(), 0
-            pool = self._pool
-            try:
-                return pool.get_nowait()
-            except queue.Empty:
-                opening = self._pool_opened < self._pool_size
-                if opening:
-                    self._pool_opened += 1
-        if opening:
-            try:
-                connection = self._new_connection(timeout=self._busy_timeout)
-            except BaseException:
-                with self._pool_lock:
-                    self._pool_opened -= 1
-                raise
-            with self._pool_lock:
-                self._connections.append((os.getpid(), connection))
-            return connection
+                self._idle, self._pool_pid, self._pool_opened = [], os.getpid(), 0
+            if self._idle:
+                return self._idle.pop()
+            opening = self._pool_opened < self._pool_size
+            if opening:
+                self._pool_opened += 1
+            elif not self._pool_lock.wait_for(lambda: self._idle, timeout=self._busy_timeout):
+                raise sqlite3.OperationalError(f"all {self._pool_size} connections to the {self._what} stayed in "
+                                               f"use for {self._busy_timeout:g} s")
+            else:
+                return self._idle.pop()
         try:
-            return pool.get(timeout=self._busy_timeout)
-        except queue.Empty:
-            raise sqlite3.OperationalError(f"all {self._pool_size} connections to the {self._what} stayed in use "
-                                           f"for {self._busy_timeout:g} s") from None
+            connection = self._new_connection(timeout=self._busy_timeout)
+        except BaseException:
+            with self._pool_lock:
+                self._pool_opened -= 1
+            raise
+        with self._pool_lock:
+            self._connections.append((os.getpid(), connection))
+        return connection
 
     def _give_back(self, connection: sqlite3.Connection) -> None:
         """Return a borrowed connection to its pool (never one with a transaction left open)."""
@@ -152,7 +149,8 @@ class SqliteFile:
             return
         with self._pool_lock:
             if self._pool_pid == os.getpid() and not self._closed:
-                self._pool.put(connection)
+                self._idle.append(connection)
+                self._pool_lock.notify()
 
     @contextmanager
     def _borrowed(self) -> Iterator[sqlite3.Connection]:

@@ -16,9 +16,16 @@ window opens at a subject's first failure and lasts the setting's seconds; the f
 allowed count on the subject is refused until the window closes. Refused attempts are not counted (nothing was
 checked), and a success resets nothing: a caller holding one valid key gains nothing by mixing in guesses.
 
+Failures are rare and every request with a key is checked, so a check costs no store round trip while nothing
+changed: the SQLite store keeps the open windows it last read per connection and reads them again only when
+`PRAGMA data_version` says another connection (of any process) committed since, which is exact; the Redis store
+reads a subject with failures every time, and takes a subject it found without any to have none for
+FRESH_SECONDS, so the first failures counted against it by another process or machine are seen here within that
+long (its own at once): a caller that never fails costs a round trip a second per process.
+
 Errors of the storage itself are passed on as they are, naming their store, so a throttle that cannot be read
-answers 503 `store-unavailable` (gateway/stores.py): no attempt is let through unchecked. tests/test_login_throttle.py
-runs one contract over both stores.
+answers 503 `store-unavailable` (gateway/stores.py): no attempt is let through unchecked (in Redis: none after
+FRESH_SECONDS). tests/test_login_throttle.py runs one contract over both stores.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import hashlib
 import logging
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +55,14 @@ KEY_PREFIX_CHARS = 8
 #: the SQLite file's name, beside the events database
 SQLITE_FILE_NAME = "auth-failures.sqlite3"
 STORE_NAME = "authentication throttle"
+#: how long the Redis store answers for a subject from what it last learned of it (a block made elsewhere is seen
+#: within this long)
+FRESH_SECONDS = 1.0
+#: open windows the SQLite store keeps in memory at most; with more (an attack from many addresses), each check
+#: reads its own subjects
+CACHED_WINDOWS = 1000
+#: subjects the Redis store remembers at most (past that it starts afresh)
+REMEMBERED_SUBJECTS = 10_000
 
 
 def address_subject(address: str | None) -> str:
@@ -119,6 +135,24 @@ class SqliteAuthFailureStore(SqliteFile, AuthFailureStore):
         # NORMAL: a power cut may forget the last failures counted, which costs nothing but a few guesses.
         self._open_file(path, schema=SCHEMA, schema_version=1, synchronous="NORMAL", what=STORE_NAME,
                         stores=stores)
+        #: per connection: its data_version when it read the windows, and {subject: (failures, window_end)}
+        self._windows: dict[sqlite3.Connection, tuple[int, dict[str, tuple[int, float]]]] = {}
+
+    def _open_windows(self, db: sqlite3.Connection) -> dict[str, tuple[int, float]] | None:
+        """Every window in the file as this connection last read it, read again when another connection
+        committed since; None when there are too many to keep."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        known = self._windows.get(db)
+        if known is not None and known[0] == version:
+            return known[1]
+        rows = db.execute("SELECT subject, failures, window_end FROM auth_failures LIMIT ?",
+                          (CACHED_WINDOWS + 1,)).fetchall()
+        if len(rows) > CACHED_WINDOWS:
+            self._windows.pop(db, None)
+            return None
+        windows = {subject: (failures, window_end) for subject, failures, window_end in rows}
+        self._windows[db] = (version, windows)
+        return windows
 
     @staticmethod
     def _blocked_for(db, subjects: list[str], allowed: int, now: float) -> float:
@@ -132,7 +166,12 @@ class SqliteAuthFailureStore(SqliteFile, AuthFailureStore):
         subjects = _check(subjects, allowed)
         now = time.time() if now is None else float(now)
         with self._borrowed() as db:
-            return self._blocked_for(db, subjects, allowed, now)
+            windows = self._open_windows(db)
+            if windows is None:
+                return self._blocked_for(db, subjects, allowed, now)
+        ends = [window[1] for window in map(windows.get, subjects)
+                if window is not None and window[0] >= allowed and window[1] > now]
+        return max(ends) - now if ends else 0.0
 
     def add_failure(self, subjects: Sequence[str], *, allowed: int, window_seconds: float,
                     now: float | None = None) -> float:
@@ -141,6 +180,8 @@ class SqliteAuthFailureStore(SqliteFile, AuthFailureStore):
         window_seconds = _window(window_seconds)
         now = time.time() if now is None else float(now)
         with self._write() as db:
+            # A connection's own commits leave its data_version as it was: what it knew is forgotten here.
+            self._windows.pop(db, None)
             # Closed windows go first, so a row still there is an open window to add to.
             db.execute("DELETE FROM auth_failures WHERE window_end <= ?", (now,))
             db.executemany("INSERT INTO auth_failures (subject, failures, window_end) VALUES (?, 1, ?)"
@@ -151,6 +192,7 @@ class SqliteAuthFailureStore(SqliteFile, AuthFailureStore):
     def purge_expired(self, now: float | None = None) -> int:
         """Forget the windows that have closed; how many."""
         with self._write() as db:
+            self._windows.pop(db, None)
             return db.execute("DELETE FROM auth_failures WHERE window_end <= ?",
                               (time.time() if now is None else float(now),)).rowcount
 
@@ -161,63 +203,86 @@ class SqliteAuthFailureStore(SqliteFile, AuthFailureStore):
 
     def close(self) -> None:
         """Close every connection; the store cannot be used afterwards."""
+        self._windows.clear()
         self._close_file()
 
 
-# KEYS: the subjects' counters. ARGV: allowed. Returns the longest time left, in milliseconds, of a counter at
-# `allowed` or more (0: none).
-BLOCKED_SCRIPT = """
-local longest = 0
+# KEYS: the subjects' counters. Returns each one's failures and the milliseconds left of its window (0: none).
+COUNTS_SCRIPT = """
+local counts = {}
 for _, key in ipairs(KEYS) do
     local failures = tonumber(redis.call('GET', key) or '0')
-    if failures >= tonumber(ARGV[1]) then
-        local left = redis.call('PTTL', key)
-        if left > longest then longest = left end
-    end
+    local left = 0
+    if failures > 0 then left = math.max(redis.call('PTTL', key), 0) end
+    table.insert(counts, failures)
+    table.insert(counts, left)
 end
-return longest
+return counts
 """
 
-# KEYS: the subjects' counters. ARGV: allowed, the window in milliseconds. Counts one failure on each (a counter
-# without a window gets one) and returns what BLOCKED_SCRIPT would.
+# KEYS: the subjects' counters. ARGV: the window in milliseconds. Counts one failure on each (a counter without a
+# window gets one) and returns what COUNTS_SCRIPT would.
 ADD_SCRIPT = """
-local longest = 0
+local counts = {}
 for _, key in ipairs(KEYS) do
     local failures = redis.call('INCR', key)
     if failures == 1 or redis.call('PTTL', key) < 0 then
-        redis.call('PEXPIRE', key, ARGV[2])
+        redis.call('PEXPIRE', key, ARGV[1])
     end
-    if failures >= tonumber(ARGV[1]) then
-        local left = redis.call('PTTL', key)
-        if left > longest then longest = left end
-    end
+    table.insert(counts, failures)
+    table.insert(counts, math.max(redis.call('PTTL', key), 0))
 end
-return longest
+return counts
 """
 
 
 class RedisAuthFailureStore(AuthFailureStore):
     """The windows in one Redis: a counter per subject that Redis expires when its window ends (on the Redis
-    server's clock, so the `now` arguments, which exist for the SQLite store's tests, are ignored here)."""
+    server's clock, so the `now` arguments, which exist for the SQLite store's tests, are ignored here). A subject
+    a round trip found without failures is taken to have none for FRESH_SECONDS; one with failures is read each
+    time."""
 
     def __init__(self, url: str, *, prefix: str = "gateway:auth-failures:",
                  stores: StoreSettings | None = None) -> None:
         self.prefix = prefix
         self._redis = redis_client(url, stores, store=STORE_NAME)
-        self._blocked_script = self._redis.register_script(BLOCKED_SCRIPT)
+        self._counts_script = self._redis.register_script(COUNTS_SCRIPT)
         self._add_script = self._redis.register_script(ADD_SCRIPT)
+        #: subjects a round trip found without failures -> until when that answers for them (monotonic clock)
+        self._clean: dict[str, float] = {}
+
+    def _left(self, subjects: list[str], counts: list, allowed: int) -> float:
+        """The longest window left of a subject blocked by `counts` (failures and milliseconds left, per subject);
+        a subject without failures is remembered as such for FRESH_SECONDS, one with failures forgotten."""
+        if len(self._clean) > REMEMBERED_SUBJECTS:
+            self._clean.clear()
+        fresh_until, longest = time.monotonic() + FRESH_SECONDS, 0
+        for subject, failures, left in zip(subjects, counts[::2], counts[1::2], strict=True):
+            if int(failures) == 0:
+                self._clean[subject] = fresh_until
+            else:
+                self._clean.pop(subject, None)
+                if int(failures) >= allowed:
+                    longest = max(longest, int(left))
+        return longest / 1000
 
     def blocked_for(self, subjects: Sequence[str], *, allowed: int, now: float | None = None) -> float:
         """Seconds until the last blocked subject may try again; 0 when none is blocked."""
         subjects = _check(subjects, allowed)
-        return int(self._blocked_script(keys=[self.prefix + s for s in subjects], args=[allowed])) / 1000
+        clock = time.monotonic()
+        if all(self._clean.get(subject, 0.0) > clock for subject in subjects):
+            return 0.0
+        return self._left(subjects, self._counts_script(keys=[self.prefix + s for s in subjects]), allowed)
 
     def add_failure(self, subjects: Sequence[str], *, allowed: int, window_seconds: float,
                     now: float | None = None) -> float:
         """Count one failure against each subject; then what blocked_for() says."""
         subjects = _check(subjects, allowed)
         window = max(1, math.ceil(_window(window_seconds) * 1000))
-        return int(self._add_script(keys=[self.prefix + s for s in subjects], args=[allowed, window])) / 1000
+        for subject in subjects:  # before the count, so no check here goes on trusting it once it is made
+            self._clean.pop(subject, None)
+        return self._left(subjects, self._add_script(keys=[self.prefix + s for s in subjects], args=[window]),
+                          allowed)
 
     def purge_expired(self, now: float | None = None) -> int:
         """Nothing to do: Redis expires each window by itself."""
@@ -229,6 +294,7 @@ class RedisAuthFailureStore(AuthFailureStore):
 
     def close(self) -> None:
         """Close the connection pool."""
+        self._clean.clear()
         self._redis.close()
 
 

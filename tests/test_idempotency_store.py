@@ -633,6 +633,27 @@ def test_the_sqlite_store_uses_wal_and_indexes_the_expiry_time(tmp_path):
         "CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at)"]
 
 
+def test_a_claim_and_its_noted_call_survive_the_crash_of_their_process(tmp_path):
+    path = tmp_path / "idempotency.sqlite3"
+    crash = "; ".join([
+        "import os",
+        "from gateway.idempotency import Attempt, SqliteIdempotencyStore",
+        f"store = SqliteIdempotencyStore({str(path)!r})",
+        f"assert store.begin({KEY!r}, {FP_A!r}, lease_seconds=30, now={T0!r}).state == 'new'",
+        f"assert store.attempt({KEY!r}, {FP_A!r}, Attempt{tuple(vars(UPDATE_STATUS).values())!r}, ttl_seconds=60,"
+        f" now={T0!r})",
+        "os._exit(9)",  # no close, no clean-up: the process is gone
+    ])
+    assert subprocess.run([sys.executable, "-c", crash], cwd=REPO_ROOT, timeout=60).returncode == 9
+
+    store = SqliteIdempotencyStore(path)
+    try:
+        assert begin(store, now=T0 + 29) == Begun(IN_PROGRESS)
+        assert begin(store, now=T0 + 31) == Begun(OUTCOME_UNKNOWN, attempts=(UPDATE_STATUS,))
+    finally:
+        store.close()
+
+
 def test_the_sqlite_store_follows_the_clock_it_is_given(tmp_path):
     store = SqliteIdempotencyStore(tmp_path / "idempotency.sqlite3")
     try:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from gateway import throttle
 from gateway.runtime import gateway_of
 from gateway.stores import store_unavailable
 from gateway.throttle import (
@@ -385,3 +386,66 @@ def test_the_openapi_document_names_the_429(throttled_app):
         assert "Retry-After" in reply["headers"]
     assert "429" not in document["paths"]["/webhooks/{backend}/{connection}"]["post"]["responses"]
     assert "429" not in document["paths"]["/livez"]["get"]["responses"]
+
+
+def test_a_block_counted_by_another_instance_is_seen_at_once_in_sqlite_and_within_a_bound_in_redis(
+        location, open_store, monkeypatch):
+    monkeypatch.setattr(throttle, "FRESH_SECONDS", 0.3)
+    first, second = open_store(), open_store()
+    assert first.blocked_for([ADDRESS], allowed=ALLOWED) == 0  # found without failures
+
+    for _ in range(ALLOWED):
+        fail(second)
+
+    if location[0] == "redis":  # what it found answers for FRESH_SECONDS, then Redis is asked again
+        assert first.blocked_for([ADDRESS], allowed=ALLOWED) == 0
+        time.sleep(0.35)
+    assert 298 < first.blocked_for([ADDRESS], allowed=ALLOWED) <= 300
+    assert first.blocked_for([OTHER_ADDRESS], allowed=ALLOWED) == 0
+
+
+def test_a_subject_with_failures_is_read_every_time_and_one_without_once_in_a_while_from_redis(redis_url,
+                                                                                              monkeypatch):
+    monkeypatch.setattr(throttle, "FRESH_SECONDS", 0.3)
+    store = RedisAuthFailureStore(redis_url, prefix=f"test:{uuid.uuid4().hex}:auth-failures:")
+    reads = []
+    counts = store._counts_script
+    monkeypatch.setattr(store, "_counts_script", lambda **kwargs: reads.append(kwargs["keys"]) or counts(**kwargs))
+    try:
+        for _ in range(5):
+            assert store.blocked_for([ADDRESS, PREFIX], allowed=ALLOWED) == 0
+        assert len(reads) == 1
+        time.sleep(0.35)
+        assert store.blocked_for([ADDRESS, PREFIX], allowed=ALLOWED) == 0
+        assert len(reads) == 2
+
+        fail(store, ADDRESS)  # from now on the address is read every time, and its block is seen at once
+        for _ in range(3):
+            assert store.blocked_for([ADDRESS, PREFIX], allowed=ALLOWED) == 0
+        assert len(reads) == 5
+        fail(store, ADDRESS, allowed=ALLOWED)
+        fail(store, ADDRESS, allowed=ALLOWED)
+        assert store.blocked_for([ADDRESS, PREFIX], allowed=ALLOWED) > 0
+    finally:
+        store.close()
+
+
+def test_an_sqlite_store_sees_each_commit_of_another_process_and_of_its_own_other_connections(tmp_path):
+    path = tmp_path / "auth-failures.sqlite3"
+    store, other = SqliteAuthFailureStore(path), SqliteAuthFailureStore(path)
+    try:
+        for allowed in (1, 2, 3):
+            assert store.blocked_for([ADDRESS], allowed=allowed) == 0
+            other.add_failure([ADDRESS], allowed=allowed, window_seconds=300)
+            assert store.blocked_for([ADDRESS], allowed=allowed) > 0
+        other.purge_expired(now=time.time() + 301)
+        assert store.blocked_for([ADDRESS], allowed=1) == 0
+        # the store's own failure, counted on one of its pooled connections, is seen from every other one
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert list(pool.map(lambda _: store.blocked_for([ADDRESS], allowed=1), range(8))) == [0] * 8
+        store.add_failure([ADDRESS], allowed=1, window_seconds=300)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert all(left > 0 for left in pool.map(lambda _: store.blocked_for([ADDRESS], allowed=1), range(8)))
+    finally:
+        store.close()
+        other.close()

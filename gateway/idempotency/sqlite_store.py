@@ -2,8 +2,13 @@
 
 One row per key; `expires_at` is the end of the lease of an in-progress row and the end of the life of an
 attempted or completed one, and a row past it counts as absent; `lease_until` is an in-progress row's lease, and
-`attempts` the calls noted on it (lines of JSON). begin() answers from a read when the key's live row decides it,
-and otherwise re-reads and claims the key in one BEGIN IMMEDIATE transaction, so only one caller creates it.
+`attempts` the calls noted on it (lines of JSON). begin() is one BEGIN IMMEDIATE transaction: it claims a key
+that has no live row with one statement, and otherwise reads the row to answer (or to take over a key whose
+holder is gone and whose calls may be repeated), so only one caller claims a key and a fresh key costs one write.
+
+Commits are WAL with `synchronous = NORMAL`: each one is in the WAL file, so every other process sees it and a
+crash of the process that made it loses nothing, before the call it guards goes out; a power loss or an operating
+system crash may take back the commits since the last checkpoint (docs/operations.md, "Durability").
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys (expir
 """
 #: what a file of an older version lacks: an in-progress row's lease once expires_at is its life, and the calls
 #: noted on it (lines of JSON, one per call)
+#: claims a key for a request: a new row, or the key's row made afresh (with a WHERE: only a row that is over)
+CLAIM = ("INSERT INTO idempotency_keys (key, fingerprint, state, expires_at, lease_until) VALUES (?, ?, ?, ?, ?)"
+         " ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, state = excluded.state,"
+         " expires_at = excluded.expires_at, lease_until = excluded.lease_until, attempts = NULL,"
+         " status = NULL, headers = NULL, body = NULL")
 MIGRATIONS = {
     2: "ALTER TABLE idempotency_keys ADD COLUMN lease_until REAL",
     3: "ALTER TABLE idempotency_keys ADD COLUMN attempts TEXT",
@@ -59,8 +69,8 @@ class SqliteIdempotencyStore(SqliteFile, IdempotencyStore):
     """The records in one SQLite file, used by threads through a small pool of connections and by processes."""
 
     def __init__(self, path: str | os.PathLike, *, stores: StoreSettings | None = None) -> None:
-        # FULL: a claimed key is on disk before its request goes on, so a power cut cannot run it twice.
-        self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="FULL",
+        # NORMAL: a commit survives the crash of any gateway process without an fsync of its own (see above).
+        self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="NORMAL",
                         what="idempotency store", migrations=MIGRATIONS, stores=stores)
 
     @staticmethod
@@ -89,25 +99,16 @@ class SqliteIdempotencyStore(SqliteFile, IdempotencyStore):
         check_record(key, fingerprint)
         lease_seconds = check_seconds("lease_seconds", lease_seconds)
         now = timestamp(now)
-        # Most repeats find a live row: answer them without queueing for the write lock.
-        with self._read() as db:
-            answer = self._answer(db, key, fingerprint, now)
-        if answer is not None:
-            return answer
+        claim = (key, fingerprint, IN_PROGRESS, now + lease_seconds, now + lease_seconds)
         with self._write() as db:
+            # A key without a row, or whose row's lease or life is over, is this request's in one statement.
+            if db.execute(CLAIM + " WHERE idempotency_keys.expires_at <= ?", (*claim, now)).rowcount == 1:
+                return Begun(NEW)
             answer = self._answer(db, key, fingerprint, now)
             if answer is not None:
                 return answer
-            # No row, one whose lease or life is over, or an idempotent one whose holder is gone: this request
-            # takes the key.
-            db.execute(
-                "INSERT INTO idempotency_keys (key, fingerprint, state, expires_at, lease_until)"
-                " VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, state = excluded.state,"
-                " expires_at = excluded.expires_at, lease_until = excluded.lease_until, attempts = NULL,"
-                " status = NULL, headers = NULL, body = NULL",
-                (key, fingerprint, IN_PROGRESS, now + lease_seconds, now + lease_seconds),
-            )
+            # An idempotent one whose holder is gone: this request takes the key.
+            db.execute(CLAIM, claim)
         return Begun(NEW)
 
     def attempt(self, key: str, fingerprint: str, attempt: Attempt, *, ttl_seconds: float,
