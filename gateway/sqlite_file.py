@@ -175,18 +175,27 @@ class SqliteFile:
             self._give_back(connection)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the write lock up front, so no two writers ever decide on stale reads."""
+    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front, so no two writers ever decide on stale reads.
+        `durable`: its commit is synced to disk (`synchronous = FULL`, which also syncs the commits before it) in a
+        file whose commits otherwise are not: for what must survive a power cut."""
         with self._borrowed() as db:
-            db.execute("BEGIN IMMEDIATE")
+            sync = durable and self._synchronous != "FULL"
+            if sync:  # outside a transaction: SQLite changes the level only there
+                db.execute("PRAGMA synchronous = FULL")
             try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT: an open transaction would make the connection's next BEGIN fail.
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    # Also after a failed COMMIT: an open transaction would make the connection's next BEGIN fail.
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            finally:
+                if sync:
+                    db.execute(f"PRAGMA synchronous = {self._synchronous}")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

@@ -654,6 +654,34 @@ def test_a_claim_and_its_noted_call_survive_the_crash_of_their_process(tmp_path)
         store.close()
 
 
+def test_the_sqlite_store_syncs_the_note_of_a_call_to_disk_and_its_other_commits_not(tmp_path, monkeypatch):
+    """A call's note must survive a power cut (else a retry could send the call again): it commits at
+    `synchronous = FULL`; a claim and a kept reply commit at NORMAL, and the connection is NORMAL again after."""
+    normal, full = 1, 2  # SQLite's numbers for the levels
+    commits: list[int] = []
+
+    class Recording(sqlite3.Connection):
+        def execute(self, sql, *parameters):
+            if sql == "COMMIT":
+                commits.append(super().execute("PRAGMA synchronous").fetchone()[0])
+            return super().execute(sql, *parameters)
+
+    connect = sqlite3.connect
+    monkeypatch.setattr("gateway.sqlite_file.sqlite3.connect",
+                        lambda *arguments, **options: connect(*arguments, factory=Recording, **options))
+    store = SqliteIdempotencyStore(tmp_path / "idempotency.sqlite3")
+    try:
+        commits.clear()
+        assert begin(store, now=T0) == Begun(NEW)
+        assert store.attempt(KEY, FP_A, UPDATE_STATUS, ttl_seconds=60, now=T0 + 1)
+        store.complete(KEY, FP_A, RESPONSE, ttl_seconds=60, now=T0 + 2)
+        assert begin(store, now=T0 + 3) == Begun(REPLAY, RESPONSE)
+    finally:
+        store.close()
+
+    assert commits == [normal, full, normal, normal], commits  # claim, note, reply, replay
+
+
 def test_the_sqlite_store_follows_the_clock_it_is_given(tmp_path):
     store = SqliteIdempotencyStore(tmp_path / "idempotency.sqlite3")
     try:

@@ -7,8 +7,10 @@ that has no live row with one statement, and otherwise reads the row to answer (
 holder is gone and whose calls may be repeated), so only one caller claims a key and a fresh key costs one write.
 
 Commits are WAL with `synchronous = NORMAL`: each one is in the WAL file, so every other process sees it and a
-crash of the process that made it loses nothing, before the call it guards goes out; a power loss or an operating
-system crash may take back the commits since the last checkpoint (docs/operations.md, "Durability").
+crash of the process that made it loses nothing; a power loss or an operating system crash may take back the
+commits since the last sync. Except the note of a call about to be sent (attempt()): it is synced to disk before
+the call goes out, so not even a power cut can make a retry send again a call that may have been applied
+(docs/operations.md, "Durability").
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class SqliteIdempotencyStore(SqliteFile, IdempotencyStore):
         check_attempt(attempt)
         ttl_seconds = check_seconds("ttl_seconds", ttl_seconds)
         now = timestamp(now)
-        with self._write() as db:
+        with self._write(durable=True) as db:
             # The right-hand sides read the row as it was: a first attempt keeps the lease that expires_at held.
             return db.execute(
                 "UPDATE idempotency_keys SET attempts = COALESCE(attempts || char(10), '') || ?,"
