@@ -64,10 +64,12 @@ from gateway.events.store import (
 from gateway.stores import redis_client
 
 # KEYS: dedupe, seq, event, deliveries, events, type index, state:pending, streams, settled, <order indexes>, then
-#       per subscriber: its stream, its pending index.
+#       per subscriber: its stream, its pending index; then the queue's list when messages are given.
 # ARGV: dedupe_key, event id, body, received_at, order_key, occurred_at, number of order indexes, trace context,
-#       then per subscriber: name, delivery JSON, stream id (in the same order as the stream keys).
-# Returns {id, 1} when stored, {existing id, 0} for a known dedupe_key, {id, -1} when the id is taken.
+#       number of subscribers, number of queue messages, then per subscriber: name, delivery JSON, stream id (in the
+#       same order as the stream keys), then the queue messages.
+# Returns {id, 1} when stored, {existing id, 0} for a known dedupe_key, {id, -1} when the id is taken. The queue
+# messages are pushed last, only for an event stored now: dedupe, store and queue are one round trip.
 ADD_EVENT_SCRIPT = """
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing then
@@ -87,18 +89,23 @@ local order_indexes = tonumber(ARGV[7])
 for i = 1, order_indexes do
     redis.call('ZADD', KEYS[9 + i], seq, ARGV[2])
 end
+local subscribers, messages = tonumber(ARGV[9]), tonumber(ARGV[10])
 local first_stream = 10 + order_indexes
-for i = 0, (#KEYS - first_stream + 1) / 2 - 1 do
-    local arg = 9 + 3 * i
+for i = 0, subscribers - 1 do
+    local arg = 11 + 3 * i
     redis.call('HSET', KEYS[4], ARGV[arg], ARGV[arg + 1])
     redis.call('ZADD', KEYS[first_stream + 2 * i], 0, rank)
     redis.call('ZADD', KEYS[first_stream + 2 * i + 1], seq, ARGV[2])
     redis.call('SADD', KEYS[8], ARGV[arg + 2])
 end
-if #KEYS >= first_stream then
+if subscribers > 0 then
     redis.call('ZADD', KEYS[7], seq, ARGV[2])
 else
     redis.call('ZADD', KEYS[9], ARGV[4], ARGV[2])
+end
+local first_message = 11 + 3 * subscribers
+for i = 0, messages - 1 do
+    redis.call('LPUSH', KEYS[first_stream + 2 * subscribers], ARGV[first_message + i])
 end
 return {ARGV[2], 1}
 """
@@ -270,8 +277,12 @@ class RedisEventStore(EventStore):
         return self.prefix + "".join(parts)
 
     def add_event(self, event: dict, *, dedupe_key: str, order_key: str, subscribers: Sequence[str],
-                  now: float | None = None, trace_context: Mapping[str, str] | None = None) -> tuple[str, bool]:
-        """Store the event and one due delivery per subscriber at once; (existing id, False) if dedupe_key is known."""
+                  now: float | None = None, trace_context: Mapping[str, str] | None = None,
+                  queue: tuple[str, Sequence[bytes]] | None = None) -> tuple[str, bool]:
+        """Store the event and one due delivery per subscriber at once; (existing id, False) if dedupe_key is known.
+
+        `queue`: (a list's key in this Redis, messages) to push onto it in the same round trip, when the event is
+        stored now (the delivery queue's wake-ups, so a webhook costs one round trip)."""
         body = check_event(event)
         names = unique_subscribers(subscribers)
         now = timestamp(now)
@@ -281,12 +292,16 @@ class RedisEventStore(EventStore):
         keys = [self._key("dedupe"), self._key("seq"), self._key("event:", event_id),
                 self._key("deliveries:", event_id), self._key("events"), self._key("type:", event["type"]),
                 self._key("state:", PENDING), self._key("streams"), self._key("settled"), *index_keys]
+        queue_key, messages = queue if queue is not None and queue[1] else (None, ())
         args = [dedupe_key, event_id, body, repr(now), order_key, event["occurred_at"], len(index_keys),
-                encode_trace_context(trace_context)]
+                encode_trace_context(trace_context), len(names), len(messages)]
         for name in names:
             stream = stream_id(name, order_key)
             keys += [self._key("stream:", stream), self._key("pending:", name)]
             args += [name, encode(new_delivery(name, now)), stream]
+        if queue_key is not None:
+            keys.append(queue_key)
+            args += messages
         stored_id, created = self._add_event_script(keys=keys, args=args)
         if created == -1:
             raise EventStoreError(f"an event with id {event_id!r} is already stored")

@@ -24,11 +24,15 @@ import abc
 import json
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from gateway.config import StoreSettings
 from gateway.sqlite_file import SqliteFile
+from gateway.stores import mark_store
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 DELIVERY_STATES = (PENDING, DELIVERED, DEAD)
@@ -348,6 +352,113 @@ MIGRATIONS = {2: "ALTER TABLE delivery_history ADD COLUMN requested_by TEXT",
 SCHEMA_VERSION = 6
 
 
+#: a batch's wait beyond the busy timeouts (for the fsync of its commit)
+GROUP_COMMIT_SLACK_SECONDS = 5.0
+#: the most writes one commit takes, and the most a process lets wait for one (beyond: a fast store failure)
+GROUP_COMMIT_BATCH = 64
+GROUP_COMMIT_QUEUE = 1024
+
+
+class NewEventRow(NamedTuple):
+    """An event checked and serialised for add_event, ready to insert."""
+
+    event_id: str
+    dedupe_key: str
+    order_key: str
+    type: str
+    occurred_at: str
+    order_columns: tuple[str | None, str | None]
+    body: str
+    subscribers: list[str]
+    now: float
+    trace: str
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """One write waiting for its commit: its outcome, once done, or the turn to lead the next commit."""
+
+    work: Any
+    done: threading.Event = field(default_factory=threading.Event)
+    leads: bool = False
+    outcome: Any = None
+
+
+class GroupCommit:
+    """Many threads' writes, one commit: the writes that arrive while a commit runs wait and go together in the
+    next, so concurrent writers share one fsync; each caller returns (or raises) only once its own write's
+    outcome is known, i.e. once it is committed.
+
+    No thread of its own: the first writer to find no commit running leads one (of at most `batch` writes,
+    its own first); when it is done, it hands the lead to the oldest write still waiting. `commit_batch(works)`
+    returns one outcome per work, a result or an exception to raise. At most `queue` writes wait; one that
+    waits longer than `wait_seconds` fails (its write may still be committed: it is never acknowledged
+    unstored, only possibly stored unacknowledged, which a retry's dedupe resolves). Both failures are store
+    failures (sqlite3.OperationalError naming the store).
+    """
+
+    def __init__(self, commit_batch: Callable[[list[Any]], list[Any]], *, what: str, wait_seconds: float,
+                 batch: int = GROUP_COMMIT_BATCH, queue: int = GROUP_COMMIT_QUEUE) -> None:
+        self._commit_batch, self._what, self._wait_seconds = commit_batch, what, wait_seconds
+        self._batch, self._queue = batch, queue
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self._leading = False
+        self.commits = 0  # how many batches were committed (or tried): what the grouping saves shows here
+
+    def submit(self, work: Any) -> Any:
+        """Run `work` in the next commit and return its outcome (raise it, if it is an exception)."""
+        entry = _Waiting(work)
+        with self._lock:
+            if len(self._waiting) >= self._queue:
+                raise mark_store(sqlite3.OperationalError(
+                    f"{self._queue} writes to the {self._what} are waiting already"), self._what)
+            self._waiting.append(entry)
+            if not self._leading:
+                self._leading = entry.leads = True
+        if not entry.leads:
+            self._wait(entry)
+        if entry.leads:
+            self._lead()
+        if isinstance(entry.outcome, BaseException):
+            raise entry.outcome
+        return entry.outcome
+
+    def _wait(self, entry: _Waiting) -> None:
+        """Wait for the entry's outcome or its turn to lead, at most wait_seconds."""
+        if entry.done.wait(self._wait_seconds):
+            return
+        with self._lock:
+            if entry.done.is_set():  # done (or handed the lead) just now
+                return
+            if entry in self._waiting:  # not taken into a commit yet: withdrawn, never written
+                self._waiting.remove(entry)
+        entry.outcome = mark_store(sqlite3.OperationalError(
+            f"a write to the {self._what} waited {self._wait_seconds:g} s for its commit"), self._what)
+
+    def _lead(self) -> None:
+        """Commit one batch (the leader's write first), give each its outcome, and pass the lead on."""
+        with self._lock:
+            batch, self._waiting = self._waiting[:self._batch], self._waiting[self._batch:]
+        try:
+            outcomes = self._commit_batch([entry.work for entry in batch])
+        except BaseException as error:
+            outcomes = [error] * len(batch)
+            raise
+        finally:
+            self.commits += 1
+            for entry, outcome in zip(batch, outcomes, strict=True):
+                entry.outcome = outcome
+                entry.done.set()
+            with self._lock:
+                if self._waiting:
+                    successor = self._waiting[0]
+                    successor.leads = True
+                    successor.done.set()
+                else:
+                    self._leading = False
+
+
 class SqliteEventStore(SqliteFile, EventStore):
     """The event store in one SQLite file (WAL), shared by threads through a small pool of connections and by
     processes."""
@@ -356,35 +467,63 @@ class SqliteEventStore(SqliteFile, EventStore):
         # FULL: an event is on disk before the webhook is answered, even if the machine loses power.
         self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="FULL", what="event store",
                         migrations=MIGRATIONS, pragmas=("foreign_keys = ON",), stores=stores)
+        # A batch waits for at most the pool and the write lock, then its commit; a retry one by one as long again.
+        self._group_commit = GroupCommit(self._add_events, what=self._what,
+                                         wait_seconds=4 * self._busy_timeout + GROUP_COMMIT_SLACK_SECONDS)
 
     def add_event(self, event: dict, *, dedupe_key: str, order_key: str, subscribers: Sequence[str],
                   now: float | None = None, trace_context: Mapping[str, str] | None = None) -> tuple[str, bool]:
-        """Store the event and one due delivery per subscriber at once; (existing id, False) if dedupe_key is known."""
+        """Store the event and one due delivery per subscriber at once; (existing id, False) if dedupe_key is known.
+
+        Returns once the event is committed to disk, in one transaction with whatever other threads of this
+        process added meanwhile (GroupCommit)."""
         body = check_event(event)
         trace = encode_trace_context(trace_context)
         names = unique_subscribers(subscribers)
-        now = timestamp(now)
-        with self._write() as db:
-            existing = db.execute("SELECT id FROM events WHERE dedupe_key = ?", (dedupe_key,)).fetchone()
-            if existing is not None:
-                return existing["id"], False
-            try:
-                seq = db.execute(
-                    "INSERT INTO events (id, dedupe_key, order_key, type, occurred_at, backend_order_id,"
-                    " order_number, body, received_at, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event["id"], dedupe_key, order_key, event["type"], event["occurred_at"],
-                     *order_id_columns(event), body, now, trace),
-                ).lastrowid
-            except sqlite3.IntegrityError:
-                raise EventStoreError(f"an event with id {event['id']!r} is already stored") from None
-            db.executemany(
-                "INSERT INTO deliveries (event_seq, subscriber, order_key, occurred_at, state, attempts,"
-                " next_attempt_at) VALUES (?, ?, ?, ?, 'pending', 0, ?)",
-                [(seq, name, order_key, event["occurred_at"], now) for name in names],
-            )
-            if not names:
-                db.execute("INSERT INTO settled_events (event_seq, settled_at) VALUES (?, ?)", (seq, now))
-        return event["id"], True
+        row = NewEventRow(event["id"], dedupe_key, order_key, event["type"], event["occurred_at"],
+                          order_id_columns(event), body, names, timestamp(now), trace)
+        return self._group_commit.submit(row)
+
+    def _add_events(self, rows: Sequence[NewEventRow]) -> list[tuple[str, bool] | BaseException]:
+        """Store these events in one transaction, the outcome of each in order; should the transaction fail, each
+        is tried again in one of its own, so a bad event fails alone."""
+        try:
+            with self._write() as db:
+                outcomes: list[tuple[str, bool] | BaseException] = []
+                for row in rows:
+                    try:
+                        outcomes.append(self._insert_event(db, row))
+                    except EventStoreError as error:  # its INSERT failed whole: the others stand
+                        outcomes.append(error)
+            return outcomes
+        except Exception as error:
+            if len(rows) == 1:
+                return [error]
+        return [self._add_events([row])[0] for row in rows]
+
+    @staticmethod
+    def _insert_event(db: sqlite3.Connection, row: NewEventRow) -> tuple[str, bool]:
+        """Insert one event with its deliveries in the open transaction; (existing id, False) if its key is known."""
+        existing = db.execute("SELECT id FROM events WHERE dedupe_key = ?", (row.dedupe_key,)).fetchone()
+        if existing is not None:
+            return existing["id"], False
+        try:
+            seq = db.execute(
+                "INSERT INTO events (id, dedupe_key, order_key, type, occurred_at, backend_order_id,"
+                " order_number, body, received_at, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row.event_id, row.dedupe_key, row.order_key, row.type, row.occurred_at, *row.order_columns,
+                 row.body, row.now, row.trace),
+            ).lastrowid
+        except sqlite3.IntegrityError:
+            raise EventStoreError(f"an event with id {row.event_id!r} is already stored") from None
+        db.executemany(
+            "INSERT INTO deliveries (event_seq, subscriber, order_key, occurred_at, state, attempts,"
+            " next_attempt_at) VALUES (?, ?, ?, ?, 'pending', 0, ?)",
+            [(seq, name, row.order_key, row.occurred_at, row.now) for name in row.subscribers],
+        )
+        if not row.subscribers:
+            db.execute("INSERT INTO settled_events (event_seq, settled_at) VALUES (?, ?)", (seq, row.now))
+        return row.event_id, True
 
     def get_event(self, event_id: str) -> dict | None:
         """The event with its received_at and its deliveries (sorted by subscriber), or None if unknown."""

@@ -133,19 +133,12 @@ def _store_webhook(receiver, webhooks: dict, connection: str, arguments: Argumen
     subscribers = service.subscribers_for(event.type)
     try:
         # the deliveries continue this request's trace: their spans are children of its span
-        event_id, created = service.store.add_event(event.to_document(), dedupe_key=event.dedupe_key,
-                                                    order_key=event.order_key, subscribers=subscribers,
-                                                    trace_context=tracing.outbound_headers())
+        event_id, created = service.add_event(event.to_document(), dedupe_key=event.dedupe_key,
+                                              order_key=event.order_key, subscribers=subscribers,
+                                              trace_context=tracing.outbound_headers())
     except Exception as error:
         log_failure(error, "could not store a webhook of connection %s", connection, logger=log)
         raise StoreUnavailable("The event could not be stored; send it again later.", store="event store") from None
-    if created:
-        for subscriber in subscribers:
-            try:
-                service.queue.nudge(subscriber, event.order_key)
-            except Exception as error:  # stored is safe: the worker resumes pending streams on its own
-                log_failure(error, "could not queue event %s for %s; the worker will resume it", event_id, subscriber,
-                            logger=log)
     logs.note(connection=connection, event_id=event_id)
     return {"id": event_id, "type": event.type, "duplicate": not created,
             "subscribers": subscribers if created else []}, created
