@@ -190,8 +190,8 @@ class WayOfDeliverySchema(Schema):
         return WayOfDelivery(**data)
 
 
-class OrderUpdateSchema(Schema):
-    """The canonical body of PATCH /orders/<id>."""
+class OrderUpdateFieldsSchema(Schema):
+    """The canonical body of PATCH /orders/<id>, field by field (OrderUpdateSchema adds the rule across fields)."""
 
     class Meta:
         unknown = RAISE
@@ -221,6 +221,10 @@ class OrderUpdateSchema(Schema):
     billing_address = fields.Nested(AddressSchema)
     shipping_address = fields.Nested(AddressSchema)
 
+
+class OrderUpdateSchema(OrderUpdateFieldsSchema):
+    """The canonical body of PATCH /orders/<id>."""
+
     @validates_schema
     def check_status_given_once(self, data: dict, **_: Any) -> None:
         """A status is given either canonically or as the backend's own code, never both."""
@@ -231,16 +235,23 @@ class OrderUpdateSchema(Schema):
 ROUTING_FIELDS = ("connection", "id_type")
 #: fields that help find the order rather than change it
 IDENTIFICATION_FIELDS = ("order_number_prefix", "mandator_id")
+_NOT_CHANGES = frozenset((*ROUTING_FIELDS, *IDENTIFICATION_FIELDS))
+#: the fields OrderUpdateSchema's rule across fields reads: without both, the rule has nothing to refuse
+_STATUS_FIELDS = frozenset({"status", "status_code"})
 _SCHEMA = OrderUpdateSchema()
 _DECLARED = frozenset(_SCHEMA.fields)
 
 
 @functools.lru_cache(maxsize=256)
-def _schema_of(present: frozenset[str]) -> OrderUpdateSchema:
+def _schema_of(present: frozenset[str]) -> OrderUpdateFieldsSchema:
     """The schema limited to the fields a document gives (`only`): marshmallow's work grows with the fields sent,
     not with every field of every backend. A name the document gives that no backend knows stays unknown (refused
-    as before); at most 256 such schemas are kept, whatever combinations are sent."""
-    return OrderUpdateSchema(only=sorted(present)) if present else _SCHEMA
+    as before); at most 256 such schemas are kept, whatever combinations are sent. The rule across fields runs
+    only where it can refuse something: marshmallow calls no schema validator of a schema that has none."""
+    if not present:
+        return _SCHEMA
+    schema_class = OrderUpdateSchema if present >= _STATUS_FIELDS else OrderUpdateFieldsSchema
+    return schema_class(only=sorted(present))
 
 
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -278,8 +289,7 @@ def load_order_update(order_id: str, document: Any) -> OrderUpdate:
     except ValidationError as error:
         raise ValidationError({"id": error.messages}) from None
     data = _schema_of(_DECLARED.intersection(document)).load(document)
-    changes = {name: value for name, value in data.items()
-               if name not in ROUTING_FIELDS and name not in IDENTIFICATION_FIELDS}
+    changes = {name: value for name, value in data.items() if name not in _NOT_CHANGES}
     return OrderUpdate(
         order_id=order_id,
         connection=data.get("connection"),
