@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from marshmallow import Schema, ValidationError, fields, validate
 
-from gateway.canonical import WayOfDelivery, flatten_errors, load_order_update
+from gateway.canonical import OrderUpdateSchema, WayOfDelivery, flatten_errors, load_order_update
 from tests.refusals import refusal
 
 # marshmallow's own checks, asked what they say (tests.refusals): the gateway's bounds, never marshmallow's wording
@@ -118,3 +118,37 @@ def test_way_of_delivery_defaults_to_find_only():
 def test_empty_free_text_clears_a_value():
     update = load_order_update("SO-1", {"warehouse_instruction": "", "waybill": ""})
     assert update.changes == {"warehouse_instruction": "", "waybill": ""}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"status": "released"},
+        {"connection": "ongoing-demo", "status": "released"},
+        {"status": "released", "colour": "red"},
+        {"status": 300, "colour": "red"},
+        {"status": "released", "status_code": 300},
+        {"status": "released", "status_code": 300, "colour": "red"},
+        {"status": "", "status_code": 300},
+        {"status_code": 300, "waybill": None},
+        {"way_of_delivery": {"code": "D", "colour": "red"}, "waybill": "WB"},
+        {"shipments": [{"tracking_number": "T", "carrier": "DHL"}], "status": "shipped", "mandator_id": 2},
+        {"colour": "red", "size": "L"},
+        {},
+    ],
+)
+def test_the_schema_narrowed_to_a_document_loads_and_refuses_as_the_whole_schema(document):
+    """load_order_update loads with a schema narrowed to the fields given; what it keeps or refuses, and with which
+    messages, is what the whole OrderUpdateSchema says."""
+    try:
+        expected = OrderUpdateSchema().load(document)
+    except ValidationError as error:
+        with pytest.raises(ValidationError) as caught:
+            load_order_update("SO-1", document)
+        assert caught.value.messages == error.messages
+    else:
+        update = load_order_update("SO-1", document)
+        loaded = {**update.changes, **update.identification}
+        loaded.update({name: value for name, value in (("connection", update.connection), ("id_type", update.id_type))
+                       if value is not None})
+        assert loaded == expected

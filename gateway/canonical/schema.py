@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from gateway.canonical.model import OrderUpdate, Payment, Shipment, WayOfDelivery
 
@@ -243,15 +243,18 @@ _DECLARED = frozenset(_SCHEMA.fields)
 
 
 @functools.lru_cache(maxsize=256)
-def _schema_of(present: frozenset[str]) -> OrderUpdateFieldsSchema:
+def _schema_of(present: frozenset[str], only_declared: bool) -> OrderUpdateFieldsSchema:
     """The schema limited to the fields a document gives (`only`): marshmallow's work grows with the fields sent,
     not with every field of every backend. A name the document gives that no backend knows stays unknown (refused
-    as before); at most 256 such schemas are kept, whatever combinations are sent. The rule across fields runs
-    only where it can refuse something: marshmallow calls no schema validator of a schema that has none."""
+    as before); at most 256 such schemas are kept, whatever combinations are sent.
+
+    Marshmallow looks for unknown names only where the document has some (`only_declared` is False), and runs the
+    rule across fields only where it can refuse something: it calls no schema validator of a schema without one.
+    """
     if not present:
         return _SCHEMA
     schema_class = OrderUpdateSchema if present >= _STATUS_FIELDS else OrderUpdateFieldsSchema
-    return schema_class(only=sorted(present))
+    return schema_class(only=sorted(present), unknown=EXCLUDE if only_declared else RAISE)
 
 
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -288,7 +291,8 @@ def load_order_update(order_id: str, document: Any) -> OrderUpdate:
         check_text(order_id)
     except ValidationError as error:
         raise ValidationError({"id": error.messages}) from None
-    data = _schema_of(_DECLARED.intersection(document)).load(document)
+    present = _DECLARED.intersection(document)
+    data = _schema_of(present, len(present) == len(document)).load(document)
     changes = {name: value for name, value in data.items() if name not in _NOT_CHANGES}
     return OrderUpdate(
         order_id=order_id,
