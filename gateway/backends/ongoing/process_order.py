@@ -70,7 +70,8 @@ class ProcessOrderRemove(Operation):
     def render(self, updates: Sequence[OrderUpdate], credentials: Credentials) -> OutboundRequest:
         """Fill the ProcessOrder template for the one order, validate it against xsd/ongoing, wrap it."""
         (update,) = updates
-        envelope = copy.deepcopy(_process_order_shape(self.backend.effective_id_type(update)))
+        # lxml copies an element with its whole subtree, without deepcopy's memo
+        envelope = copy.copy(_process_order_shape(self.backend.effective_id_type(update)))
         call = envelope[0][0]  # Envelope/Body/ProcessOrder
         fill_login(call, self.settings.options["goods_owner_code"], credentials)
         order_info = call[3][0]  # co/OrderInfo

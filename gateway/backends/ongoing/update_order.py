@@ -144,7 +144,7 @@ class UpdateOrder(Operation):
         shape, names = _update_order_shape(
             self.backend.effective_id_type(update), frozenset(changes),
             None if way is None else (way.create_if_missing, way.name is not None))
-        envelope = copy.deepcopy(shape)
+        envelope = copy.copy(shape)  # lxml copies an element with its whole subtree, without deepcopy's memo
         # The shape is fixed: Envelope/Body/UpdateOrder/(code, user, password, updateOrder/(OrderUpdateIdentification/
         # (type, id, ...), block, ...)), so its elements are reached by position, not searched for.
         call = envelope[0][0]
