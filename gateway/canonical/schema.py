@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, missing, post_load, validate, validates_schema
 
 from gateway.canonical.model import OrderUpdate, Payment, Shipment, WayOfDelivery
 
@@ -98,6 +98,30 @@ class BoundedList(fields.List):
             if len(value) < self.min_items:
                 raise ValidationError(f"At least {self.min_items} item{'s' if self.min_items > 1 else ''}.")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+class SparseNested(fields.Nested):
+    """A Nested field that loads each object with its schema narrowed (`only`) to the declared names the object
+    gives and the fields that must still report a missing value or load a default, in declaration order:
+    marshmallow's work grows with the members sent, not with every member declared. It loads and refuses as
+    fields.Nested does; anything but an object, or a field with only, exclude or many, takes Nested's own path."""
+
+    def _load(self, value: Any, partial: Any = None) -> Any:
+        if self.only is not None or self.exclude or self.many or not isinstance(value, Mapping):
+            return super()._load(value, partial)
+        schema = _narrowed(type(self.schema), frozenset(self.schema.fields).intersection(value))
+        try:
+            return schema.load(value, unknown=self.unknown, partial=partial)
+        except ValidationError as error:
+            raise ValidationError(error.messages, valid_data=error.valid_data) from error
+
+
+@functools.lru_cache(maxsize=512)
+def _narrowed(schema_class: type[Schema], given: frozenset[str]) -> Schema:
+    """`schema_class` limited to the given names and to its required fields and fields with a load default."""
+    declared = schema_class().fields
+    return schema_class(only=[name for name, field in declared.items()
+                              if name in given or field.required or field.load_default is not missing])
 
 
 #: parcels one update may carry (Speed4Trade's shipping information)
@@ -214,12 +238,12 @@ class OrderUpdateFieldsSchema(Schema):
     warehouse_instruction = _text(500)
     return_waybill = _text(50)
     service_point_code = _text(50)
-    way_of_delivery = fields.Nested(WayOfDeliverySchema)
-    shipments = BoundedList(fields.Nested(ShipmentSchema), min_items=1, max_items=MAX_SHIPMENTS)
-    payment = fields.Nested(PaymentSchema)
+    way_of_delivery = SparseNested(WayOfDeliverySchema)
+    shipments = BoundedList(SparseNested(ShipmentSchema), min_items=1, max_items=MAX_SHIPMENTS)
+    payment = SparseNested(PaymentSchema)
     acknowledged_at = DateOrDateTime()
-    billing_address = fields.Nested(AddressSchema)
-    shipping_address = fields.Nested(AddressSchema)
+    billing_address = SparseNested(AddressSchema)
+    shipping_address = SparseNested(AddressSchema)
 
 
 class OrderUpdateSchema(OrderUpdateFieldsSchema):
