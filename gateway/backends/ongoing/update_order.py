@@ -1,8 +1,8 @@
 """Ongoing's UpdateOrder: changes to an existing order, whatever its picking status (specs/000).
 
-The template holds every update block in wire order; rendering copies a small skeleton and only the blocks a
-request uses. The OrderId element of OrderUpdateIdentification is required but nillable: it carries a SystemId,
-and is nil otherwise.
+The template holds every update block in wire order; from it an envelope is made once per shape (id type and
+the blocks a request uses), and rendering copies that envelope and fills in the request's values. The OrderId
+element of OrderUpdateIdentification is required but nillable: it carries a SystemId, and is nil otherwise.
 """
 
 from __future__ import annotations
