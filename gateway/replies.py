@@ -36,6 +36,9 @@ from gateway.transport import BackendReply
 SOAP = "soap"
 JSON = "json"
 ENVELOPE_NAMESPACES = frozenset({ns.SOAP11_ENVELOPE, ns.SOAP12_ENVELOPE})
+#: the tags (as lxml spells them) of the envelope and of a fault, in either SOAP version
+ENVELOPE_TAGS = frozenset(f"{{{namespace}}}Envelope" for namespace in ENVELOPE_NAMESPACES)
+FAULT_TAGS = frozenset(f"{{{namespace}}}Fault" for namespace in ENVELOPE_NAMESPACES)
 XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml", "application/soap+xml"})
 CREDENTIAL_REFUSALS = frozenset({401, 403, 407})
 OVERLOADED = frozenset({429, 503})
@@ -74,6 +77,14 @@ def redirect_target(location: str | None) -> str:
     return target or "an empty Location"
 
 
+def _first_element(parent: etree._Element) -> etree._Element | None:
+    """The first child that is an element (comments and processing instructions have no string tag)."""
+    for child in parent:
+        if isinstance(child.tag, str):
+            return child
+    return None
+
+
 def _describe(reply: BackendReply) -> str:
     return f"HTTP {reply.status}, {reply.content_type or 'no content type'}"
 
@@ -103,7 +114,7 @@ class _ReplyReader:
                                "which the gateway does not follow: check the connection's url.")
         if self.reply.status in CREDENTIAL_REFUSALS:
             raise self.failure(f"The backend refused the gateway's credentials (HTTP {self.reply.status}).")
-        if not self.reply.body.strip():
+        if not self.reply.body or self.reply.body.isspace():  # (no stripped copy of a large body)
             raise self.failure(f"The backend sent an empty reply ({_describe(self.reply)}).")
 
     def soap_payload(self) -> etree._Element:
@@ -116,15 +127,13 @@ class _ReplyReader:
             root = parse_untrusted_xml(self.reply.body)
         except UnsafeXML as error:
             raise self.failure(f"The backend sent an unusable reply ({_describe(self.reply)}): {error}.") from None
-        root_name = etree.QName(root)
-        if root_name.namespace not in ENVELOPE_NAMESPACES or root_name.localname != "Envelope":
+        if root.tag not in ENVELOPE_TAGS:
             raise self.failure(f"The backend's reply is not a SOAP envelope ({_describe(self.reply)}).")
         body = child_element(root, "Body")
-        payload = next((child for child in body if isinstance(child.tag, str)), None) if body is not None else None
+        payload = _first_element(body) if body is not None else None
         if payload is None:
             raise self.failure(f"The backend's SOAP reply has an empty Body ({_describe(self.reply)}).")
-        payload_name = etree.QName(payload)
-        if payload_name.localname == "Fault" and payload_name.namespace in ENVELOPE_NAMESPACES:
+        if payload.tag in FAULT_TAGS:
             code, reason = read_fault(payload)
             # Not cut here: the problem document bounds it after scrubbing, so no cut can split a secret.
             raise BackendFailure(f"The backend answered with a SOAP fault: {reason}",

@@ -49,7 +49,7 @@ def hardened_parser() -> etree.XMLParser:
 
 def parse_untrusted_xml(data: bytes) -> etree._Element:
     """Parse bytes from outside; raises UnsafeXML for malformed documents and for any DOCTYPE."""
-    if not data or not data.strip():
+    if not data or data.isspace():
         raise UnsafeXML("the document is empty")
     try:
         root = etree.fromstring(data, parser=hardened_parser())

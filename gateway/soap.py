@@ -30,14 +30,14 @@ def soap_request_headers(version: str, action: str) -> dict[str, str]:
     return {"Content-Type": f'application/soap+xml; charset=utf-8; action="{action}"'}
 
 
-def _local(element: etree._Element) -> str:
-    return etree.QName(element).localname
-
-
 def child_element(element: etree._Element, localname: str) -> etree._Element | None:
     """The first child element with this local name, in any namespace."""
+    # lxml spells a tag "{namespace}localname" or "localname", and a parsed namespace name holds no "}" (libxml2
+    # refuses it as no URI): the tag's end names the element without a QName made for every child.
+    suffix = "}" + localname
     for child in element:
-        if isinstance(child.tag, str) and _local(child) == localname:
+        tag = child.tag
+        if isinstance(tag, str) and (tag == localname or tag.endswith(suffix)):
             return child
     return None
 

@@ -7,7 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from marshmallow import Schema, ValidationError, fields, validate
 
-from gateway.canonical import WayOfDelivery, flatten_errors, load_order_update
+from gateway.backends.sellercenter.update_order_information import WireAddressSchema, WireOrderSchema
+from gateway.canonical import OrderUpdateSchema, WayOfDelivery, flatten_errors, load_order_update
+from gateway.canonical.schema import AddressSchema, PaymentSchema, ShipmentSchema, SparseNested, WayOfDeliverySchema
 from tests.refusals import refusal
 
 # marshmallow's own checks, asked what they say (tests.refusals): the gateway's bounds, never marshmallow's wording
@@ -118,3 +120,77 @@ def test_way_of_delivery_defaults_to_find_only():
 def test_empty_free_text_clears_a_value():
     update = load_order_update("SO-1", {"warehouse_instruction": "", "waybill": ""})
     assert update.changes == {"warehouse_instruction": "", "waybill": ""}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"status": "released"},
+        {"connection": "ongoing-demo", "status": "released"},
+        {"status": "released", "colour": "red"},
+        {"status": 300, "colour": "red"},
+        {"status": "released", "status_code": 300},
+        {"status": "released", "status_code": 300, "colour": "red"},
+        {"status": "", "status_code": 300},
+        {"status_code": 300, "waybill": None},
+        {"way_of_delivery": {"code": "D", "colour": "red"}, "waybill": "WB"},
+        {"shipments": [{"tracking_number": "T", "carrier": "DHL"}], "status": "shipped", "mandator_id": 2},
+        {"colour": "red", "size": "L"},
+        {},
+    ],
+)
+def test_the_schema_narrowed_to_a_document_loads_and_refuses_as_the_whole_schema(document):
+    """load_order_update loads with a schema narrowed to the fields given; what it keeps or refuses, and with which
+    messages, is what the whole OrderUpdateSchema says."""
+    try:
+        expected = OrderUpdateSchema().load(document)
+    except ValidationError as error:
+        with pytest.raises(ValidationError) as caught:
+            load_order_update("SO-1", document)
+        assert caught.value.messages == error.messages
+    else:
+        update = load_order_update("SO-1", document)
+        loaded = {**update.changes, **update.identification}
+        loaded.update({name: value for name, value in (("connection", update.connection), ("id_type", update.id_type))
+                       if value is not None})
+        assert loaded == expected
+
+
+@pytest.mark.parametrize(
+    ("nested", "value"),
+    [
+        (AddressSchema, {"address1": "Hauptstraße 5", "city": "Hamburg"}),
+        (AddressSchema, {"city": "Hamburg", "first_name": "Jo", "colour": "red"}),
+        (AddressSchema, {}),
+        (AddressSchema, {"city": 5, "postcode": "x" * 256}),
+        (AddressSchema, "Hamburg"),
+        (WayOfDeliverySchema, {"code": "DHL"}),
+        (WayOfDeliverySchema, {"name": "DHL Parcel"}),
+        (WayOfDeliverySchema, {"code": "DHL", "create_if_missing": True, "colour": "red"}),
+        (ShipmentSchema, {"tracking_number": "T", "carrier": "DHL"}),
+        (ShipmentSchema, {"carrier": "DHL"}),
+        (PaymentSchema, {"status_id": 1}),
+        (PaymentSchema, {"status_id": 1, "status": "PAID"}),
+        (PaymentSchema, {}),
+        (WireAddressSchema, {"address1": "Hauptstraße 5", "city": "Hamburg"}),
+        (WireAddressSchema, {"phone": 5}),
+        (WireOrderSchema, {"id_sales_order": 7, "address_shipping": {"city": "Hamburg", "address1": "Hauptstraße 5"}}),
+        (WireOrderSchema, {"address_billing": {"city": None}}),
+    ],
+)
+def test_a_sparse_nested_field_loads_and_refuses_as_nested(nested, value):
+    """SparseNested narrows the nested schema to the members an object gives; what it loads (in which order) or
+    refuses, with which messages, is what fields.Nested says."""
+    plain = Schema.from_dict({"member": fields.Nested(nested)})()
+    sparse = Schema.from_dict({"member": SparseNested(nested)})()
+    try:
+        expected = plain.load({"member": value})
+    except ValidationError as error:
+        with pytest.raises(ValidationError) as caught:
+            sparse.load({"member": value})
+        assert caught.value.messages == error.messages
+    else:
+        loaded = sparse.load({"member": value})
+        assert loaded == expected
+        if isinstance(expected["member"], dict):
+            assert list(loaded["member"]) == list(expected["member"])

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from gateway.backends.ongoing.update_order import _update_order_shape
 from gateway.canonical import load_order_update
 from gateway.errors import (
     BackendFailure,
@@ -287,3 +288,20 @@ def test_a_reply_of_the_other_operation_is_a_502(connection):
     reply = BackendReply(200, reply.headers, reply.body.replace(b"ProcessOrder", b"UpdateOrder"))
     with pytest.raises(BackendFailure, match="has no ProcessOrderResponse"):
         parse_reply(connection, reply, CANCEL)
+
+
+def test_rendering_fills_a_copy_and_leaves_the_kept_envelope_empty(connection):
+    """Envelopes are made once per shape and copied for every request: no request's values stay in them."""
+    documents = [{"status": "released", "way_of_delivery": {"code": "BUDBEE", "name": "Budbee Home"}},
+                 {"id_type": "system_id", "waybill": "WB-7"}]
+    for document in documents:
+        render_body(connection, "1234", document)
+    for document in documents:
+        update = load_order_update("1234", document)
+        way = update.changes.get("way_of_delivery")
+        shape, _ = _update_order_shape(connection.backend.effective_id_type(update), frozenset(update.changes),
+                                       None if way is None else (way.create_if_missing, way.name is not None))
+        kept = etree.tostring(shape)
+        for value in (b"1234", b"BUDBEE", b"Budbee Home", b"WB-7", b"300", b"demo"):
+            assert value not in kept
+    assert render_body(connection, "SO-1", {"waybill": "A"}) != render_body(connection, "SO-2", {"waybill": "B"})

@@ -117,6 +117,8 @@ class Backend(abc.ABC):
     def __init__(self, settings: ConnectionSettings) -> None:
         self.settings = settings
         self.name = settings.name
+        #: how refusals of a field name this backend and connection
+        self.subject = f"backend {self.kind!r} (connection {self.name!r})"
         self.status_map: dict[str, Any] = {**self.default_status_map, **settings.status_map}
         #: backend status code -> canonical status name (the first name mapped to it), for events
         self.status_names: dict[Any, str] = {}
@@ -197,10 +199,10 @@ class Backend(abc.ABC):
     def check_update(self, update: OrderUpdate) -> Operation:
         """Refuse, with field paths, anything this backend cannot carry; the operation that carries the rest."""
         errors: dict[str, list[str]] = {}
-        where = f"backend {self.kind!r} (connection {self.name!r})"
-        reason = f": {self.unsupported_reason}" if self.unsupported_reason else "."
+        where = self.subject
         for name in (*update.identification, *update.changes):
             if name not in self.supported_fields:
+                reason = f": {self.unsupported_reason}" if self.unsupported_reason else "."
                 errors.setdefault(name, []).append(f"Not supported by {where}{reason}")
         if update.id_type is not None and update.id_type not in self.id_types:
             errors.setdefault("id_type", []).append(

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, missing, post_load, validate, validates_schema
 
 from gateway.canonical.model import OrderUpdate, Payment, Shipment, WayOfDelivery
 
@@ -98,6 +98,30 @@ class BoundedList(fields.List):
             if len(value) < self.min_items:
                 raise ValidationError(f"At least {self.min_items} item{'s' if self.min_items > 1 else ''}.")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+class SparseNested(fields.Nested):
+    """A Nested field that loads each object with its schema narrowed (`only`) to the declared names the object
+    gives and the fields that must still report a missing value or load a default, in declaration order:
+    marshmallow's work grows with the members sent, not with every member declared. It loads and refuses as
+    fields.Nested does; anything but an object, or a field with only, exclude or many, takes Nested's own path."""
+
+    def _load(self, value: Any, partial: Any = None) -> Any:
+        if self.only is not None or self.exclude or self.many or not isinstance(value, Mapping):
+            return super()._load(value, partial)
+        schema = _narrowed(type(self.schema), frozenset(self.schema.fields).intersection(value))
+        try:
+            return schema.load(value, unknown=self.unknown, partial=partial)
+        except ValidationError as error:
+            raise ValidationError(error.messages, valid_data=error.valid_data) from error
+
+
+@functools.lru_cache(maxsize=512)
+def _narrowed(schema_class: type[Schema], given: frozenset[str]) -> Schema:
+    """`schema_class` limited to the given names and to its required fields and fields with a load default."""
+    declared = schema_class().fields
+    return schema_class(only=[name for name, field in declared.items()
+                              if name in given or field.required or field.load_default is not missing])
 
 
 #: parcels one update may carry (Speed4Trade's shipping information)
@@ -190,8 +214,8 @@ class WayOfDeliverySchema(Schema):
         return WayOfDelivery(**data)
 
 
-class OrderUpdateSchema(Schema):
-    """The canonical body of PATCH /orders/<id>."""
+class OrderUpdateFieldsSchema(Schema):
+    """The canonical body of PATCH /orders/<id>, field by field (OrderUpdateSchema adds the rule across fields)."""
 
     class Meta:
         unknown = RAISE
@@ -214,12 +238,16 @@ class OrderUpdateSchema(Schema):
     warehouse_instruction = _text(500)
     return_waybill = _text(50)
     service_point_code = _text(50)
-    way_of_delivery = fields.Nested(WayOfDeliverySchema)
-    shipments = BoundedList(fields.Nested(ShipmentSchema), min_items=1, max_items=MAX_SHIPMENTS)
-    payment = fields.Nested(PaymentSchema)
+    way_of_delivery = SparseNested(WayOfDeliverySchema)
+    shipments = BoundedList(SparseNested(ShipmentSchema), min_items=1, max_items=MAX_SHIPMENTS)
+    payment = SparseNested(PaymentSchema)
     acknowledged_at = DateOrDateTime()
-    billing_address = fields.Nested(AddressSchema)
-    shipping_address = fields.Nested(AddressSchema)
+    billing_address = SparseNested(AddressSchema)
+    shipping_address = SparseNested(AddressSchema)
+
+
+class OrderUpdateSchema(OrderUpdateFieldsSchema):
+    """The canonical body of PATCH /orders/<id>."""
 
     @validates_schema
     def check_status_given_once(self, data: dict, **_: Any) -> None:
@@ -231,16 +259,26 @@ class OrderUpdateSchema(Schema):
 ROUTING_FIELDS = ("connection", "id_type")
 #: fields that help find the order rather than change it
 IDENTIFICATION_FIELDS = ("order_number_prefix", "mandator_id")
+_NOT_CHANGES = frozenset((*ROUTING_FIELDS, *IDENTIFICATION_FIELDS))
+#: the fields OrderUpdateSchema's rule across fields reads: without both, the rule has nothing to refuse
+_STATUS_FIELDS = frozenset({"status", "status_code"})
 _SCHEMA = OrderUpdateSchema()
 _DECLARED = frozenset(_SCHEMA.fields)
 
 
 @functools.lru_cache(maxsize=256)
-def _schema_of(present: frozenset[str]) -> OrderUpdateSchema:
+def _schema_of(present: frozenset[str], only_declared: bool) -> OrderUpdateFieldsSchema:
     """The schema limited to the fields a document gives (`only`): marshmallow's work grows with the fields sent,
     not with every field of every backend. A name the document gives that no backend knows stays unknown (refused
-    as before); at most 256 such schemas are kept, whatever combinations are sent."""
-    return OrderUpdateSchema(only=sorted(present)) if present else _SCHEMA
+    as before); at most 256 such schemas are kept, whatever combinations are sent.
+
+    Marshmallow looks for unknown names only where the document has some (`only_declared` is False), and runs the
+    rule across fields only where it can refuse something: it calls no schema validator of a schema without one.
+    """
+    if not present:
+        return _SCHEMA
+    schema_class = OrderUpdateSchema if present >= _STATUS_FIELDS else OrderUpdateFieldsSchema
+    return schema_class(only=sorted(present), unknown=EXCLUDE if only_declared else RAISE)
 
 
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -277,9 +315,9 @@ def load_order_update(order_id: str, document: Any) -> OrderUpdate:
         check_text(order_id)
     except ValidationError as error:
         raise ValidationError({"id": error.messages}) from None
-    data = _schema_of(_DECLARED.intersection(document)).load(document)
-    changes = {name: value for name, value in data.items()
-               if name not in ROUTING_FIELDS and name not in IDENTIFICATION_FIELDS}
+    present = _DECLARED.intersection(document)
+    data = _schema_of(present, len(present) == len(document)).load(document)
+    changes = {name: value for name, value in data.items() if name not in _NOT_CHANGES}
     return OrderUpdate(
         order_id=order_id,
         connection=data.get("connection"),

@@ -18,7 +18,7 @@ from typing import ClassVar
 from lxml import etree
 
 from gateway.backends.base import Backend, Credentials, Operation
-from gateway.backends.ongoing.wire import ID_TYPES, fill_login, read_result, soap_request, wsi
+from gateway.backends.ongoing.wire import ID_TYPES, fill_login, read_result, soap_headers, soap_request, wsi
 from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.errors import BackendError
 from gateway.safexml import check_rendered_document, load_xsd, parse_trusted_template
@@ -34,6 +34,24 @@ def _process_order_template() -> etree._Element:
     return parse_trusted_template(TEMPLATE_PATH)
 
 
+@functools.cache
+def _process_order_shape(id_type: str) -> etree._Element:
+    """The envelope for one id type: OrderIdentification filled in, only the id element it uses kept.
+
+    Made once per id type; rendering copies it and fills in credentials, order id and DeliveryDate by position:
+    OrderInfo holds OrderIdentification, OrderOperation, the id element, DeliveryDate.
+    """
+    envelope = copy.deepcopy(_process_order_template())
+    order_info = envelope[0][0][3][0]  # Envelope/Body/ProcessOrder/co/OrderInfo
+    id_kind, id_element = ID_TYPES[id_type]
+    order_info.find(wsi("OrderIdentification")).text = id_kind
+    for element in list(order_info):
+        localname = etree.QName(element).localname
+        if localname in ID_ELEMENTS and localname != id_element:
+            order_info.remove(element)
+    return envelope
+
+
 class ProcessOrderRemove(Operation):
     """ProcessOrder, OrderOperation Remove: cancels the order, which carries nothing but its status."""
 
@@ -47,25 +65,20 @@ class ProcessOrderRemove(Operation):
         super().__init__(backend)
         self.template = _process_order_template()
         load_xsd(XSD_PATH)
+        self.headers = soap_headers(self.name)
 
     def render(self, updates: Sequence[OrderUpdate], credentials: Credentials) -> OutboundRequest:
         """Fill the ProcessOrder template for the one order, validate it against xsd/ongoing, wrap it."""
         (update,) = updates
-        envelope = copy.deepcopy(self.template)
+        # lxml copies an element with its whole subtree, without deepcopy's memo
+        envelope = copy.copy(_process_order_shape(self.backend.effective_id_type(update)))
         call = envelope[0][0]  # Envelope/Body/ProcessOrder
         fill_login(call, self.settings.options["goods_owner_code"], credentials)
         order_info = call[3][0]  # co/OrderInfo
-        id_kind, id_element = ID_TYPES[self.backend.effective_id_type(update)]
-        order_info.find(wsi("OrderIdentification")).text = id_kind
-        for element in list(order_info):
-            localname = etree.QName(element).localname
-            if localname == id_element:
-                element.text = update.order_id
-            elif localname in ID_ELEMENTS:
-                order_info.remove(element)
-        order_info.find(wsi("DeliveryDate")).text = self.settings.options["cancel_delivery_date"]
+        order_info[2].text = update.order_id  # the id element
+        order_info[3].text = self.settings.options["cancel_delivery_date"]  # DeliveryDate
         check_rendered_document(envelope, XSD_PATH, "ProcessOrder")
-        return soap_request(self.settings.url, self.name, envelope)
+        return soap_request(self.settings.url, self.headers, envelope)
 
     def parse(self, payload: etree._Element, updates: Sequence[OrderUpdate], *,
               retry_after: str | None = None) -> list[UpdateOutcome | BackendError]:

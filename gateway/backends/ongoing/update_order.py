@@ -1,8 +1,8 @@
 """Ongoing's UpdateOrder: changes to an existing order, whatever its picking status (specs/000).
 
-The template holds every update block in wire order; rendering copies a small skeleton and only the blocks a
-request uses. The OrderId element of OrderUpdateIdentification is required but nillable: it carries a SystemId,
-and is nil otherwise.
+The template holds every update block in wire order; from it an envelope is made once per shape (id type and
+the blocks a request uses), and rendering copies that envelope and fills in the request's values. The OrderId
+element of OrderUpdateIdentification is required but nillable: it carries a SystemId, and is nil otherwise.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ from lxml import etree
 
 from gateway import ns
 from gateway.backends.base import Backend, Credentials, Operation
-from gateway.backends.ongoing.wire import ID_TYPES, fill_login, read_result, soap_request, wsi
-from gateway.canonical import OrderUpdate, UpdateOutcome, WayOfDelivery
+from gateway.backends.ongoing.wire import (
+    ID_TYPES,
+    XSI_NIL,
+    fill_login,
+    read_result,
+    soap_headers,
+    soap_request,
+    wsi,
+)
+from gateway.canonical import OrderUpdate, UpdateOutcome
 from gateway.errors import BackendError
 from gateway.safexml import check_rendered_document, load_xsd, parse_trusted_template
 from gateway.transport import OutboundRequest
@@ -57,6 +65,46 @@ def _update_order_template() -> tuple[etree._Element, tuple[tuple[str, etree._El
     return skeleton, tuple(blocks)
 
 
+#: the most envelope shapes a process keeps ready (id type x update blocks x way of delivery form)
+MAX_SHAPES = 256
+
+
+@functools.lru_cache(maxsize=MAX_SHAPES)
+def _update_order_shape(id_type: str, changed: frozenset[str],
+                        way_of_delivery: tuple[bool, bool] | None) -> tuple[etree._Element, tuple[str, ...]]:
+    """The envelope for one id type and one set of changed fields, with every text that is not the request's own
+    filled in, and the canonical fields of its update blocks in wire order.
+
+    Made from the template once per shape; rendering copies it and fills in credentials, order id and values by
+    position. `way_of_delivery` is (create_if_missing, has a name) when the way of delivery changes.
+    """
+    skeleton, blocks = _update_order_template()
+    envelope = copy.deepcopy(skeleton)
+    body = envelope[0][0][3]  # Envelope/Body/UpdateOrder/updateOrder
+    identification = body[0]
+    id_kind, id_element = ID_TYPES[id_type]
+    identification[0].text = id_kind
+    for element in list(identification)[1:]:
+        if element.tag == wsi(id_element):
+            if id_element == "OrderId":
+                del element.attrib[XSI_NIL]
+        elif element.tag != wsi("OrderId"):
+            identification.remove(element)
+    names = []
+    for name, block_template in blocks:  # wire order
+        if name not in changed and not (name == "status" and "status_code" in changed):
+            continue
+        block = copy.deepcopy(block_template)
+        if name == "way_of_delivery":
+            create_if_missing, named = way_of_delivery
+            block[0].text = "FindOrCreate" if create_if_missing else "Find"  # Operation
+            if not named:
+                block.remove(block[3])  # WayOfDeliveryTypeName
+        body.append(block)
+        names.append(name)
+    return envelope, tuple(names)
+
+
 def as_wire_text(value: Any) -> str:
     """A canonical value as xs:dateTime, xs:boolean or plain text."""
     if isinstance(value, datetime):
@@ -64,16 +112,6 @@ def as_wire_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _fill_way_of_delivery(block: etree._Element, way: WayOfDelivery) -> None:
-    block.find(wsi("Operation")).text = "FindOrCreate" if way.create_if_missing else "Find"
-    block.find(wsi("WayOfDeliveryTypeCode")).text = way.code
-    name = block.find(wsi("WayOfDeliveryTypeName"))
-    if way.name is None:
-        block.remove(name)
-    else:
-        name.text = way.name
 
 
 class UpdateOrder(Operation):
@@ -92,6 +130,7 @@ class UpdateOrder(Operation):
         # Compiled once per process, at start-up rather than on the first request.
         self.template = _update_order_template()
         load_xsd(XSD_PATH)
+        self.headers = soap_headers(self.name)
 
     def is_idempotent(self, updates: Sequence[OrderUpdate]) -> bool:
         """Idempotent unless an update renames its order."""
@@ -100,41 +139,30 @@ class UpdateOrder(Operation):
     def render(self, updates: Sequence[OrderUpdate], credentials: Credentials) -> OutboundRequest:
         """Fill the UpdateOrder template, validate it against xsd/ongoing, and wrap it in an HTTP request."""
         (update,) = updates
-        skeleton, blocks = self.template
-        envelope = copy.deepcopy(skeleton)
-        # The skeleton's shape is fixed: Envelope/Body/UpdateOrder/(code, user, password,
-        # updateOrder/OrderUpdateIdentification), so its elements are reached by position, not searched for.
+        changes = update.changes
+        way = changes.get("way_of_delivery")
+        shape, names = _update_order_shape(
+            self.backend.effective_id_type(update), frozenset(changes),
+            None if way is None else (way.create_if_missing, way.name is not None))
+        envelope = copy.copy(shape)  # lxml copies an element with its whole subtree, without deepcopy's memo
+        # The shape is fixed: Envelope/Body/UpdateOrder/(code, user, password, updateOrder/(OrderUpdateIdentification/
+        # (type, id, ...), block, ...)), so its elements are reached by position, not searched for.
         call = envelope[0][0]
         fill_login(call, self.settings.options["goods_owner_code"], credentials)
         body = call[3]
-        identification = body[0]
-        id_kind, id_element = ID_TYPES[self.backend.effective_id_type(update)]
-        identification[0].text = id_kind
-        for element in list(identification)[1:]:
-            if element.tag == wsi(id_element):
-                if id_element == "OrderId":
-                    del element.attrib[f"{{{ns.XSI}}}nil"]
-                element.text = update.order_id
-            elif element.tag != wsi("OrderId"):
-                identification.remove(element)
-
-        values = dict(update.changes)
-        if "status" in values or "status_code" in values:
-            values["status"] = self.backend.backend_status_code(update)
-            values.pop("status_code", None)
-        for name, block_template in blocks:  # wire order
-            if name not in values:
-                continue
-            block = copy.deepcopy(block_template)
-            value = values[name]
-            if isinstance(value, WayOfDelivery):
-                _fill_way_of_delivery(block, value)
+        body[0][1].text = update.order_id
+        for position, name in enumerate(names, 1):
+            block = body[position]
+            if name == "status":
+                block[0].text = as_wire_text(self.backend.backend_status_code(update))
+            elif name == "way_of_delivery":
+                block[2].text = way.code  # WayOfDeliveryTypeCode
+                if way.name is not None:
+                    block[3].text = way.name  # WayOfDeliveryTypeName
             else:
-                block[0].text = as_wire_text(value)
-            body.append(block)
-
+                block[0].text = as_wire_text(changes[name])
         check_rendered_document(envelope, XSD_PATH, "UpdateOrder")
-        return soap_request(self.settings.url, self.name, envelope)
+        return soap_request(self.settings.url, self.headers, envelope)
 
     def parse(self, payload: etree._Element, updates: Sequence[OrderUpdate], *,
               retry_after: str | None = None) -> list[UpdateOutcome | BackendError]:

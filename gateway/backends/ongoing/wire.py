@@ -46,14 +46,30 @@ def fill_login(call: etree._Element, goods_owner_code: str, credentials: Credent
     call[2].text = credentials.password
 
 
-def soap_request(url: str, operation: str, envelope: etree._Element) -> OutboundRequest:
-    """The HTTP request of one SOAP 1.1 call to Ongoing."""
+@functools.cache
+def soap_headers(operation: str) -> dict[str, str]:
+    """The HTTP headers of one SOAP 1.1 call to Ongoing (made once per operation, shared by its requests)."""
+    return {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{ns.ONGOING_WSI}/{operation}"'}
+
+
+def soap_request(url: str, headers: dict[str, str], envelope: etree._Element) -> OutboundRequest:
+    """The HTTP request of one SOAP 1.1 call to Ongoing, with the operation's `soap_headers`."""
     return OutboundRequest(
         method="POST",
         url=url,
-        headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{ns.ONGOING_WSI}/{operation}"'},
+        headers=headers,
         body=etree.tostring(envelope, xml_declaration=True, encoding="utf-8"),
     )
+
+
+SUCCESS, MESSAGE, ERROR_MESSAGE, ORDER_ID = (wsi(name) for name in ("Success", "Message", "ErrorMessage", "OrderId"))
+XSI_NIL = f"{{{ns.XSI}}}nil"
+
+
+@functools.cache
+def _result_tags(operation: str) -> tuple[str, str]:
+    """The tags of `<operation>Response` and of its `<operation>Result`."""
+    return wsi(f"{operation}Response"), wsi(f"{operation}Result")
 
 
 def _text_of(element: etree._Element | None) -> str:
@@ -67,25 +83,24 @@ def read_result(payload: etree._Element, operation: str, backend: Backend) -> tu
     The refusal text is read from ErrorMessage where the result type has one (ProcessOrder's FileResultClass),
     else from Message; an OrderId of 0, nil or anything but an xs:int means no order.
     """
-    result = None
-    if payload.tag == wsi(f"{operation}Response"):
-        result_tag = wsi(f"{operation}Result")
-        result = next((child for child in payload if child.tag == result_tag), None)
+    response_tag, result_tag = _result_tags(operation)
     # one pass over the result's children (the first of each name counts, as find() would have it)
-    children: dict[str, etree._Element] = {}
-    for child in result if result is not None else ():
-        if isinstance(child.tag, str):
-            children.setdefault(child.tag, child)
-    success_element = children.get(wsi("Success"))
-    success = (success_element.text or "") if success_element is not None else None
-    if success is None or success.strip() not in ("true", "false", "1", "0"):
+    children: dict[object, etree._Element] = {}
+    if payload.tag == response_tag:
+        for result in payload:
+            if result.tag == result_tag:
+                for child in result:
+                    children.setdefault(child.tag, child)
+                break
+    success_element = children.get(SUCCESS)
+    success = (success_element.text or "").strip() if success_element is not None else None
+    if success not in ("true", "false", "1", "0"):
         raise BackendFailure(f"The backend's reply has no {operation}Response with a Success flag.",
                              connection=backend.name)
-    message = _text_of(children.get(wsi("ErrorMessage"))) or _text_of(children.get(wsi("Message")))
-    order_id = children.get(wsi("OrderId"))
+    message = _text_of(children.get(ERROR_MESSAGE)) or _text_of(children.get(MESSAGE))
+    order_id = children.get(ORDER_ID)
     system_id = None
-    if order_id is not None and order_id.get(f"{{{ns.XSI}}}nil") not in ("true", "1"):
+    if order_id is not None and order_id.get(XSI_NIL) not in ("true", "1"):
         system_id = parse_ascii_int(order_id.text, max_digits=10)  # xs:int; anything else names no order
     backend_order_id = str(system_id) if system_id and 0 < system_id <= INT32_MAX else None
-    return success.strip() in ("true", "1"), message, backend_order_id
-
+    return success in ("true", "1"), message, backend_order_id

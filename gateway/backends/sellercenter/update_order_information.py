@@ -20,7 +20,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from gateway.backends.base import Backend, Credentials, Operation
 from gateway.canonical import OrderUpdate, UpdateOutcome
-from gateway.canonical.schema import ADDRESS_FIELDS
+from gateway.canonical.schema import ADDRESS_FIELDS, SparseNested
 from gateway.errors import BackendError, BackendFailure, BackendUnavailable, TranslationError
 from gateway.replies import JSON
 from gateway.safejson import parse_ascii_int
@@ -43,8 +43,8 @@ class WireOrderSchema(Schema):
         unknown = RAISE
 
     id_sales_order = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=INT32_MAX))
-    address_billing = fields.Nested(WireAddressSchema)
-    address_shipping = fields.Nested(WireAddressSchema)
+    address_billing = SparseNested(WireAddressSchema)
+    address_shipping = SparseNested(WireAddressSchema)
 
 
 class WireRequestSchema(Schema):

@@ -56,19 +56,25 @@ def _fill_repeated(wrapper: etree._Element, items: Sequence[Any], fill: Any) -> 
         wrapper.append(child)
 
 
+# The template fixes each information element's children and their order, so they are unpacked, not searched for.
+
+
 def _fill_shipment(element: etree._Element, shipment: Shipment) -> None:
-    element.find("tracking_number").text = shipment.tracking_number
-    element.find("shipping_provider_identifier").text = shipment.carrier
-    element.find("shipping_provider_external_id").text = shipment.carrier_external_id
+    tracking_number, provider_identifier, provider_external_id = element
+    tracking_number.text = shipment.tracking_number
+    provider_identifier.text = shipment.carrier
+    provider_external_id.text = shipment.carrier_external_id
 
 
 def _fill_payment(element: etree._Element, payment: Payment) -> None:
-    element.find("payment_status_id").text = None if payment.status_id is None else str(payment.status_id)
-    element.find("payment_status_identifier").text = payment.status
+    status_id, status_identifier = element
+    status_id.text = None if payment.status_id is None else str(payment.status_id)
+    status_identifier.text = payment.status
 
 
 def _fill_acknowledgement(element: etree._Element, export_time: date) -> None:
-    element.find("export_time").text = export_time.isoformat()
+    (time_element,) = element
+    time_element.text = export_time.isoformat()
 
 
 class UpdateOrderStatus(Operation):
@@ -129,12 +135,13 @@ class UpdateOrderStatus(Operation):
             id_type = self.backend.effective_id_type(update)
             order.set("significant_key", id_type)
             key_element = "order_number" if id_type == "order_number_and_prefix" else id_type
-            order.find(key_element).text = update.order_id
-            order.find("mandator_id").text = str(
+            children = {child.tag: child for child in order}  # one pass instead of a search per element
+            children[key_element].text = update.order_id
+            children["mandator_id"].text = str(
                 update.identification.get("mandator_id", self.settings.options["mandator_id"])
             )
-            order.find("order_number_prefix").text = update.identification.get("order_number_prefix")
-            order.find("status").text = self.backend.backend_status_code(update)
+            children["order_number_prefix"].text = update.identification.get("order_number_prefix")
+            children["status"].text = self.backend.backend_status_code(update)
             informations = {
                 "shipping_informations": (update.changes.get("shipments"), _fill_shipment),
                 "payment_informations": ([update.changes["payment"]] if "payment" in update.changes else None,
