@@ -290,8 +290,8 @@ class Connection:
             outcome, error_text = _journal_outcome(result), result.detail
         try:
             took = time.time() - started
-            metrics.backend_calls.labels(self.name, self.kind, operation.name, outcome).inc()
-            metrics.backend_call_duration.labels(self.name, self.kind, operation.name).observe(took)
+            metrics.child(metrics.backend_calls, self.name, self.kind, operation.name, outcome).inc()
+            metrics.child(metrics.backend_call_duration, self.name, self.kind, operation.name).observe(took)
             self._log_call(operation, updates, reply, outcome, took)
             if self.recorder is not None:
                 self._record(exchange_id, operation, updates, request, reply, started, outcome, error_text,

@@ -28,6 +28,7 @@ import stat
 import struct
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess, values
 from prometheus_client.core import Metric
@@ -190,6 +191,18 @@ retention_removed = Counter(f"{PREFIX}_retention_removed_total",
 unreadable_figures = Counter(f"{PREFIX}_metrics_unreadable_total",
                              "Scrapes that left a figure out because its store could not be read, by figure.",
                              ("figure",))
+
+#: (metric, label values) -> its child, resolved once: prometheus-client's labels() checks the values and takes the
+#: metric's lock on every call. Every label's values are bounded (see the module's docstring), and so is this.
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """The metric's child for these label values (`metric.labels(*labels)`), looked up once per process."""
+    found = _children.get((metric, labels))
+    if found is None:
+        found = _children[metric, labels] = metric.labels(*labels)
+    return found
 
 
 def default_metrics_root(shared_memory: Path = SHARED_MEMORY) -> Path:

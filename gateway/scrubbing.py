@@ -115,15 +115,26 @@ class Scrubber:
         return cls(secrets, pairs)
 
 
-#: every live Scrubber that log records pass through (one per app; tests build many)
-_log_scrubbers: weakref.WeakSet[Scrubber] = weakref.WeakSet()
+#: every live Scrubber that log records pass through (one per app; tests build many), as weak references: a tuple
+#: replaced whole when one is added or dies, so each record reads it without a lock (a WeakSet's iteration guard
+#: cost each record several microseconds, twice)
+_log_scrubbers: tuple[weakref.ref[Scrubber], ...] = ()
 _make_record = logging.getLogRecordFactory()
+
+
+def _live_scrubbers() -> list[Scrubber]:
+    return [scrubber for reference in _log_scrubbers if (scrubber := reference()) is not None]
+
+
+def _forget_scrubber(reference: weakref.ref[Scrubber]) -> None:
+    global _log_scrubbers
+    _log_scrubbers = tuple(kept for kept in _log_scrubbers if kept is not reference)
 
 
 def _scrubbed_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
     """A log record whose message and traceback are scrubbed by every registered Scrubber."""
     record = _make_record(*args, **kwargs)
-    scrubbers = list(_log_scrubbers)
+    scrubbers = _live_scrubbers()
     if not scrubbers:
         return record
     try:
@@ -142,13 +153,15 @@ def _scrubbed_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
 
 def scrub_log_text(text: str) -> str:
     """A formatted log line scrubbed by every registered Scrubber (fields a record factory never sees included)."""
-    for scrubber in list(_log_scrubbers):
+    for scrubber in _live_scrubbers():
         text = scrubber.scrub(text)
     return text
 
 
 def install_log_scrubbing(scrubber: Scrubber) -> None:
     """Scrub every log record made in this process with `scrubber` (for as long as it lives)."""
-    _log_scrubbers.add(scrubber)
+    global _log_scrubbers
+    if not any(reference() is scrubber for reference in _log_scrubbers):
+        _log_scrubbers = (*_log_scrubbers, weakref.ref(scrubber, _forget_scrubber))
     if logging.getLogRecordFactory() is not _scrubbed_record:
         logging.setLogRecordFactory(_scrubbed_record)

@@ -376,3 +376,10 @@ def test_the_event_workers_deliveries_show_in_the_gateways_metrics(tmp_path):
         for process in (worker, gateway, sandbox):
             if process is not None:
                 stop(process)
+
+
+def test_a_metrics_child_is_looked_up_once_and_is_the_one_labels_gives():
+    child = metrics.child(metrics.unreadable_figures, "child-lookup")
+    assert metrics.child(metrics.unreadable_figures, "child-lookup") is child
+    assert metrics.unreadable_figures.labels("child-lookup") is child
+    assert metrics.child(metrics.unreadable_figures, "another-figure") is not child

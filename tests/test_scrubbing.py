@@ -79,3 +79,21 @@ def test_log_records_are_scrubbed_in_message_args_and_traceback(scrubber, caplog
     # two arguments, the traceback's source line and the exception's message
     assert caplog.text.count("********") == 4
     assert "RuntimeError: ******** echoed" in caplog.text
+
+
+def test_log_records_are_scrubbed_by_every_live_scrubber_and_no_longer_by_one_that_is_gone(caplog):
+    import gc
+
+    kept, dropped = Scrubber(["kept-secret-1"]), Scrubber(["dropped-secret-2"])
+    install_log_scrubbing(kept)
+    install_log_scrubbing(kept)  # installed twice, used once
+    install_log_scrubbing(dropped)
+    logger = logging.getLogger("gateway.test-scrubbing")
+    with caplog.at_level(logging.INFO, logger="gateway.test-scrubbing"):
+        logger.info("%s and %s", "kept-secret-1", "dropped-secret-2")
+        del dropped
+        gc.collect()
+        logger.info("%s and %s", "kept-secret-1", "dropped-secret-2")
+    first, second = (record.getMessage() for record in caplog.records)
+    assert first == "******** and ********"
+    assert second == "******** and dropped-secret-2"

@@ -3,8 +3,10 @@ queue, and a background thread makes the exchange of it (the dry-run view of the
 and writes it to the journal.
 
 So the request pays for queueing its parts, not for masking, scrubbing, encoding and storing them; the thread
-does that while the request thread waits on a backend or a client. A full queue drops the exchange and counts it
-(`dropped`); an exchange that cannot be made or written is counted too (`failed`) and logged — the request it
+does that while the request thread waits on a backend or a client. Queueing never wakes the thread while it
+lingers for more: it waits for a batch's first exchange on the queue and for the rest on an event only a flush or
+close sets, so a batch costs one thread wake-up, not one per exchange. A full queue drops the exchange and counts
+it (`dropped`); an exchange that cannot be made or written is counted too (`failed`) and logged — the request it
 belongs to has long been answered. The thread starts with the first exchange a process records, so a forked
 gunicorn worker starts its own; it is a daemon, so a worker that stops writes what is queued in `close()`, which
 config/gunicorn.py's worker_exit calls.
@@ -48,6 +50,8 @@ class JournalRecorder:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        #: set by flush() and close(): the writer stops lingering and writes what is queued
+        self._hurry = threading.Event()
 
     def body_text(self, body: bytes | None) -> str | None:
         """A body as the journal keeps it: text, cut at max_body_bytes, or None when bodies are not kept."""
@@ -82,14 +86,13 @@ class JournalRecorder:
         while True:
             items = [self._queue.get()]
             # What queues up within LINGER_SECONDS is written with it, in one transaction (up to BATCH_SIZE); a
-            # flush or close ends the wait.
-            deadline = time.monotonic() + LINGER_SECONDS
-            while items[-1] is not None and items[-1] is not _WRITE_NOW and len(items) < BATCH_SIZE:
-                remaining = deadline - time.monotonic()
-                try:
-                    items.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            # flush or close ends the wait. The writer lingers on `_hurry`, not on the queue: a queue.get with a
+            # timeout would be woken by every exchange queued meanwhile, a thread switch per request.
+            self._take_waiting(items)
+            if not self._batch_ends(items):
+                self._hurry.wait(LINGER_SECONDS)
+                self._hurry.clear()  # (before taking: what a flush queued after its set is taken now or next)
+                self._take_waiting(items)
             stop = items[-1] is None
             try:
                 self._write_batch([item for item in items if item is not None and item is not _WRITE_NOW])
@@ -97,6 +100,19 @@ class JournalRecorder:
                 for _ in items:
                     self._queue.task_done()
             if stop:
+                return
+
+    @staticmethod
+    def _batch_ends(items: list) -> bool:
+        """Whether the batch is full, or ends at a flush's or close's marker."""
+        return items[-1] is None or items[-1] is _WRITE_NOW or len(items) >= BATCH_SIZE
+
+    def _take_waiting(self, items: list) -> None:
+        """Add what is queued now to the batch, up to its end."""
+        while not self._batch_ends(items):
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
                 return
 
     def _write_batch(self, items: list[Exchange | Callable[[], Exchange]]) -> None:
@@ -145,6 +161,7 @@ class JournalRecorder:
         if writing:  # (without a writer nothing is queued)
             with contextlib.suppress(queue.Full):  # a full queue is written at once anyway
                 self._queue.put_nowait(_WRITE_NOW)
+            self._hurry.set()
         done = threading.Event()
         threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
         return done.wait(timeout)
@@ -166,6 +183,7 @@ class JournalRecorder:
         if writer is not None and writer.is_alive():
             with contextlib.suppress(queue.Full):  # still full at the deadline: the writer is stuck
                 self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
+            self._hurry.set()
             writer.join(max(0.0, deadline - time.monotonic()))
             if writer.is_alive():  # what is still queued is taken off, so the writer stops after its batch
                 left = 0

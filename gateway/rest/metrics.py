@@ -36,9 +36,9 @@ def _count_request(response: Response) -> Response:
     started = g.get("metrics_started")
     route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
     method = request.method if request.method in _METHODS else "other"
-    metrics.http_requests.labels(route, method, str(response.status_code)).inc()
+    metrics.child(metrics.http_requests, route, method, str(response.status_code)).inc()
     if started is not None:
-        metrics.http_request_duration.labels(route, method).observe(time.perf_counter() - started)
+        metrics.child(metrics.http_request_duration, route, method).observe(time.perf_counter() - started)
     return response
 
 
