@@ -10,10 +10,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import requests
+
+from tests.servers import closed_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -146,3 +148,46 @@ def sockets_held(pids: list[int], port: int, state: str) -> dict[int, int]:
                 held += 1
         counts[pid] = held
     return counts
+
+
+#: the sandbox's Ongoing webhook sender aimed at the gateway, as scripts/run-local sets it (its connection's Basic
+#: credentials are the sandbox configuration's)
+WEBHOOKS_TO_THE_GATEWAY = {
+    "SANDBOX_ONGOING_WEBHOOK_URL": "{gateway_url}/webhooks/ongoing/ongoing-demo",
+    "SANDBOX_ONGOING_WEBHOOK_AUTH": '{{"type": "basic", "username": "ongoing-webhooks", '
+                                    '"password": "webhook-demo-password"}}',
+}
+
+
+@contextlib.contextmanager
+def running_stack(config: str, folder: Path, extra_env: Mapping[str, str] = (),
+                  logs: bool = False) -> Iterator[tuple[str, str]]:
+    """The sandboxes, the gateway (two gunicorn workers, configured by the file `config`) and its event worker on
+    free 127.0.0.1 ports, the backends' URLs set as scripts/run-local sets them, metrics under `folder`; yields
+    (gateway URL, sandbox URL). `extra_env` values may name {gateway_url} and {sandbox_url}; with `logs` the servers
+    write to files in `folder`."""
+    sandbox_port, gateway_port = closed_port(), closed_port()
+    while gateway_port == sandbox_port:
+        gateway_port = closed_port()
+    urls = {"sandbox_url": f"http://127.0.0.1:{sandbox_port}", "gateway_url": f"http://127.0.0.1:{gateway_port}"}
+    sandbox_url, gateway_url = urls["sandbox_url"], urls["gateway_url"]
+    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update({
+        "GATEWAY_CONFIG": config, "GATEWAY_METRICS_DIR": str(folder / "metrics"),
+        "ONGOING_URL": f"{sandbox_url}/ongoing/Service.asmx", "SPEED4TRADE_URL": f"{sandbox_url}/speed4trade/",
+        "SELLERCENTER_URL": f"{sandbox_url}/sellercenter/oms-api/",
+        "DEMO_SUBSCRIBER_URL": f"{sandbox_url}/subscriber/events",
+        **{key: value.format(**urls) for key, value in dict(extra_env).items()},
+    })
+    sandbox = start_sandbox(sandbox_port, env, folder / "sandbox.log" if logs else None)
+    gateway = start_gateway(gateway_port, env, workers=2, log=folder / "gateway.log" if logs else None)
+    worker = start_worker(env, folder / "worker.log" if logs else None)
+    try:
+        wait_until_serving(f"{sandbox_url}/subscriber/events", sandbox)
+        wait_until_serving(f"{gateway_url}/livez", gateway)
+        yield gateway_url, sandbox_url
+    finally:
+        stop(worker)
+        stop(gateway)
+        stop(sandbox)
+

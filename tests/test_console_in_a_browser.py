@@ -4,7 +4,6 @@ events, and redeliver a delivery that died while the subscriber refused, once it
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -22,14 +21,10 @@ from tests.browser import (
     wait_for_title,
 )
 from tests.processes import (
-    start_gateway,
-    start_sandbox,
-    start_worker,
-    stop,
-    wait_until_serving,
+    WEBHOOKS_TO_THE_GATEWAY,
+    running_stack,
     write_sandbox_config_copy,
 )
-from tests.servers import closed_port
 
 DEMO_KEY = "demo-caller-key-0000"
 API = {"Authorization": f"Bearer {DEMO_KEY}"}
@@ -37,36 +32,15 @@ API = {"Authorization": f"Bearer {DEMO_KEY}"}
 
 @pytest.fixture
 def deployment(tmp_path):
-    sandbox_port, gateway_port = closed_port(), closed_port()
-    sandbox_url, gateway_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{gateway_port}"
     config = Path(write_sandbox_config_copy(tmp_path))
     # deliveries die quickly: two attempts, half a second apart at most
     config.write_text(config.read_text()
                       .replace("max_attempts = 10 ", "max_attempts = 2 ")
                       .replace("backoff_base_seconds = 1.0 ", "backoff_base_seconds = 0.2 ")
                       .replace("backoff_max_seconds = 600.0", "backoff_max_seconds = 0.5"))
-    env = {key: item for key, item in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({
-        "GATEWAY_CONFIG": str(config), "GATEWAY_METRICS_DIR": str(tmp_path / "metrics"),
-        "ONGOING_URL": f"{sandbox_url}/ongoing/Service.asmx", "SPEED4TRADE_URL": f"{sandbox_url}/speed4trade/",
-        "SELLERCENTER_URL": f"{sandbox_url}/sellercenter/oms-api/",
-        "DEMO_SUBSCRIBER_URL": f"{sandbox_url}/subscriber/events",
-        "SANDBOX_ONGOING_WEBHOOK_URL": f"{gateway_url}/webhooks/ongoing/ongoing-demo",
-        "SANDBOX_ONGOING_WEBHOOK_AUTH": '{"type": "basic", "username": "ongoing-webhooks", '
-                                        '"password": "webhook-demo-password"}',
-        "SANDBOX_ONGOING_WEBHOOK_RETRY_DELAYS": "[0.2, 0.5, 1, 2, 4]",
-    })
-    sandbox = start_sandbox(sandbox_port, env, tmp_path / "sandbox.log")
-    gateway = start_gateway(gateway_port, env, workers=2, log=tmp_path / "gateway.log")
-    worker = start_worker(env, tmp_path / "worker.log")
-    try:
-        wait_until_serving(f"{sandbox_url}/subscriber/events", sandbox)
-        wait_until_serving(f"{gateway_url}/livez", gateway)
-        yield gateway_url, sandbox_url
-    finally:
-        stop(worker)
-        stop(gateway)
-        stop(sandbox)
+    webhooks = {**WEBHOOKS_TO_THE_GATEWAY, "SANDBOX_ONGOING_WEBHOOK_RETRY_DELAYS": "[0.2, 0.5, 1, 2, 4]"}
+    with running_stack(str(config), tmp_path, webhooks, logs=True) as urls:
+        yield urls
 
 
 def _wait_until(check, what: str, seconds: float = 30.0):

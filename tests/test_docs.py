@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.processes import ROOT, start_gateway, start_sandbox, start_worker, stop, wait_until_serving
-from tests.servers import closed_port
+from tests.processes import (
+    ROOT,
+    WEBHOOKS_TO_THE_GATEWAY,
+    running_stack,
+)
 
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
@@ -207,36 +209,10 @@ def make_run_configuration(folder: Path) -> str:
 
 @pytest.fixture
 def make_run_stack(tmp_path):
-    """The sandboxes, the gateway (two gunicorn workers) and its event worker on free 127.0.0.1 ports, configured as
-    scripts/run-local configures them; yields (gateway URL, sandbox URL)."""
-    sandbox_port, gateway_port = closed_port(), closed_port()
-    while gateway_port == sandbox_port:
-        gateway_port = closed_port()
-    sandbox_url, gateway_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{gateway_port}"
-    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({
-        "GATEWAY_CONFIG": make_run_configuration(tmp_path),
-        "GATEWAY_METRICS_DIR": str(tmp_path / "metrics"),
-        "ONGOING_URL": f"{sandbox_url}/ongoing/Service.asmx",
-        "SPEED4TRADE_URL": f"{sandbox_url}/speed4trade/",
-        "SELLERCENTER_URL": f"{sandbox_url}/sellercenter/oms-api/",
-        "DEMO_SUBSCRIBER_URL": f"{sandbox_url}/subscriber/events",
-        # as scripts/run-local sets them: the Ongoing sandbox fires its webhooks at the gateway
-        "SANDBOX_ONGOING_WEBHOOK_URL": f"{gateway_url}/webhooks/ongoing/ongoing-demo",
-        "SANDBOX_ONGOING_WEBHOOK_AUTH": '{"type": "basic", "username": "ongoing-webhooks", '
-                                        '"password": "webhook-demo-password"}',
-    })
-    sandbox = start_sandbox(sandbox_port, env)
-    gateway = start_gateway(gateway_port, env, workers=2)
-    worker = start_worker(env)
-    try:
-        wait_until_serving(f"{sandbox_url}/ongoing/orders/1001", sandbox)
-        wait_until_serving(f"{gateway_url}/livez", gateway)
-        yield gateway_url, sandbox_url
-    finally:
-        stop(worker)
-        stop(gateway)
-        stop(sandbox)
+    """The sandboxes, the gateway and its event worker configured as scripts/run-local configures them (the
+    sandbox's Ongoing webhooks aimed at the gateway); yields (gateway URL, sandbox URL)."""
+    with running_stack(make_run_configuration(tmp_path), tmp_path, WEBHOOKS_TO_THE_GATEWAY) as urls:
+        yield urls
 
 
 def test_the_readme_tour_runs_as_written(make_run_stack):

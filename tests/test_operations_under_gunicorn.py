@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -12,14 +11,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import (
-    start_gateway,
-    start_sandbox,
-    start_worker,
-    stop,
-    wait_until_serving,
+    running_stack,
     write_sandbox_config_copy,
 )
-from tests.servers import closed_port
 
 KEY = {"Authorization": "Bearer demo-caller-key-0000"}
 FRESH = {"Connection": "close"}  # a new connection each: the kernel hands them to either worker
@@ -27,24 +21,8 @@ FRESH = {"Connection": "close"}  # a new connection each: the kernel hands them 
 
 @pytest.fixture
 def deployment(tmp_path):
-    sandbox_port, gateway_port = closed_port(), closed_port()
-    sandbox_url, gateway_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{gateway_port}"
-    env = {key: item for key, item in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({"GATEWAY_CONFIG": write_sandbox_config_copy(tmp_path), "GATEWAY_METRICS_DIR": str(tmp_path / "metrics"),
-                "ONGOING_URL": f"{sandbox_url}/ongoing/Service.asmx", "SPEED4TRADE_URL": f"{sandbox_url}/speed4trade/",
-                "SELLERCENTER_URL": f"{sandbox_url}/sellercenter/oms-api/",
-                "DEMO_SUBSCRIBER_URL": f"{sandbox_url}/subscriber/events"})
-    sandbox = start_sandbox(sandbox_port, env)
-    gateway = start_gateway(gateway_port, env, workers=2)
-    worker = start_worker(env)
-    try:
-        wait_until_serving(f"{sandbox_url}/ongoing/orders/1", sandbox)
-        wait_until_serving(f"{gateway_url}/livez", gateway)
+    with running_stack(write_sandbox_config_copy(tmp_path), tmp_path) as (gateway_url, _):
         yield gateway_url, Path(tmp_path)
-    finally:
-        stop(worker)
-        stop(gateway)
-        stop(sandbox)
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
