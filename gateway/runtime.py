@@ -112,5 +112,6 @@ def gateway_of(app: Flask) -> Gateway:
 
 
 def current_gateway() -> Gateway:
-    """The Gateway of the app of the current app or request context."""
-    return gateway_of(current_app)
+    """The Gateway of the app of the current app or request context (a gateway app: create_app stored it there).
+    Read a few times per request, so it is one lookup, without gateway_of()'s check."""
+    return current_app.extensions[EXTENSION]
