@@ -11,9 +11,10 @@ from sandbox.ongoing.model import ORDER_WEBHOOK_TRIGGERS, OrderEvent
 from sandbox.ongoing.process_order import ProcessOrderTypes
 from sandbox.ongoing.store import OngoingStore
 from sandbox.ongoing.update_order import UpdateOrderSchema
-from sandbox.ongoing.views import EXTENSION_KEY, create_blueprint
+from sandbox.ongoing.views import EXTENSION_KEY, VENDOR, create_blueprint
 from sandbox.ongoing.webhook_payload import DEFAULT_WEBHOOK_TEMPLATES, render_order_webhook_payload
 from sandbox.ongoing.webhook_sender import WebhookSender, build_webhook_auth, read_retry_delays
+from sandbox.outages import init_service_controls
 
 
 def _read_webhook_templates(setting: Mapping) -> dict[str, str]:
@@ -69,7 +70,8 @@ def build_webhook_sender(config: Mapping) -> WebhookSender:
 
 
 def init_app(app: Flask) -> None:
-    """Load ONGOING_DATA, read the schemas, serve at ONGOING_SERVICE_PATH and fire webhooks as configured."""
+    """Load ONGOING_DATA, read the schemas, serve at ONGOING_SERVICE_PATH (with an outage switch and a call log)
+    and fire webhooks as configured."""
     sender = build_webhook_sender(app.config)
     calls = build_call_tracker(app.config)
     system_name = str(app.config["ONGOING_SYSTEM_NAME"])
@@ -90,4 +92,5 @@ def init_app(app: Flask) -> None:
         "webhooks": sender,
         "calls": calls,
     }
+    init_service_controls(app, VENDOR)
     app.register_blueprint(create_blueprint(app.config["ONGOING_SERVICE_PATH"]))

@@ -5,12 +5,19 @@ from contextlib import contextmanager
 from decimal import Decimal
 from types import MappingProxyType
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Request, Response, current_app, jsonify, request, url_for
 from lxml import etree
 from marshmallow import ValidationError
 
 from sandbox.ongoing.concurrency import CallOverlaps, CallTracker
-from sandbox.ongoing.model import Customer, GoodsOwner, Order, OrderLine
+from sandbox.ongoing.model import (
+    ORDER_IDENTIFICATION_TYPES,
+    PROCESS_ORDER_IDENTIFICATION_TYPES,
+    Customer,
+    GoodsOwner,
+    Order,
+    OrderLine,
+)
 from sandbox.ongoing.new_order import read_new_order
 from sandbox.ongoing.process_order import (
     PROCESS_ORDER_SOAP_ACTION,
@@ -26,6 +33,16 @@ from sandbox.ongoing.update_order import (
     render_update_order_response,
 )
 from sandbox.ongoing.webhook_sender import SenderStopped, WebhookSender
+from sandbox.outages import (
+    APPLIED,
+    FAULT,
+    REFUSED,
+    CallSummary,
+    add_control_routes,
+    build_service_view,
+    plain_text_unavailable,
+    service_controls,
+)
 from sandbox.problems import field_errors, problem_response
 from sandbox.soap11 import (
     SOAP11_CONTENT_TYPE,
@@ -39,6 +56,7 @@ from sandbox.soap11 import (
 )
 
 EXTENSION_KEY = "sandbox.ongoing"
+VENDOR = "ongoing"
 INVALID_CREDENTIALS = "Invalid credentials."
 
 
@@ -48,7 +66,7 @@ def create_blueprint(service_path: str) -> Blueprint:
     blueprint.add_url_rule(
         service_path,
         "service",
-        serve_soap_request,
+        build_service_view(VENDOR, serve_soap_request, summarize_soap_call, plain_text_unavailable),
         methods=["POST"],
         provide_automatic_options=False,
     )
@@ -62,6 +80,7 @@ def create_blueprint(service_path: str) -> Blueprint:
     )
     blueprint.add_url_rule("/ongoing/concurrency", "show_concurrency", show_concurrency)
     blueprint.add_url_rule("/ongoing/_reset", "reset", reset_store, methods=["POST"])
+    add_control_routes(blueprint, VENDOR)
     return blueprint
 
 
@@ -113,42 +132,82 @@ def _one_call_at_a_time(goods_owner: GoodsOwner) -> Iterator[None]:
         raise SoapFault("Server", str(overlap)) from None
 
 
-def run_update_order(operation: etree._Element, body: etree._Element) -> None:
-    """Read UpdateOrder, check its credentials, apply it and write its response into `body`."""
+def run_update_order(operation: etree._Element, body: etree._Element) -> bool:
+    """Read UpdateOrder, check its credentials, apply it and write its response into `body`; whether it applied."""
     update_request = read_update_order(operation, _schema())
     goods_owner = _authenticate(update_request.goods_owner_code, update_request.user_name, update_request.password)
     with _one_call_at_a_time(goods_owner):
         result = _store().update_order(goods_owner, update_request.identification, update_request.changes)
         render_update_order_response(body, result)
+    return result.success
 
 
-def run_process_order(operation: etree._Element, body: etree._Element) -> None:
-    """Read ProcessOrder, check its credentials, apply it and write its response into `body`."""
+def run_process_order(operation: etree._Element, body: etree._Element) -> bool:
+    """Read ProcessOrder, check its credentials, apply it and write its response into `body`; whether it applied."""
     process_request = read_process_order(operation, _process_order_types())
     goods_owner = _authenticate(process_request.goods_owner_code, process_request.user_name, process_request.password)
     with _one_call_at_a_time(goods_owner):
         result = _store().process_order(goods_owner, process_request.order)
         render_process_order_response(body, result)
+    return result.success
 
 
 # SOAPAction -> the operation it runs. Each reads and authenticates, and is refused if it overlaps another call for
 # its goods owner, before it touches the store, so a fault leaves the data as it was.
-SOAP_OPERATIONS: Mapping[str, Callable[[etree._Element, etree._Element], None]] = MappingProxyType(
+SOAP_OPERATIONS: Mapping[str, Callable[[etree._Element, etree._Element], bool]] = MappingProxyType(
     {UPDATE_ORDER_SOAP_ACTION: run_update_order, PROCESS_ORDER_SOAP_ACTION: run_process_order}
 )
 
 
-def serve_soap_request() -> Response:
-    """Answer one SOAP 1.1 call by its SOAPAction: a result envelope, or a fault for a request that cannot be run."""
+def serve_soap_request() -> tuple[Response, str]:
+    """Answer one SOAP 1.1 call by its SOAPAction: a result envelope, or a fault for a request that cannot be run;
+    with the call's outcome for the call log."""
     try:
         check_soap11_content_type(request.mimetype, request.mimetype_params.get("charset"))
         run_operation = SOAP_OPERATIONS[read_soap_action(request.headers.get("SOAPAction"), SOAP_OPERATIONS)]
         operation = read_soap11_operation(request.get_data())
         envelope, body = new_soap11_envelope()
-        run_operation(operation, body)
+        applied = run_operation(operation, body)
     except SoapFault as fault:
-        return _soap_response(render_soap11_fault(fault), fault.http_status)
-    return _soap_response(serialize_soap11_envelope(envelope), 200)
+        return _soap_response(render_soap11_fault(fault), fault.http_status), FAULT
+    return _soap_response(serialize_soap11_envelope(envelope), 200), APPLIED if applied else REFUSED
+
+
+def _child(element: etree._Element | None, local_name: str) -> etree._Element | None:
+    """The first child element of `element` with this local name, in any namespace."""
+    if element is None:
+        return None
+    for child in element:
+        if isinstance(child.tag, str) and etree.QName(child).localname == local_name:
+            return child
+    return None
+
+
+def _identified_order_ids(operation: etree._Element) -> tuple[str, ...]:
+    """The order an UpdateOrder or ProcessOrder identifies: the value of the element its identification type uses."""
+    if etree.QName(operation).localname == "ProcessOrder":
+        identification = _child(_child(operation, "co"), "OrderInfo")
+        type_element, types = _child(identification, "OrderIdentification"), PROCESS_ORDER_IDENTIFICATION_TYPES
+    else:
+        identification = _child(_child(operation, "updateOrder"), "OrderUpdateIdentification")
+        type_element, types = _child(identification, "OrderIdentificationType"), ORDER_IDENTIFICATION_TYPES
+    if type_element is None:
+        return ()
+    _, value_element_name = types.get((type_element.text or "").strip(), (None, None))
+    value_element = None if value_element_name is None else _child(identification, value_element_name)
+    value = "" if value_element is None else (value_element.text or "").strip()
+    return (value,) if value else ()
+
+
+def summarize_soap_call(incoming: Request, body: bytes) -> CallSummary:
+    """The call log's view of a call, best effort: its operation element's name (else its SOAPAction's last part)
+    and the order it identifies."""
+    action = (incoming.headers.get("SOAPAction") or "").strip().strip('"').rsplit("/", 1)[-1]
+    try:
+        operation = read_soap11_operation(body)
+    except SoapFault:
+        return CallSummary(action or None)
+    return CallSummary(etree.QName(operation).localname, _identified_order_ids(operation))
 
 
 def _describe_line(line: OrderLine) -> dict:
@@ -288,8 +347,10 @@ def show_concurrency() -> Response:
 
 
 def reset_store() -> tuple[str, int]:
-    """Reload the data file, forgetting every change, every recorded webhook and planned retry, and the call counts."""
+    """Reload the data file, forgetting every change, every recorded webhook and planned retry, and the call counts;
+    end any outage and clear the call log."""
     _store().reset()
     _webhook_sender().reset()
     _call_tracker().reset()
+    service_controls(VENDOR).reset()
     return "", 204

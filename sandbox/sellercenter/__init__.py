@@ -5,9 +5,10 @@ from pathlib import Path
 
 from flask import Flask
 
+from sandbox.outages import init_service_controls
 from sandbox.sellercenter.rate_limit import CallsPerMinuteLimit
 from sandbox.sellercenter.store import SellerCenterStore
-from sandbox.sellercenter.views import EXTENSION_KEY, create_blueprint
+from sandbox.sellercenter.views import EXTENSION_KEY, VENDOR, create_blueprint
 
 
 def _system_clock() -> datetime:
@@ -16,7 +17,8 @@ def _system_clock() -> datetime:
 
 
 def init_app(app: Flask) -> None:
-    """Load SELLERCENTER_DATA and serve the OMS API at SELLERCENTER_SERVICE_PATH with the configured limits."""
+    """Load SELLERCENTER_DATA and serve the OMS API at SELLERCENTER_SERVICE_PATH with the configured limits, an
+    outage switch and a call log."""
     window_seconds = int(app.config["SELLERCENTER_TIMESTAMP_WINDOW_SECONDS"])
     if window_seconds < 0:
         raise ValueError(f"SELLERCENTER_TIMESTAMP_WINDOW_SECONDS must not be negative, not {window_seconds}.")
@@ -29,4 +31,5 @@ def init_app(app: Flask) -> None:
         "rate_limit": CallsPerMinuteLimit(int(app.config["SELLERCENTER_RATE_LIMIT_PER_MINUTE"])),
         "clock": clock,
     }
+    init_service_controls(app, VENDOR)
     app.register_blueprint(create_blueprint(app.config["SELLERCENTER_SERVICE_PATH"]))

@@ -2,7 +2,8 @@
 
 The checks run in SellerCenter's order: mandatory parameters (E001), Version (E002), Timestamp format (E004)
 and age (E003), Signature (E007), ServiceName and Action (E008). Errors of the body (E005, E011, E030), the rate
-limit (E429) and internal failures (E006) are raised as the same `CallRefused` by the code that finds them.
+limit (E429), internal failures (E006) and a simulated outage (E503) are raised as the same `CallRefused` by the code
+that finds them.
 """
 
 import re
@@ -101,6 +102,11 @@ def too_many_requests() -> CallRefused:
         http_status=429,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
+
+
+def service_unavailable() -> CallRefused:
+    """E503 (the sandbox's own code, as SellerCenter publishes none): the platform is out; answered with HTTP 503."""
+    return CallRefused("503", "E503: Service unavailable", error_type=PLATFORM, http_status=503)
 
 
 def parse_timestamp(text: str) -> datetime | None:

@@ -31,6 +31,23 @@ def read_order_information_updates(body: bytes) -> tuple[OrderInformationUpdate,
     return tuple(_read_order(order) for order in orders)
 
 
+def read_order_ids(body: bytes) -> tuple[str, ...]:
+    """The id_sales_order of each order in the request document, best effort: none from a body that is not one."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return ()
+    request = document.get("Request") if isinstance(document, dict) else None
+    orders = request.get("Orders") if isinstance(request, dict) else None
+    if not isinstance(orders, list):
+        return ()
+    return tuple(
+        str(order["id_sales_order"])
+        for order in orders
+        if isinstance(order, dict) and isinstance(order.get("id_sales_order"), int | str)
+    )
+
+
 def _member(container: object, name: str, expected_type: type) -> object:
     """The one member `name` of a JSON object that has no other members, if it is of `expected_type`."""
     if not isinstance(container, dict) or container.keys() != {name}:

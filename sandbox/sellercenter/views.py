@@ -4,15 +4,25 @@ import json
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Request, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from sandbox.outages import (
+    APPLIED,
+    FAULT,
+    REFUSED,
+    CallSummary,
+    add_control_routes,
+    build_service_view,
+    service_controls,
+)
 from sandbox.sellercenter.model import ADDRESS_FIELDS, ADDRESS_MEMBERS, Order
 from sandbox.sellercenter.oms_api import (
     CallRefused,
     check_call_parameters,
     render_call_error,
     request_too_big,
+    service_unavailable,
     too_many_requests,
     unexpected_internal_error,
 )
@@ -20,12 +30,14 @@ from sandbox.sellercenter.rate_limit import CallsPerMinuteLimit
 from sandbox.sellercenter.store import SellerCenterStore
 from sandbox.sellercenter.update_order_information import (
     ACTION,
+    read_order_ids,
     read_order_information_updates,
     render_item_errors_response,
     render_success_response,
 )
 
 EXTENSION_KEY = "sandbox.sellercenter"
+VENDOR = "sellercenter"
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -35,13 +47,14 @@ def create_blueprint(service_path: str) -> Blueprint:
     blueprint.add_url_rule(
         service_path,
         "oms_api",
-        serve_oms_call,
+        build_service_view(VENDOR, serve_oms_call, summarize_oms_call, render_service_unavailable),
         methods=["POST"],
         provide_automatic_options=False,
     )
     blueprint.add_url_rule("/sellercenter/orders", "list_orders", list_orders)
     blueprint.add_url_rule("/sellercenter/orders/<int:id_sales_order>", "show_order", show_order)
     blueprint.add_url_rule("/sellercenter/_reset", "reset", reset_store, methods=["POST"])
+    add_control_routes(blueprint, VENDOR)
     return blueprint
 
 
@@ -84,8 +97,9 @@ def _read_request_body() -> bytes:
         raise request_too_big() from None
 
 
-def serve_oms_call() -> Response:
-    """Answer one OMS API call: SuccessResponse, an ErrorResponse of failed items, or a whole-call ErrorResponse."""
+def serve_oms_call() -> tuple[Response, str]:
+    """Answer one OMS API call: SuccessResponse, an ErrorResponse of failed items, or a whole-call ErrorResponse;
+    with the call's outcome for the call log (applied if any order was, a whole-call error is a fault)."""
     parameters = _query_parameters()
     # The Head of an error names the action the caller asked for.
     request_action = parameters.get("Action", "")
@@ -97,13 +111,24 @@ def serve_oms_call() -> Response:
             raise too_many_requests()
         errors = _store().update_order_information(updates)
     except CallRefused as refusal:
-        return _json_reply(render_call_error(refusal, request_action), refusal.http_status, refusal.headers)
+        return _json_reply(render_call_error(refusal, request_action), refusal.http_status, refusal.headers), FAULT
     except Exception:
         current_app.logger.exception("The SellerCenter sandbox failed on an OMS API call.")
-        return _json_reply(render_call_error(unexpected_internal_error(), request_action))
+        return _json_reply(render_call_error(unexpected_internal_error(), request_action)), FAULT
     if errors:
-        return _json_reply(render_item_errors_response(errors))
-    return _json_reply(render_success_response(now))
+        return _json_reply(render_item_errors_response(errors)), APPLIED if len(errors) < len(updates) else REFUSED
+    return _json_reply(render_success_response(now)), APPLIED
+
+
+def summarize_oms_call(incoming: Request, body: bytes) -> CallSummary:
+    """The call log's view of a call, best effort: the Action it asks for and the id_sales_order of each order."""
+    return CallSummary(incoming.args.get("Action") or None, read_order_ids(body))
+
+
+def render_service_unavailable() -> Response:
+    """The whole-call ErrorResponse of a call that arrives while the platform is out."""
+    refusal = service_unavailable()
+    return _json_reply(render_call_error(refusal, request.args.get("Action", "")), refusal.http_status)
 
 
 def describe_order(order: Order) -> dict:
@@ -142,7 +167,9 @@ def show_order(id_sales_order: int) -> Response | tuple[Response, int]:
 
 
 def reset_store() -> tuple[str, int]:
-    """Reload the data file, forgetting every change and every call counted against the rate limit."""
+    """Reload the data file, forgetting every change and every call counted against the rate limit; end any outage
+    and clear the call log."""
     _store().reset()
     _rate_limit().forget()
+    service_controls(VENDOR).reset()
     return "", 204

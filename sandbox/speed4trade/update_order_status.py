@@ -89,6 +89,25 @@ def parse_request_document(text: str, schema: UpdateOrderStatusSchema) -> etree.
     return document
 
 
+def read_significant_key_values(text: str) -> tuple[str, ...]:
+    """Each `<order>`'s significant key value as the request document names it (the prefix and number for
+    order_number_and_prefix), best effort: nothing for a document that does not parse, none for an order without."""
+    try:
+        document = parse_untrusted_xml(text.encode("utf-8"))
+    except UntrustedXmlError:
+        return ()
+    values = []
+    for order in document.iterfind("order"):
+        key = order.get("significant_key") or "order_number"
+        if key == "order_number_and_prefix":
+            value = order.findtext("order_number_prefix", "").strip() + order.findtext("order_number", "").strip()
+        else:
+            value = order.findtext(key, "").strip() if key in KEY_ELEMENTS else ""
+        if value:
+            values.append(value)
+    return tuple(values)
+
+
 def _optional_text(element: etree._Element, name: str) -> str | None:
     """The text of an optional child element; None when it is absent or empty."""
     return element.findtext(name) or None

@@ -1,7 +1,18 @@
 """HTTP face of the simulated Speed4Trade CONNECT: the SOAP service, a read-only JSON view of its orders, a reset."""
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Request, Response, current_app, jsonify, request
+from lxml import etree
 
+from sandbox.outages import (
+    APPLIED,
+    FAULT,
+    REFUSED,
+    CallSummary,
+    add_control_routes,
+    build_service_view,
+    plain_text_unavailable,
+    service_controls,
+)
 from sandbox.speed4trade.model import Order
 from sandbox.speed4trade.soap import (
     SOAP11,
@@ -13,17 +24,19 @@ from sandbox.speed4trade.soap import (
     render_soap_fault,
     serialize_soap_envelope,
 )
-from sandbox.speed4trade.store import ConnectStore
+from sandbox.speed4trade.store import RETURN_CODE_OK, ConnectStore
 from sandbox.speed4trade.update_order_status import (
     UpdateOrderStatusSchema,
     parse_request_document,
     read_order_status_updates,
     read_request_data,
+    read_significant_key_values,
     render_response_document,
     render_update_order_status_response,
 )
 
 EXTENSION_KEY = "sandbox.speed4trade"
+VENDOR = "speed4trade"
 AUTHENTICATION_REALM = "Speed4Trade CONNECT sandbox"
 
 
@@ -33,13 +46,14 @@ def create_blueprint(service_path: str) -> Blueprint:
     blueprint.add_url_rule(
         service_path,
         "service",
-        serve_soap_request,
+        build_service_view(VENDOR, serve_soap_request, summarize_soap_call, plain_text_unavailable),
         methods=["POST"],
         provide_automatic_options=False,
     )
     blueprint.add_url_rule("/speed4trade/orders", "list_orders", list_orders)
     blueprint.add_url_rule("/speed4trade/orders/<int:order_number>", "show_order", show_order)
     blueprint.add_url_rule("/speed4trade/_reset", "reset", reset_store, methods=["POST"])
+    add_control_routes(blueprint, VENDOR)
     return blueprint
 
 
@@ -76,10 +90,11 @@ def _authentication_required() -> Response:
     )
 
 
-def serve_soap_request() -> Response:
-    """Answer one updateOrderStatus call in the request's SOAP version: a report per order, or a fault."""
+def serve_soap_request() -> tuple[Response, str]:
+    """Answer one updateOrderStatus call in the request's SOAP version: a report per order, or a fault; with the
+    call's outcome for the call log (applied if any order was)."""
     if not _is_authenticated():
-        return _authentication_required()
+        return _authentication_required(), REFUSED
     found_version = find_soap_version(request.mimetype)
     # A request in neither version is answered as SOAP 1.1, the version of a plain text/xml client.
     version = found_version or SOAP11
@@ -91,11 +106,33 @@ def serve_soap_request() -> Response:
         request_data = read_request_data(operation, _namespace())
         updates = read_order_status_updates(parse_request_document(request_data, _schema()))
     except SoapFault as fault:
-        return Response(render_soap_fault(version, fault), status=fault.http_status, content_type=version.content_type)
+        fault_response = Response(
+            render_soap_fault(version, fault), status=fault.http_status, content_type=version.content_type
+        )
+        return fault_response, FAULT
     reports = _store().update_order_statuses(updates)
     envelope, body = new_soap_envelope(version)
     render_update_order_status_response(body, _namespace(), render_response_document(reports))
-    return Response(serialize_soap_envelope(envelope), status=200, content_type=version.content_type)
+    applied = any(report.return_code == RETURN_CODE_OK for report in reports)
+    return (
+        Response(serialize_soap_envelope(envelope), status=200, content_type=version.content_type),
+        APPLIED if applied else REFUSED,
+    )
+
+
+def summarize_soap_call(incoming: Request, body: bytes) -> CallSummary:
+    """The call log's view of a call, best effort: its operation element's name and each order's significant key
+    value, as the request document in argRequestData names them."""
+    version = find_soap_version(incoming.mimetype) or SOAP11
+    try:
+        operation = read_soap_operation(version, body)
+    except SoapFault:
+        return CallSummary(None)
+    name = etree.QName(operation).localname
+    try:
+        return CallSummary(name, read_significant_key_values(read_request_data(operation, _namespace())))
+    except SoapFault:
+        return CallSummary(name)
 
 
 def describe_order(order: Order) -> dict:
@@ -154,6 +191,7 @@ def show_order(order_number: int) -> Response | tuple[Response, int]:
 
 
 def reset_store() -> tuple[str, int]:
-    """Reload the data file, forgetting every change."""
+    """Reload the data file, forgetting every change; end any outage and clear the call log."""
     _store().reset()
+    service_controls(VENDOR).reset()
     return "", 204
