@@ -13,7 +13,7 @@ from gateway.config import GatewaySettings, load_settings, read_configured_setti
 from gateway.connections import Connections
 from gateway.journal import open_exchange_journal
 from gateway.journal.recorder import JournalRecorder
-from gateway.runtime import Gateway
+from gateway.runtime import Gateway, gateway_of
 from gateway.scrubbing import Scrubber, install_log_scrubbing
 from gateway.transport import Transport
 
@@ -28,8 +28,26 @@ def load_gateway_settings(test_config: Mapping[str, Any] | None = None) -> Gatew
 def create_app(test_config: Mapping[str, Any] | None = None, *,
                transports: Mapping[str, Transport] | None = None) -> Flask:
     """Build the app from `test_config` or GATEWAY_CONFIG's file; `transports` replace connections' HTTP."""
-    app = Flask(__name__)
     settings = load_gateway_settings(test_config)
+    app = _open_gateway(settings, transports)
+    try:
+        rest.init_app(app)
+        console.init_app(app, settings)
+    except BaseException:
+        gateway_of(app).close()  # an app that cannot be built leaves nothing open
+        raise
+    return app
+
+
+def create_worker_app(settings: GatewaySettings, *, transports: Mapping[str, Transport] | None = None) -> Flask:
+    """The event worker's app: the gateway's scrubber, exchange journal, connections and event service, which send
+    update jobs as the web processes send updates, without the REST layer and console (it serves no request)."""
+    return _open_gateway(settings, transports)
+
+
+def _open_gateway(settings: GatewaySettings, transports: Mapping[str, Transport] | None) -> Flask:
+    """An app with its Gateway: the settings, scrubber, journal recorder, connections and event service."""
+    app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         GATEWAY_SETTINGS=settings,
@@ -47,8 +65,6 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
     try:
         gateway.connections = Connections(settings, BACKENDS, transports, recorder, scrubber)
         gateway.events = events.EventService(settings)
-        rest.init_app(app)
-        console.init_app(app, settings)
     except BaseException:
         gateway.close()  # an app that cannot be built leaves nothing open
         raise

@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from gateway.canonical import flatten_errors
-from gateway.canonical.events import EVENT_TYPES
+from gateway.canonical.events import ALL_EVENT_TYPES, EVENT_TYPES
 from gateway.errors import ConfigError
 
 MASK = "********"
@@ -48,6 +48,8 @@ SCOPES = {
     "orders:dry-run": "dry runs of order updates only: validate and translate, send nothing",
     "events:read": "list and show stored events (GET /events, GET /events/<id>)",
     "events:redeliver": "deliver an event again (POST /events/<id>/redeliver)",
+    "updates:read": "list and show update jobs, the updates accepted with Prefer: respond-async (GET /updates, "
+                    "GET /updates/<id>); sending a failed one again (POST /updates/<id>/retry) needs orders:write",
     "exchanges:read": "read the journal of backend exchanges (GET /exchanges, GET /exchanges/<id>)",
     "metrics:read": "read the Prometheus metrics (GET /metrics)",
     "console": "use the operator's web console (GET /console): connections, an order's exchanges and events, "
@@ -378,8 +380,9 @@ class SubscriberSettings(EgressSettings):
     url: str = setting(fields.Url(required=True, schemes={"http", "https"}, require_tld=False),
                        "where events are delivered (POST), http:// or https://")
     types: tuple[str, ...] = setting(
-        fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), load_default=lambda: list(EVENT_TYPES)),
-        "the event types delivered to it", attribute_default=False)
+        fields.List(fields.String(validate=validate.OneOf(ALL_EVENT_TYPES)), load_default=lambda: list(EVENT_TYPES)),
+        "the event types delivered to it: by default the orders' own events; the completion events of update jobs "
+        "(order.update_succeeded, order.update_failed) when listed", attribute_default=False)
     secret: Secret = setting(SecretField(required=True, validate=_whsec),
                              "the Standard Webhooks secret deliveries are signed with: whsec_ then base64")
 
@@ -501,6 +504,37 @@ StoresSectionSchema = settings_schema(StoreSettings)
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """Update jobs (PATCH with `Prefer: respond-async`): how long the worker keeps trying, how it waits, how long
+    finished jobs are kept."""
+
+    max_age_seconds: float = setting(
+        fields.Float(load_default=86400.0, validate=_range(1, 30 * 86400)),
+        "a job the backend could not take (unavailable, breaker open, rate-limited) is tried again until it is this "
+        "old, then it is dead")
+    backoff_base_seconds: float = setting(fields.Float(load_default=1.0, validate=_range(0.01, 3600)),
+                                          "the wait before a job's second attempt; it doubles with each attempt")
+    backoff_max_seconds: float = setting(
+        fields.Float(load_default=300.0, validate=_range(0.01, 86400)),
+        "the longest wait between two attempts of a job (a backend's longer Retry-After is honoured)")
+    send_timeout: float = setting(
+        fields.Float(load_default=60.0, validate=_range(0.1, 3600)),
+        "seconds one attempt of a job may take, its waits for the connection's guards included (as request_timeout "
+        "for a synchronous update)")
+    warn_queued_age_seconds: float = setting(
+        fields.Float(load_default=900.0, validate=_range(1, 30 * 86400)),
+        "/readyz warns (without failing) while the oldest queued job is older than this")
+    retention_days: float = setting(
+        fields.Float(load_default=30.0, validate=_range(1, 3650)),
+        "a job is removed this long after it was done, failed or went dead (queued ones are kept)")
+    max_list_limit: int = setting(fields.Integer(load_default=200, validate=_range(1, 10_000)),
+                                  "the most jobs one GET /updates lists")
+
+
+JobsSectionSchema = settings_schema(JobSettings)
+
+
+@dataclass(frozen=True)
 class JournalSettings:
     """How long, how many and how much of each backend exchange is kept."""
 
@@ -550,6 +584,7 @@ class GatewaySettings:
     journal: JournalSettings = field(default_factory=JournalSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     stores: StoreSettings = field(default_factory=StoreSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
     default_connection: str | None = setting(fields.String(load_default=None),
                                              "the connection of a request that names none")
     max_body_bytes: int = setting(fields.Integer(load_default=4_194_304, validate=_range(1024)),
@@ -790,11 +825,11 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
     report: Callable[[ConfigError], None] = _raise if problems is None else problems.append
     raw = _interpolate(raw, source, "", _config_folder(source), report)
     unknown = sorted(set(raw) - {"gateway", "connections", "events", "subscribers", "callers", "journal", "console",
-                                 "stores"})
+                                 "stores", "jobs"})
     for section in unknown:
         report(ConfigError(source, section, "unknown section (expected [gateway], [connections.<name>], [events] "
-                                            "[subscribers.<name>], [callers.<name>], [journal], [console] and "
-                                            "[stores])"))
+                                            "[subscribers.<name>], [callers.<name>], [jobs], [journal], "
+                                            "[console] and [stores])"))
     gateway = _load_defaulted_section(GatewaySectionSchema(), raw.get("gateway", {}), source, "gateway", report)
     tables = raw.get("connections", {})
     if not isinstance(tables, Mapping) or not tables:
@@ -866,11 +901,12 @@ def load_settings(raw: Mapping[str, Any], source: str, backends: Mapping[str, ty
                                                      report))
     console = ConsoleSettings(**_load_defaulted_section(ConsoleSectionSchema(), raw.get("console", {}), source,
                                                         "console", report))
+    jobs = JobSettings(**_load_defaulted_section(JobsSectionSchema(), raw.get("jobs", {}), source, "jobs", report))
     if not gateway["sandbox"]:
         _refuse_public_demo_secrets(raw, source, "", report)
     return GatewaySettings(source=source, connections=connections, events=EventSettings(**events),
                            subscribers=subscribers, callers=callers, journal=journal, console=console, stores=stores,
-                           **gateway)
+                           jobs=jobs, **gateway)
 
 
 def _load_callers(tables: Any, source: str, connections: Collection[str],

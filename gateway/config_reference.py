@@ -32,6 +32,8 @@ from gateway.config import (
     EventsSectionSchema,
     GatewaySectionSchema,
     GatewaySettings,
+    JobSettings,
+    JobsSectionSchema,
     JournalSectionSchema,
     JournalSettings,
     RegexList,
@@ -82,6 +84,7 @@ def reference_tables(backends: Mapping[str, type]) -> list[ReferenceTable]:
             ReferenceTable("[callers.<name>]", CallerSchema, about=CallerSettings),
             ReferenceTable("[subscribers.<name>]", SubscriberSchema, egress, SubscriberSettings),
             ReferenceTable("[events]", EventsSectionSchema, about=EventSettings),
+            ReferenceTable("[jobs]", JobsSectionSchema, about=JobSettings),
             ReferenceTable("[stores]", StoresSectionSchema, about=StoreSettings),
             ReferenceTable("[journal]", JournalSectionSchema, about=JournalSettings),
             ReferenceTable("[console]", ConsoleSectionSchema, about=ConsoleSettings)]

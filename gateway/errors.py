@@ -8,10 +8,12 @@
     │   ├── Forbidden                 403  the caller's key lacks the scope or the connection
     │   ├── NotFound                  404  the gateway itself has no such resource
     │   │   ├── WebhookNotFound       404  no connection of that backend receives webhooks under that name
-    │   │   └── EventNotFound         404  no stored event has that id
+    │   │   ├── EventNotFound         404  no stored event has that id
+    │   │   └── JobNotFound           404  no update job has that id (or not one of the caller's connections)
     │   ├── IdempotencyKeyInUse       409  a request with the same Idempotency-Key is still being served
     │   ├── IdempotencyKeyReused      422  the Idempotency-Key was used for another request
     │   ├── OutcomeUnknown            409  the key's first request reached a backend and its outcome was lost
+    │   ├── JobNotRetryable           409  the update job was done: it is not sent again
     │   ├── UnsupportedMediaType      415  the body is not application/json
     │   ├── PayloadTooLarge           413  the body is larger than the configured limit
     │   ├── ValidationFailed          422  invalid for the canonical schema or for the backend
@@ -139,6 +141,21 @@ class EventNotFound(NotFound):
 
     slug = "event-not-found"
     title = "Event not found"
+
+
+class JobNotFound(NotFound):
+    """No update job has that id, or none the caller may see."""
+
+    slug = "job-not-found"
+    title = "Update job not found"
+
+
+class JobNotRetryable(RequestProblem):
+    """A done update job was asked to be sent again: only failed and dead jobs are."""
+
+    status = 409
+    slug = "job-not-retryable"
+    title = "The update job cannot be sent again"
 
 
 class IdempotencyKeyInUse(RequestProblem):

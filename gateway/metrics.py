@@ -185,6 +185,16 @@ event_deliveries = Counter(f"{PREFIX}_event_deliveries_total",
 event_delivery_lag = Histogram(f"{PREFIX}_event_delivery_lag_seconds",
                                "Time from storing an event to delivering it, by subscriber.", ("subscriber",),
                                buckets=LAG_BUCKETS)
+job_attempts = Counter(f"{PREFIX}_job_attempts_total",
+                       "Attempts to send an update job (Prefer: respond-async), by connection and outcome (done, "
+                       "refused, unavailable: to be retried, outcome-unknown, interrupted, expired).",
+                       ("connection", "outcome"))
+job_outcomes = Counter(f"{PREFIX}_job_outcomes_total",
+                       "Update jobs that became final, by connection and state (done, failed, dead).",
+                       ("connection", "state"))
+job_delivery_lag = Histogram(f"{PREFIX}_job_lag_seconds",
+                             "Time from accepting an update job to its becoming final, by connection and state.",
+                             ("connection", "state"), buckets=LAG_BUCKETS)
 retention_removed = Counter(f"{PREFIX}_retention_removed_total",
                             "Records the event worker's retention removed, by kind (events, idempotency_keys, "
                             "exchanges).", ("kind",))

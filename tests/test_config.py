@@ -176,17 +176,19 @@ def test_without_gateway_config_the_processes_exit_78_with_one_line(command):
     assert "Traceback" not in finished.stderr
 
 
-def test_the_worker_builds_the_event_service_without_the_web_app(tmp_path, monkeypatch):
-    """The worker needs the store and the queue, not the connections (no HTTP pools, no XSDs, no Flask)."""
-    from gateway.connections import Connections
+def test_the_worker_builds_its_app_without_the_rest_layer(tmp_path, monkeypatch):
+    """The worker sends update jobs through the gateway's connections, but serves no request: no REST layer and no
+    console."""
+    from gateway import console, rest
     from gateway.events import worker
 
-    def no_connections(*args, **kwargs):
-        raise AssertionError("the worker built the gateway's connections")
+    def no_web_app(*args, **kwargs):
+        raise AssertionError("the worker built the web app")
 
     ran = []
-    monkeypatch.setattr(Connections, "__init__", no_connections)
-    monkeypatch.setattr(worker, "create_app", no_connections, raising=False)
+    monkeypatch.setattr(rest, "init_app", no_web_app)
+    monkeypatch.setattr(console, "init_app", no_web_app)
+    monkeypatch.setattr(worker, "create_app", no_web_app, raising=False)
     monkeypatch.setattr(worker, "consume", lambda consumer: ran.append(consumer.workers) or False)  # stopped at once
     monkeypatch.setenv("TEST_ONGOING_PASSWORD", "s3cret")
     monkeypatch.setenv("GATEWAY_CONFIG", str(write(tmp_path, GOOD)))

@@ -102,7 +102,8 @@ def test_documented_examples_are_valid_requests(all_backends_app, document):
 
 OPERATIONS = ["PATCH /orders/{order_id}", "PATCH /orders", "POST /webhooks/{backend}/{connection}", "GET /events",
               "GET /events/{event_id}", "POST /events/{event_id}/redeliver", "GET /livez", "GET /readyz",
-              "GET /exchanges", "GET /exchanges/{exchange_id}", "GET /metrics"]
+              "GET /exchanges", "GET /exchanges/{exchange_id}", "GET /metrics", "GET /updates",
+              "GET /updates/{job_id}", "POST /updates/{job_id}/retry"]
 
 
 @pytest.mark.parametrize("label", OPERATIONS)

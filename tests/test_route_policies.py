@@ -129,13 +129,15 @@ def known(app):
     bearer = {"Authorization": f"Bearer {SCOPED_KEY}"}
     assert api.patch("/orders/SO-1008", json={"waybill": "POLICY-1"}, headers=bearer).status_code == 200
     exchanges = api.get("/exchanges", headers=bearer).get_json()["exchanges"]
+    job = api.patch("/orders/SO-1009", json={"waybill": "POLICY-2"}, headers={**bearer, "Prefer": "respond-async"})
+    assert job.status_code == 202, job.get_json()
     console = app.test_client()
     form = console.get("/console/login").get_data(as_text=True)
     token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
     assert console.post("/console/login", data={"csrf_token": token, "key": SCOPED_KEY}).status_code == 303
     page = console.get("/console").get_data(as_text=True)
     return {"api": api, "bearer": bearer, "event": stored.get_json()["id"], "exchange": exchanges[0]["id"],
-            "console": console, "csrf": re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)}
+            "job": job.get_json()["id"], "console": console, "csrf": re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)}
 
 
 #: endpoint -> a request of the scoped caller to it (a route whose policy says it touches connection data needs one)
@@ -150,6 +152,9 @@ SAMPLES = {
     "events.redeliver_event": lambda k: k["api"].post(f"/events/{k['event']}/redeliver", headers=k["bearer"]),
     "exchanges.list_exchanges": lambda k: k["api"].get("/exchanges", headers=k["bearer"]),
     "exchanges.show_exchange": lambda k: k["api"].get(f"/exchanges/{k['exchange']}", headers=k["bearer"]),
+    "updates.list_updates": lambda k: k["api"].get("/updates", headers=k["bearer"]),
+    "updates.show_update": lambda k: k["api"].get(f"/updates/{k['job']}", headers=k["bearer"]),
+    "updates.retry_update": lambda k: k["api"].post(f"/updates/{k['job']}/retry", headers=k["bearer"]),
     "console.overview": lambda k: k["console"].get("/console"),
     "console.order_timeline": lambda k: k["console"].get("/console/orders?order_id=SO-1001"),
     "console.redeliver": lambda k: k["console"].post(

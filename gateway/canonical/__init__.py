@@ -7,6 +7,7 @@ from gateway.canonical.schema import (
     load_bulk_envelope,
     load_bulk_item,
     load_order_update,
+    update_document,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "load_bulk_envelope",
     "load_bulk_item",
     "load_order_update",
+    "update_document",
 ]

@@ -10,7 +10,13 @@ from typing import Any
 ORDER_CREATED = "order.created"
 ORDER_STATUS_CHANGED = "order.status_changed"
 ORDER_PICKED = "order.picked"
+#: what the backends tell of their orders (webhooks)
 EVENT_TYPES = (ORDER_CREATED, ORDER_STATUS_CHANGED, ORDER_PICKED)
+ORDER_UPDATE_SUCCEEDED = "order.update_succeeded"
+ORDER_UPDATE_FAILED = "order.update_failed"
+#: how an update job ended (gateway/jobs): done, or failed or dead
+UPDATE_EVENT_TYPES = (ORDER_UPDATE_SUCCEEDED, ORDER_UPDATE_FAILED)
+ALL_EVENT_TYPES = EVENT_TYPES + UPDATE_EVENT_TYPES
 
 
 def new_event_id() -> str:

@@ -328,6 +328,14 @@ def load_order_update(order_id: str, document: Any) -> OrderUpdate:
     )
 
 
+def update_document(update: OrderUpdate) -> dict[str, Any]:
+    """The canonical document that load_order_update(update.order_id, ...) loads into this update again: how an
+    update is kept to be sent later (gateway/jobs)."""
+    routing = {name: value for name, value in (("connection", update.connection), ("id_type", update.id_type))
+               if value is not None}
+    return {**routing, **update.identification, **update.fields}
+
+
 class BulkUpdateSchema(Schema):
     """The envelope of PATCH /orders: one connection, and the items, each validated on its own later."""
 

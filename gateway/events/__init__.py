@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from huey.storage import RedisStorage
 
@@ -11,9 +11,11 @@ from gateway.bookkeeping import log_failure
 from gateway.config import GatewaySettings
 from gateway.events.delivery import Dispatcher
 from gateway.events.leases import RedisStreamLeases, SqliteStreamLeases, StreamLeases
-from gateway.events.queue import DeliveryQueue, make_huey
+from gateway.events.queue import DeliveryQueue, StreamQueue, make_huey
 from gateway.events.redis_store import RedisEventStore
 from gateway.events.store import EventStore, SqliteEventStore
+from gateway.jobs import JobStore, open_job_store
+from gateway.jobs.sender import LEASE_MARGIN_SECONDS, JobSender, completion_event
 
 log = logging.getLogger("gateway.events")
 
@@ -28,13 +30,23 @@ def open_event_store(settings: GatewaySettings) -> tuple[EventStore, StreamLease
 
 
 class EventService:
-    """Everything the web processes and the worker share: the store, the dispatcher and the queue."""
+    """Everything the web processes and the worker share: the event store, the dispatcher and the delivery queue,
+    and the update jobs' store and queue (the worker attaches the JobSender that sends them)."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.store, self.leases = open_event_store(settings)
         self.dispatcher = Dispatcher(self.store, settings.subscribers, settings.events)
         self.queue = DeliveryQueue(make_huey(settings.events, settings.stores), self.dispatcher, self.leases)
+        self.jobs: JobStore = open_job_store(settings)
+        #: sends the update jobs: attached by the worker (web processes only queue them)
+        self.job_sender: JobSender | None = None
+        # One drain per lane at a time: a lane's jobs go out one after another, in the order accepted.
+        self.job_queue = StreamQueue(
+            self.queue.huey, self.leases, task_name="send_lane", marker_prefix="scheduled-send:",
+            lease_prefix="job-lane:", lease_seconds=settings.jobs.send_timeout + LEASE_MARGIN_SECONDS,
+            resume_interval=settings.events.resume_interval_seconds, what="update job lane",
+            drain=self._send_lane, pending=lambda: [(lane,) for lane in self.jobs.active_lanes()])
         # The queue in the store's own Redis: a new event's wake-ups go in the store's round trip (huey's
         # immediate mode runs tasks in the caller, so it is nudged as usual).
         huey = self.queue.huey
@@ -64,6 +76,20 @@ class EventService:
                                 subscriber, logger=log)
         return event_id, created
 
+    def _send_lane(self, lane: str, still_mine: Callable[[], bool]) -> float | None:
+        if self.job_sender is None:  # a web process runs no task: only a worker has a sender
+            log.warning("update job lane %s reached a process that sends no jobs; a worker resumes it", lane)
+            return None
+        return self.job_sender.drain_lane(lane, still_mine)
+
+    def announce_job(self, job: dict, event_type: str) -> None:
+        """Store the completion event of the job's latest finish, once (deduplicated by job and finish), and wake
+        the workers for the subscribers that want it; raises when it could not be stored."""
+        self.add_event(completion_event(job, event_type),
+                       dedupe_key=f"{job['connection']}:job:{job['id']}:{job['finishes']}",
+                       order_key=f"updates:{job['lane']}", subscribers=self.subscribers_for(event_type),
+                       trace_context=job.get("trace_context"))
+
     def subscribers_for(self, event_type: str) -> list[str]:
         """The names of the subscribers that want events of this type."""
         return [name for name, subscriber in self.settings.subscribers.items() if event_type in subscriber.types]
@@ -71,5 +97,6 @@ class EventService:
     def close(self) -> None:
         """Release the store and the dispatcher's connections."""
         self.dispatcher.close()
+        self.jobs.close()
         self.leases.close()
         self.store.close()

@@ -23,6 +23,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 
 from huey import RedisHuey
 from huey.api import Huey, Task
@@ -75,110 +76,131 @@ def make_huey(settings: EventSettings, stores: StoreSettings | None = None) -> H
                 results=False, utc=True, timeout=stores.sqlite_busy_timeout)
 
 
-def scheduled_key(subscriber: str, order_key: str) -> str:
+def scheduled_key(*stream: str, prefix: str = SCHEDULED_KEY_PREFIX) -> str:
     """The huey key marking that a drain of this stream waits in huey's schedule."""
-    return f"{SCHEDULED_KEY_PREFIX}{subscriber}\x00{order_key}"
+    return prefix + "\x00".join(stream)
 
 
-class DeliveryQueue:
-    """Registers the delivery task on a huey instance, nudges streams and resumes the pending ones."""
+class StreamQueue:
+    """A huey task that drains one stream (a tuple of strings) at a time under an expiring lease, schedules its own
+    next run when the stream must wait, keeps at most one scheduled run per stream, and resumes every stream the
+    store says is pending. The event deliveries (DeliveryQueue) and the update jobs' lanes (gateway/jobs) are two.
 
-    def __init__(self, huey: Huey, dispatcher: Dispatcher, leases: StreamLeases) -> None:
+    `drain(*stream, still_mine=...)` works through the stream and returns the seconds until it needs attention
+    again (None: nothing pending); `pending()` lists the streams with work in the store.
+    """
+
+    def __init__(self, huey: Huey, leases: StreamLeases, *, task_name: str, marker_prefix: str, lease_prefix: str,
+                 lease_seconds: float, resume_interval: float, what: str,
+                 drain: Callable[..., float | None], pending: Callable[[], Iterable[tuple[str, ...]]]) -> None:
         self.huey = huey
-        self.dispatcher = dispatcher
         self.leases = leases
-        self.resume_interval = dispatcher.settings.resume_interval_seconds
-        # Longer than one delivery (delivery_timeout bounds an attempt whole): a drain renews it before each one,
-        # and a killed worker's lease holds its stream back no longer than this.
-        lease_seconds = dispatcher.settings.delivery_timeout * 2 + 5
+        self.resume_interval = resume_interval
+        self.marker_prefix = marker_prefix
+        self.what = what
+        self.pending = pending
 
-        @huey.task(name="drain_stream", context=True)
-        def drain_stream(subscriber: str, order_key: str, task: Task | None = None) -> None:
+        @huey.task(name=task_name, context=True)
+        def drain_stream(*stream: str, task: Task | None = None) -> None:
             if task is not None and task.eta is not None:
-                self._forget_scheduled(subscriber, order_key, task.id)
-            stream, owner = f"{subscriber}\x00{order_key}", leases.new_owner()
-            if not leases.acquire(stream, owner, lease_seconds):
+                self._forget_scheduled(stream, task.id)
+            name, owner = lease_prefix + "\x00".join(stream), leases.new_owner()
+            if not leases.acquire(name, owner, lease_seconds):
                 delay: float | None = LOCKED_RETRY_SECONDS
             else:
                 try:
-                    delay = dispatcher.drain_stream(subscriber, order_key,
-                                                    still_mine=lambda: leases.acquire(stream, owner, lease_seconds))
+                    delay = drain(*stream, still_mine=lambda: leases.acquire(name, owner, lease_seconds))
                 except Exception:
-                    # Never drop a stream on an error: its events are stored, so try again a little later.
-                    log.exception("draining %s for %s failed; trying again in %g s", order_key, subscriber,
+                    # Never drop a stream on an error: its work is stored, so try again a little later.
+                    log.exception("draining the %s %s failed; trying again in %g s", what, stream,
                                   ERROR_RETRY_SECONDS)
                     delay = ERROR_RETRY_SECONDS
                 finally:
                     try:
-                        leases.release(stream, owner)
+                        leases.release(name, owner)
                     except Exception:  # the lease expires on its own
-                        log.exception("could not release the lease on %s for %s", order_key, subscriber)
+                        log.exception("could not release the lease on the %s %s", what, stream)
             if delay is not None:
-                self.schedule_drain(subscriber, order_key, delay)
+                self.schedule_drain(*stream, delay=delay)
 
         self.drain_task = drain_stream
 
-    def prepare_worker_start(self) -> None:
-        """Before a worker consumes: resume every stream that has pending deliveries."""
-        self.resume_pending()
-
-    def nudge(self, subscriber: str, order_key: str) -> None:
+    def nudge(self, *stream: str) -> None:
         """Ask a worker to drain one stream now."""
-        self.drain_task(subscriber, order_key)
+        self.drain_task(*stream)
 
-    def schedule_drain(self, subscriber: str, order_key: str, delay: float) -> bool:
+    def schedule_drain(self, *stream: str, delay: float) -> bool:
         """Drain the stream in `delay` seconds, unless a drain of it is scheduled already; whether one was added.
 
         The one already scheduled stays the stream's next: it drains whatever is due when it runs, and schedules
         the next if the stream must wait again.
         """
-        key, task_id = scheduled_key(subscriber, order_key), uuid.uuid4().hex
+        key, task_id = scheduled_key(*stream, prefix=self.marker_prefix), uuid.uuid4().hex
         if not self.huey.put_if_empty(key, (task_id, time.time() + delay)):
             return False
         try:
-            self.drain_task.schedule((subscriber, order_key), delay=delay, id=task_id)
+            self.drain_task.schedule(stream, delay=delay, id=task_id)
         except BaseException:
             with contextlib.suppress(Exception):  # else the resume drops it once it is overdue
                 self.huey.delete(key)
             raise
         return True
 
-    def _forget_scheduled(self, subscriber: str, order_key: str, task_id: str) -> None:
+    def _forget_scheduled(self, stream: tuple[str, ...], task_id: str) -> None:
         """A scheduled drain starts: it no longer waits in the schedule (another marker is left alone)."""
-        key = scheduled_key(subscriber, order_key)
+        key = scheduled_key(*stream, prefix=self.marker_prefix)
         marker = self.huey.get(key, peek=True)
         if marker is not None and marker[0] == task_id:
             self.huey.delete(key)
 
     def resume_pending(self) -> int:
-        """Nudge every stream the store says has pending deliveries, but those with a drain in the schedule;
-        returns how many were nudged."""
+        """Nudge every stream the store says is pending, but those with a drain in the schedule; returns how many
+        were nudged."""
         now = time.time()
         nudged = 0
-        for subscriber, order_key in self.dispatcher.store.pending_streams():
-            key = scheduled_key(subscriber, order_key)
+        for stream in self.pending():
+            key = scheduled_key(*stream, prefix=self.marker_prefix)
             marker = self.huey.get(key, peek=True)
             if marker is not None:
                 if marker[1] + self.resume_interval + CONSUMER_SLACK_SECONDS > now:
                     continue
-                log.warning("the drain of %s for %s scheduled %.0f s ago never started; resuming the stream",
-                            order_key, subscriber, now - marker[1])
+                log.warning("the drain of the %s %s scheduled %.0f s ago never started; resuming it", self.what,
+                            stream, now - marker[1])
                 self.huey.delete(key)
-            self.nudge(subscriber, order_key)
+            self.nudge(*stream)
             nudged += 1
         if nudged:
-            log.info("resumed %d event streams with pending deliveries", nudged)
+            log.info("resumed %d %ss with pending work", nudged, self.what)
         return nudged
 
-    def keep_resuming(self, stop: threading.Event) -> threading.Thread:
-        """A daemon thread that resumes the pending streams every resume interval until `stop` is set."""
+    def prepare_worker_start(self) -> None:
+        """Before a worker consumes: resume every pending stream."""
+        self.resume_pending()
+
+
+class DeliveryQueue(StreamQueue):
+    """Registers the delivery task on a huey instance: its streams are (subscriber, order_key)."""
+
+    def __init__(self, huey: Huey, dispatcher: Dispatcher, leases: StreamLeases) -> None:
+        self.dispatcher = dispatcher
+        # Longer than one delivery (delivery_timeout bounds an attempt whole): a drain renews it before each one,
+        # and a killed worker's lease holds its stream back no longer than this.
+        super().__init__(huey, leases, task_name="drain_stream", marker_prefix=SCHEDULED_KEY_PREFIX, lease_prefix="",
+                         lease_seconds=dispatcher.settings.delivery_timeout * 2 + 5,
+                         resume_interval=dispatcher.settings.resume_interval_seconds, what="event stream",
+                         drain=dispatcher.drain_stream, pending=dispatcher.store.pending_streams)
+
+    def keep_resuming(self, stop: threading.Event, *also: Callable[[], object]) -> threading.Thread:
+        """A daemon thread that resumes the pending streams (and runs each of `also`) every resume interval until
+        `stop` is set."""
         def run() -> None:
             while not stop.wait(self.resume_interval):
-                try:
-                    self.resume_pending()
-                except Exception:  # the store or the queue unreachable: the next round tries again
-                    log.exception("could not resume the pending event streams; trying again in %g s",
-                                  self.resume_interval)
+                for work in (self.resume_pending, *also):
+                    try:
+                        work()
+                    except Exception:  # the store or the queue unreachable: the next round tries again
+                        log.exception("could not resume pending work (%s); trying again in %g s",
+                                      getattr(work, "__qualname__", work), self.resume_interval)
 
         thread = threading.Thread(target=run, name="resume-pending-streams", daemon=True)
         thread.start()

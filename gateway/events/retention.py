@@ -4,10 +4,11 @@
                       `[events] retention_days` ago, with their deliveries and dedupe keys; pending ones stay
     idempotency_keys  Idempotency-Key records past their life (`[gateway] idempotency_ttl_seconds`); Redis expires
                       its records by itself, so there this finds none
+    jobs              update jobs done, failed or dead more than `[jobs] retention_days` ago; queued ones stay
     exchanges         the exchange journal beyond `[journal] max_age_days` or `max_count`: the journal prunes itself
                       while exchanges are recorded, and this keeps a quiet gateway's journal within its age too
 
-Events and keys go in batches of `[events] retention_batch_size`, one short transaction each with a pause between
+Events, jobs and keys go in batches of `[events] retention_batch_size`, one short transaction each with a pause between
 them, so the deliveries and requests waiting for the same store get their turn; a run removes at most
 MAX_BATCHES_PER_RUN batches of a kind and leaves the rest to the next run. What is removed is counted in
 `order_gateway_retention_removed_total{kind}`. A kind whose store fails is logged and left for the next run; the
@@ -26,13 +27,14 @@ from gateway.bookkeeping import log_failure
 from gateway.config import EventSettings, GatewaySettings
 from gateway.events.store import EventStore
 from gateway.idempotency import IdempotencyStore, open_idempotency_store
+from gateway.jobs import JobStore
 from gateway.journal import ExchangeJournal, open_exchange_journal
 
 #: the most batches of one kind a run removes, so that one run stays short however much is due
 MAX_BATCHES_PER_RUN = 100
 #: the pause between two batches, in which other writers of the same store take their turn
 BATCH_PAUSE_SECONDS = 0.02
-RETENTION_KINDS = ("events", "idempotency_keys", "exchanges")
+RETENTION_KINDS = ("events", "jobs", "idempotency_keys", "exchanges")
 
 log = logging.getLogger("gateway.retention")
 
@@ -42,8 +44,10 @@ class Retention:
 
     def __init__(self, events: EventStore, idempotency: IdempotencyStore | None, journal: ExchangeJournal | None,
                  settings: EventSettings, *, clock: Callable[[], float] = time.time,
-                 pause_seconds: float = BATCH_PAUSE_SECONDS, max_batches: int = MAX_BATCHES_PER_RUN) -> None:
+                 pause_seconds: float = BATCH_PAUSE_SECONDS, max_batches: int = MAX_BATCHES_PER_RUN,
+                 jobs: JobStore | None = None, job_retention_days: float = 30.0) -> None:
         self.events, self.idempotency, self.journal = events, idempotency, journal
+        self.jobs, self.job_retention_days = jobs, job_retention_days
         self.settings, self.clock = settings, clock
         self.pause_seconds, self.max_batches = pause_seconds, max_batches
 
@@ -54,6 +58,10 @@ class Retention:
         settled_by = now - self.settings.retention_days * 86400
         removed = {"events": self._in_batches(
             "events", lambda: self.events.purge_settled(settled_by=settled_by, limit=batch), stop)}
+        if self.jobs is not None:
+            finished_by = now - self.job_retention_days * 86400
+            removed["jobs"] = self._in_batches(
+                "jobs", lambda: self.jobs.purge_finished(finished_by=finished_by, limit=batch), stop)
         if self.idempotency is not None:
             removed["idempotency_keys"] = self._in_batches(
                 "idempotency_keys", lambda: self.idempotency.purge_expired(now, limit=batch), stop)
@@ -103,7 +111,7 @@ class WorkerRetention(Retention):
     """Retention as the event worker runs it: on the worker's event store, with the Idempotency-Key store and the
     journal the configuration names, which it opens and closes."""
 
-    def __init__(self, settings: GatewaySettings, events: EventStore) -> None:
+    def __init__(self, settings: GatewaySettings, events: EventStore, jobs: JobStore | None = None) -> None:
         journal = settings.journal
         idempotency = open_idempotency_store(settings)
         try:
@@ -112,7 +120,8 @@ class WorkerRetention(Retention):
         except BaseException:
             idempotency.close()
             raise
-        super().__init__(events, idempotency, exchanges, settings.events)
+        super().__init__(events, idempotency, exchanges, settings.events, jobs=jobs,
+                         job_retention_days=settings.jobs.retention_days)
 
     def close(self) -> None:
         """Close the stores this opened."""

@@ -1,10 +1,12 @@
 """The delivery worker: `python -m gateway.events.worker` runs huey's consumer with the gateway's configuration.
 
-It builds the event service alone (store, leases, dispatcher, queue), not the web app with its connections.
-Beside huey's consumer, three threads: the heartbeat (/readyz reads it), the resume of pending streams every
-`[events] resume_interval_seconds` (gateway/events/queue.py) and retention, at start and every
-`[events] retention_interval_seconds` (gateway/events/retention.py: settled events, expired Idempotency-Keys and
-the journal's old exchanges).
+It builds the worker's app (gateway.create_worker_app: the event service, and the connections with their guards and
+exchange journal, without the REST layer): huey's consumer drains the event streams (deliveries to subscribers) and
+the update job lanes (gateway/jobs/sender.py: updates accepted with Prefer: respond-async, sent to the backends).
+Beside huey's consumer, three threads: the heartbeat (/readyz reads it), the resume of pending streams and lanes and
+of missed job announcements every `[events] resume_interval_seconds` (gateway/events/queue.py) and retention, at
+start and every `[events] retention_interval_seconds` (gateway/events/retention.py: settled events, finished jobs,
+expired Idempotency-Keys and the journal's old exchanges).
 
 Its Prometheus figures (deliveries, lag) go to files in `<metrics root>/worker-<pid>`, which the gateway's
 GET /metrics merges with its own (gateway/metrics.py). prometheus-client decides whether to keep figures in
@@ -29,14 +31,16 @@ import time
 from huey.consumer import Consumer, ConsumerStopped
 from prometheus_client import multiprocess
 
-from gateway import load_gateway_settings, logs, tracing
+from gateway import create_worker_app, load_gateway_settings, logs, tracing
 from gateway.check import problems
 from gateway.config import CONFIG_VARIABLE
 from gateway.errors import ConfigError
-from gateway.events import EventService
 from gateway.events.heartbeat import Heartbeat
 from gateway.events.retention import WorkerRetention
+from gateway.jobs.sender import JobSender
 from gateway.metrics import MULTIPROCESS_VARIABLE, metrics_root, prepare_worker_dir
+from gateway.rest.orders import JobReplies
+from gateway.runtime import gateway_of
 
 log = logging.getLogger("gateway.events")
 
@@ -106,16 +110,22 @@ def main() -> None:
     blocked_before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     logs.configure()
     try:
-        service = EventService(load_gateway_settings())
+        app = create_worker_app(load_gateway_settings())
     except ConfigError as error:
         logs.report_fatal(f"order gateway worker: configuration error: {error}")
         raise SystemExit(78) from None
+    gateway = gateway_of(app)
+    service = gateway.events
+    sender = service.job_sender = JobSender(service.jobs, gateway.connections, service.settings.jobs,
+                                            JobReplies(app), service.announce_job)
     tracing.configure_from_environment("order-gateway-worker")
     service.queue.prepare_worker_start()
-    retention = WorkerRetention(service.settings, service.store)
+    service.job_queue.prepare_worker_start()
+    retention = WorkerRetention(service.settings, service.store, service.jobs)
     heartbeat, stop_background = Heartbeat(service.settings), threading.Event()
     heartbeat.keep_beating(stop_background)
-    resuming = service.queue.keep_resuming(stop_background)
+    resuming = service.queue.keep_resuming(stop_background, service.job_queue.resume_pending,
+                                           sender.announce_pending)
     retaining = retention.keep_running(stop_background)
     # Due scheduled tasks move to the queue once a second and idle workers look every half second: the slack
     # gateway/events/queue.py allows a scheduled drain before it counts as lost.
@@ -132,7 +142,7 @@ def main() -> None:
         retaining.join(timeout=5)  # likewise a retention batch (stop ends a run between two batches)
         retention.close()
         heartbeat.close()
-        service.close()
+        gateway.close()
         tracing.shutdown()
         if os.environ.get(MULTIPROCESS_VARIABLE):  # its live gauges, if any, no longer count
             multiprocess.mark_process_dead(os.getpid())

@@ -20,6 +20,7 @@ from gateway.rest import (
     problems,
     request_ids,
     traces,
+    updates,
     webhooks,
 )
 from gateway.runtime import gateway_of
@@ -74,6 +75,7 @@ def init_app(app: Flask) -> None:
     problems.init_app(app)
     app.after_request(finish_reply)
     app.register_blueprint(orders.blueprint)
+    app.register_blueprint(updates.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(events.blueprint)
     app.register_blueprint(docs.blueprint)

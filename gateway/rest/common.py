@@ -65,3 +65,22 @@ TRACE_CONTEXT = [
     {"name": "tracestate", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 512},
      "description": "W3C vendor trace state, passed on with traceparent"},
 ]
+
+PREFER = "Prefer"
+RESPOND_ASYNC = "respond-async"
+#: the Prefer header as the PATCH endpoints document it
+PREFER_PARAMETER = {
+    "name": PREFER, "in": "header", "required": False, "schema": {"type": "string", "example": RESPOND_ASYNC},
+    "description": "`respond-async`: queue the checked update as a job and answer 202 at once, with "
+                   "`Location: /updates/<job id>`; the event worker sends it when the backend can take it, in the "
+                   "order accepted (a dry run ignores it)"}
+
+
+def prefers_async() -> bool:
+    """Whether the request asks for `Prefer: respond-async` (RFC 7240: preferences are comma-separated tokens,
+    each with optional `=value` and `;` parameters; tokens are case-insensitive)."""
+    for value in request.headers.getlist(PREFER):
+        for preference in value.split(","):
+            if preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == RESPOND_ASYNC:
+                return True
+    return False

@@ -130,13 +130,15 @@ def _reply(declaration: Declaration, result: Any) -> Response:
 
 def endpoint(method: str, path: str, summary: str, *, tags: list[str], policy: Policy, query: type[QuerySchema],
              body: type[Schema] | dict | None = None, load_body: Callable[..., Any] | None = None,
-             reply: type[Schema] | OneOf | dict | None = None, replies: Mapping[int, str], idempotent: bool = False,
+             reply: type[Schema] | OneOf | dict | None = None, replies: Mapping[int, str | tuple[str, Any]],
+             idempotent: bool = False,
              deferred: bool = False, log_fields: Mapping[str, str] | None = None,
              **details: Any) -> Callable:
     """Declare an API operation: `policy` (who may call it), `query` (its QuerySchema: NoQuery when it takes none,
     IgnoredQuery when it reads none and ignores any given), `body` (its schema, which loads it unless
     `load_body(document, **path)` is given), `reply` (what its result is dumped through, documented for each of
-    `replies`, status -> description), `idempotent` (it honours Idempotency-Key: the view gets the `listener` its
+    `replies`, status -> description, or (description, schema) for a status whose reply has another shape),
+    `idempotent` (it honours Idempotency-Key: the view gets the `listener` its
     backend calls are noted on), and `log_fields` (log field -> the path argument it lists in the request's log
     fields, refused or not). The view is called with its path arguments, `query` and `body` (or, `deferred`, with
     `arguments` to load them itself); `details` are the OpenAPI document's (parameters, problems, security,
@@ -155,7 +157,8 @@ def endpoint(method: str, path: str, summary: str, *, tags: list[str], policy: P
     def declare(view: Callable) -> Callable:
         operation = DocumentedOperation(
             path=path, method=method.lower(), summary=summary, description=(view.__doc__ or "").strip(), tags=tags,
-            body=body, replies={status: (text, documented_reply) for status, text in replies.items()}, **details)
+            body=body, replies={status: text if isinstance(text, tuple) else (text, documented_reply)
+                                for status, text in replies.items()}, **details)
         declaration = Declaration(policy=policy, operation=operation, query=query, body=body, load_body=load_body,
                                   dumpers=dumpers, idempotent=idempotent, deferred=deferred,
                                   log_fields=log_fields or {})

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, jsonify, make_response, url_for
 
-from gateway.canonical.events import EVENT_TYPES
+from gateway.canonical.events import ALL_EVENT_TYPES
 from gateway.errors import EventNotFound
 from gateway.events.store import event_connection
 from gateway.rest.auth import Policy, current_caller, scoped_connections
@@ -119,7 +119,7 @@ HIDDEN = "no such event (an event of a connection the caller may not use is not 
                   "max_list_bytes` bytes; `next` is the rest"},
     parameters=[
         {"name": "order_id", "in": "query", "schema": {"type": "string"}, "description": "backend id or number"},
-        {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(EVENT_TYPES)}},
+        {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(ALL_EVENT_TYPES)}},
         {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(DELIVERY_STATES)},
          "description": "events with at least one delivery in this state"},
         {"name": "connection", "in": "query", "schema": {"type": "string"},

@@ -55,6 +55,7 @@ from gateway.idempotency import (
     open_idempotency_store,
 )
 from gateway.rest.auth import current_caller
+from gateway.rest.common import PREFER, RESPOND_ASYNC, prefers_async
 from gateway.rest.problems import gateway_error_response
 from gateway.rest.request_ids import current_request_id
 from gateway.runtime import current_gateway, gateway_of
@@ -92,18 +93,24 @@ def read_key() -> str | None:
     return key
 
 
-def fingerprint() -> str:
-    """What makes two requests the same request: method, path, query (without dry_run) and the body's JSON, read
-    from the raw body (an endpoint that declares no body: whatever was sent tells two requests apart)."""
+def _fingerprinted_query() -> list[tuple[str, str]]:
+    """The query as a fingerprint has it: without dry_run, with `Prefer: respond-async` (a request answered with a
+    job is not the request answered with the update)."""
     query = sorted((name, value) for name, value in request.args.items(multi=True) if name != "dry_run")
-    return request_fingerprint(request.method, request.path, query, request.get_data(cache=True))
+    return [*query, (PREFER, RESPOND_ASYNC)] if prefers_async() else query
+
+
+def fingerprint() -> str:
+    """What makes two requests the same request: method, path, query (without dry_run), whether it prefers an
+    asynchronous reply, and the body's JSON, read from the raw body (an endpoint that declares no body: whatever was
+    sent tells two requests apart)."""
+    return request_fingerprint(request.method, request.path, _fingerprinted_query(), request.get_data(cache=True))
 
 
 def body_fingerprint(document: Any) -> str:
     """The fingerprint of this request, whose body its endpoint parsed into `document`: the same as fingerprint()
     gives for the raw body (the same canonical form of its JSON), without parsing it again."""
-    query = sorted((name, value) for name, value in request.args.items(multi=True) if name != "dry_run")
-    return _digest(request.method, request.path, query,
+    return _digest(request.method, request.path, _fingerprinted_query(),
                    json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
 

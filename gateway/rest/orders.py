@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, current_app
+from flask import Blueprint, Flask, current_app, g
 from marshmallow import ValidationError
 
 from gateway.calls import AttemptListener, CallContext
@@ -23,16 +23,26 @@ from gateway.errors import GatewayError, PayloadTooLarge, ValidationFailed
 from gateway.rest.auth import Policy, authorize, current_caller
 from gateway.rest.common import (
     IDEMPOTENCY_KEY,
+    PREFER_PARAMETER,
     REQUEST_ID,
     TRACE_CONTEXT,
     connections,
+    prefers_async,
     request_budget,
 )
 from gateway.rest.endpoints import OneOf, endpoint
-from gateway.rest.problems import gateway_error_document
+from gateway.rest.problems import TYPE_PREFIX, gateway_error_document
 from gateway.rest.queries import UpdateQuery
 from gateway.rest.request_ids import current_request_id
-from gateway.rest.schemas import BulkReplySchema, BulkRequestSchema, DryRunReplySchema, UpdateReplySchema
+from gateway.rest.schemas import (
+    BulkQueuedSchema,
+    BulkReplySchema,
+    BulkRequestSchema,
+    DryRunReplySchema,
+    UpdateJobSchema,
+    UpdateReplySchema,
+)
+from gateway.rest.updates import accepted, bulk_location, job_document, job_location, queue_updates
 from gateway.transport import OutboundRequest
 
 blueprint = Blueprint("orders", __name__)
@@ -129,11 +139,13 @@ def load_update(document: Any, order_id: str) -> OrderUpdate:
 @endpoint(
     "patch", "/orders/{order_id}", "Update one order", tags=["orders"], policy=UPDATE_POLICY,
     query=UpdateQuery, body=OrderUpdateSchema, load_body=load_update, body_examples=per_backend_examples,
-    reply=ORDER_REPLY, replies={200: "updated; with dry_run, what would be sent"}, idempotent=True,
-    log_fields={"order_ids": "order_id"},
+    reply=ORDER_REPLY, replies={200: "updated; with dry_run, what would be sent",
+                                202: ("queued as a job (Prefer: respond-async); Location: /updates/{job id}",
+                                      UpdateJobSchema)},
+    idempotent=True, log_fields={"order_ids": "order_id"},
     parameters=[{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"},
-                 "description": "the order's id, read as the document's id_type says"}, DRY_RUN, IDEMPOTENCY_KEY,
-                REQUEST_ID, *TRACE_CONTEXT],
+                 "description": "the order's id, read as the document's id_type says"}, DRY_RUN, PREFER_PARAMETER,
+                IDEMPOTENCY_KEY, REQUEST_ID, *TRACE_CONTEXT],
     problems={**REQUEST_PROBLEMS, **BACKEND_PROBLEMS, **IDEMPOTENCY_PROBLEMS},
 )
 def update_order(order_id: str, query: dict, body: OrderUpdate, listener: AttemptListener | None):
@@ -144,6 +156,9 @@ def update_order(order_id: str, query: dict, body: OrderUpdate, listener: Attemp
     The backend picks the vendor call, named in the reply's `operation`: `{"status": "canceled"}` is Ongoing's
     ProcessOrder (OrderOperation Remove, alone) and Speed4Trade's updateOrderStatus CANCELED; SellerCenter,
     whose UpdateOrderInformation carries addresses only, refuses it with a 422.
+
+    With `Prefer: respond-async` the checked update is queued as a job instead (202, `Location: /updates/<job
+    id>`): the event worker sends it when the backend can take it, after the connection's jobs accepted before it.
     """
     connection = connections().resolve(body.connection)
     authorize(connection.name, query)
@@ -151,6 +166,9 @@ def update_order(order_id: str, query: dict, body: OrderUpdate, listener: Attemp
     if query["dry_run"]:
         (outbound,) = connection.dry_run([planned])
         return OrderDryRun(connection, planned, describe_request(outbound), current_request_id())
+    if prefers_async():
+        (job,) = queue_updates(connection, [planned], kind="single", listener=listener)
+        return accepted(job_document(job), job_location(job["id"]))
     (outcome,) = connection.send([planned], request_budget(), call_context(listener))
     if isinstance(outcome, GatewayError):
         raise outcome
@@ -161,8 +179,11 @@ def update_order(order_id: str, query: dict, body: OrderUpdate, listener: Attemp
 @endpoint(
     "patch", "/orders", "Update many orders of one connection", tags=["orders"], policy=UPDATE_POLICY,
     query=UpdateQuery, body=BulkRequestSchema, load_body=load_bulk_envelope, body_examples=bulk_examples,
-    reply=BulkReplySchema, replies={200: "every item succeeded", 207: "some items failed"}, idempotent=True,
-    parameters=[DRY_RUN, IDEMPOTENCY_KEY, REQUEST_ID, *TRACE_CONTEXT],
+    reply=BulkReplySchema, replies={200: "every item succeeded", 207: "some items failed (with Prefer: "
+                                                                      "respond-async: none was queued)",
+                                    202: ("queued as one job per vendor call (Prefer: respond-async); Location: "
+                                          "the job, or /updates?request_id= for several", BulkQueuedSchema)},
+    idempotent=True, parameters=[DRY_RUN, PREFER_PARAMETER, IDEMPOTENCY_KEY, REQUEST_ID, *TRACE_CONTEXT],
     problems={400: REQUEST_PROBLEMS[400], 413: "more items than max_bulk_items, or too large a body",
               415: REQUEST_PROBLEMS[415], 422: "the envelope is malformed or names an unknown connection, or the "
                                                "Idempotency-Key was used for another request",
@@ -174,6 +195,9 @@ def update_orders(query: dict, body: dict, listener: AttemptListener | None):
     Each item is validated on its own; invalid items are reported and never sent. Items travel as the backend
     allows: Ongoing one call per item in order, Speed4Trade and SellerCenter many per call; consecutive items
     of one vendor operation share a call.
+
+    With `Prefer: respond-async` the valid items are queued, one job per vendor call, and the reply (202) lists
+    the jobs and each item's job or refusal; with no valid item nothing is queued (207, as without it).
     """
     items = body["orders"]
     limit = current_app.config["GATEWAY_SETTINGS"].max_bulk_items
@@ -197,6 +221,8 @@ def update_orders(query: dict, body: dict, listener: AttemptListener | None):
     reply: dict[str, Any] = {"connection": connection.name, "backend": connection.kind}
     planned_updates = [planned for _, planned in valid]
     request_id = current_request_id()
+    if prefers_async() and not query["dry_run"] and valid:
+        return _queue_bulk(connection, valid, results, listener, reply, request_id)
     if query["dry_run"]:
         for position, planned in valid:
             results[position] = _item_success(position, OrderDryRun(connection, planned, {}, request_id))
@@ -211,6 +237,23 @@ def update_orders(query: dict, body: dict, listener: AttemptListener | None):
     failed = sum(1 for result in results if result["status"] != 200)
     reply.update(succeeded=len(results) - failed, failed=failed, results=results, request_id=request_id)
     return reply, 200 if failed == 0 else 207
+
+
+def _queue_bulk(connection: Connection, valid: list[tuple[int, PlannedUpdate]], results: list[dict | None],
+                listener: AttemptListener | None, reply: dict[str, Any], request_id: str):
+    """Queue a bulk's valid items, one job per vendor call: the 202 listing the jobs and each item's fate."""
+    stored = queue_updates(connection, [planned for _, planned in valid], kind="bulk", listener=listener,
+                           positions=[position for position, _ in valid])
+    valid_items = iter(valid)
+    for job in stored:
+        for _ in job["order_ids"]:
+            position, planned = next(valid_items)
+            results[position] = {"position": position, "order_id": planned.update.order_id, "status": 202,
+                                 "job_id": job["id"]}
+    failed = sum(1 for result in results if result["status"] != 202)
+    reply.update(queued=len(results) - failed, failed=failed, jobs=[job_document(job) for job in stored],
+                 results=results, request_id=request_id)
+    return accepted(reply, bulk_location(stored, request_id))
 
 
 #: a dry-run bulk item's body: the single dry run's without its request (the bulk's `requests` list them)
@@ -232,3 +275,46 @@ def _item_failure(position: int, item: Any, error: GatewayError) -> dict:
         "status": error.status,
         "body": gateway_error_document(error),
     }
+
+
+class JobReplies:
+    """How the worker shows what an update job ended in (gateway.jobs.sender.JobReplies): the replies the
+    synchronous update would have given, rendered in an app context that carries the job's request id."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def applied(self, job: dict, connection: Connection, planned: list[PlannedUpdate], outcomes: list) -> dict:
+        """A single job: the update's reply (or its problem); a bulk job: the bulk reply of its items."""
+        with self.app.app_context():
+            g.request_id = job["request_id"]
+            if job["kind"] == "single":
+                (outcome,) = outcomes
+                if isinstance(outcome, GatewayError):
+                    return {"status": outcome.status, "body": gateway_error_document(outcome)}
+                return {"status": 200, "body": _UPDATED_ITEM.dump(
+                    OrderUpdated(connection, planned[0], outcome, job["request_id"]))}
+            results = []
+            for item, update, outcome in zip(job["items"], planned, outcomes, strict=True):
+                position = item.get("position", len(results))
+                if isinstance(outcome, GatewayError):
+                    results.append(_item_failure(position, {"order_id": item["order_id"]}, outcome))
+                else:
+                    results.append(_item_success(position, OrderUpdated(connection, update, outcome,
+                                                                        job["request_id"])))
+            failed = sum(1 for result in results if result["status"] != 200)
+            return {"status": 200 if failed == 0 else 207, "body": {
+                "connection": connection.name, "backend": connection.kind, "succeeded": len(results) - failed,
+                "failed": failed, "results": results, "request_id": job["request_id"]}}
+
+    def problem(self, job: dict, error: GatewayError, *, exchange_id: str | None = None,
+                outcome_unknown: bool = False) -> dict:
+        """The error's problem document; an outcome-unknown one says so in its type and names the exchange."""
+        with self.app.app_context():
+            g.request_id = job["request_id"]
+            document = gateway_error_document(error)
+        if outcome_unknown:
+            document.update(type=TYPE_PREFIX + "outcome-unknown", title="Outcome unknown")
+        if exchange_id:
+            document["exchange_id"] = exchange_id
+        return {"status": error.status, "body": document}

@@ -11,9 +11,10 @@ from flask import request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from gateway.canonical import flatten_errors
-from gateway.canonical.events import EVENT_TYPES
+from gateway.canonical.events import ALL_EVENT_TYPES
 from gateway.canonical.schema import Text
 from gateway.errors import ValidationFailed
+from gateway.jobs.base import JOB_STATES
 from gateway.safejson import parse_ascii_int
 
 DELIVERY_STATES = ("pending", "delivered", "dead")
@@ -71,13 +72,26 @@ class EventListQuery(QuerySchema):
     """GET /events."""
 
     order_id = Text(validate=validate.Length(min=1, max=255))
-    type = fields.String(validate=validate.OneOf(EVENT_TYPES, error="One of: {choices}."))
+    type = fields.String(validate=validate.OneOf(ALL_EVENT_TYPES, error="One of: {choices}."))
     state = fields.String(validate=validate.OneOf(DELIVERY_STATES, error="One of: {choices}."))
     connection = Text(validate=validate.Length(min=1, max=100))
     #: the cursor of a reply's `next`: the last event id of the page before
     before = Text(validate=validate.Length(min=1, max=255))
     limit = AsciiInteger(load_default=100, validate=validate.Range(min=1, max=1000,
                                                                   error="An integer from 1 to 1000."))
+
+
+class UpdateListQuery(QuerySchema):
+    """GET /updates."""
+
+    connection = Text(validate=validate.Length(min=1, max=100))
+    order_id = Text(validate=validate.Length(min=1, max=255))
+    state = fields.String(validate=validate.OneOf(JOB_STATES, error="One of: {choices}."))
+    request_id = Text(validate=validate.Length(min=1, max=128))
+    #: the cursor of a reply's `next`: the last job id of the page before
+    before = Text(validate=validate.Length(min=1, max=255))
+    limit = AsciiInteger(load_default=50, validate=validate.Range(min=1, max=10_000,
+                                                                 error="An integer from 1 to 10000."))
 
 
 def read_query(schema: type[QuerySchema]) -> dict[str, Any]:

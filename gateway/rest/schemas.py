@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields
 
-from gateway.canonical.events import EVENT_TYPES
+from gateway.canonical.events import ALL_EVENT_TYPES
 from gateway.canonical.schema import OrderUpdateSchema
 
 
@@ -127,7 +127,7 @@ class OrderEventSchema(Schema):
     """The canonical order event subscribers receive."""
 
     id = fields.String(required=True)
-    type = fields.String(required=True, metadata={"enum": list(EVENT_TYPES)})
+    type = fields.String(required=True, metadata={"enum": list(ALL_EVENT_TYPES)})
     occurred_at = fields.String(required=True)
     source = fields.Dict(required=True)
     order = fields.Dict(required=True)
@@ -187,3 +187,94 @@ class RedeliveryReplySchema(Schema):
     id = fields.String(required=True)
     redelivering_to = fields.List(fields.String(), required=True)
     requested_by = fields.String(required=True, metadata={"description": "the caller who asked"})
+
+
+def _timestamp(**options: object) -> fields.String:
+    """A time as the job views show it: an ISO 8601 string in UTC."""
+    return fields.String(**options, metadata={"format": "date-time"})
+
+
+class UpdateAttemptSchema(Schema):
+    """One attempt of an update job (or an operator's or caller's retry of it)."""
+
+    at = _timestamp(required=True)
+    outcome = fields.String(required=True, metadata={"enum": [
+        "done", "refused", "unavailable", "outcome-unknown", "interrupted", "expired", "retry"]})
+    status = fields.Integer(metadata={"description": "the HTTP-style status of what the attempt ended in"})
+    error = fields.String(allow_none=True)
+    exchange_id = fields.String(allow_none=True, metadata={"description": "the call in the exchange journal "
+                                                                          "(GET /exchanges/{id})"})
+    retry_after = fields.String(metadata={"description": "how long the backend (or a guard) asked to wait"})
+    requested_by = fields.String(metadata={"description": "the caller who asked for a retry"})
+
+
+class UpdateResultSchema(Schema):
+    """What a final job ended in: the status and body the synchronous update would have answered."""
+
+    status = fields.Integer(required=True)
+    body = fields.Dict(required=True, metadata={"description": "the update's reply (a bulk job's: its items'), or "
+                                                               "its problem document"})
+
+
+class UpdateJobLinksSchema(Schema):
+    """Where to go from a job."""
+
+    self = fields.String(required=True)
+    exchanges = fields.String(allow_none=True, metadata={"description": "the journal's exchanges of the request"})
+
+
+class UpdateJobSchema(Schema):
+    """An update job: an update accepted with Prefer: respond-async, sent by the event worker."""
+
+    id = fields.String(required=True)
+    state = fields.String(required=True, metadata={"enum": ["queued", "sending", "done", "failed", "dead"]})
+    connection = fields.String(required=True)
+    backend = fields.String(required=True)
+    operation = fields.String(required=True)
+    order_ids = fields.List(fields.String(), required=True)
+    kind = fields.String(required=True, metadata={"enum": ["single", "bulk"], "description": "single: PATCH "
+                         "/orders/{order_id}; bulk: one vendor call of PATCH /orders"})
+    idempotent = fields.Boolean(required=True, metadata={"description": "whether sending it twice is harmless (a "
+                                "call whose answer was lost is then sent again)"})
+    caller = fields.String(required=True)
+    request_id = fields.String(required=True)
+    accepted_at = _timestamp(required=True)
+    updated_at = _timestamp(required=True)
+    next_attempt_at = _timestamp(allow_none=True, required=True)
+    finished_at = _timestamp(allow_none=True, required=True)
+    attempt_count = fields.Integer(required=True)
+    attempts = fields.List(fields.Nested(UpdateAttemptSchema), required=True,
+                           metadata={"description": "the newest 50 attempts"})
+    result = fields.Nested(UpdateResultSchema, allow_none=True, required=True)
+    links = fields.Nested(UpdateJobLinksSchema, required=True)
+
+
+class UpdateJobListSchema(Schema):
+    """Update jobs, newest accepted first, a page at a time."""
+
+    updates = fields.List(fields.Nested(UpdateJobSchema), required=True)
+    count = fields.Integer(required=True)
+    next = fields.String(required=True, allow_none=True, metadata={"description": "the path of the next page; null "
+                                                                                  "on the last"})
+
+
+class BulkQueuedItemSchema(Schema):
+    """One item of an asynchronous bulk update: queued in a job (202), or refused on its own (4xx, a problem)."""
+
+    position = fields.Integer(required=True)
+    order_id = fields.String(required=True, allow_none=True)
+    status = fields.Integer(required=True)
+    job_id = fields.String(metadata={"description": "the job the item travels in"})
+    body = fields.Dict(metadata={"description": "the problem of an item refused before anything was queued"})
+
+
+class BulkQueuedSchema(Schema):
+    """PATCH /orders with Prefer: respond-async: one job per vendor call, and each item's fate."""
+
+    connection = fields.String(required=True)
+    backend = fields.String(required=True)
+    queued = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    jobs = fields.List(fields.Nested(UpdateJobSchema), required=True)
+    results = fields.List(fields.Nested(BulkQueuedItemSchema), required=True)
+    request_id = fields.String(required=True)
