@@ -28,6 +28,7 @@ from gateway.jobs.base import (
     QUEUED,
     SENDING,
     JobStore,
+    JobStoreError,
     NewJob,
     check_attempt,
     check_new_job,
@@ -120,6 +121,10 @@ class SqliteJobStore(SqliteFile, JobStore):
                     if row is not None:
                         stored.append(_job(row))
                         continue
+                # A caller's mistake, not the file's: refused like any job the store cannot keep (the whole batch
+                # is rolled back), rather than as the UNIQUE constraint's IntegrityError.
+                if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone() is not None:
+                    raise JobStoreError(f"a job with id {job.id!r} is already stored")
                 db.execute(
                     "INSERT INTO jobs (id, lane, connection, request_id, state, fixed, accepted_at, updated_at, "
                     "attempts, attempt_count, finishes, announced, dedupe_key) "
