@@ -455,6 +455,19 @@ def test_a_lane_emptied_by_a_final_job_is_active_again_after_its_retry(store):
     assert store.claim("job-1", "worker-1", lease_seconds=LEASE, now=T0 + 21) is not None
 
 
+def test_a_retried_job_gets_a_sequence_never_used_before_even_by_a_purged_job(store):
+    add(store, "job-1")
+    purged = add(store, "job-2", lane=OTHER_LANE)[0]
+    finish(store, "job-1", FAILED, outcome="refused", now=T0 + 5)
+    finish(store, "job-2", now=T0 + 4)
+    assert store.purge_finished(finished_by=T0 + 4, limit=10) == 1
+
+    retried, _ = store.retry("job-1", now=T0 + 8)
+    later = add(store, "job-3")[0]
+
+    assert purged["seq"] < retried["seq"] < later["seq"]
+
+
 @pytest.mark.parametrize("state", [QUEUED, SENDING, DONE])
 def test_a_job_that_is_not_failed_or_dead_is_not_retried(store, state):
     add(store, "job-1")

@@ -239,8 +239,11 @@ class SqliteJobStore(SqliteFile, JobStore):
             if job["state"] not in (FAILED, DEAD):
                 return job, False
             attempts = kept_attempts(job["attempts"], {"at": now, "outcome": "retry", "requested_by": requested_by})
-            # AUTOINCREMENT hands out numbers above any ever used, so the next job stays behind this one
-            seq = db.execute("SELECT max(seq) + 1 FROM jobs").fetchone()[0]
+            # The next number AUTOINCREMENT would hand out (above any ever used, a purged job's too), taken here,
+            # so the next job stays behind this one
+            seq = db.execute("SELECT max((SELECT coalesce(max(seq), 0) FROM jobs), "
+                             "(SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'jobs')) + 1"
+                             ).fetchone()[0]
             db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'", (seq,))
             db.execute("UPDATE jobs SET seq = ?, state = 'queued', next_attempt_at = NULL, result = NULL, "
                        "finished_at = NULL, attempts = ?, attempt_count = attempt_count + 1, updated_at = ? "
