@@ -96,7 +96,8 @@ class JobStore(abc.ABC):
     def add_jobs(self, jobs: Sequence[NewJob], *, now: float | None = None) -> list[dict]:
         """Store the jobs in one transaction, in the order given, each queued at the back of its lane and due now;
         a job whose dedupe_key the store knows is not stored again: the job stored under it is returned in its
-        place. Returns one job per job given, in the same order."""
+        place. Returns one job per job given, in the same order. A job the store cannot keep (see check_new_job) or
+        whose id is taken is refused with JobStoreError, and then nothing of the batch is stored."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> dict | None:
@@ -129,8 +130,9 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def note_exchange(self, job_id: str, owner: str, exchange_id: str, *, now: float | None = None) -> bool:
-        """Note, durably (synced to disk before it returns), that the call with this journal exchange id is about to
-        go out for the job; False (nothing changed) when the job is not `sending` for `owner`."""
+        """Note, durably (SQLite: synced to disk before it returns; Redis: one write, as durable as the server's
+        persistence settings make it), that the call with this journal exchange id is about to go out for the job;
+        False (nothing changed) when the job is not `sending` for `owner`."""
 
     @abc.abstractmethod
     def release(self, job_id: str, owner: str, *, state: str, attempt: Mapping[str, Any] | None = None,

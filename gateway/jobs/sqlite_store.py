@@ -28,6 +28,7 @@ from gateway.jobs.base import (
     QUEUED,
     SENDING,
     JobStore,
+    JobStoreError,
     NewJob,
     check_attempt,
     check_new_job,
@@ -120,6 +121,10 @@ class SqliteJobStore(SqliteFile, JobStore):
                     if row is not None:
                         stored.append(_job(row))
                         continue
+                # A caller's mistake, not the file's: refused like any job the store cannot keep (the whole batch
+                # is rolled back), rather than as the UNIQUE constraint's IntegrityError.
+                if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone() is not None:
+                    raise JobStoreError(f"a job with id {job.id!r} is already stored")
                 db.execute(
                     "INSERT INTO jobs (id, lane, connection, request_id, state, fixed, accepted_at, updated_at, "
                     "attempts, attempt_count, finishes, announced, dedupe_key) "
@@ -234,8 +239,11 @@ class SqliteJobStore(SqliteFile, JobStore):
             if job["state"] not in (FAILED, DEAD):
                 return job, False
             attempts = kept_attempts(job["attempts"], {"at": now, "outcome": "retry", "requested_by": requested_by})
-            # AUTOINCREMENT hands out numbers above any ever used, so the next job stays behind this one
-            seq = db.execute("SELECT max(seq) + 1 FROM jobs").fetchone()[0]
+            # The next number AUTOINCREMENT would hand out (above any ever used, a purged job's too), taken here,
+            # so the next job stays behind this one
+            seq = db.execute("SELECT max((SELECT coalesce(max(seq), 0) FROM jobs), "
+                             "(SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'jobs')) + 1"
+                             ).fetchone()[0]
             db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'", (seq,))
             db.execute("UPDATE jobs SET seq = ?, state = 'queued', next_attempt_at = NULL, result = NULL, "
                        "finished_at = NULL, attempts = ?, attempt_count = attempt_count + 1, updated_at = ? "
