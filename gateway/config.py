@@ -521,6 +521,10 @@ class JobSettings:
         fields.Float(load_default=60.0, validate=_range(0.1, 3600)),
         "seconds one attempt of a job may take, its waits for the connection's guards included (as request_timeout "
         "for a synchronous update)")
+    lease_margin_seconds: float = setting(
+        fields.Float(load_default=30.0, validate=_range(0.1, 3600)),
+        "a worker's claim on a job lasts send_timeout plus this: a worker killed mid-send holds its job that long, "
+        "then another worker takes it over (and resends it only when resending is harmless)")
     warn_queued_age_seconds: float = setting(
         fields.Float(load_default=900.0, validate=_range(1, 30 * 86400)),
         "/readyz warns (without failing) while the oldest queued job is older than this")

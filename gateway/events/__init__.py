@@ -15,7 +15,7 @@ from gateway.events.queue import DeliveryQueue, StreamQueue, make_huey
 from gateway.events.redis_store import RedisEventStore
 from gateway.events.store import EventStore, SqliteEventStore
 from gateway.jobs import JobStore, open_job_store
-from gateway.jobs.sender import LEASE_MARGIN_SECONDS, JobSender, completion_event
+from gateway.jobs.sender import JobSender, completion_event
 
 log = logging.getLogger("gateway.events")
 
@@ -44,7 +44,7 @@ class EventService:
         # One drain per lane at a time: a lane's jobs go out one after another, in the order accepted.
         self.job_queue = StreamQueue(
             self.queue.huey, self.leases, task_name="send_lane", marker_prefix="scheduled-send:",
-            lease_prefix="job-lane:", lease_seconds=settings.jobs.send_timeout + LEASE_MARGIN_SECONDS,
+            lease_prefix="job-lane:", lease_seconds=settings.jobs.send_timeout + settings.jobs.lease_margin_seconds,
             resume_interval=settings.events.resume_interval_seconds, what="update job lane",
             drain=self._send_lane, pending=lambda: [(lane,) for lane in self.jobs.active_lanes()])
         # The queue in the store's own Redis: a new event's wake-ups go in the store's round trip (huey's

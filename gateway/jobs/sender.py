@@ -19,7 +19,7 @@ order never overtakes an earlier one. What a send ends in decides the job's next
 
 Before each call goes out, its journal exchange id is noted on the job (JobStore.note_exchange, synced to disk); a
 job that cannot be noted is not sent. A worker killed mid-send leaves the job `sending` until its claim's lease
-(`[jobs] send_timeout` plus LEASE_MARGIN_SECONDS) runs out; the next claim sees whether an exchange was noted: if
+(`[jobs] send_timeout` plus `lease_margin_seconds`) runs out; the next claim sees whether an exchange was noted: if
 not, nothing went out and the job is sent; if so, the call may have been applied, and the job is sent again only
 when its operation is idempotent, else it fails with "outcome-unknown".
 
@@ -60,8 +60,6 @@ from gateway.jobs.base import DEAD, DONE, FAILED, QUEUED, SENDING, JobStore
 
 log = logging.getLogger("gateway.jobs")
 
-#: how much longer than one attempt's budget a claim lasts: a killed worker's job waits this long past it
-LEASE_MARGIN_SECONDS = 30.0
 #: how soon a lane whose head another worker holds is looked at again
 HELD_RETRY_SECONDS = 1.0
 #: how long after a job became final its announcement counts as missed (announce_pending makes it)
@@ -148,7 +146,7 @@ class JobSender:
         self._announce = announce
         self.clock = clock
         self.jitter = jitter or (lambda bound: random.uniform(bound / 2, bound))  # noqa: S311 - not for secrets
-        self.lease_seconds = settings.send_timeout + LEASE_MARGIN_SECONDS
+        self.lease_seconds = settings.send_timeout + settings.lease_margin_seconds
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the given number of attempts the backend could not take."""
