@@ -25,6 +25,9 @@ TOUR_HEADING = "## A one-minute tour"
 #: the base URLs the tour's commands and replies name: the gateway and the sandboxes as `make run` serves them
 TOUR_GATEWAY = "http://localhost:8000"
 TOUR_SANDBOX = "http://127.0.0.1:8001"
+#: the README's steps of an update sent while the vendor is down, and the sandbox's address they name
+OUTAGE_HEADING = "## An update while the vendor is down"
+OUTAGE_SANDBOX = "http://localhost:8001"
 
 FENCE = re.compile(r"^(```|~~~)")
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -124,12 +127,12 @@ def test_the_readme_is_a_short_front_door():
 
 # --- the one-minute tour ---------------------------------------------------------------------------------------------
 
-def tour_steps() -> list[tuple[str, str]]:
-    """(shell commands, the reply they print) of each step of the README's tour: each fenced `sh` block under its
-    heading, with the fenced `json` block after it."""
+def tour_steps(heading: str = TOUR_HEADING) -> list[tuple[str, str]]:
+    """(shell commands, the reply they print) of each step of a section of the README (the tour by default): each
+    fenced `sh` block under its heading, with the fenced `json` block after it."""
     text = README.read_text(encoding="utf-8")
-    start = text.index(TOUR_HEADING)
-    end = text.find("\n## ", start + len(TOUR_HEADING))
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
     section = text[start:end if end != -1 else len(text)]
     blocks = re.findall(r"^```(\w+)\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
     steps = []
@@ -215,10 +218,14 @@ def make_run_stack(tmp_path):
         yield urls
 
 
-def test_the_readme_tour_runs_as_written(make_run_stack):
+@pytest.mark.parametrize("heading", [TOUR_HEADING, OUTAGE_HEADING])
+def test_the_readme_tour_runs_as_written(make_run_stack, heading):
     gateway_url, sandbox_url = make_run_stack
-    for commands, reply in tour_steps():
-        run = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", commands.replace(TOUR_GATEWAY, gateway_url)],
+    steps = tour_steps(heading)
+    assert len(steps) >= 3
+    for commands, reply in steps:
+        commands = commands.replace(TOUR_GATEWAY, gateway_url).replace(OUTAGE_SANDBOX, sandbox_url)
+        run = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", commands],
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert run.returncode == 0, f"{commands}\nexited {run.returncode}: {run.stderr}{run.stdout}"
         assert_shows(json.loads(reply.replace(TOUR_SANDBOX, sandbox_url)), json.loads(run.stdout),
