@@ -137,7 +137,8 @@ def known(app):
     assert console.post("/console/login", data={"csrf_token": token, "key": SCOPED_KEY}).status_code == 303
     page = console.get("/console").get_data(as_text=True)
     return {"api": api, "bearer": bearer, "event": stored.get_json()["id"], "exchange": exchanges[0]["id"],
-            "job": job.get_json()["id"], "console": console, "csrf": re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)}
+            "job": job.get_json()["id"], "console": console,
+            "csrf": re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)}
 
 
 #: endpoint -> a request of the scoped caller to it (a route whose policy says it touches connection data needs one)
