@@ -197,7 +197,8 @@ def run_update_jobs(budget: Budget) -> Section:
                            __doc__.split("\n\nRun alone")[0].split("\n\n")[1:])
     section = Section("7. Update jobs", method + f" wrk runs last {short} s at concurrency 1 and {long} s at 16, "
                                                   f"pinned to the last CPU, which the servers share; "
-                                                  f"{count:,} jobs per backend are drained.")
+                                                  f"{count:,} jobs per backend are drained"
+                                                  + (" (a smoke run: Ongoing alone)." if budget.quick else "."))
     with running_deployment(gateway_workers=2, with_passthrough=False) as deployment, \
             tempfile.TemporaryDirectory(prefix="wrk-", dir=deployment.folder) as scratch:
         check_every_request_is_answered(deployment.gateway.url, workloads)
