@@ -18,7 +18,7 @@ from bench.measure import Section
 from bench.workload import ROOT
 
 PACKAGES = ("lxml", "marshmallow", "requests", "gunicorn", "zeep", "Flask", "Werkzeug", "py-spy", "psutil",
-            "pybreaker", "tenacity", "redis")
+            "pybreaker", "tenacity", "redis", "huey")
 ANALYSIS = "## Analysis"
 
 

@@ -2,7 +2,8 @@
 
 Sections: 1 translation in process (against zeep), 2 end to end over HTTP (gateway, passthrough, direct; wrk),
 with the live profile (py-spy) and the scaling chart bench/scaling.png, 3 memory of one worker, 4 the production
-features' cost in process, 5 the event pipeline's webhook intake, 6 hostile inputs in process. Every server is
+features' cost in process, 5 the event pipeline's webhook intake, 6 hostile inputs in process, 7 update jobs
+(Prefer: respond-async against synchronous updates, and the event worker's drain of queued jobs). Every server is
 started on a free 127.0.0.1 port and stopped before the script ends, whatever happens.
 """
 
@@ -22,6 +23,7 @@ from bench.chart import draw_scaling_chart
 from bench.events import run_event_pipeline
 from bench.features import run_features
 from bench.hostile_inputs import run_hostile_inputs
+from bench.jobs import run_update_jobs
 from bench.load import run_end_to_end
 from bench.measure import Budget
 from bench.memory import run_memory
@@ -61,11 +63,12 @@ def main() -> None:
     features = run_features(budget)
     events = run_event_pipeline(budget)
     hostile = run_hostile_inputs(budget)
+    jobs = run_update_jobs(budget)
     chart = draw_scaling_chart(load, options.output.with_name("scaling.png"))
     load.method += f"\n\n![throughput and p99 against concurrency]({chart.name})"
 
     seconds = time.monotonic() - started
-    sections = [translation, load, memory, features, events, hostile]
+    sections = [translation, load, memory, features, events, hostile, jobs]
     options.output.write_text(results_document(sections, command=command_line(), revision=revision, started=started_at,
                                                seconds=seconds, quick=options.quick, previous=options.output))
     print(f"\nwrote {options.output} after {seconds / 60:.1f} min", flush=True)

@@ -1,7 +1,9 @@
-"""Every server a benchmark starts: the sandboxes, the gateway and the baselines under gunicorn, and redis-server.
+"""Every server a benchmark starts: the sandboxes, the gateway and the baselines under gunicorn, redis-server, and
+the gateway's event worker.
 
-Every server gets a free 127.0.0.1 port and its own process group; the context managers stop what they started
-(and wait for its port to close) whatever happens inside their block.
+Every server gets a free 127.0.0.1 port and its own process group (the worker, which serves no port, its own process
+group too); the context managers stop what they started (and wait for its port to close) whatever happens inside
+their block.
 """
 
 from __future__ import annotations
@@ -89,17 +91,22 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it if it lingers, and wait until the port is closed."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process)
         deadline = time.monotonic() + 10
         while port_is_open(self.port) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process's group, SIGKILL it if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def start_server(name: str, command: list[str], env: dict[str, str] | None, folder: Path, port: int) -> Server:
@@ -199,3 +206,32 @@ def running_deployment(*, gateway_workers: int, with_passthrough: bool) -> Itera
             passthrough.wait_until_serving("/")
         gateway.wait_until_serving("/openapi.json")
         yield Deployment(folder, sandbox, gateway, passthrough)
+
+
+@dataclass
+class EventWorker:
+    """The gateway's event worker (`python -m gateway.events.worker`), started by the benchmark."""
+
+    process: subprocess.Popen
+    log: Path
+
+    def check_running(self) -> None:
+        """Fail with the end of its log if the worker has exited."""
+        if self.process.poll() is not None:
+            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"the event worker exited with {self.process.returncode}:\n{tail}")
+
+
+@contextlib.contextmanager
+def running_event_worker(env: dict[str, str], folder: Path) -> Iterator[EventWorker]:
+    """The event worker with `env` (its GATEWAY_CONFIG among it), its output in `folder`/worker.log; stopped (SIGTERM,
+    then SIGKILL) on the way out."""
+    log = folder / "worker.log"
+    with open(log, "ab") as output:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.events.worker"], cwd=ROOT, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        yield EventWorker(process, log)
+    finally:
+        stop_process_group(process)

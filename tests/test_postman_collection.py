@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COLLECTION_PATH = ROOT / "postman" / "order-gateway.postman_collection.json"
 ENVIRONMENT_PATH = ROOT / "postman" / "order-gateway-sandbox.postman_environment.json"
 SCHEMA_V2_1 = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
-FOLDERS = ["Setup", "Ongoing WMS", "Speed4Trade CONNECT", "SellerCenter", "Bulk", "Webhooks and events", "Errors"]
+FOLDERS = ["Setup", "Ongoing WMS", "Speed4Trade CONNECT", "SellerCenter", "Bulk", "Webhooks and events", "Update jobs",
+           "Errors"]
 GATEWAY = "{{gateway_url}}"
 SANDBOX = "{{sandbox_url}}"
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -182,6 +183,29 @@ def test_the_six_gateway_operations_have_requests():
         "/events/{event_id}/redeliver": {"post": {}},
     }}
     assert operations_without_request(document, load_collection()) == []
+
+
+def test_the_update_job_operations_have_requests():
+    """The update jobs' loop: a PATCH with `Prefer: respond-async` that keeps the job's id, then the job, the list
+    and the retry, each addressed with it."""
+    collection = load_collection()
+    document = {"paths": {
+        "/updates": {"get": {}},
+        "/updates/{job_id}": {"get": {}},
+        "/updates/{job_id}/retry": {"post": {}},
+    }}
+    assert operations_without_request(document, collection) == []
+    asynchronous = [item for _, item in requests_of(collection["item"])
+                    if any(h["key"] == "Prefer" and h["value"] == "respond-async"
+                           for h in item["request"].get("header", []))]
+    assert [item["request"]["method"] for item in asynchronous] == ["PATCH"]
+    tests = script(asynchronous[0], "test")
+    assert 'pm.response.headers.get("Preference-Applied")' in tests
+    assert 'pm.response.headers.get("Location")' in tests
+    assert 'pm.collectionVariables.set("job_id"' in tests
+    job_paths = {gateway_path(raw_url(item)) for _, item in requests_of(collection["item"])} & {
+        "/updates/{{job_id}}", "/updates/{{job_id}}/retry"}
+    assert job_paths == {"/updates/{{job_id}}", "/updates/{{job_id}}/retry"}
 
 
 def _collection_of(*requests: tuple[str, str]) -> dict:
