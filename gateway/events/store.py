@@ -24,15 +24,12 @@ import abc
 import json
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Collection, Mapping, Sequence
+from typing import NamedTuple
 
 from gateway.config import StoreSettings
-from gateway.sqlite_file import SqliteFile
-from gateway.stores import mark_store
+from gateway.sqlite_file import GROUP_COMMIT_SLACK_SECONDS, GroupCommit, SqliteFile
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 DELIVERY_STATES = (PENDING, DELIVERED, DEAD)
@@ -352,11 +349,6 @@ MIGRATIONS = {2: "ALTER TABLE delivery_history ADD COLUMN requested_by TEXT",
 SCHEMA_VERSION = 6
 
 
-#: a batch's wait beyond the busy timeouts (for the fsync of its commit)
-GROUP_COMMIT_SLACK_SECONDS = 5.0
-#: the most writes one commit takes, and the most a process lets wait for one (beyond: a fast store failure)
-GROUP_COMMIT_BATCH = 64
-GROUP_COMMIT_QUEUE = 1024
 
 
 class NewEventRow(NamedTuple):
@@ -372,91 +364,6 @@ class NewEventRow(NamedTuple):
     subscribers: list[str]
     now: float
     trace: str
-
-
-@dataclass(eq=False)
-class _Waiting:
-    """One write waiting for its commit: its outcome, once done, or the turn to lead the next commit."""
-
-    work: Any
-    done: threading.Event = field(default_factory=threading.Event)
-    leads: bool = False
-    outcome: Any = None
-
-
-class GroupCommit:
-    """Many threads' writes, one commit: the writes that arrive while a commit runs wait and go together in the
-    next, so concurrent writers share one fsync; each caller returns (or raises) only once its own write's
-    outcome is known, i.e. once it is committed.
-
-    No thread of its own: the first writer to find no commit running leads one (of at most `batch` writes,
-    its own first); when it is done, it hands the lead to the oldest write still waiting. `commit_batch(works)`
-    returns one outcome per work, a result or an exception to raise. At most `queue` writes wait; one that
-    waits longer than `wait_seconds` fails (its write may still be committed: it is never acknowledged
-    unstored, only possibly stored unacknowledged, which a retry's dedupe resolves). Both failures are store
-    failures (sqlite3.OperationalError naming the store).
-    """
-
-    def __init__(self, commit_batch: Callable[[list[Any]], list[Any]], *, what: str, wait_seconds: float,
-                 batch: int = GROUP_COMMIT_BATCH, queue: int = GROUP_COMMIT_QUEUE) -> None:
-        self._commit_batch, self._what, self._wait_seconds = commit_batch, what, wait_seconds
-        self._batch, self._queue = batch, queue
-        self._lock = threading.Lock()
-        self._waiting: list[_Waiting] = []
-        self._leading = False
-        self.commits = 0  # how many batches were committed (or tried): what the grouping saves shows here
-
-    def submit(self, work: Any) -> Any:
-        """Run `work` in the next commit and return its outcome (raise it, if it is an exception)."""
-        entry = _Waiting(work)
-        with self._lock:
-            if len(self._waiting) >= self._queue:
-                raise mark_store(sqlite3.OperationalError(
-                    f"{self._queue} writes to the {self._what} are waiting already"), self._what)
-            self._waiting.append(entry)
-            if not self._leading:
-                self._leading = entry.leads = True
-        if not entry.leads:
-            self._wait(entry)
-        if entry.leads:
-            self._lead()
-        if isinstance(entry.outcome, BaseException):
-            raise entry.outcome
-        return entry.outcome
-
-    def _wait(self, entry: _Waiting) -> None:
-        """Wait for the entry's outcome or its turn to lead, at most wait_seconds."""
-        if entry.done.wait(self._wait_seconds):
-            return
-        with self._lock:
-            if entry.done.is_set():  # done (or handed the lead) just now
-                return
-            if entry in self._waiting:  # not taken into a commit yet: withdrawn, never written
-                self._waiting.remove(entry)
-        entry.outcome = mark_store(sqlite3.OperationalError(
-            f"a write to the {self._what} waited {self._wait_seconds:g} s for its commit"), self._what)
-
-    def _lead(self) -> None:
-        """Commit one batch (the leader's write first), give each its outcome, and pass the lead on."""
-        with self._lock:
-            batch, self._waiting = self._waiting[:self._batch], self._waiting[self._batch:]
-        try:
-            outcomes = self._commit_batch([entry.work for entry in batch])
-        except BaseException as error:
-            outcomes = [error] * len(batch)
-            raise
-        finally:
-            self.commits += 1
-            for entry, outcome in zip(batch, outcomes, strict=True):
-                entry.outcome = outcome
-                entry.done.set()
-            with self._lock:
-                if self._waiting:
-                    successor = self._waiting[0]
-                    successor.leads = True
-                    successor.done.set()
-                else:
-                    self._leading = False
 
 
 class SqliteEventStore(SqliteFile, EventStore):

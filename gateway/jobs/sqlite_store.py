@@ -5,7 +5,8 @@ use. `job_orders` lists each job's order ids for GET /updates?order_id=. A lane'
 index of the active jobs by lane and sequence, so the cost of finding it does not grow with the finished ones.
 
 Every commit is synced to disk (`synchronous = FULL`): a 202 promises the job is kept, and a job's state decides
-whether a call is sent (again).
+whether a call is sent (again). Concurrent add_jobs() calls of one process share a commit (GroupCommit, as the event
+store's webhooks do), so a burst of asynchronous updates does not queue for one fsync each.
 """
 
 # ruff: noqa: S608 - the SQL below joins fixed fragments and placeholders only, never a value
@@ -37,7 +38,7 @@ from gateway.jobs.base import (
     kept_attempts,
     timestamp,
 )
-from gateway.sqlite_file import SqliteFile
+from gateway.sqlite_file import GROUP_COMMIT_SLACK_SECONDS, GroupCommit, SqliteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -102,6 +103,9 @@ class SqliteJobStore(SqliteFile, JobStore):
     def __init__(self, path: str | os.PathLike, *, stores: StoreSettings | None = None) -> None:
         self._open_file(path, schema=SCHEMA, schema_version=SCHEMA_VERSION, synchronous="FULL",
                         what="update job store", stores=stores)
+        # A batch waits for at most the pool and the write lock, then its commit; a retry one by one as long again.
+        self._group_commit = GroupCommit(self._add_batches, what=self._what,
+                                         wait_seconds=4 * self._busy_timeout + GROUP_COMMIT_SLACK_SECONDS)
 
     @staticmethod
     def _fetch(db: sqlite3.Connection, job_id: str) -> dict | None:
@@ -109,31 +113,50 @@ class SqliteJobStore(SqliteFile, JobStore):
         return None if row is None else _job(row)
 
     def add_jobs(self, jobs: Sequence[NewJob], *, now: float | None = None) -> list[dict]:
-        """Insert each job (or find the one stored under its dedupe key) in one immediate transaction."""
-        now = timestamp(now)
+        """Insert each job (or find the one stored under its dedupe key), all or none; returns once they are
+        committed to disk, in one transaction with whatever other threads of this process added meanwhile
+        (GroupCommit: concurrent requests share one fsync)."""
         checked = [(job, check_new_job(job)) for job in jobs]
-        stored: list[dict] = []
-        with self._write() as db:
-            for job, fixed in checked:
-                if job.dedupe_key is not None:
-                    row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE dedupe_key = ?",
-                                     (job.dedupe_key,)).fetchone()
-                    if row is not None:
-                        stored.append(_job(row))
-                        continue
-                # A caller's mistake, not the file's: refused like any job the store cannot keep (the whole batch
-                # is rolled back), rather than as the UNIQUE constraint's IntegrityError.
-                if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone() is not None:
-                    raise JobStoreError(f"a job with id {job.id!r} is already stored")
-                db.execute(
-                    "INSERT INTO jobs (id, lane, connection, request_id, state, fixed, accepted_at, updated_at, "
-                    "attempts, attempt_count, finishes, announced, dedupe_key) "
-                    "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, '[]', 0, 0, 0, ?)",
-                    (job.id, job.lane, job.connection, job.request_id, fixed, now, now, job.dedupe_key))
-                db.executemany("INSERT OR IGNORE INTO job_orders (order_id, job_id) VALUES (?, ?)",
-                               [(order_id, job.id) for order_id in job.order_ids])
-                stored.append(self._fetch(db, job.id))
-        return stored
+        return self._group_commit.submit((checked, timestamp(now)))
+
+    def _add_batches(self, works: Sequence[tuple[list[tuple[NewJob, str]], float]]) -> list[list[dict] | BaseException]:
+        """Store the jobs of several add_jobs calls in one transaction, each call's all or none (a savepoint
+        each); should the transaction fail, each call is tried again in one of its own."""
+        try:
+            with self._write() as db:
+                outcomes: list[list[dict] | BaseException] = []
+                for checked, now in works:
+                    db.execute("SAVEPOINT add_jobs")
+                    try:
+                        outcomes.append([self._insert_job(db, job, fixed, now) for job, fixed in checked])
+                    except JobStoreError as error:  # this call's jobs are rolled back: the others stand
+                        db.execute("ROLLBACK TO add_jobs")
+                        outcomes.append(error)
+                    db.execute("RELEASE add_jobs")
+            return outcomes
+        except Exception as error:
+            if len(works) == 1:
+                return [error]
+        return [self._add_batches([work])[0] for work in works]
+
+    def _insert_job(self, db: sqlite3.Connection, job: NewJob, fixed: str, now: float) -> dict:
+        """Insert one job in the open transaction, or find the one stored under its dedupe key."""
+        if job.dedupe_key is not None:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE dedupe_key = ?", (job.dedupe_key,)).fetchone()
+            if row is not None:
+                return _job(row)
+        # A caller's mistake, not the file's: refused like any job the store cannot keep (the call's jobs are
+        # rolled back), rather than as the UNIQUE constraint's IntegrityError.
+        if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone() is not None:
+            raise JobStoreError(f"a job with id {job.id!r} is already stored")
+        db.execute(
+            "INSERT INTO jobs (id, lane, connection, request_id, state, fixed, accepted_at, updated_at, "
+            "attempts, attempt_count, finishes, announced, dedupe_key) "
+            "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, '[]', 0, 0, 0, ?)",
+            (job.id, job.lane, job.connection, job.request_id, fixed, now, now, job.dedupe_key))
+        db.executemany("INSERT OR IGNORE INTO job_orders (order_id, job_id) VALUES (?, ?)",
+                       [(order_id, job.id) for order_id in job.order_ids])
+        return self._fetch(db, job.id)
 
     def get_job(self, job_id: str) -> dict | None:
         """The job by id."""
