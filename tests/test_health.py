@@ -41,7 +41,7 @@ def test_readyz_lists_every_component_and_names_no_secret(make_gateway, sandbox_
     assert set(health["checks"]) == {"configuration:loaded", "eventStore:responseTime", "deliveryQueue:responseTime",
                                      "idempotencyStore:responseTime", "authThrottle:responseTime",
                                      "consoleSessions:responseTime", "eventWorker:heartbeatAge", "connection:ongoing",
-                                     "dataFolder:freeSpace"}
+                                     "updateJobs:oldestQueuedAge", "dataFolder:freeSpace"}
     assert all(entries[0]["status"] == "pass" for entries in health["checks"].values())
     text = reply.get_data(as_text=True)
     assert SECRET not in text and sandbox_url not in text

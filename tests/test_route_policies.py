@@ -160,6 +160,8 @@ SAMPLES = {
     "console.order_timeline": lambda k: k["console"].get("/console/orders?order_id=SO-1001"),
     "console.redeliver": lambda k: k["console"].post(
         f"/console/events/{k['event']}/redeliver", data={"csrf_token": k["csrf"], "idempotency_key": "policy-1"}),
+    "console.retry_update": lambda k: k["console"].post(
+        f"/console/updates/{k['job']}/retry", data={"csrf_token": k["csrf"], "idempotency_key": "policy-2"}),
 }
 #: the routes whose policy says they touch connection data (checked against the declarations below)
 CONNECTION_DATA = sorted(SAMPLES)

@@ -1,12 +1,12 @@
-"""The console's pages and forms: log in and out, the overview, an order's timeline, redeliver.
+"""The console's pages and forms: log in and out, the overview, an order's timeline, redeliver, retry an update job.
 
-Pages read what the gateway already keeps — the exchange journal, the event store, the breakers — and never hold
-a secret: the journal's requests are masked as dry runs show them, and every page passes the scrubber last.
-A store that cannot be read leaves its part of a page saying so, never the page failing.
+Pages read what the gateway already keeps — the exchange journal, the event store, the update jobs, the breakers —
+and never hold a secret: the journal's requests are masked as dry runs show them, and every page passes the
+scrubber last. A store that cannot be read leaves its part of a page saying so, never the page failing.
 
 A caller limited to some connections sees and acts on those only: the stores' queries filter by them (so a page's
-limits count what it may see), a connection it may not use is an unknown one, and the redeliver button is the
-API's redelivery, whose rules make another connection's event an unknown one.
+limits count what it may see), a connection it may not use is an unknown one, and the redeliver and retry buttons
+are the API's redelivery and retry, whose rules make another connection's event or job an unknown one.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from gateway.rest import auth
 from gateway.rest.endpoints import undocumented
 from gateway.rest.events import queue_redelivery, redelivery_request
 from gateway.rest.idempotency import request_fingerprint, run_idempotently
+from gateway.rest.updates import accepted, job_document, job_location, retry_job
 from gateway.runtime import current_gateway
 from gateway.safexml import UnsafeXML, parse_untrusted_xml
 from gateway.stores import is_store_failure
@@ -53,7 +54,9 @@ log = logging.getLogger("gateway.console")
 
 SCOPE = "console"
 REDELIVER_SCOPE = "events:redeliver"
-#: what a page lists at most: dead and pending deliveries, an order's exchanges and its events
+#: the scope of the API's POST /updates/<id>/retry, which the retry button stands for
+RETRY_SCOPE = "orders:write"
+#: what a page lists at most: dead and pending deliveries, an order's exchanges, events and update jobs
 LIST_LIMIT = 50
 TIMELINE_LIMIT = 200
 MAX_KEY_CHARS = 512
@@ -290,6 +293,22 @@ def _connection_summary(name: str, connection: Any, now: float, unavailable: lis
     }
 
 
+def _age(seconds: float) -> str:
+    """A duration as people say it: seconds, minutes, hours or days."""
+    seconds = max(seconds, 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _queued_jobs(visible: dict, now: float, unavailable: list[str]) -> dict[str, dict]:
+    """Per connection the caller may see that has update jobs queued or sending: how many, and the oldest's age."""
+    summary = _read("the update jobs", current_gateway().events.jobs.active_summary, unavailable) or {}
+    return {name: {"count": count, "oldest_age": _age(now - oldest)}
+            for name, (count, oldest) in summary.items() if name in visible}
+
+
 def _delivery_rows(events: list[dict], states: set[str]) -> list[dict]:
     rows = []
     for stored in events:
@@ -306,10 +325,14 @@ def _delivery_rows(events: list[dict], states: set[str]) -> list[dict]:
 @blueprint.get("")
 @undocumented(DATA_PAGE)
 def overview() -> Response:
-    """Connections (state, calls, latency), the order search, and the deliveries that need a look."""
+    """Connections (state, calls, latency, queued update jobs), the order search, and the deliveries that need a
+    look."""
     now, unavailable = time.time(), []
-    summaries = [_connection_summary(name, connection, now, unavailable)
-                 for name, connection in _visible_connections().items()]
+    visible = _visible_connections()
+    summaries = [_connection_summary(name, connection, now, unavailable) for name, connection in visible.items()]
+    queued_jobs = _queued_jobs(visible, now, unavailable)
+    for summary in summaries:
+        summary["queued_jobs"] = queued_jobs.get(summary["name"])
     store, scope = current_gateway().events.store, auth.scoped_connections()
     dead = _read("the dead deliveries", lambda: store.list_events(state="dead", limit=LIST_LIMIT, connections=scope),
                  unavailable)
@@ -320,7 +343,7 @@ def overview() -> Response:
                  pending=_delivery_rows(pending or [], {"pending"}),
                  unavailable=sorted(set(unavailable)), can_redeliver=REDELIVER_SCOPE in g.caller.scopes,
                  new_key=lambda: secrets.token_urlsafe(16), here=url_for("console.overview"),
-                 connection_names=list(_visible_connections()))
+                 connection_names=list(visible))
 
 
 # -- an order's timeline -------------------------------------------------------------------------------------------
@@ -344,6 +367,27 @@ def pretty_body(text: str | None) -> str:
     return text
 
 
+def _job_entry(job: dict) -> dict:
+    """An update job as the timeline shows it: its attempts oldest first, the last one's outcome on top."""
+    attempts = [{**attempt, "when": _at(attempt["at"])} for attempt in job["attempts"]]
+    last = attempts[-1] if attempts else None
+    detail = _result_detail(job["result"])
+    return {"kind": "job", "at": job["accepted_at"], "when": _at(job["accepted_at"]), "job": job,
+            "finished": _at(job["finished_at"]) if job["finished_at"] is not None else None,
+            "attempts": attempts, "last_attempt": last,
+            # the result's problem, unless the last attempt's error already says it
+            "detail": detail if last is None or detail != last.get("error") else None}
+
+
+def _result_detail(result: dict | None) -> str | None:
+    """What a final job's problem document says went wrong (its detail, else its title), if it has one."""
+    body = result.get("body") if isinstance(result, dict) else None
+    if not isinstance(body, dict):
+        return None
+    detail = body.get("detail") or body.get("title")
+    return str(detail) if detail else None
+
+
 def _exchange_entry(exchange: Exchange) -> dict:
     request_part, reply = exchange.request, exchange.reply
     return {
@@ -360,7 +404,8 @@ def _exchange_entry(exchange: Exchange) -> dict:
 @blueprint.get("/orders")
 @undocumented(DATA_PAGE)
 def order_timeline() -> Response:
-    """Every exchange with a backend and every event of one order, in the order they happened."""
+    """Every exchange with a backend, every event and every update job of one order, in the order they
+    happened."""
     order_id = request.args.get("order_id", "").strip()
     connection = request.args.get("connection", "").strip() or None
     visible = _visible_connections()
@@ -374,7 +419,7 @@ def order_timeline() -> Response:
     if problems:
         return _page("console/order.html", 422, order_id=order_id[:MAX_ORDER_ID_CHARS], connection=connection,
                      entries=[], problems=problems, unavailable=[], connection_names=list(visible),
-                     can_redeliver=False, new_key=lambda: "", here="")
+                     can_redeliver=False, can_retry=False, new_key=lambda: "", here="")
     unavailable: list[str] = []
     # The stores filter by the caller's connections (the one searched for, when given: one of them, see above).
     scope = auth.scoped_connections() if connection is None else {connection}
@@ -384,7 +429,11 @@ def order_timeline() -> Response:
     store = current_gateway().events.store
     events = _read("the event store", lambda: store.list_events(order_id=order_id, connections=scope,
                                                                 limit=TIMELINE_LIMIT), unavailable) or []
+    jobs = current_gateway().events.jobs
+    updates = _read("the update jobs", lambda: jobs.list_jobs(order_id=order_id, connections=scope,
+                                                              limit=TIMELINE_LIMIT), unavailable) or []
     entries = [_exchange_entry(exchange) for exchange in exchanges]
+    entries += [_job_entry(job) for job in updates]
     entries += [{"kind": "event", "at": stored["received_at"], "when": _at(stored["received_at"]),
                  "event": stored["event"],
                  "deliveries": [{**delivery, "history": [{**item, "when": _at(item["at"])}
@@ -394,8 +443,8 @@ def order_timeline() -> Response:
     entries.sort(key=lambda entry: entry["at"])
     return _page("console/order.html", order_id=order_id, connection=connection, entries=entries, problems=[],
                  unavailable=unavailable, connection_names=list(visible),
-                 can_redeliver=REDELIVER_SCOPE in g.caller.scopes, new_key=lambda: secrets.token_urlsafe(16),
-                 here=request.full_path)
+                 can_redeliver=REDELIVER_SCOPE in g.caller.scopes, can_retry=RETRY_SCOPE in g.caller.scopes,
+                 new_key=lambda: secrets.token_urlsafe(16), here=request.full_path)
 
 
 # -- redelivery ------------------------------------------------------------------------------------------------------
@@ -409,8 +458,8 @@ def redeliver(event_id: str) -> Response:
     if REDELIVER_SCOPE not in g.caller.scopes:
         flash(f"The caller {g.caller.name} lacks the scope {REDELIVER_SCOPE}: nothing was redelivered.", "error")
         return redirect(back, 303)
-    key = request.form.get("idempotency_key", "")
-    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+    key = _form_key()
+    if key is None:
         flash("This form has no usable Idempotency-Key; reload the page and try again.", "error")
         return redirect(back, 303)
     method, path = redelivery_request(event_id)
@@ -435,3 +484,56 @@ def _reply_detail(reply: Response) -> str:
         return str(json.loads(reply.get_data()).get("detail") or f"HTTP {reply.status_code}")
     except ValueError:
         return f"HTTP {reply.status_code}"
+
+
+def _form_key() -> str | None:
+    """The form's Idempotency-Key, if it is one the API would take (1 to 255 printable ASCII characters)."""
+    key = request.form.get("idempotency_key", "")
+    return key if 1 <= len(key) <= 255 and key.isascii() and key.isprintable() else None
+
+
+# -- retrying an update job ------------------------------------------------------------------------------------------
+
+def retry_request(job_id: str) -> tuple[str, str]:
+    """(method, path) of the API's retry of this job: the request the console's retry button stands for, so that an
+    Idempotency-Key means the same whichever sent it."""
+    return "POST", f"/updates/{job_id}/retry"
+
+
+@blueprint.post("/updates/<job_id>/retry")
+@undocumented(DATA_PAGE)
+def retry_update(job_id: str) -> Response:
+    """The API's POST /updates/<id>/retry, from a button: the same rules (a job of a connection the caller may not
+    use is unknown, a done one is not sent again), its Idempotency-Key the form's."""
+    back = _safe_next(request.form.get("next")) or url_for("console.overview")
+    if RETRY_SCOPE not in g.caller.scopes:
+        flash(f"The caller {g.caller.name} lacks the scope {RETRY_SCOPE}: nothing was queued again.", "error")
+        return redirect(back, 303)
+    key = _form_key()
+    if key is None:
+        flash("This form has no usable Idempotency-Key; reload the page and try again.", "error")
+        return redirect(back, 303)
+    queued_again: list[bool] = []
+
+    def retry(listener: object) -> Response:
+        job, changed = retry_job(job_id)
+        queued_again.append(changed)
+        return accepted(job_document(job), job_location(job_id))
+
+    method, path = retry_request(job_id)
+    try:
+        reply = run_idempotently(key, request_fingerprint(method, path, [], b""), retry)
+    except GatewayError as error:
+        flash(error.detail, "error")
+        return redirect(back, 303)
+    if reply.status_code != 202:
+        flash(_reply_detail(reply), "error")
+    elif reply.headers.get("Idempotent-Replayed") == "true":
+        flash(f"Update job {job_id} was already queued again by this button; it was not queued a second time.",
+              "info")
+    elif queued_again and queued_again[0]:
+        flash(f"Update job {job_id} is queued again, behind the jobs of its connection accepted before.", "info")
+    else:
+        state = json.loads(reply.get_data())["state"]
+        flash(f"Update job {job_id} is {state} already: nothing changed.", "info")
+    return redirect(back, 303)

@@ -1,12 +1,13 @@
 """GET /livez and GET /readyz: health in the shape of draft-inadarei-api-health-check (application/health+json).
 
-/livez says the process serves. /readyz checks what the gateway needs to do its work: the configuration (loaded,
-or the process would not be running), the event store and its delivery queue, the Idempotency-Key store (Redis
-among them when configured), the event worker's heartbeat, each connection's circuit breaker, and where the
-stores live: with SQLite files, the free space of their folders; with Redis, whether it keeps what it is given
-(`appendonly`, `maxmemory-policy`). A store that cannot be reached, or a disk below `[stores] min_free_disk_mb`,
-fails (503); a stale worker, an open breaker or a Redis that may lose data warns (200: the gateway still takes
-requests). Neither needs a key, and neither names a URL, a file or a credential.
+/livez says the process serves. /readyz checks what the gateway needs to do its work: the configuration (loaded, or
+the process would not be running), the event store and its delivery queue, the Idempotency-Key store (Redis among
+them when configured), the event worker's heartbeat, each connection's circuit breaker, the age of the oldest update
+job still queued or sending, and where the stores live: with SQLite files, the free space of their folders; with
+Redis, whether it keeps what it is given (`appendonly`, `maxmemory-policy`). A store that cannot be reached, or a
+disk below `[stores] min_free_disk_mb`, fails (503); a stale worker, an open breaker, an update job queued longer
+than `[jobs] warn_queued_age_seconds` or a Redis that may lose data warns (200: the gateway still takes requests).
+Neither needs a key, and neither names a URL, a file or a credential.
 
 The checks run at once on a small pool of threads, and the reply comes within `[gateway] readiness_timeout`
 whatever they do: a check that has not finished by then fails. So a frozen store holds a probe for that long and
@@ -16,6 +17,7 @@ a check's thread no longer than the store's own timeouts (`[stores]`).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from flask import Blueprint, Response, current_app, json
 
 from gateway.config import GatewaySettings
 from gateway.events.heartbeat import BEAT_SECONDS, Heartbeat
+from gateway.jobs import JobStore
 from gateway.readiness import Check, now
 from gateway.rest.auth import OPEN, Policy
 from gateway.rest.endpoints import endpoint
@@ -84,6 +87,25 @@ def _breaker(connection: Any) -> dict:
                       + (f", a probe in {breaker['retry_after']} s" if breaker["retry_after"] else "")}
 
 
+def _oldest_active_jobs(jobs: JobStore, warn_seconds: float) -> list[dict]:
+    """Per connection with update jobs queued or sending, how long ago the oldest was accepted: older than
+    `warn_seconds` warns (the backend is not taking them, or no worker sends them); none at all passes."""
+    summary = jobs.active_summary()
+    if not summary:
+        return [{"status": "pass", "observedValue": 0, "observedUnit": "s"}]
+    now = time.time()
+    entries = []
+    for connection, (count, accepted_at) in sorted(summary.items()):
+        age = max(now - accepted_at, 0.0)
+        entry = {"componentId": connection, "status": "warn" if age > warn_seconds else "pass",
+                 "observedValue": round(age, 1), "observedUnit": "s"}
+        if age > warn_seconds:
+            entry["output"] = (f"connection {connection}: the oldest of its {count} queued update jobs was accepted "
+                               f"{age:.0f} s ago, more than warn_queued_age_seconds ({warn_seconds:g} s)")
+        entries.append(entry)
+    return entries
+
+
 def _free_space(folders: dict[str, Path], minimum_mb: float) -> list[dict]:
     """The free space of the stores' folders (to unprivileged writers); below `minimum_mb` fails."""
     entries = []
@@ -137,6 +159,8 @@ def readiness_checks(settings: GatewaySettings) -> dict[str, Check]:
         "authThrottle:responseTime": ("datastore", current_gateway().auth_throttle.store.ping),
         "consoleSessions:responseTime": ("datastore", current_gateway().console_sessions.ping),
         "eventWorker:heartbeatAge": ("component", lambda: _worker_heartbeat(settings)),
+        "updateJobs:oldestQueuedAge": ("component", lambda: _oldest_active_jobs(
+            events.jobs, settings.jobs.warn_queued_age_seconds)),
     }
     for name, connection in current_gateway().connections.by_name.items():
         checks[f"connection:{name}"] = ("component", lambda connection=connection: _breaker(connection))

@@ -22,6 +22,7 @@ from gateway.runtime import current_gateway
 if TYPE_CHECKING:
     from gateway.connections import Connection
     from gateway.events.store import EventStore
+    from gateway.jobs import JobStore
 
 blueprint = Blueprint("metrics", __name__)
 log = logging.getLogger("gateway.metrics")
@@ -46,14 +47,16 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class CurrentStateCollector:
-    """Figures read from the stores at each scrape: pending deliveries per subscriber and each connection's breaker
-    state. One that cannot be read is left out of that scrape, counted and logged by its kind only (an error's text
-    may hold a URL)."""
+    """Figures read from the stores at each scrape: pending deliveries per subscriber, each connection's breaker
+    state, and each connection's active update jobs (queued or sending) with the age of its oldest. One that cannot
+    be read is left out of that scrape, counted and logged by its kind only (an error's text may hold a URL)."""
 
-    def __init__(self, store: EventStore, subscribers: Sequence[str], connections: Mapping[str, Connection]) -> None:
+    def __init__(self, store: EventStore, subscribers: Sequence[str], connections: Mapping[str, Connection], *,
+                 jobs: JobStore) -> None:
         self.store = store
         self.subscribers = list(subscribers)
         self.connections = connections
+        self.jobs = jobs
 
     def collect(self) -> Iterable[Metric]:
         """The gauges as the stores answer now."""
@@ -61,6 +64,7 @@ class CurrentStateCollector:
         if pending is not None:
             yield pending
         yield self._breakers()
+        yield from self._active_jobs()
 
     def _pending(self) -> GaugeMetricFamily | None:
         try:
@@ -88,11 +92,39 @@ class CurrentStateCollector:
                 family.add_metric((name, state), 1.0 if state == current else 0.0)
         return family
 
+    def _active_jobs(self) -> list[GaugeMetricFamily]:
+        """Per configured connection (a bounded label: jobs of a connection no longer configured are not shown),
+        its jobs queued or sending and how long ago the oldest of them was accepted; 0 for a connection with
+        none."""
+        try:
+            summary = self.jobs.active_summary()
+        except Exception as error:
+            self._unreadable(JOB_FIGURES, "the job store", error)
+            return []
+        now = time.time()
+        queued = GaugeMetricFamily(f"{metrics.PREFIX}_{JOB_FIGURES[0]}",
+                                   "Update jobs queued or sending, by connection (counted up to 100 000).",
+                                   labels=("connection",))
+        oldest = GaugeMetricFamily(f"{metrics.PREFIX}_{JOB_FIGURES[1]}",
+                                   "Seconds since the oldest update job queued or sending was accepted, by "
+                                   "connection (0: none).", labels=("connection",))
+        for name in self.connections:
+            count, accepted_at = summary.get(name, (0, None))
+            queued.add_metric((name,), count)
+            oldest.add_metric((name,), max(now - accepted_at, 0.0) if accepted_at is not None else 0.0)
+        return [queued, oldest]
+
     @staticmethod
-    def _unreadable(figure: str, what: str, error: Exception) -> None:
-        metrics.unreadable_figures.labels(figure).inc()
-        log.warning("metrics: %s could not be read (%s); %s is left out of this scrape", what,
-                    type(error).__name__, figure)
+    def _unreadable(figures: str | tuple[str, ...], what: str, error: Exception) -> None:
+        figures = (figures,) if isinstance(figures, str) else figures
+        for figure in figures:
+            metrics.unreadable_figures.labels(figure).inc()
+        log.warning("metrics: %s could not be read (%s); %s left out of this scrape", what,
+                    type(error).__name__, " and ".join(figures) + (" is" if len(figures) == 1 else " are"))
+
+
+#: the figures read from the job store, named as they are counted when it cannot be read
+JOB_FIGURES = ("jobs_queued", "job_oldest_queued_age_seconds")
 
 
 def init_app(app: Flask) -> None:
@@ -110,9 +142,10 @@ def init_app(app: Flask) -> None:
           problems={401: "no valid API key", 403: "the key lacks the scope metrics:read", 500: "the gateway failed"})
 def show_metrics(query: dict):
     """Requests, backend calls, webhooks, Idempotency-Key replays, journal failures and the event worker's
-    deliveries, summed over the processes; pending deliveries and breaker states as the stores say now."""
+    deliveries and update jobs, summed over the processes; pending deliveries, breaker states and active update jobs
+    as the stores say now."""
     events = current_gateway().events
     current = CurrentStateCollector(events.store, list(events.settings.subscribers),
-                                            current_gateway().connections.by_name)
+                                    current_gateway().connections.by_name, jobs=events.jobs)
     body, media_type = metrics.exposition(current)
     return Response(body, status=200, headers={"Content-Type": media_type})
