@@ -43,7 +43,7 @@ from gateway.rest import auth
 from gateway.rest.endpoints import undocumented
 from gateway.rest.events import queue_redelivery, redelivery_request
 from gateway.rest.idempotency import request_fingerprint, run_idempotently
-from gateway.rest.updates import accepted, job_document, job_location, retry_job
+from gateway.rest.updates import queue_retry, retry_request
 from gateway.runtime import current_gateway
 from gateway.safexml import UnsafeXML, parse_untrusted_xml
 from gateway.stores import is_store_failure
@@ -494,12 +494,6 @@ def _form_key() -> str | None:
 
 # -- retrying an update job ------------------------------------------------------------------------------------------
 
-def retry_request(job_id: str) -> tuple[str, str]:
-    """(method, path) of the API's retry of this job: the request the console's retry button stands for, so that an
-    Idempotency-Key means the same whichever sent it."""
-    return "POST", f"/updates/{job_id}/retry"
-
-
 @blueprint.post("/updates/<job_id>/retry")
 @undocumented(DATA_PAGE)
 def retry_update(job_id: str) -> Response:
@@ -516,9 +510,9 @@ def retry_update(job_id: str) -> Response:
     queued_again: list[bool] = []
 
     def retry(listener: object) -> Response:
-        job, changed = retry_job(job_id)
+        reply, changed = queue_retry(job_id)
         queued_again.append(changed)
-        return accepted(job_document(job), job_location(job_id))
+        return reply
 
     method, path = retry_request(job_id)
     try:

@@ -205,6 +205,18 @@ def retry_job(job_id: str) -> tuple[dict, bool]:
     return job, changed
 
 
+def retry_request(job_id: str) -> tuple[str, str]:
+    """(method, path) of the API's retry of this job: the request the console's Retry button stands for, so that an
+    Idempotency-Key means the same whichever sent it."""
+    return "POST", f"/updates/{job_id}/retry"
+
+
+def queue_retry(job_id: str) -> tuple[Response, bool]:
+    """The API's reply to a retry of this job (202 with the job), and whether it was queued again."""
+    job, changed = retry_job(job_id)
+    return accepted(job_document(job), job_location(job_id)), changed
+
+
 @blueprint.post("/updates/<job_id>/retry")
 @endpoint("post", "/updates/{job_id}/retry", "Send a failed or dead update job again", tags=["updates"],
           policy=Policy(("orders:write",), connection_data=True), query=NoQuery, reply=UpdateJobSchema,
@@ -218,8 +230,7 @@ def retry_update(job_id: str, query: dict, listener: object):
     """Queue a failed or dead job again, at the back of its connection's lane: it is sent after the jobs accepted
     before the retry (its attempts are kept, with the retry noted). Asking again while it is queued or sending
     changes nothing, so a retry is idempotent."""
-    job, _ = retry_job(job_id)
-    return accepted(job_document(job), job_location(job_id))
+    return queue_retry(job_id)[0]
 
 
 def bulk_location(stored: Sequence[dict], request_id: str) -> str:
