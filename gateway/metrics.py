@@ -8,7 +8,7 @@ scrape. Every directory lies under one metrics root (GATEWAY_METRICS_DIR, by def
 worker's, so one GET /metrics shows the deliveries too. The files are memory-mapped: `FailSafeFigures` makes sure a
 full filesystem under them costs figures, never the process.
 Without it (tests, `flask run`) the figures are the process's own. What the stores know at the moment of a scrape
-(pending deliveries, breaker states) is read then by the REST layer's `CurrentStateCollector`
+(pending deliveries, breaker states, queued update jobs) is read then by the REST layer's `CurrentStateCollector`
 (gateway/rest/metrics.py), never kept in files: this module knows nothing of connections or events.
 No label takes an unbounded value: routes are URL rules, not paths; subscribers and connections come from the
 configuration; no order or request ids.
