@@ -40,8 +40,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from marshmallow import ValidationError
+from opentelemetry.trace import SpanKind
 
-from gateway import logs, metrics
+from gateway import logs, metrics, tracing
 from gateway.calls import CallAttempt, CallContext
 from gateway.canonical import flatten_errors, load_order_update
 from gateway.canonical.events import ORDER_UPDATE_FAILED, ORDER_UPDATE_SUCCEEDED, new_event_id
@@ -171,7 +172,11 @@ class JobSender:
             prior = self.store.claim(head["id"], owner, lease_seconds=self.lease_seconds, now=now)
             if prior is None:
                 return HELD_RETRY_SECONDS
-            with logs.bound(job_id=prior["id"], connection=prior["connection"], order_ids=prior["order_ids"][:10]):
+            # the send continues the trace of the request that queued the job
+            with logs.bound(job_id=prior["id"], connection=prior["connection"], order_ids=prior["order_ids"][:10]), \
+                    tracing.span(f"send update job {prior['operation']}", kind=SpanKind.CONSUMER,
+                                 parent=tracing.incoming_context(prior["trace_context"] or {}),
+                                 attributes={"gateway.job_id": prior["id"], "gateway.connection": prior["connection"]}):
                 self._send(prior, owner)
 
     # --- one job -------------------------------------------------------------------------------------
