@@ -9,7 +9,6 @@ import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import redis
 from gateway.events.redis_store import RedisEventStore
 from gateway.events.store import DeliveryNotFound, EventStore, EventStoreError, SqliteEventStore
 from tests.redis_server import redis_url_fixture
+from tests.store_locations import StoreLocation, opened_stores, store_location
 
 # Fractions of a second on purpose: both stores must give back exactly the float they were given.
 T0 = 1_714_557_600.123456
@@ -33,41 +33,16 @@ def store_redis_url(tmp_path_factory):
     yield from redis_url_fixture(tmp_path_factory)
 
 
-@dataclass(frozen=True)
-class StoreLocation:
-    """Where a test's data lives: an SQLite file, or a Redis URL and key prefix."""
-
-    kind: str
-    target: str
-    prefix: str = ""
-
-    def open(self) -> EventStore:
-        """A new store instance on this data."""
-        if self.kind == "sqlite":
-            return SqliteEventStore(self.target)
-        return RedisEventStore(self.target, prefix=self.prefix)
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 def location(request, tmp_path) -> StoreLocation:
     """A fresh place for a store: a file in a folder that does not exist yet, or an unused Redis prefix."""
-    if request.param == "sqlite":
-        return StoreLocation("sqlite", str(tmp_path / "not-yet-created" / "events.sqlite3"))
-    return StoreLocation("redis", request.getfixturevalue("store_redis_url"), f"test:{uuid.uuid4().hex}:")
+    return store_location(request, tmp_path, "events.sqlite3", (SqliteEventStore, RedisEventStore))
 
 
 @pytest.fixture
 def open_store(location):
     """Opens store instances on the test's data and closes them all afterwards."""
-    stores: list[EventStore] = []
-
-    def open_() -> EventStore:
-        stores.append(location.open())
-        return stores[-1]
-
-    yield open_
-    for opened in stores:
-        opened.close()
+    yield from opened_stores(location)
 
 
 @pytest.fixture
@@ -636,7 +611,8 @@ def test_two_processes_adding_to_one_order_get_one_sequence(location, store, tmp
 
 
 def test_processes_creating_one_sqlite_file_at_once_all_succeed(tmp_path):
-    location = StoreLocation("sqlite", str(tmp_path / "fresh" / "events.sqlite3"))
+    location = StoreLocation("sqlite", str(tmp_path / "fresh" / "events.sqlite3"),
+                             classes=(SqliteEventStore, RedisEventStore))
     writers = {f"p{number}": [f"evt_p{number}_{index:03d}" for index in range(5)] for number in range(8)}
 
     run_writer_processes(location, writers, tmp_path / "ready")

@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,6 +33,7 @@ from gateway.idempotency import (
 from gateway.idempotency.redis_store import RedisIdempotencyStore
 from gateway.idempotency.sqlite_store import SqliteIdempotencyStore
 from tests.servers import closed_port
+from tests.store_locations import StoreLocation, opened_stores, store_location
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEY = "shop-frontend:5f0c2a9e-6a54-4f0b-a1c1-0d1e8c7b9a11"
@@ -57,41 +57,17 @@ UPDATE_STATUS = Attempt("exc_2c3d", "speed4trade-demo", "updateOrderStatus", ("1
 NOTED_LIFE = 1.2
 
 
-@dataclass(frozen=True)
-class StoreLocation:
-    """Where a test's records live: an SQLite file, or a Redis URL and key prefix."""
-
-    kind: str
-    target: str
-    prefix: str = ""
-
-    def open(self) -> IdempotencyStore:
-        """A new store instance on these records."""
-        if self.kind == "sqlite":
-            return SqliteIdempotencyStore(self.target)
-        return RedisIdempotencyStore(self.target, prefix=self.prefix)
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 def location(request, tmp_path) -> StoreLocation:
     """A fresh place for a store: a file in a folder that does not exist yet, or an unused Redis prefix."""
-    if request.param == "sqlite":
-        return StoreLocation("sqlite", str(tmp_path / "not-yet-created" / "idempotency.sqlite3"))
-    return StoreLocation("redis", request.getfixturevalue("redis_url"), f"test:{uuid.uuid4().hex}:idempotency:")
+    return store_location(request, tmp_path, "idempotency.sqlite3", (SqliteIdempotencyStore, RedisIdempotencyStore),
+                          redis_fixture="redis_url", prefix_tail="idempotency:")
 
 
 @pytest.fixture
 def open_store(location):
-    """Opens store instances on the test's records and closes them all afterwards."""
-    stores: list[IdempotencyStore] = []
-
-    def open_() -> IdempotencyStore:
-        stores.append(location.open())
-        return stores[-1]
-
-    yield open_
-    for opened in stores:
-        opened.close()
+    """Opens store instances on the test's data and closes them all afterwards."""
+    yield from opened_stores(location)
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ instances on the same data."""
 from __future__ import annotations
 
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pytest
 
@@ -14,6 +12,7 @@ from gateway.jobs import DEAD, DONE, FAILED, QUEUED, SENDING, JobStore, JobStore
 from gateway.jobs.base import JOB_FIELDS, MAX_KEPT_ATTEMPTS
 from gateway.jobs.redis_store import RedisJobStore
 from tests.redis_server import redis_url_fixture
+from tests.store_locations import StoreLocation, opened_stores, store_location
 
 # Fractions of a second on purpose: both stores must give back exactly the float they were given.
 T0 = 1_714_557_600.123456
@@ -28,41 +27,16 @@ def store_redis_url(tmp_path_factory):
     yield from redis_url_fixture(tmp_path_factory)
 
 
-@dataclass(frozen=True)
-class StoreLocation:
-    """Where a test's data lives: an SQLite file, or a Redis URL and key prefix."""
-
-    kind: str
-    target: str
-    prefix: str = ""
-
-    def open(self) -> JobStore:
-        """A new store instance on this data."""
-        if self.kind == "sqlite":
-            return SqliteJobStore(self.target)
-        return RedisJobStore(self.target, prefix=self.prefix)
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 def location(request, tmp_path) -> StoreLocation:
     """A fresh place for a store: a file in a folder that does not exist yet, or an unused Redis prefix."""
-    if request.param == "sqlite":
-        return StoreLocation("sqlite", str(tmp_path / "not-yet-created" / "jobs.sqlite3"))
-    return StoreLocation("redis", request.getfixturevalue("store_redis_url"), f"test:{uuid.uuid4().hex}:")
+    return store_location(request, tmp_path, "jobs.sqlite3", (SqliteJobStore, RedisJobStore))
 
 
 @pytest.fixture
 def open_store(location):
     """Opens store instances on the test's data and closes them all afterwards."""
-    stores: list[JobStore] = []
-
-    def open_() -> JobStore:
-        stores.append(location.open())
-        return stores[-1]
-
-    yield open_
-    for opened in stores:
-        opened.close()
+    yield from opened_stores(location)
 
 
 @pytest.fixture
