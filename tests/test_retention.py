@@ -1,5 +1,6 @@
-"""Retention: the event worker removes settled events past `[events] retention_days`, expired Idempotency-Keys and
-old exchanges, in bounded batches, on its schedule, and counts what it removed — with SQLite and with Redis."""
+"""Retention: the event worker removes settled events past `[events] retention_days`, expired Idempotency-Keys,
+old exchanges and update jobs that ended long ago, in bounded batches, on its schedule, and counts what it removed —
+with SQLite and with Redis."""
 
 from __future__ import annotations
 
@@ -229,3 +230,37 @@ def test_the_event_worker_runs_retention_on_its_schedule_and_counts_it(tmp_path)
         events.close()
         keys.close()
     assert worker.returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_run_removes_update_jobs_that_ended_long_enough_ago_and_keeps_queued_ones(kind, tmp_path, request):
+    from gateway.jobs import DONE, FAILED, NewJob, SqliteJobStore
+    from gateway.jobs.redis_store import RedisJobStore
+
+    if kind == "sqlite":
+        jobs = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        jobs = RedisJobStore(request.getfixturevalue("redis_url"), prefix=f"test:{uuid.uuid4().hex}:jobs:")
+    now = time.time()
+
+    def job(name: str, ended_at: float | None, state: str = DONE) -> str:
+        (stored,) = jobs.add_jobs([NewJob(id=f"upd_{name}", lane="ongoing-demo", connection="ongoing-demo",
+                                          backend="ongoing", operation="UpdateOrder", order_ids=("SO-1",),
+                                          items=(), idempotent=True)], now=(ended_at or now) - 60)
+        if ended_at is not None:
+            jobs.claim(stored["id"], "worker", lease_seconds=30, now=ended_at)
+            jobs.release(stored["id"], "worker", state=state, result={"status": 200, "body": {}}, now=ended_at)
+        return stored["id"]
+
+    old, old_failed = job("old", now - 30 * DAY - 1), job("old-failed", now - 31 * DAY, FAILED)
+    recent, queued = job("recent", now - 29 * DAY), job("queued", None)
+    events = SqliteEventStore(tmp_path / "events.sqlite3")
+    before = removed_total("jobs")
+    try:
+        removed = Retention(events, None, None, SETTINGS, jobs=jobs, job_retention_days=30).run_once()
+        assert removed["jobs"] == 2 and removed_total("jobs") - before == 2
+        assert jobs.get_job(old) is None and jobs.get_job(old_failed) is None
+        assert {listed["id"] for listed in jobs.list_jobs()} == {recent, queued}
+    finally:
+        events.close()
+        jobs.close()

@@ -477,3 +477,21 @@ def test_a_bulk_job_ends_with_the_bulk_reply_of_its_items(gateway_app):
     result = job(client, queued["id"])["result"]
     assert [(item["position"], item["status"]) for item in result["body"]["results"]] == [(0, 200), (2, 200)]
     assert result["status"] == 200 and result["body"]["succeeded"] == 2
+
+
+def test_jobs_kept_in_redis_are_sent_as_those_kept_in_sqlite(sandbox_url, redis_url, make_gateway):
+    config = {"gateway": {"default_connection": "ongoing-demo"},
+              "connections": {"ongoing-demo": ongoing_connection(sandbox_url + ONGOING_SERVICE_PATH)},
+              "callers": {"writer": {"key": KEYS["writer"], "connections": ["*"],
+                                     "scopes": ["orders:write", "updates:read", "events:read"]}},
+              "events": {"redis_url": redis_url}}
+    app = make_gateway(config)
+    client = app.test_client()
+    queued = queue(client, "SO-1001", {"waybill": "IN-REDIS"})
+
+    assert sender_for(app, Clock()).drain_lane("ongoing-demo") is None
+
+    assert job(client, queued["id"])["state"] == DONE
+    assert ongoing_order(sandbox_url, 1001)["waybill"] == "IN-REDIS"
+    events = client.get("/events?type=order.update_succeeded", headers=WRITER).get_json()["events"]
+    assert [event["event"]["update"]["job_id"] for event in events] == [queued["id"]]
