@@ -495,3 +495,24 @@ def test_jobs_kept_in_redis_are_sent_as_those_kept_in_sqlite(sandbox_url, redis_
     assert ongoing_order(sandbox_url, 1001)["waybill"] == "IN-REDIS"
     events = client.get("/events?type=order.update_succeeded", headers=WRITER).get_json()["events"]
     assert [event["event"]["update"]["job_id"] for event in events] == [queued["id"]]
+
+
+def test_the_outcome_of_a_sent_call_is_recorded_through_a_store_hiccup(gateway_app, sandbox_url, monkeypatch):
+    app = gateway_app(jobs={"lease_margin_seconds": 4})
+    client = app.test_client()
+    store = gateway_of(app).events.jobs
+    queued = queue(client, "SO-1001", {"waybill": "HICCUP"})
+    release, failures = store.release, []
+
+    def hiccup(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise sqlite3.OperationalError("database is locked")
+        return release(*args, **kwargs)
+
+    monkeypatch.setattr(store, "release", hiccup)
+    sender_for(app, Clock()).drain_lane("ongoing-demo")
+
+    assert len(failures) == 2
+    assert job(client, queued["id"])["state"] == DONE  # not left sending, to be taken for an unknown outcome
+    assert [call["outcome"] for call in calls(sandbox_url, "ongoing")] == ["applied"]

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from marshmallow import ValidationError
 from opentelemetry.trace import SpanKind
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from gateway import logs, metrics, tracing
 from gateway.calls import CallAttempt, CallContext
@@ -57,7 +58,7 @@ from gateway.errors import (
     StoreUnavailable,
     ValidationFailed,
 )
-from gateway.jobs.base import DEAD, DONE, FAILED, QUEUED, SENDING, JobStore
+from gateway.jobs.base import DEAD, DONE, FAILED, QUEUED, SENDING, JobStore, JobStoreError
 
 log = logging.getLogger("gateway.jobs")
 
@@ -238,6 +239,20 @@ class JobSender:
         else:
             self._refuse(job, owner, call_error, exchange_id)
 
+    def _record(self, job_id: str, owner: str, **outcome: Any) -> bool:
+        """JobStore.release, tried again while the store fails, for at most half the claim's margin: what a call
+        that went out ended in is recorded rather than lost (a job left `sending` would count as outcome unknown)."""
+        for attempt in Retrying(stop=stop_after_delay(self.settings.lease_margin_seconds / 2),
+                                wait=wait_exponential(multiplier=0.05, max=2.0),
+                                retry=retry_if_exception(lambda error: not isinstance(error, JobStoreError)),
+                                before_sleep=lambda state: log.warning(
+                                    "update job %s: its outcome could not be recorded (%s); trying again", job_id,
+                                    type(state.outcome.exception()).__name__),
+                                reraise=True):
+            with attempt:
+                return self.store.release(job_id, owner, **outcome)
+        return False  # pragma: no cover - Retrying either returns or raises
+
     def _attempt(self, outcome: str, error: GatewayError, exchange_id: str | None) -> dict:
         attempt: dict[str, Any] = {"at": self.clock(), "outcome": outcome, "status": error.status,
                                    "error": error.detail, "exchange_id": exchange_id}
@@ -257,7 +272,7 @@ class JobSender:
             self._expire(job, owner, now, error, attempt)
             return
         log.info("update job %s waits %.1f s: %s", job["id"], delay, error.detail)
-        self.store.release(job["id"], owner, state=QUEUED, attempt=attempt, next_attempt_at=now + delay, now=now)
+        self._record(job["id"], owner, state=QUEUED, attempt=attempt, next_attempt_at=now + delay, now=now)
         metrics.job_attempts.labels(job["connection"], outcome).inc()
 
     def _expire(self, job: dict, owner: str, now: float, error: GatewayError | None,
@@ -277,7 +292,7 @@ class JobSender:
 
     def _finish(self, job: dict, owner: str, state: str, attempt: dict, result: dict) -> None:
         """Make the job final and announce it."""
-        if not self.store.release(job["id"], owner, state=state, attempt=attempt, result=result):
+        if not self._record(job["id"], owner, state=state, attempt=attempt, result=result):
             log.warning("update job %s was no longer this worker's to finish as %s", job["id"], state)
             return
         metrics.job_attempts.labels(job["connection"], attempt["outcome"]).inc()
