@@ -94,6 +94,9 @@ class Stack:
                               timeout=5)
         assert reply.status_code == 200, reply.text
 
+    def outage_over(self, vendor: str) -> bool:
+        return requests.get(f"{self.sandbox_url}/{vendor}/_outage", timeout=5).json()["outage"] is None
+
     def received(self) -> list[dict]:
         """What the demo subscriber received (signature checked)."""
         return requests.get(f"{self.sandbox_url}/subscriber/events", timeout=5).json()["received"]
@@ -123,7 +126,11 @@ def start_stack(tmp_path):
             processes: dict = {}
             urls = running.enter_context(running_stack(stack_config(tmp_path, **settings), tmp_path, logs=True,
                                                        processes=processes))
-            return Stack(*urls, tmp_path, processes)
+            stack = Stack(*urls, tmp_path, processes)
+            # the worker is up (its heartbeat is in) before any fault starts: one starting late would miss it
+            stack.wait_for(lambda: requests.get(f"{stack.gateway_url}/readyz", timeout=5).json()["status"] == "pass",
+                           20, "the event worker's first heartbeat")
+            return stack
         yield start
 
 
@@ -214,7 +221,7 @@ def test_a_call_the_killed_worker_may_have_made_is_not_made_again_when_it_is_not
     assert interrupted["exchange_id"] == failed["result"]["body"]["exchange_id"]
     assert interrupted["exchange_id"].startswith("exc_")
 
-    stack.wait_for(lambda: stack.calls("speed4trade")[0]["outcome"], 10, "the held call to be answered")
+    stack.wait_for(lambda: stack.outage_over("speed4trade"), 10, "the outage to end")
     time.sleep(1)  # a resend would come now
     (call,) = stack.calls("speed4trade")
     assert (call["operation"], call["order_ids"], call["outcome"]) == ("updateOrderStatus", ["10001"], "no-reply")
@@ -231,3 +238,75 @@ def test_a_call_the_killed_worker_may_have_made_is_made_again_when_it_is_idempot
     calls = stack.calls("ongoing")
     assert [call["outcome"] for call in calls] == ["no-reply", "applied"]
     assert requests.get(f"{stack.sandbox_url}/ongoing/orders/1001", timeout=5).json()["waybill"] == "KILL-1"
+
+
+def test_a_speed4trade_call_whose_reply_never_comes_fails_as_outcome_unknown_and_is_not_sent_again(start_stack):
+    stack = start_stack(speed4trade={"read_timeout": 1, "call_timeout": 2})
+    stack.outage("speed4trade", 4, mode="no-reply")
+    job = stack.queue("10002", {"connection": S4T, "status": "fetched"}, "no-reply-1")
+
+    (failed,) = stack.final([job["id"]])
+    assert failed["state"] == "failed", failed
+    body = failed["result"]["body"]
+    assert body["type"].endswith("outcome-unknown") and body["exchange_id"].startswith("exc_")
+    assert failed["attempts"][-1]["outcome"] == "outcome-unknown"
+    exchange = stack.wait_for(  # the worker writes its journal in the background
+        lambda: (found := requests.get(f"{stack.gateway_url}/exchanges/{body['exchange_id']}", headers=KEY,
+                                       timeout=5)).status_code == 200 and found, 5, "the exchange in the journal")
+    assert (exchange.json()["operation"], exchange.json()["request_id"]) == ("updateOrderStatus", "no-reply-1")
+
+    stack.wait_for(lambda: stack.outage_over("speed4trade"), 10, "the outage to end")
+    time.sleep(1.5)  # more than the jobs' longest backoff: a resend would have come now
+    (call,) = stack.calls("speed4trade")
+    assert (call["operation"], call["order_ids"], call["outcome"]) == ("updateOrderStatus", ["10002"], "no-reply")
+    assert stack.job(job["id"])["state"] == "failed"
+
+
+def test_a_refused_job_fails_with_its_problem_and_the_order_s_later_job_is_sent_all_the_same(start_stack):
+    stack = start_stack()
+    refused = stack.queue("SO-1003", {"status": "picked"}, "refused-1")
+    later = stack.queue("SO-1003", {"waybill": "AFTER-REFUSAL"}, "refused-2")
+
+    failed, done = stack.final([refused["id"], later["id"]])
+    assert (failed["state"], done["state"]) == ("failed", "done")
+    assert failed["result"]["status"] == 409
+    problem = failed["result"]["body"]
+    assert problem["status"] == 409 and problem["type"].startswith("urn:order-gateway:problem:")
+    assert "not allowed if the order has allocated but not picked goods" in problem["detail"]
+    assert [attempt["outcome"] for attempt in failed["attempts"]] == ["refused"]
+    assert [call["outcome"] for call in stack.calls("ongoing")] == ["refused", "applied"]
+    assert requests.get(f"{stack.sandbox_url}/ongoing/orders/1003", timeout=5).json()["waybill"] == "AFTER-REFUSAL"
+
+    retried = requests.post(f"{stack.gateway_url}/updates/{refused['id']}/retry", headers=KEY, timeout=5)
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["state"] == "queued" and retried.json()["result"] is None
+    (again,) = stack.final([refused["id"]])
+    assert again["state"] == "failed" and again["result"]["status"] == 409
+    assert [attempt["outcome"] for attempt in again["attempts"]] == ["refused", "retry", "refused"]
+    assert again["attempts"][1]["requested_by"] == "demo"
+    assert [call["outcome"] for call in stack.calls("ongoing")] == ["refused", "applied", "refused"]
+    done_again = requests.post(f"{stack.gateway_url}/updates/{later['id']}/retry", headers=KEY, timeout=5)
+    assert done_again.status_code == 409 and done_again.json()["type"].endswith("job-not-retryable")
+
+
+def test_the_demo_subscriber_receives_a_signed_completion_event_of_each_job(start_stack):
+    stack = start_stack()
+    done = stack.queue("SO-1002", {"waybill": "EVENT-1"}, "event-1")
+    failed = stack.queue("SO-1003", {"status": "picked"}, "event-2")
+    stack.final([done["id"], failed["id"]])
+
+    def completion_events():
+        found = {record["event"]["update"]["job_id"]: record for record in stack.received()
+                 if record["event"]["type"].startswith("order.update_")}
+        return found if len(found) == 2 else None
+
+    events = stack.wait_for(completion_events, 10, "the completion events at the subscriber")
+    succeeded, refused = events[done["id"]], events[failed["id"]]
+    assert succeeded["verified"] is True and refused["verified"] is True
+    assert succeeded["event"]["type"] == "order.update_succeeded"
+    assert succeeded["event"]["update"]["state"] == "done" and succeeded["event"]["order"]["order_id"] == "SO-1002"
+    assert succeeded["event"]["update"]["request_id"] == "event-1"
+    assert refused["event"]["type"] == "order.update_failed"
+    assert refused["event"]["update"]["state"] == "failed"
+    assert refused["event"]["update"]["result"]["status"] == 409
+    assert len([record for record in stack.received() if record["event"]["type"].startswith("order.update_")]) == 2
