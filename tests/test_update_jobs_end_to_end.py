@@ -75,26 +75,31 @@ class Stack:
         return job
 
     def job(self, job_id: str) -> dict:
+        """GET /updates/<id>."""
         reply = requests.get(f"{self.gateway_url}/updates/{job_id}", headers=KEY, timeout=5)
         assert reply.status_code == 200, reply.text
         return reply.json()
 
     def final(self, job_ids: list[str], seconds: float = 20.0) -> list[dict]:
         """The jobs, once every one is final."""
-        return self.wait_for(lambda: all(job["state"] in FINAL for job in jobs) and jobs
-                             if (jobs := [self.job(job_id) for job_id in job_ids]) else None,
-                             seconds, f"jobs {job_ids} to end")
+        def all_final() -> list[dict] | None:
+            jobs = [self.job(job_id) for job_id in job_ids]
+            return jobs if all(job["state"] in FINAL for job in jobs) else None
+
+        return self.wait_for(all_final, seconds, f"jobs {job_ids} to end")
 
     def calls(self, vendor: str) -> list[dict]:
         """The sandbox's log of the calls the vendor's service received."""
         return requests.get(f"{self.sandbox_url}/{vendor}/_calls", timeout=5).json()["calls"]
 
     def outage(self, vendor: str, seconds: float, mode: str = "unavailable") -> None:
+        """Start an outage of the vendor's service (replacing any current one)."""
         reply = requests.post(f"{self.sandbox_url}/{vendor}/_outage", json={"seconds": seconds, "mode": mode},
                               timeout=5)
         assert reply.status_code == 200, reply.text
 
     def outage_over(self, vendor: str) -> bool:
+        """Whether the vendor serves again."""
         return requests.get(f"{self.sandbox_url}/{vendor}/_outage", timeout=5).json()["outage"] is None
 
     def received(self) -> list[dict]:
@@ -102,6 +107,7 @@ class Stack:
         return requests.get(f"{self.sandbox_url}/subscriber/events", timeout=5).json()["received"]
 
     def wait_for(self, predicate: Callable[[], Any], seconds: float, what: str) -> Any:
+        """The first true value of `predicate`, polled; past `seconds`, a failure showing the worker's log."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             value = predicate()
@@ -135,6 +141,7 @@ def start_stack(tmp_path):
 
 
 def applied_calls(calls: list[dict], operation: str) -> list[dict]:
+    """The calls of the operation that the vendor applied."""
     return [call for call in calls if call["operation"] == operation and call["outcome"] == "applied"]
 
 
