@@ -88,6 +88,14 @@ class Stack:
 
         return self.wait_for(all_final, seconds, f"jobs {job_ids} to end")
 
+    def exchange(self, exchange_id: str) -> dict:
+        """GET /exchanges/<id>, once the journal has it (the worker writes its journal in the background)."""
+        def found() -> dict | None:
+            reply = requests.get(f"{self.gateway_url}/exchanges/{exchange_id}", headers=KEY, timeout=5)
+            return reply.json() if reply.status_code == 200 else None
+
+        return self.wait_for(found, 5, f"exchange {exchange_id} in the journal")
+
     def calls(self, vendor: str) -> list[dict]:
         """The sandbox's log of the calls the vendor's service received."""
         return requests.get(f"{self.sandbox_url}/{vendor}/_calls", timeout=5).json()["calls"]
@@ -169,8 +177,8 @@ def test_jobs_queued_in_an_outage_are_each_applied_once_in_the_order_accepted(st
     # each job's applied call is its own: the journal's request names its waybill
     for job, (_, waybill) in zip(finished, changes, strict=True):
         (done,) = [attempt for attempt in job["attempts"] if attempt["outcome"] == "done"]
-        exchange = requests.get(f"{stack.gateway_url}/exchanges/{done['exchange_id']}", headers=KEY, timeout=5)
-        assert exchange.json()["outcome"] == "ok" and waybill in exchange.json()["request"]["body"]
+        exchange = stack.exchange(done["exchange_id"])
+        assert exchange["outcome"] == "ok" and waybill in exchange["request"]["body"]
     order = requests.get(f"{stack.sandbox_url}/ongoing/orders/1001", timeout=5).json()
     assert order["waybill"] == "WB-5"
 
@@ -257,10 +265,8 @@ def test_a_speed4trade_call_whose_reply_never_comes_fails_as_outcome_unknown_and
     body = failed["result"]["body"]
     assert body["type"].endswith("outcome-unknown") and body["exchange_id"].startswith("exc_")
     assert failed["attempts"][-1]["outcome"] == "outcome-unknown"
-    exchange = stack.wait_for(  # the worker writes its journal in the background
-        lambda: (found := requests.get(f"{stack.gateway_url}/exchanges/{body['exchange_id']}", headers=KEY,
-                                       timeout=5)).status_code == 200 and found, 5, "the exchange in the journal")
-    assert (exchange.json()["operation"], exchange.json()["request_id"]) == ("updateOrderStatus", "no-reply-1")
+    exchange = stack.exchange(body["exchange_id"])
+    assert (exchange["operation"], exchange["request_id"]) == ("updateOrderStatus", "no-reply-1")
 
     stack.wait_for(lambda: stack.outage_over("speed4trade"), 10, "the outage to end")
     time.sleep(1.5)  # more than the jobs' longest backoff: a resend would have come now
