@@ -160,12 +160,14 @@ WEBHOOKS_TO_THE_GATEWAY = {
 
 
 @contextlib.contextmanager
-def running_stack(config: str, folder: Path, extra_env: Mapping[str, str] = (),
-                  logs: bool = False) -> Iterator[tuple[str, str]]:
+def running_stack(config: str, folder: Path, extra_env: Mapping[str, str] = (), logs: bool = False,
+                  processes: dict | None = None) -> Iterator[tuple[str, str]]:
     """The sandboxes, the gateway (two gunicorn workers, configured by the file `config`) and its event worker on
     free 127.0.0.1 ports, the backends' URLs set as scripts/run-local sets them, metrics under `folder`; yields
     (gateway URL, sandbox URL). `extra_env` values may name {gateway_url} and {sandbox_url}; with `logs` the servers
-    write to files in `folder`."""
+    write to files in `folder`. `processes`, when given, is filled with the processes ("sandbox", "gateway",
+    "worker") and the environment they were started with ("env"): a test that stops the worker may put another in
+    its place, and the worker there at the end is the one stopped."""
     sandbox_port, gateway_port = closed_port(), closed_port()
     while gateway_port == sandbox_port:
         gateway_port = closed_port()
@@ -182,12 +184,14 @@ def running_stack(config: str, folder: Path, extra_env: Mapping[str, str] = (),
     sandbox = start_sandbox(sandbox_port, env, folder / "sandbox.log" if logs else None)
     gateway = start_gateway(gateway_port, env, workers=2, log=folder / "gateway.log" if logs else None)
     worker = start_worker(env, folder / "worker.log" if logs else None)
+    started = processes if processes is not None else {}
+    started.update(sandbox=sandbox, gateway=gateway, worker=worker, env=env)
     try:
         wait_until_serving(f"{sandbox_url}/subscriber/events", sandbox)
         wait_until_serving(f"{gateway_url}/livez", gateway)
         yield gateway_url, sandbox_url
     finally:
-        stop(worker)
+        stop(started["worker"])
         stop(gateway)
         stop(sandbox)
 
