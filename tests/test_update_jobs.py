@@ -328,7 +328,8 @@ def test_an_open_breaker_makes_a_job_wait_not_fail(gateway_app, sandbox_url):
 
     attempts = job(client, queued["id"])["attempts"]
     assert [attempt["outcome"] for attempt in attempts] == ["unavailable", "unavailable"]
-    assert "breaker" in attempts[1]["error"].lower()
+    assert "breaker" in attempts[1]["error"].lower() and attempts[1]["code"] == "breaker-open"
+    assert attempts[0]["code"] == "HTTP 503"
     assert second_wait >= 50  # the breaker's Retry-After: until its probe
     assert len(calls(sandbox_url, "ongoing")) == 1  # the breaker let nothing through
 

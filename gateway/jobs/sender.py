@@ -192,8 +192,9 @@ class JobSender:
             if not job["idempotent"]:
                 error = BackendTimeout(
                     f"The {job['operation']} call of this job (exchange {job['exchange_id']}) may have reached the "
-                    "backend, but the worker sending it stopped before its reply was recorded; it is not sent again "
-                    "as sending it twice is not harmless. Check the order.",
+                    "backend, but the worker sending it stopped before its reply was recorded (the journal has the "
+                    "exchange only if the worker wrote it before it stopped); it is not sent again as sending it "
+                    "twice is not harmless. Check the order.",
                     connection=job["connection"], code="outcome-unknown")
                 self._finish(job, owner, FAILED, interrupted,
                              self.replies.problem(job, error, exchange_id=job["exchange_id"], outcome_unknown=True))
@@ -256,6 +257,9 @@ class JobSender:
     def _attempt(self, outcome: str, error: GatewayError, exchange_id: str | None) -> dict:
         attempt: dict[str, Any] = {"at": self.clock(), "outcome": outcome, "status": error.status,
                                    "error": error.detail, "exchange_id": exchange_id}
+        code = getattr(error, "code", None)
+        if code:  # the backend's own code, or a guard's (breaker-open, bulkhead-full, lock-timeout, rate-limited)
+            attempt["code"] = code
         retry_after = getattr(error, "retry_after", None)
         if retry_after:
             attempt["retry_after"] = retry_after

@@ -201,6 +201,8 @@ class UpdateAttemptSchema(Schema):
     outcome = fields.String(required=True, metadata={"enum": [
         "done", "refused", "unavailable", "outcome-unknown", "interrupted", "expired", "retry"]})
     status = fields.Integer(metadata={"description": "the HTTP-style status of what the attempt ended in"})
+    code = fields.String(metadata={"description": "the backend's code, or the guard's that refused the call "
+                                                  "(breaker-open, bulkhead-full, lock-timeout, rate-limited)"})
     error = fields.String(allow_none=True)
     exchange_id = fields.String(allow_none=True, metadata={"description": "the call in the exchange journal "
                                                                           "(GET /exchanges/{id})"})
