@@ -7,14 +7,14 @@ tests with the real worker process are in tests/test_update_jobs_end_to_end.py.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 import requests
 
 from gateway.jobs import DEAD, DONE, FAILED, QUEUED
-from gateway.jobs.sender import JobSender
-from gateway.rest.orders import JobReplies
+from gateway.rest.orders import JobReplies, job_sender
 from gateway.runtime import gateway_of
 from tests.conftest import (
     ONGOING_SERVICE_PATH,
@@ -69,12 +69,9 @@ class Clock:
         self.now += seconds
 
 
-def sender_for(app, clock: Clock) -> JobSender:
+def sender_for(app, clock: Clock):
     """A JobSender as the worker builds it, on the app's connections and stores, with no jitter."""
-    gateway = gateway_of(app)
-    service = gateway.events
-    return JobSender(service.jobs, gateway.connections, app.config["GATEWAY_SETTINGS"].jobs, JobReplies(app),
-                     service.announce_job, clock=clock, jitter=lambda bound: bound)
+    return job_sender(app, clock=clock, jitter=lambda bound: bound)
 
 
 def queue(client, order_id: str, document: dict, headers: dict | None = None) -> dict:
@@ -517,3 +514,41 @@ def test_the_outcome_of_a_sent_call_is_recorded_through_a_store_hiccup(gateway_a
     assert len(failures) == 2
     assert job(client, queued["id"])["state"] == DONE  # not left sending, to be taken for an unknown outcome
     assert [call["outcome"] for call in calls(sandbox_url, "ongoing")] == ["applied"]
+
+
+def test_what_a_job_keeps_of_a_backend_echoing_the_password_is_masked(make_gateway):
+    from tests.servers import ScriptedBackend, serve_wsgi
+    from tests.test_problem_replies import ECHOING_FAULT
+
+    with serve_wsgi(ScriptedBackend(ECHOING_FAULT, status=500)) as url:
+        app = make_gateway({"gateway": {"default_connection": "o"}, "connections": {"o": ongoing_connection(url)},
+                            "callers": {"writer": {"key": KEYS["writer"], "connections": ["*"],
+                                                   "scopes": ["orders:write", "updates:read", "events:read"]}}})
+        client = app.test_client()
+        queued = queue(client, "SO-1001", {"status": "open"})
+        sender_for(app, Clock()).drain_lane("o")
+
+    failed = gateway_of(app).events.jobs.get_job(queued["id"])  # as kept, before any reply's last scrub
+    assert failed["state"] == FAILED
+    kept = json.dumps([failed["attempts"], failed["result"]])
+    assert "demo-password" not in kept and "demo/********" in kept
+    event = client.get("/events?type=order.update_failed", headers=WRITER).get_data(as_text=True)
+    assert "demo-password" not in event
+
+
+@pytest.mark.expected_traceback
+def test_a_result_that_cannot_be_rendered_does_not_change_what_the_job_ended_in(gateway_app, sandbox_url,
+                                                                                 monkeypatch):
+    app = gateway_app()
+    client = app.test_client()
+    queued = queue(client, "SO-1001", {"waybill": "APPLIED"})
+
+    def broken(*args, **kwargs):
+        raise KeyError("a rendering bug")
+
+    monkeypatch.setattr(JobReplies, "applied", broken)
+    sender_for(app, Clock()).drain_lane("ongoing-demo")
+
+    done = job(client, queued["id"])
+    assert done["state"] == DONE and done["result"] == {"status": 200, "body": {}}
+    assert ongoing_order(sandbox_url, 1001)["waybill"] == "APPLIED"

@@ -14,8 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.events.heartbeat import Heartbeat
 from gateway.jobs import NewJob
-from gateway.jobs.sender import JobSender
-from gateway.rest.orders import JobReplies
+from gateway.rest.orders import job_sender
 from gateway.runtime import gateway_of
 from tests.conftest import ONGOING_SERVICE_PATH, gateway_config, ongoing_connection
 
@@ -68,11 +67,7 @@ def queue_update(app, order_id: str, status: str = "picked") -> dict:
 
 
 def drain(app, lane: str = OURS) -> None:
-    gateway = gateway_of(app)
-    service = gateway.events
-    sender = JobSender(service.jobs, gateway.connections, app.config["GATEWAY_SETTINGS"].jobs, JobReplies(app),
-                       service.announce_job)
-    assert sender.drain_lane(lane) is None
+    assert job_sender(app).drain_lane(lane) is None
 
 
 def failed_job(app) -> str:

@@ -37,9 +37,8 @@ from gateway.config import CONFIG_VARIABLE
 from gateway.errors import ConfigError
 from gateway.events.heartbeat import Heartbeat
 from gateway.events.retention import WorkerRetention
-from gateway.jobs.sender import JobSender
 from gateway.metrics import MULTIPROCESS_VARIABLE, metrics_root, prepare_worker_dir
-from gateway.rest.orders import JobReplies
+from gateway.rest.orders import job_sender
 from gateway.runtime import gateway_of
 
 log = logging.getLogger("gateway.events")
@@ -116,8 +115,7 @@ def main() -> None:
         raise SystemExit(78) from None
     gateway = gateway_of(app)
     service = gateway.events
-    sender = service.job_sender = JobSender(service.jobs, gateway.connections, service.settings.jobs,
-                                            JobReplies(app), service.announce_job)
+    sender = service.job_sender = job_sender(app)
     tracing.configure_from_environment("order-gateway-worker")
     service.queue.prepare_worker_start()
     service.job_queue.prepare_worker_start()

@@ -59,6 +59,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.jobs.base import DEAD, DONE, FAILED, QUEUED, SENDING, JobStore, JobStoreError
+from gateway.scrubbing import Scrubber
 
 log = logging.getLogger("gateway.jobs")
 
@@ -66,6 +67,8 @@ log = logging.getLogger("gateway.jobs")
 HELD_RETRY_SECONDS = 1.0
 #: how long after a job became final its announcement counts as missed (announce_pending makes it)
 ANNOUNCE_GRACE_SECONDS = 5.0
+#: the most of an error's text an attempt keeps
+MAX_ERROR_CHARS = 1000
 #: the three ways a failed send is handled
 RETRY, UNKNOWN, REFUSED = "retry", "unknown", "refused"
 
@@ -138,9 +141,11 @@ class JobSender:
     """Sends the jobs of a lane in order, records each attempt, and announces jobs that became final."""
 
     def __init__(self, store: JobStore, connections: Connections, settings: JobSettings, replies: JobReplies,
-                 announce: Callable[[dict, str], None], *, clock: Callable[[], float] = time.time,
-                 jitter: Callable[[float], float] | None = None) -> None:
+                 announce: Callable[[dict, str], None], *, scrubber: Scrubber | None = None,
+                 clock: Callable[[], float] = time.time, jitter: Callable[[float], float] | None = None) -> None:
         self.store = store
+        #: masks every credential in the errors an attempt keeps (a backend may echo one)
+        self.scrubber = scrubber or Scrubber()
         self.connections = connections
         self.settings = settings
         self.replies = replies
@@ -196,8 +201,8 @@ class JobSender:
                     "exchange only if the worker wrote it before it stopped); it is not sent again as sending it "
                     "twice is not harmless. Check the order.",
                     connection=job["connection"], code="outcome-unknown")
-                self._finish(job, owner, FAILED, interrupted,
-                             self.replies.problem(job, error, exchange_id=job["exchange_id"], outcome_unknown=True))
+                self._finish(job, owner, FAILED, interrupted, lambda: self.replies.problem(
+                    job, error, exchange_id=job["exchange_id"], outcome_unknown=True))
                 return
             self.store.release(job["id"], owner, state=QUEUED, attempt=interrupted, now=now)
             if not self.store.claim(job["id"], owner, lease_seconds=self.lease_seconds):
@@ -223,20 +228,19 @@ class JobSender:
         errors = [outcome for outcome in outcomes if isinstance(outcome, GatewayError)]
         if not errors:
             self._finish(job, owner, DONE, {"at": self.clock(), "outcome": "done", "exchange_id": exchange_id},
-                         self.replies.applied(job, connection, planned, outcomes))
+                         lambda: self.replies.applied(job, connection, planned, outcomes))
             return
         call_error = errors[0] if len(errors) == len(outcomes) and all(e is errors[0] for e in errors) else None
         if call_error is None:  # the backend answered item by item, refusing some
-            self._finish(job, owner, FAILED, {"at": self.clock(), "outcome": "refused", "exchange_id": exchange_id,
-                                              "error": errors[0].detail},
-                         self.replies.applied(job, connection, planned, outcomes))
+            self._finish(job, owner, FAILED, self._attempt("refused", errors[0], exchange_id),
+                         lambda: self.replies.applied(job, connection, planned, outcomes))
             return
         kind = classify(call_error)
         if kind == RETRY or (kind == UNKNOWN and job["idempotent"]):
             self._wait(job, owner, call_error, exchange_id, "unavailable" if kind == RETRY else "outcome-unknown")
         elif kind == UNKNOWN:
             self._finish(job, owner, FAILED, self._attempt("outcome-unknown", call_error, exchange_id),
-                         self.replies.problem(job, call_error, exchange_id=exchange_id, outcome_unknown=True))
+                         lambda: self.replies.problem(job, call_error, exchange_id=exchange_id, outcome_unknown=True))
         else:
             self._refuse(job, owner, call_error, exchange_id)
 
@@ -256,7 +260,8 @@ class JobSender:
 
     def _attempt(self, outcome: str, error: GatewayError, exchange_id: str | None) -> dict:
         attempt: dict[str, Any] = {"at": self.clock(), "outcome": outcome, "status": error.status,
-                                   "error": error.detail, "exchange_id": exchange_id}
+                                   "error": self.scrubber.scrub(error.detail)[:MAX_ERROR_CHARS],
+                                   "exchange_id": exchange_id}
         code = getattr(error, "code", None)
         if code:  # the backend's own code, or a guard's (breaker-open, bulkhead-full, lock-timeout, rate-limited)
             attempt["code"] = code
@@ -288,14 +293,21 @@ class JobSender:
         log.warning("update job %s is dead: the backend could not take it within %s", job["id"], age)
         expired = {**(attempt or {"at": now, "status": error.status, "error": error.detail}), "outcome": "expired"}
         expired["error"] = f"{expired.get('error')}; the job is older than {age}"
-        self._finish(job, owner, DEAD, expired, self.replies.problem(job, error))
+        self._finish(job, owner, DEAD, expired, lambda: self.replies.problem(job, error))
 
     def _refuse(self, job: dict, owner: str, error: GatewayError, exchange_id: str | None = None) -> None:
         self._finish(job, owner, FAILED, self._attempt("refused", error, exchange_id),
-                     self.replies.problem(job, error))
+                     lambda: self.replies.problem(job, error))
 
-    def _finish(self, job: dict, owner: str, state: str, attempt: dict, result: dict) -> None:
-        """Make the job final and announce it."""
+    def _finish(self, job: dict, owner: str, state: str, attempt: dict, render: Callable[[], dict]) -> None:
+        """Make the job final, with its result as `render` shows it, and announce it. A result that cannot be
+        rendered (a gateway bug) does not change what the job ended in: it is recorded without its body."""
+        try:
+            result = render()
+        except Exception:
+            log.exception("update job %s: its result could not be rendered; it is recorded %s without it", job["id"],
+                          state)
+            result = {"status": 200 if state == DONE else attempt.get("status", 500), "body": {}}
         if not self._record(job["id"], owner, state=state, attempt=attempt, result=result):
             log.warning("update job %s was no longer this worker's to finish as %s", job["id"], state)
             return

@@ -20,6 +20,7 @@ from gateway.canonical import (
 )
 from gateway.connections import Connection, PlannedUpdate
 from gateway.errors import GatewayError, PayloadTooLarge, ValidationFailed
+from gateway.jobs.sender import JobSender
 from gateway.rest.auth import Policy, authorize, current_caller
 from gateway.rest.common import (
     IDEMPOTENCY_KEY,
@@ -43,6 +44,7 @@ from gateway.rest.schemas import (
     UpdateReplySchema,
 )
 from gateway.rest.updates import accepted, bulk_location, job_document, job_location, queue_updates
+from gateway.runtime import gateway_of
 from gateway.transport import OutboundRequest
 
 blueprint = Blueprint("orders", __name__)
@@ -318,3 +320,12 @@ class JobReplies:
         if exchange_id:
             document["exchange_id"] = exchange_id
         return {"status": error.status, "body": document}
+
+
+def job_sender(app: Flask, **options: Any) -> JobSender:
+    """The JobSender of an app's update jobs, as the worker runs it: the app's job store, connections, `[jobs]`
+    settings and scrubber, its results shown as this module's replies, announced through its event service
+    (`options`: the sender's clock and jitter)."""
+    gateway = gateway_of(app)
+    return JobSender(gateway.events.jobs, gateway.connections, gateway.settings.jobs, JobReplies(app),
+                     gateway.events.announce_job, scrubber=gateway.scrubber, **options)
