@@ -130,6 +130,17 @@ def test_the_preference_is_read_as_rfc_7240_writes_it(gateway_app, prefer):
     assert reply.status_code == 202
 
 
+def test_the_preference_may_come_in_a_prefer_header_of_its_own(gateway_app):
+    client = gateway_app().test_client()
+
+    reply = client.patch("/orders/SO-1001", json={"waybill": "JOB-1"},
+                         headers=[*WRITER.items(), ("Prefer", "return=minimal"), ("Prefer", "respond-async")])
+    other = client.patch("/orders/SO-1001", json={"waybill": "JOB-1"},
+                         headers=[*WRITER.items(), ("Prefer", "return=minimal"), ("Prefer", "respond-asynchronously")])
+
+    assert reply.status_code == 202 and other.status_code == 200
+
+
 def test_an_invalid_update_is_refused_as_without_the_preference_and_nothing_is_queued(gateway_app):
     client = gateway_app().test_client()
 

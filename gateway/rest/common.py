@@ -78,9 +78,10 @@ PREFER_PARAMETER = {
 
 def prefers_async() -> bool:
     """Whether the request asks for `Prefer: respond-async` (RFC 7240: preferences are comma-separated tokens,
-    each with optional `=value` and `;` parameters; tokens are case-insensitive)."""
-    for value in request.headers.getlist(PREFER):
-        for preference in value.split(","):
-            if preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == RESPOND_ASYNC:
-                return True
-    return False
+    each with optional `=value` and `;` parameters; tokens are case-insensitive). Several Prefer headers reach the
+    app as one, joined by commas (WSGI), so one lookup reads them all."""
+    value = request.headers.get(PREFER)
+    if not value:
+        return False
+    return any(preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == RESPOND_ASYNC
+               for preference in value.split(","))
