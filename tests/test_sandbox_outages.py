@@ -375,6 +375,13 @@ def test_a_caller_with_a_shorter_read_timeout_sees_no_reply_and_nothing_is_appli
         requests.post(sandbox_url + call.path, data=call.body, headers=call.headers, timeout=(1, 0.2))
 
     assert requests.get(sandbox_url + vendor.view_path, timeout=5).json()["waybill"] != vendor.new_value
+    # the held call ends within this test, not in the next one's logs
+    requests.delete(f"{sandbox_url}/ongoing/_outage", timeout=5)
+    deadline = time.monotonic() + 5
+    while any(call["outcome"] is None for call in requests.get(f"{sandbox_url}/ongoing/_calls", timeout=5).json()[
+            "calls"]):
+        assert time.monotonic() < deadline, "the held call never ended"
+        time.sleep(0.02)
 
 
 def test_delete_releases_a_held_call_early(sandbox_url):

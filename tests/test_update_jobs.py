@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import pytest
 import requests
@@ -59,7 +60,6 @@ class Clock:
     """The sender's clock, which the test moves forward."""
 
     def __init__(self) -> None:
-        import time
         self.now = time.time()
 
     def __call__(self) -> float:
@@ -96,7 +96,13 @@ def outage(sandbox_url: str, vendor: str, seconds: float, mode: str = "unavailab
 
 
 def end_outage(sandbox_url: str, vendor: str) -> None:
+    """End the vendor's outage, and wait until the calls it held have been answered (so none answers during a later
+    test)."""
     assert requests.delete(f"{sandbox_url}/{vendor}/_outage", timeout=5).status_code == 200
+    deadline = time.monotonic() + 5
+    while any(call["outcome"] is None for call in calls(sandbox_url, vendor)):
+        assert time.monotonic() < deadline, "a held call never ended"
+        time.sleep(0.02)
 
 
 def ongoing_order(sandbox_url: str, system_id: int) -> dict:
