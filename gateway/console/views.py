@@ -449,31 +449,41 @@ def order_timeline() -> Response:
 
 # -- redelivery ------------------------------------------------------------------------------------------------------
 
+def _as_the_api(scope: str, refused: str, api_request: tuple[str, str],
+                produce: Callable[[], Response]) -> Response | None:
+    """What a console button shares with the API action it stands for: the action's scope, the form's
+    Idempotency-Key with the API request's fingerprint (so a key means the same whichever sent it), and the API's
+    reply; None, with a note saying why, when nothing was done (`refused`: what the note says was not done)."""
+    if scope not in g.caller.scopes:
+        flash(f"The caller {g.caller.name} lacks the scope {scope}: {refused}.", "error")
+        return None
+    key = _form_key()
+    if key is None:
+        flash("This form has no usable Idempotency-Key; reload the page and try again.", "error")
+        return None
+    method, path = api_request
+    try:
+        reply = run_idempotently(key, request_fingerprint(method, path, [], b""), lambda listener: produce())
+    except GatewayError as error:
+        flash(error.detail, "error")
+        return None
+    if reply.status_code != 202:
+        flash(_reply_detail(reply), "error")
+        return None
+    return reply
+
+
 @blueprint.post("/events/<event_id>/redeliver")
 @undocumented(DATA_PAGE)
 def redeliver(event_id: str) -> Response:
     """The API's POST /events/<id>/redeliver, from a button: the same rules (an event of a connection the caller
     may not use is unknown), its Idempotency-Key the form's."""
     back = _safe_next(request.form.get("next")) or url_for("console.overview")
-    if REDELIVER_SCOPE not in g.caller.scopes:
-        flash(f"The caller {g.caller.name} lacks the scope {REDELIVER_SCOPE}: nothing was redelivered.", "error")
-        return redirect(back, 303)
-    key = _form_key()
-    if key is None:
-        flash("This form has no usable Idempotency-Key; reload the page and try again.", "error")
-        return redirect(back, 303)
-    method, path = redelivery_request(event_id)
-    try:
-        reply = run_idempotently(key, request_fingerprint(method, path, [], b""),
-                                 lambda listener: queue_redelivery(event_id))
-    except GatewayError as error:
-        flash(error.detail, "error")
-        return redirect(back, 303)
-    if reply.status_code != 202:
-        flash(_reply_detail(reply), "error")
-    elif reply.headers.get("Idempotent-Replayed") == "true":
+    reply = _as_the_api(REDELIVER_SCOPE, "nothing was redelivered", redelivery_request(event_id),
+                        lambda: queue_redelivery(event_id))
+    if reply is not None and reply.headers.get("Idempotent-Replayed") == "true":
         flash(f"Event {event_id} was already queued again by this button; it was not queued a second time.", "info")
-    else:
+    elif reply is not None:
         subscribers = ", ".join(json.loads(reply.get_data())["redelivering_to"]) or "no subscriber"
         flash(f"Event {event_id} is queued again for {subscribers}.", "info")
     return redirect(back, 303)
@@ -500,34 +510,20 @@ def retry_update(job_id: str) -> Response:
     """The API's POST /updates/<id>/retry, from a button: the same rules (a job of a connection the caller may not
     use is unknown, a done one is not sent again), its Idempotency-Key the form's."""
     back = _safe_next(request.form.get("next")) or url_for("console.overview")
-    if RETRY_SCOPE not in g.caller.scopes:
-        flash(f"The caller {g.caller.name} lacks the scope {RETRY_SCOPE}: nothing was queued again.", "error")
-        return redirect(back, 303)
-    key = _form_key()
-    if key is None:
-        flash("This form has no usable Idempotency-Key; reload the page and try again.", "error")
-        return redirect(back, 303)
     queued_again: list[bool] = []
 
-    def retry(listener: object) -> Response:
+    def retry() -> Response:
         reply, changed = queue_retry(job_id)
         queued_again.append(changed)
         return reply
 
-    method, path = retry_request(job_id)
-    try:
-        reply = run_idempotently(key, request_fingerprint(method, path, [], b""), retry)
-    except GatewayError as error:
-        flash(error.detail, "error")
-        return redirect(back, 303)
-    if reply.status_code != 202:
-        flash(_reply_detail(reply), "error")
-    elif reply.headers.get("Idempotent-Replayed") == "true":
+    reply = _as_the_api(RETRY_SCOPE, "nothing was queued again", retry_request(job_id), retry)
+    if reply is not None and reply.headers.get("Idempotent-Replayed") == "true":
         flash(f"Update job {job_id} was already queued again by this button; it was not queued a second time.",
               "info")
-    elif queued_again and queued_again[0]:
+    elif reply is not None and queued_again[0]:
         flash(f"Update job {job_id} is queued again, behind the jobs of its connection accepted before.", "info")
-    else:
+    elif reply is not None:
         state = json.loads(reply.get_data())["state"]
         flash(f"Update job {job_id} is {state} already: nothing changed.", "info")
     return redirect(back, 303)
