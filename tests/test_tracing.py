@@ -211,3 +211,23 @@ def test_under_gunicorn_each_worker_exports_its_spans_over_otlp(tmp_path, sandbo
         finally:
             stop(gateway)
     assert wanted <= set(collector.spans), collector.spans  # SPAN_KIND_SERVER is 2, SPAN_KIND_CLIENT 3
+
+
+def test_an_update_job_is_sent_in_the_trace_of_the_request_that_queued_it(gateway, backend, exported):
+    from gateway.rest.orders import job_sender
+
+    reply = gateway.patch("/orders/SO-1006", json={"waybill": "TRACE-JOB"},
+                          headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "Prefer": "respond-async"})
+    assert reply.status_code == 202
+    exported.clear()
+
+    job_sender(gateway.application).drain_lane("wh")
+
+    spans = {span.name: span for span in exported.get_finished_spans()}
+    sending, call = spans["send update job UpdateOrder"], spans["ongoing UpdateOrder"]
+    assert sending.kind == SpanKind.CONSUMER and sending.parent.is_remote
+    assert format(sending.context.trace_id, "032x") == TRACE_ID
+    assert sending.attributes["gateway.job_id"] == reply.get_json()["id"]
+    assert call.parent.span_id == sending.context.span_id
+    trace_id, parent_id, _ = _sent_traceparent(backend)
+    assert (trace_id, parent_id) == (TRACE_ID, format(call.context.span_id, "016x"))
