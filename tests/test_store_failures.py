@@ -248,17 +248,18 @@ def assert_fast_store_failures(endpoints: Endpoints, bound: float) -> None:
 
 
 def assert_serving(endpoints: Endpoints, within: float) -> None:
-    """Every endpoint succeeds again within `within` seconds."""
+    """Every endpoint, /readyz too, succeeds again within `within` seconds."""
     expected = {"PATCH Ongoing": 200, "PATCH with Idempotency-Key": 200, "GET /events": 200, "GET /exchanges": 200,
-                "webhook": 202}
+                "webhook": 202, "/readyz": 200}
     deadline = time.monotonic() + within
     while True:
         statuses = {name: call(10).status_code for name, (_, call) in endpoints.calls().items()}
+        ready = endpoints.readyz(10)
+        statuses["/readyz"] = ready.status_code
         if statuses == expected or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert statuses == expected
-    assert endpoints.readyz(10).status_code == 200
+    assert statuses == expected, ready.text
 
 
 @pytest.fixture
