@@ -19,7 +19,7 @@ address or key prefix with too many failures is refused with 429, whatever the k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +126,14 @@ def scoped_connections() -> frozenset[str] | None:
     """The names of the connections whose data the caller of this request may see (for a store's list query), or
     None for every one."""
     return current_caller().connections
+
+
+def listed_connections(connection: str | None) -> Collection[str] | None:
+    """The connections whose data a list shows the caller (events, update jobs): its own (None: every one), narrowed
+    to `connection` when given (to none when that is not one of its own)."""
+    if connection is None:
+        return scoped_connections()
+    return {connection} if current_caller().sees(connection) else set()
 
 
 def require_scope(*scopes: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, g, request
@@ -85,3 +86,8 @@ def prefers_async() -> bool:
         return False
     return any(preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == RESPOND_ASYNC
                for preference in value.split(","))
+
+
+def iso_time(seconds: float | None) -> str | None:
+    """A time of the stores (UNIX seconds) as a reply shows it: ISO 8601 in UTC; None stays None."""
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()

@@ -13,8 +13,6 @@ page (`before` the page's last event), null on the last one, and `truncated` say
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
-from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, jsonify, make_response, url_for
@@ -22,8 +20,8 @@ from flask import Blueprint, Response, current_app, jsonify, make_response, url_
 from gateway.canonical.events import ALL_EVENT_TYPES
 from gateway.errors import EventNotFound
 from gateway.events.store import event_connection
-from gateway.rest.auth import Policy, current_caller, scoped_connections
-from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID, TRACE_CONTEXT
+from gateway.rest.auth import Policy, current_caller, listed_connections
+from gateway.rest.common import IDEMPOTENCY_KEY, REQUEST_ID, TRACE_CONTEXT, iso_time
 from gateway.rest.endpoints import endpoint
 from gateway.rest.queries import DELIVERY_STATES, EventListQuery, NoQuery
 from gateway.rest.schemas import EventListSchema, RedeliveryReplySchema, StoredEventSchema
@@ -37,31 +35,19 @@ def _service():
     return current_gateway().events
 
 
-def _iso(seconds: float | None) -> str | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
-
-
 def with_iso_times(stored: dict) -> dict:
     """A stored event with its delivery times as ISO 8601 (UTC), like the event's own occurred_at."""
     return {
         "event": stored["event"],
-        "received_at": _iso(stored["received_at"]),
+        "received_at": iso_time(stored["received_at"]),
         "deliveries": [
             {**delivery,
-             "next_attempt_at": _iso(delivery["next_attempt_at"]),
-             "delivered_at": _iso(delivery["delivered_at"]),
-             "history": [{**entry, "at": _iso(entry["at"])} for entry in delivery["history"]]}
+             "next_attempt_at": iso_time(delivery["next_attempt_at"]),
+             "delivered_at": iso_time(delivery["delivered_at"]),
+             "history": [{**entry, "at": iso_time(entry["at"])} for entry in delivery["history"]]}
             for delivery in stored["deliveries"]
         ],
     }
-
-
-def listed_connections(connection: str | None) -> Collection[str] | None:
-    """The connections whose events a list shows the caller: its own (None: every one), narrowed to `connection`
-    when given (to none when that is not one of its own)."""
-    if connection is None:
-        return scoped_connections()
-    return {connection} if current_caller().sees(connection) else set()
 
 
 def visible_event(event_id: str) -> dict:

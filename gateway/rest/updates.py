@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,8 +21,8 @@ from gateway.canonical import update_document
 from gateway.connections import Connection, PlannedUpdate
 from gateway.errors import JobNotFound, JobNotRetryable
 from gateway.jobs import DONE, JOB_STATES, JobStore, NewJob
-from gateway.rest.auth import Policy, current_caller, scoped_connections
-from gateway.rest.common import IDEMPOTENCY_KEY, PREFER, REQUEST_ID, RESPOND_ASYNC, TRACE_CONTEXT
+from gateway.rest.auth import Policy, current_caller, listed_connections
+from gateway.rest.common import IDEMPOTENCY_KEY, PREFER, REQUEST_ID, RESPOND_ASYNC, TRACE_CONTEXT, iso_time
 from gateway.rest.endpoints import endpoint
 from gateway.rest.idempotency import KeyRecord
 from gateway.rest.queries import NoQuery, UpdateListQuery
@@ -42,10 +41,6 @@ def _store() -> JobStore:
     return current_gateway().events.jobs
 
 
-def _iso(seconds: float | None) -> str | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
-
-
 def job_location(job_id: str) -> str:
     """Where a job is shown."""
     return f"/updates/{job_id}"
@@ -58,10 +53,10 @@ def job_document(job: dict) -> dict:
         "id": job["id"], "state": job["state"], "connection": job["connection"], "backend": job["backend"],
         "operation": job["operation"], "order_ids": list(job["order_ids"]), "kind": job["kind"],
         "idempotent": job["idempotent"], "caller": job["caller"], "request_id": job["request_id"],
-        "accepted_at": _iso(job["accepted_at"]), "updated_at": _iso(job["updated_at"]),
-        "next_attempt_at": _iso(job["next_attempt_at"]), "finished_at": _iso(job["finished_at"]),
+        "accepted_at": iso_time(job["accepted_at"]), "updated_at": iso_time(job["updated_at"]),
+        "next_attempt_at": iso_time(job["next_attempt_at"]), "finished_at": iso_time(job["finished_at"]),
         "attempt_count": job["attempt_count"],
-        "attempts": [{**attempt, "at": _iso(attempt["at"])} for attempt in job["attempts"]],
+        "attempts": [{**attempt, "at": iso_time(attempt["at"])} for attempt in job["attempts"]],
         "result": job["result"],
         "links": {"self": job_location(job["id"]),
                   "exchanges": f"/exchanges?{urlencode({'request_id': job['request_id']})}" if job["request_id"]
@@ -128,13 +123,6 @@ def visible_job(job_id: str) -> dict:
     if job is None or not current_caller().sees(job["connection"]):
         raise JobNotFound(f"No update job {job_id!r}.")
     return job
-
-
-def listed_connections(connection: str | None) -> frozenset[str] | set[str] | None:
-    """The connections whose jobs a list shows the caller: its own (None: every one), narrowed to `connection`."""
-    if connection is None:
-        return scoped_connections()
-    return {connection} if current_caller().sees(connection) else set()
 
 
 READ_POLICY = Policy(("updates:read",), connection_data=True)
